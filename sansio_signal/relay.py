@@ -1,0 +1,407 @@
+"""The relay server as a pure state machine.
+
+Theory of operation
+-------------------
+The adapter owns the sockets; this machine owns every decision. It is fed three
+events — :class:`~.events.Connected`, :class:`~.events.FrameReceived` (the raw text or
+bytes of one frame) and :class:`~.events.Disconnected` — together with ``now``, the
+server's wall-clock time in Unix seconds, and answers with a list of actions to run in
+order: :class:`~.actions.SendFrame`, :class:`~.actions.CloseConnection` and
+:class:`~.actions.Log`. It never reads a clock, never draws a random number (resume
+tokens come from the ``new_token`` callable given to the constructor) and never blocks.
+
+Each connection is in one of three phases::
+
+    LOBBY ──join-room──▶ JOINED ──leave-room──▶ LOBBY
+      │                    │  └──join-room (other room/id)──▶ JOINED
+      └────────┬───────────┘
+               ▼ the machine closes it (1008 abuse, 1009 oversize)
+            CLOSED ──Disconnected──▶ (forgotten)
+
+and every frame goes through the same pipeline:
+
+1. *size*: over ``Limits.max_frame_bytes`` → ``frame-too-large`` then close 1009;
+2. *rate*: a token bucket per connection (``rate_limit`` frames/s, ``rate_burst``
+   deep) refilled from ``now``; an empty bucket → ``rate-limited``, frame dropped;
+3. *parse*: :func:`~.wire.parse_client_frame` → a typed message or a precise error;
+4. *dispatch*: the table :data:`_TRANSITIONS` maps ``(phase, message type)`` to the
+   handler; a pair missing from it is an error reply (``not-in-room``).
+
+Every error reply is recorded; ``abuse_errors`` of them within ``abuse_window`` seconds
+close the connection with 1008. A connection the machine closes leaves its room at
+once, so the others are told before the adapter has even finished closing it.
+
+Membership lives behind :class:`~.directory.Directory`; a join consults the optional
+``authorize`` callable (the seam for signed tokens). Deadlines live in
+:class:`~.timers.Timers`; the adapter keeps one real timer armed for
+:meth:`RelayMachine.next_deadline` and calls :meth:`RelayMachine.handle_timer`. Until
+resume exists nothing is scheduled, so every disconnect leaves at once.
+
+Delivery order: actions come out in the order the machine decided them, and the
+adapter sends each connection's frames in that order, so frames from one sender to one
+target arrive in the order they were sent, and a ``user-joined-room`` reaches every
+member before any later frame of that room.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable
+from enum import Enum
+
+import attrs
+
+from .actions import CloseConnection, Log, LogLevel, RelayAction, SendFrame
+from .directory import Directory, MemoryDirectory
+from .errors import LocalProtocolError, WireError
+from .events import Connected, ConnId, Disconnected, FrameReceived, RelayEvent
+from .timers import Timers
+from .wire import (
+    DEFAULT_LIMITS,
+    Answer,
+    Channel,
+    ChatMessage,
+    ClientMessage,
+    CloseCode,
+    ErrorCode,
+    Ice,
+    JoinRoom,
+    LeaveRoom,
+    Limits,
+    Offer,
+    Renegotiate,
+    UserJoinedRoom,
+    UserLeftRoom,
+    dumps,
+    encode,
+    parse_client_frame,
+)
+
+Authorize = Callable[[JoinRoom, float], bool]
+"""``authorize(join, now)``: may this join go ahead? (False → ``unauthorized``.)"""
+
+
+class Phase(Enum):
+    """Where one connection stands."""
+
+    LOBBY = "lobby"
+    JOINED = "joined"
+    CLOSED = "closed"
+
+
+@attrs.define(slots=True)
+class _Conn:
+    phase: Phase
+    tokens: float
+    refilled_at: float
+    room_id: str | None = None
+    user_id: str | None = None
+    errors: deque[float] = attrs.field(factory=deque)
+
+
+@attrs.define(slots=True)
+class RelayStats:
+    """Counters kept by the machine (pure numbers; an adapter exports them)."""
+
+    frames_in: Counter[str] = attrs.field(factory=Counter)
+    """Frames received, by ``type`` (``"invalid"`` for frames that did not parse)."""
+    frames_out: Counter[str] = attrs.field(factory=Counter)
+    """Frames sent, by ``type``."""
+    errors: Counter[str] = attrs.field(factory=Counter)
+    """Error replies, by code."""
+    closes: Counter[int] = attrs.field(factory=Counter)
+    """Connections closed by the machine, by close code."""
+
+
+_Handler = Callable[["RelayMachine", _Conn, ConnId, ClientMessage, float], list[RelayAction]]
+
+
+class RelayMachine:
+    """The relay server's decisions. See the module docstring for the whole story.
+
+    ``new_token`` makes resume tokens (the adapter passes a CSPRNG, tests a counter);
+    ``directory`` holds membership; ``authorize`` vets joins.
+    """
+
+    def __init__(
+        self,
+        *,
+        new_token: Callable[[], str],
+        limits: Limits = DEFAULT_LIMITS,
+        directory: Directory | None = None,
+        authorize: Authorize | None = None,
+    ) -> None:
+        self.limits = limits
+        self.directory: Directory = directory if directory is not None else MemoryDirectory()
+        self.stats = RelayStats()
+        self._new_token = new_token
+        self._authorize = authorize
+        self._conns: dict[ConnId, _Conn] = {}
+        self._timers = Timers()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def connection_count(self) -> int:
+        """Open connections (those the machine has closed but not yet heard end excluded)."""
+        return sum(1 for c in self._conns.values() if c.phase is not Phase.CLOSED)
+
+    @property
+    def room_count(self) -> int:
+        """Rooms with at least one member."""
+        return self.directory.room_count()
+
+    def phase(self, conn: ConnId) -> Phase:
+        """The phase of ``conn`` (raises ``LocalProtocolError`` for an unknown one)."""
+        return self._conn(conn).phase
+
+    def member(self, conn: ConnId) -> tuple[str, str] | None:
+        """``(room_id, user_id)`` of ``conn``, or ``None`` when it is in no room."""
+        c = self._conn(conn)
+        if c.room_id is None or c.user_id is None:
+            return None
+        return c.room_id, c.user_id
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` must next be called, or ``None``."""
+        return self._timers.next_deadline()
+
+    def handle_timer(self, now: float) -> list[RelayAction]:
+        """Run every deadline that is due at ``now``."""
+        self._timers.pop_due(now)  # nothing schedules a deadline before resume exists
+        return []
+
+    def handle(self, event: RelayEvent, now: float) -> list[RelayAction]:
+        """Feed one event; returns the actions to run, in order."""
+        if isinstance(event, FrameReceived):
+            return self._on_frame(event.conn, event.data, now)
+        if isinstance(event, Connected):
+            if event.conn in self._conns:
+                raise LocalProtocolError(f"Connected for connection {event.conn}, already open")
+            self._conns[event.conn] = _Conn(
+                phase=Phase.LOBBY, tokens=float(self.limits.rate_burst), refilled_at=now
+            )
+            return []
+        if isinstance(event, Disconnected):
+            c = self._conn(event.conn)
+            del self._conns[event.conn]
+            if c.phase is Phase.JOINED:
+                return self._leave(c, event.conn)
+            return []
+        raise LocalProtocolError(f"RelayMachine cannot handle {type(event).__name__}")
+
+    # ------------------------------------------------------------------ pipeline
+
+    def _conn(self, conn: ConnId) -> _Conn:
+        try:
+            return self._conns[conn]
+        except KeyError:
+            raise LocalProtocolError(f"connection {conn} is not open (no Connected)") from None
+
+    def _on_frame(self, conn: ConnId, data: str | bytes, now: float) -> list[RelayAction]:
+        c = self._conn(conn)
+        if c.phase is Phase.CLOSED:
+            return []  # still in flight when we closed it; nothing to decide
+        limits = self.limits
+        if limits.too_large(data):
+            self.stats.frames_in["invalid"] += 1
+            error = WireError(
+                ErrorCode.FRAME_TOO_LARGE,
+                f"frame is larger than {limits.max_frame_bytes} bytes",
+            )
+            actions = self._error_frame(conn, error)
+            actions += self._close(c, conn, CloseCode.TOO_BIG, "frame too large")
+            return actions
+        if limits.rate_limit > 0:
+            tokens = min(
+                float(limits.rate_burst), c.tokens + (now - c.refilled_at) * limits.rate_limit
+            )
+            c.refilled_at = now
+            if tokens < 1.0:
+                c.tokens = tokens
+                self.stats.frames_in["invalid"] += 1
+                error = WireError(
+                    ErrorCode.RATE_LIMITED,
+                    f"more than {limits.rate_limit:g} frames/s (burst {limits.rate_burst});"
+                    " frame dropped",
+                )
+                return self._reply_error(c, conn, error, now)
+            c.tokens = tokens - 1.0
+        try:
+            message = parse_client_frame(data, limits)
+        except WireError as error:
+            self.stats.frames_in["invalid"] += 1
+            return self._reply_error(c, conn, error, now)
+        self.stats.frames_in[message.TYPE] += 1
+        handler = _TRANSITIONS.get((c.phase, type(message)))
+        if handler is None:
+            error = WireError(
+                ErrorCode.NOT_IN_ROOM, f"{message.TYPE} needs a room; join one first", message.CHANNEL
+            )
+            return self._reply_error(c, conn, error, now)
+        return handler(self, c, conn, message, now)
+
+    def _error_frame(self, conn: ConnId, error: WireError) -> list[RelayAction]:
+        self.stats.errors[error.code.value] += 1
+        text = dumps(
+            {"channel": error.channel, "type": "error", "code": error.code.value,
+             "message": error.message}
+        )
+        return [
+            self._send(conn, text, "error"),
+            Log(level=LogLevel.DEBUG, message="Error %s to connection %s: %s",
+                args=(error.code.value, conn, error.message)),
+        ]
+
+    def _reply_error(
+        self, c: _Conn, conn: ConnId, error: WireError, now: float
+    ) -> list[RelayAction]:
+        actions = self._error_frame(conn, error)
+        errors = c.errors
+        errors.append(now)
+        horizon = now - self.limits.abuse_window
+        while errors and errors[0] <= horizon:
+            errors.popleft()
+        if len(errors) >= self.limits.abuse_errors:
+            actions += self._close(c, conn, CloseCode.POLICY, "too many bad frames")
+        return actions
+
+    def _send(self, conn: ConnId, text: str, frame_type: str) -> SendFrame:
+        self.stats.frames_out[frame_type] += 1
+        return SendFrame(conn=conn, text=text, frame_type=frame_type)
+
+    def _close(self, c: _Conn, conn: ConnId, code: int, reason: str) -> list[RelayAction]:
+        actions: list[RelayAction] = []
+        if c.phase is Phase.JOINED:
+            actions += self._leave(c, conn)
+        c.phase = Phase.CLOSED
+        self.stats.closes[code] += 1
+        actions.append(CloseConnection(conn=conn, code=code, reason=reason))
+        actions.append(Log(level=LogLevel.WARNING, message="Closing connection %s: %s %s",
+                           args=(conn, code, reason)))
+        return actions
+
+    # ------------------------------------------------------------------ membership
+
+    def _leave(self, c: _Conn, conn: ConnId) -> list[RelayAction]:
+        room_id, user_id = c.room_id, c.user_id
+        assert room_id is not None and user_id is not None
+        self.directory.remove(room_id, user_id)
+        c.room_id = c.user_id = None
+        if c.phase is Phase.JOINED:
+            c.phase = Phase.LOBBY
+        text = encode(UserLeftRoom(room_id=room_id, user_id=user_id))
+        actions: list[RelayAction] = [
+            self._send(other, text, UserLeftRoom.TYPE)
+            for _, other in self.directory.connections(room_id)
+        ]
+        actions.append(Log(level=LogLevel.INFO, message='User "%s" left room "%s"',
+                           args=(user_id, room_id)))
+        return actions
+
+    def _on_join(
+        self, c: _Conn, conn: ConnId, msg: ClientMessage, now: float
+    ) -> list[RelayAction]:
+        assert isinstance(msg, JoinRoom)
+        room_id, user_id = msg.room_id, msg.user_id
+        if self._authorize is not None and not self._authorize(msg, now):
+            error = WireError(ErrorCode.UNAUTHORIZED, "join refused: missing or invalid token",
+                              Channel.ROOMS)
+            return self._reply_error(c, conn, error, now)
+        holder = self.directory.lookup(room_id, user_id)
+        if holder is not None and holder != conn:
+            error = WireError(ErrorCode.USER_ID_TAKEN,
+                              f"user id {user_id!r} is taken in room {room_id!r}", Channel.ROOMS)
+            return self._reply_error(c, conn, error, now)
+        size = self.directory.size(room_id) - (1 if c.room_id == room_id else 0)
+        if size >= self.limits.max_room_size:
+            error = WireError(ErrorCode.ROOM_FULL,
+                              f"room {room_id!r} is full ({self.limits.max_room_size} members)",
+                              Channel.ROOMS)
+            return self._reply_error(c, conn, error, now)
+
+        actions: list[RelayAction] = []
+        if c.phase is Phase.JOINED:
+            actions += self._leave(c, conn)  # one room per connection
+        existing = self.directory.members(room_id)
+        others = self.directory.connections(room_id)
+        self.directory.add(room_id, user_id, conn)
+        c.phase, c.room_id, c.user_id = Phase.JOINED, room_id, user_id
+        joined = UserJoinedRoom(
+            room_id=room_id, user_id=user_id, existing_participants=tuple(existing)
+        )
+        actions.append(self._send(
+            conn, encode(attrs.evolve(joined, resume_token=self._new_token())),
+            UserJoinedRoom.TYPE,
+        ))
+        text = encode(joined)
+        actions += [self._send(other, text, UserJoinedRoom.TYPE) for _, other in others]
+        actions.append(Log(level=LogLevel.INFO, message='User "%s" joined room "%s" (%d members)',
+                           args=(user_id, room_id, len(existing) + 1)))
+        return actions
+
+    def _on_leave(
+        self, c: _Conn, conn: ConnId, msg: ClientMessage, now: float
+    ) -> list[RelayAction]:
+        assert isinstance(msg, LeaveRoom)
+        if msg.room_id != c.room_id:
+            error = WireError(ErrorCode.NOT_IN_ROOM, f"not in room {msg.room_id!r}",
+                              Channel.ROOMS)
+            return self._reply_error(c, conn, error, now)
+        return self._leave(c, conn)
+
+    # ------------------------------------------------------------------ relaying
+
+    def _on_signal(
+        self, c: _Conn, conn: ConnId, msg: ClientMessage, now: float
+    ) -> list[RelayAction]:
+        assert isinstance(msg, Offer | Answer | Ice | Renegotiate)
+        room_id, user_id = c.room_id, c.user_id
+        assert room_id is not None and user_id is not None
+        target = self.directory.lookup(room_id, msg.to_user_id)
+        if target is None:
+            error = WireError(ErrorCode.PEER_NOT_FOUND,
+                              f"no user {msg.to_user_id!r} in room {room_id!r}", Channel.SIGNALING)
+            return self._reply_error(c, conn, error, now)
+        out = {"channel": Channel.SIGNALING.value, "type": msg.TYPE, "toUserId": msg.to_user_id}
+        out.update(msg.fields)
+        out["fromUserId"] = user_id
+        out["roomId"] = room_id
+        return [
+            Log(level=LogLevel.INFO, message='Relaying message type "%s" on channel "%s"',
+                args=(msg.TYPE, Channel.SIGNALING.value)),
+            self._send(target, dumps(out), msg.TYPE),
+            Log(level=LogLevel.INFO, message="Message relayed to %d clients", args=(1,)),
+        ]
+
+    def _on_chat(
+        self, c: _Conn, conn: ConnId, msg: ClientMessage, now: float
+    ) -> list[RelayAction]:
+        assert isinstance(msg, ChatMessage)
+        room_id, user_id = c.room_id, c.user_id
+        assert room_id is not None and user_id is not None
+        text = encode(ChatMessage(text=msg.text, room_id=room_id, from_user_id=user_id, ts=now))
+        members = self.directory.connections(room_id)
+        actions: list[RelayAction] = [
+            Log(level=LogLevel.INFO, message='Relaying message type "%s" on channel "%s"',
+                args=(ChatMessage.TYPE, Channel.CHAT.value)),
+        ]
+        actions += [self._send(other, text, ChatMessage.TYPE) for _, other in members]
+        actions.append(Log(level=LogLevel.INFO, message="Message relayed to %d clients",
+                           args=(len(actions) - 1,)))
+        return actions
+
+
+_TRANSITIONS: dict[tuple[Phase, type], _Handler] = {
+    (Phase.LOBBY, JoinRoom): RelayMachine._on_join,
+    (Phase.JOINED, JoinRoom): RelayMachine._on_join,
+    (Phase.JOINED, LeaveRoom): RelayMachine._on_leave,
+    (Phase.JOINED, Offer): RelayMachine._on_signal,
+    (Phase.JOINED, Answer): RelayMachine._on_signal,
+    (Phase.JOINED, Ice): RelayMachine._on_signal,
+    (Phase.JOINED, Renegotiate): RelayMachine._on_signal,
+    (Phase.JOINED, ChatMessage): RelayMachine._on_chat,
+}
+"""``(phase, message type) → handler``. A missing pair is answered with ``not-in-room``
+(every message except ``join-room`` needs a room); ``CLOSED`` connections never reach
+the table."""

@@ -1,0 +1,90 @@
+"""A hand-driven harness around :class:`~sansio_signal.RelayMachine`.
+
+It plays the adapter's part without sockets: it numbers connections, keeps a virtual
+clock, executes the machine's actions (frames go to per-connection inboxes, closes are
+recorded and followed by ``Disconnected`` as a real adapter would) and keeps the log.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..actions import CloseConnection, Log, RelayAction, SendFrame
+from ..events import Connected, ConnId, Disconnected, FrameReceived, RelayEvent
+from ..relay import RelayMachine
+from ..wire import DEFAULT_LIMITS, Limits, dumps
+
+
+def counting_tokens(prefix: str = "tok") -> Callable[[], str]:
+    """A deterministic token source (``tok1``, ``tok2``, ...) for tests."""
+    counter = itertools.count(1)
+    return lambda: f"{prefix}{next(counter)}"
+
+
+class RelayHarness:
+    """Drive a relay machine by hand: ``connect()``, ``send()``, read ``inbox``."""
+
+    def __init__(
+        self,
+        limits: Limits = DEFAULT_LIMITS,
+        *,
+        machine: RelayMachine | None = None,
+        now: float = 1_000.0,
+    ) -> None:
+        self.machine = machine or RelayMachine(limits=limits, new_token=counting_tokens())
+        self.now = now
+        self.inbox: dict[ConnId, list[dict[str, Any]]] = {}
+        self.closed: dict[ConnId, tuple[int, str]] = {}
+        self.logs: list[str] = []
+        self.actions: list[RelayAction] = []
+        self._ids = itertools.count(1)
+
+    def advance(self, seconds: float) -> None:
+        """Move the virtual clock forward."""
+        self.now += seconds
+
+    def feed(self, event: RelayEvent) -> list[RelayAction]:
+        """Feed one event and execute the resulting actions."""
+        actions = self.machine.handle(event, self.now)
+        self.actions += actions
+        for action in actions:
+            if isinstance(action, SendFrame):
+                assert action.conn not in self.closed, "frame sent to a closed connection"
+                self.inbox[action.conn].append(json.loads(action.text))
+            elif isinstance(action, CloseConnection):
+                self.closed[action.conn] = (action.code, action.reason)
+            elif isinstance(action, Log):
+                self.logs.append(action.text())
+        for action in actions:
+            if isinstance(action, CloseConnection):
+                self.machine.handle(Disconnected(conn=action.conn, clean=True), self.now)
+        return actions
+
+    def connect(self) -> ConnId:
+        """Open a new connection and return its id."""
+        conn = next(self._ids)
+        self.inbox[conn] = []
+        self.feed(Connected(conn=conn))
+        return conn
+
+    def send(self, conn: ConnId, frame: Mapping[str, Any] | str | bytes) -> list[RelayAction]:
+        """Send one frame from ``conn`` (a mapping is encoded as JSON)."""
+        data = frame if isinstance(frame, str | bytes) else dumps(frame)
+        return self.feed(FrameReceived(conn=conn, data=data))
+
+    def disconnect(self, conn: ConnId, clean: bool = True) -> list[RelayAction]:
+        """The client at ``conn`` went away."""
+        return self.feed(Disconnected(conn=conn, clean=clean))
+
+    def join(self, conn: ConnId, room_id: str, user_id: str) -> list[RelayAction]:
+        """Send a ``join-room``."""
+        return self.send(conn, {"channel": "webrtc-dashboard-rooms", "type": "join-room",
+                                "roomId": room_id, "userId": user_id})
+
+    def take(self, conn: ConnId) -> list[dict[str, Any]]:
+        """Return and clear what ``conn`` has received."""
+        frames, self.inbox[conn] = self.inbox[conn], []
+        return frames

@@ -1,0 +1,665 @@
+"""The wire codec: every frame of protocol v1 as a typed, frozen message.
+
+Theory of operation
+-------------------
+A frame is one JSON object in one WebSocket text frame. Decoding happens in three
+steps, each of which fails with a precise :class:`~sansio_signal.errors.WireError`:
+
+1. *bytes to object* (:func:`decode_object`): a binary frame is ``bad-frame``; text that
+   is not JSON, holds ``NaN``/``Infinity``, numbers too large for a float, or nests deeper
+   than the interpreter can follow is ``bad-json``; JSON that is not an object is
+   ``bad-frame``.
+2. *envelope*: ``channel`` and ``type`` must be strings; an unknown channel is
+   ``unknown-channel`` (answered on channel ``system``), an unknown type on a known
+   channel is ``unknown-type`` (answered on that channel).
+3. *fields*: each type's fields are checked for presence and type (``bad-frame``) and
+   ids against the id pattern (``invalid-id``).
+
+The two directions have their own parsers: :func:`parse_client_frame` accepts exactly
+the frames a client may send (a client that sends ``user-joined-room`` gets
+``unknown-type``), :func:`parse_server_frame` the frames a server sends.
+
+Signaling frames keep every field other than the envelope and the addressing fields
+verbatim in ``fields``: the server must relay fields it does not know (a client's
+``epoch``, say) unchanged, and it does so by re-encoding that mapping. Typed views
+(``description``, ``candidate``, ``epoch``) read from it.
+
+Output is always ASCII JSON (non-ASCII characters escaped): a JSON string may carry a
+lone surrogate escape (``"\\ud800"``), which cannot be encoded as UTF-8; escaping keeps
+every frame we send valid.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any, ClassVar, TypeAlias
+
+import attrs
+
+from .errors import WireError
+
+JSONValue: TypeAlias = Any
+"""A decoded JSON value (``dict``, ``list``, ``str``, ``int``, ``float``, ``bool``, ``None``)."""
+
+
+class Channel(StrEnum):
+    """The channels of the envelope."""
+
+    ROOMS = "webrtc-dashboard-rooms"
+    SIGNALING = "webrtc-signaling"
+    CHAT = "webrtc-dashboard-chat"
+    SYSTEM = "system"
+    """Used only by the server, for errors about frames whose channel is unknown."""
+
+
+class ErrorCode(StrEnum):
+    """Every error code of protocol v1."""
+
+    BAD_JSON = "bad-json"
+    BAD_FRAME = "bad-frame"
+    UNKNOWN_CHANNEL = "unknown-channel"
+    UNKNOWN_TYPE = "unknown-type"
+    INVALID_ID = "invalid-id"
+    FRAME_TOO_LARGE = "frame-too-large"
+    NOT_IN_ROOM = "not-in-room"
+    PEER_NOT_FOUND = "peer-not-found"
+    USER_ID_TAKEN = "user-id-taken"
+    ROOM_FULL = "room-full"
+    RATE_LIMITED = "rate-limited"
+    UNAUTHORIZED = "unauthorized"
+
+
+class CloseCode:
+    """WebSocket close codes the server uses (RFC 6455 and the protocol's own)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    INVALID_DATA = 1007
+    POLICY = 1008
+    TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
+    REPLACED = 4000
+
+
+DEFAULT_ID_PATTERN = r"[A-Za-z0-9_.:-]{1,64}"
+
+
+def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value >= 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    """Every limit of the relay, in one object (PROTOCOL.md defaults).
+
+    ``rate_limit`` is frames per second sustained per connection; ``0`` turns rate
+    limiting off. ``abuse_errors`` error replies within ``abuse_window`` seconds close the
+    connection with 1008.
+    """
+
+    max_frame_bytes: int = attrs.field(default=65_536, validator=_positive)
+    max_room_size: int = attrs.field(default=32, validator=_positive)
+    max_text_chars: int = attrs.field(default=4_096, validator=_positive)
+    rate_limit: float = attrs.field(default=50.0, validator=_non_negative)
+    rate_burst: int = attrs.field(default=200, validator=_positive)
+    abuse_errors: int = attrs.field(default=20, validator=_positive)
+    abuse_window: float = attrs.field(default=10.0, validator=_positive)
+    id_pattern: str = DEFAULT_ID_PATTERN
+    _id_re: re.Pattern[str] = attrs.field(init=False, repr=False, eq=False)
+
+    @_id_re.default
+    def _compile(self) -> re.Pattern[str]:
+        return re.compile(self.id_pattern)
+
+    def valid_id(self, value: str) -> bool:
+        """Whether ``value`` is an acceptable ``roomId`` / ``userId``."""
+        return self._id_re.fullmatch(value) is not None
+
+    def too_large(self, data: str | bytes) -> bool:
+        """Whether a frame is over ``max_frame_bytes`` (counted as UTF-8 bytes)."""
+        n = len(data)
+        if n > self.max_frame_bytes:
+            return True
+        if isinstance(data, bytes) or n * 4 <= self.max_frame_bytes:
+            return False
+        return len(data.encode("utf-8", "surrogatepass")) > self.max_frame_bytes
+
+
+DEFAULT_LIMITS = Limits()
+
+# --------------------------------------------------------------------------- messages
+
+
+@attrs.frozen(kw_only=True)
+class JoinRoom:
+    """Client → server: join ``room_id`` as ``user_id`` (leaves any current room)."""
+
+    CHANNEL: ClassVar[Channel] = Channel.ROOMS
+    TYPE: ClassVar[str] = "join-room"
+    room_id: str
+    user_id: str
+    token: str | None = None
+    resume_token: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class LeaveRoom:
+    """Client → server: leave ``room_id``."""
+
+    CHANNEL: ClassVar[Channel] = Channel.ROOMS
+    TYPE: ClassVar[str] = "leave-room"
+    room_id: str
+
+
+@attrs.frozen(kw_only=True)
+class UserJoinedRoom:
+    """Server → client: ``user_id`` joined; ``existing_participants`` were there before.
+
+    ``resume_token`` is set only on the joiner's own copy.
+    """
+
+    CHANNEL: ClassVar[Channel] = Channel.ROOMS
+    TYPE: ClassVar[str] = "user-joined-room"
+    room_id: str
+    user_id: str
+    existing_participants: tuple[str, ...]
+    resume_token: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class UserLeftRoom:
+    """Server → client: ``user_id`` left the room."""
+
+    CHANNEL: ClassVar[Channel] = Channel.ROOMS
+    TYPE: ClassVar[str] = "user-left-room"
+    room_id: str
+    user_id: str
+
+
+@attrs.frozen(kw_only=True)
+class SessionDescription:
+    """An RTCSessionDescriptionInit: ``type`` (``offer``, ``answer``, ...) and ``sdp``."""
+
+    type: str
+    sdp: str
+
+    def to_json(self) -> dict[str, JSONValue]:
+        """The wire form."""
+        return {"type": self.type, "sdp": self.sdp}
+
+
+@attrs.frozen(kw_only=True)
+class IceCandidate:
+    """An RTCIceCandidateInit as browsers send it (``candidate`` may be ``""``: end)."""
+
+    candidate: str
+    sdp_mid: str | None = None
+    sdp_mline_index: int | None = None
+    username_fragment: str | None = None
+
+    def to_json(self) -> dict[str, JSONValue]:
+        """The wire form (camelCase keys, ``None`` fields left out)."""
+        out: dict[str, JSONValue] = {"candidate": self.candidate}
+        if self.sdp_mid is not None:
+            out["sdpMid"] = self.sdp_mid
+        if self.sdp_mline_index is not None:
+            out["sdpMLineIndex"] = self.sdp_mline_index
+        if self.username_fragment is not None:
+            out["usernameFragment"] = self.username_fragment
+        return out
+
+
+def _frozen_fields(value: Mapping[str, JSONValue]) -> Mapping[str, JSONValue]:
+    return dict(value)
+
+
+@attrs.frozen(kw_only=True)
+class _Signal:
+    """Common shape of the four signaling frames.
+
+    ``fields`` holds every wire field except ``channel``, ``type``, ``toUserId``,
+    ``fromUserId`` and ``roomId``, exactly as sent — the server relays it unchanged.
+    ``from_user_id`` and ``room_id`` are set by the server on delivery.
+    """
+
+    CHANNEL: ClassVar[Channel] = Channel.SIGNALING
+    TYPE: ClassVar[str] = ""
+    to_user_id: str
+    fields: Mapping[str, JSONValue] = attrs.field(factory=dict, converter=_frozen_fields)
+    from_user_id: str | None = None
+    room_id: str | None = None
+
+    @property
+    def epoch(self) -> int:
+        """The per-pair ``epoch`` peers agree on; absent or not an integer counts as 0."""
+        value = self.fields.get("epoch", 0)
+        if isinstance(value, bool) or not isinstance(value, int):
+            return 0
+        return value
+
+
+@attrs.frozen(kw_only=True)
+class Offer(_Signal):
+    """``webrtc-offer``: ``fields["offer"]`` is the session description."""
+
+    TYPE: ClassVar[str] = "webrtc-offer"
+
+    @property
+    def description(self) -> SessionDescription:
+        """The offer as a typed description."""
+        return _description(self.fields["offer"])
+
+    @classmethod
+    def new(cls, *, to_user_id: str, description: SessionDescription, epoch: int = 0) -> Offer:
+        """An offer for a client to send."""
+        return cls(to_user_id=to_user_id, fields={"offer": description.to_json(), "epoch": epoch})
+
+
+@attrs.frozen(kw_only=True)
+class Answer(_Signal):
+    """``webrtc-answer``: ``fields["answer"]`` is the session description."""
+
+    TYPE: ClassVar[str] = "webrtc-answer"
+
+    @property
+    def description(self) -> SessionDescription:
+        """The answer as a typed description."""
+        return _description(self.fields["answer"])
+
+    @classmethod
+    def new(cls, *, to_user_id: str, description: SessionDescription, epoch: int = 0) -> Answer:
+        """An answer for a client to send."""
+        return cls(to_user_id=to_user_id, fields={"answer": description.to_json(), "epoch": epoch})
+
+
+@attrs.frozen(kw_only=True)
+class Ice(_Signal):
+    """``webrtc-ice``: ``fields["candidate"]`` is a candidate, or ``None`` (end)."""
+
+    TYPE: ClassVar[str] = "webrtc-ice"
+
+    @property
+    def candidate(self) -> IceCandidate | None:
+        """The candidate, ``None`` for end-of-candidates."""
+        raw = self.fields["candidate"]
+        if raw is None:
+            return None
+        return IceCandidate(
+            candidate=raw["candidate"],
+            sdp_mid=raw.get("sdpMid"),
+            sdp_mline_index=raw.get("sdpMLineIndex"),
+            username_fragment=raw.get("usernameFragment"),
+        )
+
+    @classmethod
+    def new(cls, *, to_user_id: str, candidate: IceCandidate | None, epoch: int = 0) -> Ice:
+        """A candidate (or end-of-candidates) for a client to send."""
+        wire = None if candidate is None else candidate.to_json()
+        return cls(to_user_id=to_user_id, fields={"candidate": wire, "epoch": epoch})
+
+
+@attrs.frozen(kw_only=True)
+class Renegotiate(_Signal):
+    """``webrtc-renegotiate``: asks the peer to make a fresh offer."""
+
+    TYPE: ClassVar[str] = "webrtc-renegotiate"
+
+    @classmethod
+    def new(cls, *, to_user_id: str, epoch: int = 0) -> Renegotiate:
+        """A renegotiation request for a client to send."""
+        return cls(to_user_id=to_user_id, fields={"epoch": epoch})
+
+
+@attrs.frozen(kw_only=True)
+class ChatMessage:
+    """``chat-message``. Client → server carries ``text`` only; the server's copy adds
+    ``room_id``, ``from_user_id`` and ``ts`` (Unix seconds)."""
+
+    CHANNEL: ClassVar[Channel] = Channel.CHAT
+    TYPE: ClassVar[str] = "chat-message"
+    text: str
+    room_id: str | None = None
+    from_user_id: str | None = None
+    ts: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Error:
+    """Server → client: the offender's frame was refused."""
+
+    TYPE: ClassVar[str] = "error"
+    channel: str
+    code: ErrorCode
+    message: str
+
+
+Signal: TypeAlias = Offer | Answer | Ice | Renegotiate
+ClientMessage: TypeAlias = JoinRoom | LeaveRoom | Offer | Answer | Ice | Renegotiate | ChatMessage
+ServerMessage: TypeAlias = (
+    UserJoinedRoom | UserLeftRoom | Offer | Answer | Ice | Renegotiate | ChatMessage | Error
+)
+Message: TypeAlias = ClientMessage | ServerMessage
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:20]!r} is out of range")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def decode_object(data: str | bytes) -> dict[str, JSONValue]:
+    """Decode one frame to a JSON object, or raise ``WireError`` (channel ``system``)."""
+    if not isinstance(data, str):
+        raise WireError(ErrorCode.BAD_FRAME, "binary frames are not accepted; send JSON text")
+    try:
+        obj = _decoder.decode(data)
+    except RecursionError:
+        raise WireError(ErrorCode.BAD_JSON, "JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, and our hooks' errors
+        raise WireError(ErrorCode.BAD_JSON, f"invalid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise WireError(ErrorCode.BAD_FRAME, f"a frame must be a JSON object, not {_kind(obj)}")
+    return obj
+
+
+def _kind(value: JSONValue) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _str(obj: Mapping[str, JSONValue], key: str, channel: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        what = "missing" if value is None and key not in obj else f"{_kind(value)}"
+        raise WireError(
+            ErrorCode.BAD_FRAME, f"field {key!r} must be a string ({what} given)", channel
+        )
+    return value
+
+
+def _opt_str(obj: Mapping[str, JSONValue], key: str, channel: str) -> str | None:
+    if obj.get(key) is None:
+        return None
+    return _str(obj, key, channel)
+
+
+def _id(obj: Mapping[str, JSONValue], key: str, channel: str, limits: Limits) -> str:
+    value = _str(obj, key, channel)
+    if not limits.valid_id(value):
+        raise WireError(
+            ErrorCode.INVALID_ID,
+            f"field {key!r} must match {limits.id_pattern} (got {value[:80]!r})",
+            channel,
+        )
+    return value
+
+
+def _description(value: JSONValue) -> SessionDescription:
+    return SessionDescription(type=value["type"], sdp=value["sdp"])
+
+
+def _check_description(obj: Mapping[str, JSONValue], key: str) -> None:
+    value = obj.get(key)
+    if not isinstance(value, dict):
+        raise WireError(
+            ErrorCode.BAD_FRAME,
+            f"field {key!r} must be an object with string 'type' and 'sdp'",
+            Channel.SIGNALING,
+        )
+    _str(value, "type", Channel.SIGNALING)
+    _str(value, "sdp", Channel.SIGNALING)
+
+
+def _check_candidate(obj: Mapping[str, JSONValue]) -> None:
+    if "candidate" not in obj:
+        raise WireError(
+            ErrorCode.BAD_FRAME,
+            "field 'candidate' is missing (use null for end-of-candidates)",
+            Channel.SIGNALING,
+        )
+    value = obj["candidate"]
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise WireError(
+            ErrorCode.BAD_FRAME,
+            f"field 'candidate' must be an object or null, not {_kind(value)}",
+            Channel.SIGNALING,
+        )
+    _str(value, "candidate", Channel.SIGNALING)
+    _opt_str(value, "sdpMid", Channel.SIGNALING)
+    _opt_str(value, "usernameFragment", Channel.SIGNALING)
+    index = value.get("sdpMLineIndex")
+    if index is not None and (isinstance(index, bool) or not isinstance(index, int) or index < 0):
+        raise WireError(
+            ErrorCode.BAD_FRAME,
+            "field 'candidate.sdpMLineIndex' must be a non-negative integer or null",
+            Channel.SIGNALING,
+        )
+
+
+_SIGNAL_CLASSES: dict[str, type[_Signal]] = {
+    cls.TYPE: cls for cls in (Offer, Answer, Ice, Renegotiate)
+}
+_ADDRESSING = frozenset({"channel", "type", "toUserId", "fromUserId", "roomId"})
+_KNOWN_CHANNELS = frozenset(c.value for c in Channel if c is not Channel.SYSTEM)
+
+
+def _envelope(obj: Mapping[str, JSONValue]) -> tuple[str, str]:
+    channel = obj.get("channel")
+    if not isinstance(channel, str):
+        raise WireError(ErrorCode.BAD_FRAME, "field 'channel' must be a string")
+    if channel not in _KNOWN_CHANNELS:
+        raise WireError(ErrorCode.UNKNOWN_CHANNEL, f"unknown channel {channel[:80]!r}")
+    return channel, _str(obj, "type", channel)
+
+
+def _unknown_type(channel: str, type_: str) -> WireError:
+    return WireError(
+        ErrorCode.UNKNOWN_TYPE, f"unknown type {type_[:80]!r} on channel {channel!r}", channel
+    )
+
+
+def _signal_fields(obj: Mapping[str, JSONValue]) -> dict[str, JSONValue]:
+    return {k: v for k, v in obj.items() if k not in _ADDRESSING}
+
+
+def parse_client_frame(data: str | bytes, limits: Limits = DEFAULT_LIMITS) -> ClientMessage:
+    """Parse a frame a client sent to the server, or raise ``WireError``.
+
+    Does not check the frame size: that is the caller's first step
+    (:meth:`Limits.too_large`), because an oversize frame closes the connection.
+    """
+    return _parse_client_object(decode_object(data), limits)
+
+
+def _parse_client_object(obj: dict[str, JSONValue], limits: Limits) -> ClientMessage:
+    channel, type_ = _envelope(obj)
+    if channel == Channel.SIGNALING:
+        cls = _SIGNAL_CLASSES.get(type_)
+        if cls is None:
+            raise _unknown_type(channel, type_)
+        to_user_id = _id(obj, "toUserId", channel, limits)
+        if cls is Offer:
+            _check_description(obj, "offer")
+        elif cls is Answer:
+            _check_description(obj, "answer")
+        elif cls is Ice:
+            _check_candidate(obj)
+        return cls(to_user_id=to_user_id, fields=_signal_fields(obj))
+    if channel == Channel.ROOMS:
+        if type_ == JoinRoom.TYPE:
+            room_id = _id(obj, "roomId", channel, limits)
+            user_id = _id(obj, "userId", channel, limits)
+            return JoinRoom(
+                room_id=room_id,
+                user_id=user_id,
+                token=_opt_str(obj, "token", channel),
+                resume_token=_opt_str(obj, "resumeToken", channel),
+            )
+        if type_ == LeaveRoom.TYPE:
+            return LeaveRoom(room_id=_id(obj, "roomId", channel, limits))
+        raise _unknown_type(channel, type_)
+    # the chat channel
+    if type_ != ChatMessage.TYPE:
+        raise _unknown_type(channel, type_)
+    text = _str(obj, "text", channel)
+    if len(text) > limits.max_text_chars:
+        raise WireError(
+            ErrorCode.BAD_FRAME,
+            f"chat text is {len(text)} characters; the limit is {limits.max_text_chars}",
+            channel,
+        )
+    return ChatMessage(text=text)
+
+
+def parse_server_frame(data: str | bytes, limits: Limits = DEFAULT_LIMITS) -> ServerMessage:
+    """Parse a frame the server sent to a client, or raise ``WireError``."""
+    obj = decode_object(data)
+    type_ = obj.get("type")
+    if type_ == Error.TYPE:
+        code = _str(obj, "code", "system")
+        try:
+            error_code = ErrorCode(code)
+        except ValueError:
+            raise WireError(ErrorCode.BAD_FRAME, f"unknown error code {code[:80]!r}") from None
+        return Error(
+            channel=_str(obj, "channel", "system"),
+            code=error_code,
+            message=_str(obj, "message", "system"),
+        )
+    channel, type_ = _envelope(obj)
+    if channel == Channel.SIGNALING:
+        signal = _parse_client_object(obj, limits)
+        return attrs.evolve(
+            signal,
+            from_user_id=_id(obj, "fromUserId", channel, limits),
+            room_id=_id(obj, "roomId", channel, limits),
+        )
+    if channel == Channel.ROOMS:
+        room_id = _id(obj, "roomId", channel, limits)
+        user_id = _id(obj, "userId", channel, limits)
+        if type_ == UserJoinedRoom.TYPE:
+            existing = obj.get("existingParticipants")
+            if not isinstance(existing, list) or not all(isinstance(u, str) for u in existing):
+                raise WireError(
+                    ErrorCode.BAD_FRAME,
+                    "field 'existingParticipants' must be an array of strings",
+                    channel,
+                )
+            return UserJoinedRoom(
+                room_id=room_id,
+                user_id=user_id,
+                existing_participants=tuple(existing),
+                resume_token=_opt_str(obj, "resumeToken", channel),
+            )
+        if type_ == UserLeftRoom.TYPE:
+            return UserLeftRoom(room_id=room_id, user_id=user_id)
+        raise _unknown_type(channel, type_)
+    if type_ != ChatMessage.TYPE:
+        raise _unknown_type(channel, type_)
+    ts = obj.get("ts")
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        raise WireError(ErrorCode.BAD_FRAME, "field 'ts' must be a number", channel)
+    return ChatMessage(
+        text=_str(obj, "text", channel),
+        room_id=_id(obj, "roomId", channel, limits),
+        from_user_id=_id(obj, "fromUserId", channel, limits),
+        ts=float(ts),
+    )
+
+
+# --------------------------------------------------------------------------- encoding
+
+_encoder = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+
+
+def dumps(obj: Mapping[str, JSONValue]) -> str:
+    """Encode one frame object: compact, ASCII-only JSON."""
+    return _encoder.encode(obj)
+
+
+def to_json(message: Message) -> dict[str, JSONValue]:
+    """The wire object of ``message`` (before serialization)."""
+    if isinstance(message, _Signal):
+        out: dict[str, JSONValue] = {
+            "channel": Channel.SIGNALING.value,
+            "type": message.TYPE,
+            "toUserId": message.to_user_id,
+        }
+        out.update(message.fields)
+        if message.from_user_id is not None:
+            out["fromUserId"] = message.from_user_id
+        if message.room_id is not None:
+            out["roomId"] = message.room_id
+        return out
+    if isinstance(message, Error):
+        return {
+            "channel": message.channel,
+            "type": "error",
+            "code": message.code.value,
+            "message": message.message,
+        }
+    if isinstance(message, JoinRoom):
+        out = {"roomId": message.room_id, "userId": message.user_id}
+        if message.token is not None:
+            out["token"] = message.token
+        if message.resume_token is not None:
+            out["resumeToken"] = message.resume_token
+    elif isinstance(message, LeaveRoom):
+        out = {"roomId": message.room_id}
+    elif isinstance(message, UserJoinedRoom):
+        out = {
+            "roomId": message.room_id,
+            "userId": message.user_id,
+            "existingParticipants": list(message.existing_participants),
+        }
+        if message.resume_token is not None:
+            out["resumeToken"] = message.resume_token
+    elif isinstance(message, UserLeftRoom):
+        out = {"roomId": message.room_id, "userId": message.user_id}
+    else:
+        out = {}
+        if message.room_id is not None:
+            out["roomId"] = message.room_id
+        if message.from_user_id is not None:
+            out["fromUserId"] = message.from_user_id
+        out["text"] = message.text
+        if message.ts is not None:
+            out["ts"] = message.ts
+    return {"channel": message.CHANNEL.value, "type": message.TYPE, **out}
+
+
+def encode(message: Message) -> str:
+    """Encode ``message`` as the text of one WebSocket frame."""
+    return dumps(to_json(message))
