@@ -58,42 +58,88 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the relay server",
-                                description="Run the relay server until SIGINT/SIGTERM.")
+    serve = commands.add_parser(
+        "serve",
+        help="run the relay server",
+        description="Run the relay server until SIGINT/SIGTERM.",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
-    serve.add_argument("--port", type=_port, default=8765,
-                       help="port to bind; 0 picks a free one (default %(default)s)")
+    serve.add_argument(
+        "--port",
+        type=_port,
+        default=8765,
+        help="port to bind; 0 picks a free one (default %(default)s)",
+    )
     limits = serve.add_argument_group("limits")
-    limits.add_argument("--max-frame-bytes", type=_positive_int,
-                        default=_DEFAULTS.max_frame_bytes, metavar="BYTES",
-                        help="largest accepted frame; larger closes with 1009 (default %(default)s)")
-    limits.add_argument("--max-room-size", type=_positive_int, default=_DEFAULTS.max_room_size,
-                        metavar="USERS", help="members per room (default %(default)s)")
-    limits.add_argument("--max-text-chars", type=_positive_int,
-                        default=_DEFAULTS.max_text_chars, metavar="CHARS",
-                        help="longest chat text (default %(default)s)")
-    limits.add_argument("--rate-limit", type=_non_negative_float, default=_DEFAULTS.rate_limit,
-                        metavar="FRAMES_PER_S",
-                        help="sustained frames/s per connection; 0 turns it off "
-                             "(default %(default)s)")
-    limits.add_argument("--rate-burst", type=_positive_int, default=_DEFAULTS.rate_burst,
-                        metavar="FRAMES", help="token-bucket depth (default %(default)s)")
-    limits.add_argument("--abuse-errors", type=_positive_int, default=_DEFAULTS.abuse_errors,
-                        metavar="N",
-                        help="error replies within --abuse-window that close with 1008 "
-                             "(default %(default)s)")
-    limits.add_argument("--abuse-window", type=_positive_float, default=_DEFAULTS.abuse_window,
-                        metavar="SECONDS", help="(default %(default)s)")
-    limits.add_argument("--send-queue", type=_positive_int, default=DEFAULT_SEND_QUEUE,
-                        metavar="FRAMES",
-                        help="frames queued for one client before it is closed as a slow "
-                             "consumer with 1013 (default %(default)s)")
-    serve.add_argument("--log-level", default="INFO", type=str.upper,
-                       choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                       help="(default %(default)s)")
-    serve.add_argument("--trace", metavar="FILE",
-                       help="write every event into and action out of the relay machine "
-                            "to FILE as JSON lines")
+    limits.add_argument(
+        "--max-frame-bytes",
+        type=_positive_int,
+        default=_DEFAULTS.max_frame_bytes,
+        metavar="BYTES",
+        help="largest accepted frame; larger closes with 1009 (default %(default)s)",
+    )
+    limits.add_argument(
+        "--max-room-size",
+        type=_positive_int,
+        default=_DEFAULTS.max_room_size,
+        metavar="USERS",
+        help="members per room (default %(default)s)",
+    )
+    limits.add_argument(
+        "--max-text-chars",
+        type=_positive_int,
+        default=_DEFAULTS.max_text_chars,
+        metavar="CHARS",
+        help="longest chat text (default %(default)s)",
+    )
+    limits.add_argument(
+        "--rate-limit",
+        type=_non_negative_float,
+        default=_DEFAULTS.rate_limit,
+        metavar="FRAMES_PER_S",
+        help="sustained frames/s per connection; 0 turns it off (default %(default)s)",
+    )
+    limits.add_argument(
+        "--rate-burst",
+        type=_positive_int,
+        default=_DEFAULTS.rate_burst,
+        metavar="FRAMES",
+        help="token-bucket depth (default %(default)s)",
+    )
+    limits.add_argument(
+        "--abuse-errors",
+        type=_positive_int,
+        default=_DEFAULTS.abuse_errors,
+        metavar="N",
+        help="error replies within --abuse-window that close with 1008 (default %(default)s)",
+    )
+    limits.add_argument(
+        "--abuse-window",
+        type=_positive_float,
+        default=_DEFAULTS.abuse_window,
+        metavar="SECONDS",
+        help="(default %(default)s)",
+    )
+    limits.add_argument(
+        "--send-queue",
+        type=_positive_int,
+        default=DEFAULT_SEND_QUEUE,
+        metavar="FRAMES",
+        help="frames queued for one client before it is closed as a slow "
+        "consumer with 1013 (default %(default)s)",
+    )
+    serve.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="(default %(default)s)",
+    )
+    serve.add_argument(
+        "--trace",
+        metavar="FILE",
+        help="write every event into and action out of the relay machine to FILE as JSON lines",
+    )
     return parser
 
 
@@ -113,10 +159,14 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
 async def run_serve(args: argparse.Namespace, out: TextIO = sys.stdout) -> None:
     """Run ``serve`` until SIGINT or SIGTERM."""
     with contextlib.ExitStack() as stack:
-        trace = stack.enter_context(open(args.trace, "w", encoding="utf-8")) if args.trace \
-            else None
-        server = RelayServer(host=args.host, port=args.port, limits=limits_from_args(args),
-                             send_queue=args.send_queue, trace=trace)
+        trace = stack.enter_context(open(args.trace, "w", encoding="utf-8")) if args.trace else None
+        server = RelayServer(
+            host=args.host,
+            port=args.port,
+            limits=limits_from_args(args),
+            send_queue=args.send_queue,
+            trace=trace,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -131,8 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sansio-signal`` console script."""
     args = build_parser().parse_args(argv)
     if args.command == "serve":
-        logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=args.log_level,
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
         # websockets logs every HTTP request at INFO; keep it for --log-level DEBUG only.
         if args.log_level != "DEBUG":
             logging.getLogger("websockets").setLevel(logging.WARNING)

@@ -33,8 +33,13 @@ from types import TracebackType
 from typing import TextIO
 
 import attrs
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram
-from prometheus_client import generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -93,8 +98,12 @@ class _StatsCollector(Collector):
             ("sansio_signal_frames_in", "Frames received, by type.", "type", stats.frames_in),
             ("sansio_signal_frames_out", "Frames sent, by type.", "type", stats.frames_out),
             ("sansio_signal_errors", "Error replies sent, by code.", "code", stats.errors),
-            ("sansio_signal_closes", "Connections closed by the server, by code.", "code",
-             self._server.closes),
+            (
+                "sansio_signal_closes",
+                "Connections closed by the server, by code.",
+                "code",
+                self._server.closes,
+            ),
         ):
             family = CounterMetricFamily(name, doc, labels=[label])
             for key, value in sorted(counter.items(), key=lambda kv: str(kv[0])):
@@ -138,15 +147,31 @@ class RelayServer:
         self._timer: asyncio.TimerHandle | None = None
         self._armed_for: float | None = None
         self.registry = CollectorRegistry()
-        Gauge("sansio_signal_connections", "Open WebSocket connections.",
-              registry=self.registry).set_function(lambda: len(self._links))
-        Gauge("sansio_signal_rooms", "Rooms with at least one member.",
-              registry=self.registry).set_function(lambda: self.machine.room_count)
+        Gauge(
+            "sansio_signal_connections", "Open WebSocket connections.", registry=self.registry
+        ).set_function(lambda: len(self._links))
+        Gauge(
+            "sansio_signal_rooms", "Rooms with at least one member.", registry=self.registry
+        ).set_function(lambda: self.machine.room_count)
         self._latency = Histogram(
             "sansio_signal_relay_latency_seconds",
             "From a frame's arrival to each resulting frame handed to the socket.",
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                     0.25, 0.5, 1.0, 2.5),
+            buckets=(
+                0.0001,
+                0.00025,
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1.0,
+                2.5,
+            ),
             registry=self.registry,
         )
         self.registry.register(_StatsCollector(self))
@@ -206,22 +231,26 @@ class RelayServer:
         path = request.path.partition("?")[0]
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
         if path == "/healthz":
-            return _response(ws, http.HTTPStatus.OK, json.dumps(self.health()).encode(),
-                             "application/json")
+            return _response(
+                ws, http.HTTPStatus.OK, json.dumps(self.health()).encode(), "application/json"
+            )
         if path == "/metrics":
-            return _response(ws, http.HTTPStatus.OK, generate_latest(self.registry),
-                             CONTENT_TYPE_LATEST)
+            return _response(
+                ws, http.HTTPStatus.OK, generate_latest(self.registry), CONTENT_TYPE_LATEST
+            )
         if path == "/" and not upgrade:
             return _response(ws, http.HTTPStatus.OK, self._index(), "text/html; charset=utf-8")
         if path != "/":
-            return _response(ws, http.HTTPStatus.NOT_FOUND, b"not found\n",
-                             "text/plain; charset=utf-8")
+            return _response(
+                ws, http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8"
+            )
         return None
 
     def _index(self) -> bytes:
         if self._page is None:
-            self._page = resources.files("sansio_signal.adapters").joinpath(
-                "static/index.html").read_bytes()
+            self._page = (
+                resources.files("sansio_signal.adapters").joinpath("static/index.html").read_bytes()
+            )
         return self._page
 
     # ------------------------------------------------------------------ connections
@@ -250,8 +279,9 @@ class RelayServer:
     @staticmethod
     def _clean(link: _Link) -> bool:
         protocol = link.ws.protocol
-        if link.server_closed or (protocol.close_sent is not None
-                                  and not protocol.close_rcvd_then_sent):
+        if link.server_closed or (
+            protocol.close_sent is not None and not protocol.close_rcvd_then_sent
+        ):
             return True  # we closed it (1007, 1008, 1009, 1011, 1013): it leaves at once
         code = protocol.close_rcvd.code if protocol.close_rcvd is not None else None
         return code in (CloseCode.NORMAL, CloseCode.GOING_AWAY)
@@ -301,8 +331,9 @@ class RelayServer:
         self._armed_for = deadline
         if deadline is not None:
             loop = asyncio.get_running_loop()
-            self._timer = loop.call_at(loop.time() + max(0.0, deadline - time.time()),
-                                       self._on_timer)
+            self._timer = loop.call_at(
+                loop.time() + max(0.0, deadline - time.time()), self._on_timer
+            )
 
     def _trace(self, now: float, event: RelayEvent | None, actions: list[RelayAction]) -> None:
         assert self.trace is not None
@@ -327,9 +358,8 @@ class RelayServer:
                 link = self._links.get(action.conn)
                 if link is not None:
                     self._close(link, action.code, action.reason, flush=True)
-            elif isinstance(action, Log):
-                if logger.isEnabledFor(action.level):
-                    logger.log(action.level, action.message, *action.args)
+            elif isinstance(action, Log) and logger.isEnabledFor(action.level):
+                logger.log(action.level, action.message, *action.args)
         # A slow consumer leaves only after this batch is out, so the others see the
         # batch's frames before its user-left-room, in the order the machine decided.
         for conn in overflowed:
@@ -354,8 +384,9 @@ class RelayServer:
         asyncio.get_running_loop().create_task(link.ws.close(code, reason))
 
 
-def _response(ws: ServerConnection, status: http.HTTPStatus, body: bytes,
-              content_type: str) -> Response:
+def _response(
+    ws: ServerConnection, status: http.HTTPStatus, body: bytes, content_type: str
+) -> Response:
     headers = Headers()
     headers["Content-Type"] = content_type
     headers["Content-Length"] = str(len(body))

@@ -229,14 +229,16 @@ class RelayMachine:
             c.tokens = tokens - 1.0
         try:
             message = parse_client_frame(data, limits)
-        except WireError as error:
+        except WireError as exc:
             self.stats.frames_in["invalid"] += 1
-            return self._reply_error(c, conn, error, now)
+            return self._reply_error(c, conn, exc, now)
         self.stats.frames_in[message.TYPE] += 1
         handler = _TRANSITIONS.get((c.phase, type(message)))
         if handler is None:
             error = WireError(
-                ErrorCode.NOT_IN_ROOM, f"{message.TYPE} needs a room; join one first", message.CHANNEL
+                ErrorCode.NOT_IN_ROOM,
+                f"{message.TYPE} needs a room; join one first",
+                message.CHANNEL,
             )
             return self._reply_error(c, conn, error, now)
         return handler(self, c, conn, message, now)
@@ -244,13 +246,20 @@ class RelayMachine:
     def _error_frame(self, conn: ConnId, error: WireError) -> list[RelayAction]:
         self.stats.errors[error.code.value] += 1
         text = dumps(
-            {"channel": error.channel, "type": "error", "code": error.code.value,
-             "message": error.message}
+            {
+                "channel": error.channel,
+                "type": "error",
+                "code": error.code.value,
+                "message": error.message,
+            }
         )
         return [
             self._send(conn, text, "error"),
-            Log(level=LogLevel.DEBUG, message="Error %s to connection %s: %s",
-                args=(error.code.value, conn, error.message)),
+            Log(
+                level=LogLevel.DEBUG,
+                message="Error %s to connection %s: %s",
+                args=(error.code.value, conn, error.message),
+            ),
         ]
 
     def _reply_error(
@@ -277,8 +286,13 @@ class RelayMachine:
         c.phase = Phase.CLOSED
         self.stats.closes[code] += 1
         actions.append(CloseConnection(conn=conn, code=code, reason=reason))
-        actions.append(Log(level=LogLevel.WARNING, message="Closing connection %s: %s %s",
-                           args=(conn, code, reason)))
+        actions.append(
+            Log(
+                level=LogLevel.WARNING,
+                message="Closing connection %s: %s %s",
+                args=(conn, code, reason),
+            )
+        )
         return actions
 
     # ------------------------------------------------------------------ membership
@@ -295,29 +309,34 @@ class RelayMachine:
             self._send(other, text, UserLeftRoom.TYPE)
             for _, other in self.directory.connections(room_id)
         ]
-        actions.append(Log(level=LogLevel.INFO, message='User "%s" left room "%s"',
-                           args=(user_id, room_id)))
+        actions.append(
+            Log(level=LogLevel.INFO, message='User "%s" left room "%s"', args=(user_id, room_id))
+        )
         return actions
 
-    def _on_join(
-        self, c: _Conn, conn: ConnId, msg: ClientMessage, now: float
-    ) -> list[RelayAction]:
+    def _on_join(self, c: _Conn, conn: ConnId, msg: ClientMessage, now: float) -> list[RelayAction]:
         assert isinstance(msg, JoinRoom)
         room_id, user_id = msg.room_id, msg.user_id
         if self._authorize is not None and not self._authorize(msg, now):
-            error = WireError(ErrorCode.UNAUTHORIZED, "join refused: missing or invalid token",
-                              Channel.ROOMS)
+            error = WireError(
+                ErrorCode.UNAUTHORIZED, "join refused: missing or invalid token", Channel.ROOMS
+            )
             return self._reply_error(c, conn, error, now)
         holder = self.directory.lookup(room_id, user_id)
         if holder is not None and holder != conn:
-            error = WireError(ErrorCode.USER_ID_TAKEN,
-                              f"user id {user_id!r} is taken in room {room_id!r}", Channel.ROOMS)
+            error = WireError(
+                ErrorCode.USER_ID_TAKEN,
+                f"user id {user_id!r} is taken in room {room_id!r}",
+                Channel.ROOMS,
+            )
             return self._reply_error(c, conn, error, now)
         size = self.directory.size(room_id) - (1 if c.room_id == room_id else 0)
         if size >= self.limits.max_room_size:
-            error = WireError(ErrorCode.ROOM_FULL,
-                              f"room {room_id!r} is full ({self.limits.max_room_size} members)",
-                              Channel.ROOMS)
+            error = WireError(
+                ErrorCode.ROOM_FULL,
+                f"room {room_id!r} is full ({self.limits.max_room_size} members)",
+                Channel.ROOMS,
+            )
             return self._reply_error(c, conn, error, now)
 
         actions: list[RelayAction] = []
@@ -330,14 +349,22 @@ class RelayMachine:
         joined = UserJoinedRoom(
             room_id=room_id, user_id=user_id, existing_participants=tuple(existing)
         )
-        actions.append(self._send(
-            conn, encode(attrs.evolve(joined, resume_token=self._new_token())),
-            UserJoinedRoom.TYPE,
-        ))
+        actions.append(
+            self._send(
+                conn,
+                encode(attrs.evolve(joined, resume_token=self._new_token())),
+                UserJoinedRoom.TYPE,
+            )
+        )
         text = encode(joined)
         actions += [self._send(other, text, UserJoinedRoom.TYPE) for _, other in others]
-        actions.append(Log(level=LogLevel.INFO, message='User "%s" joined room "%s" (%d members)',
-                           args=(user_id, room_id, len(existing) + 1)))
+        actions.append(
+            Log(
+                level=LogLevel.INFO,
+                message='User "%s" joined room "%s" (%d members)',
+                args=(user_id, room_id, len(existing) + 1),
+            )
+        )
         return actions
 
     def _on_leave(
@@ -345,8 +372,7 @@ class RelayMachine:
     ) -> list[RelayAction]:
         assert isinstance(msg, LeaveRoom)
         if msg.room_id != c.room_id:
-            error = WireError(ErrorCode.NOT_IN_ROOM, f"not in room {msg.room_id!r}",
-                              Channel.ROOMS)
+            error = WireError(ErrorCode.NOT_IN_ROOM, f"not in room {msg.room_id!r}", Channel.ROOMS)
             return self._reply_error(c, conn, error, now)
         return self._leave(c, conn)
 
@@ -360,35 +386,47 @@ class RelayMachine:
         assert room_id is not None and user_id is not None
         target = self.directory.lookup(room_id, msg.to_user_id)
         if target is None:
-            error = WireError(ErrorCode.PEER_NOT_FOUND,
-                              f"no user {msg.to_user_id!r} in room {room_id!r}", Channel.SIGNALING)
+            error = WireError(
+                ErrorCode.PEER_NOT_FOUND,
+                f"no user {msg.to_user_id!r} in room {room_id!r}",
+                Channel.SIGNALING,
+            )
             return self._reply_error(c, conn, error, now)
         out = {"channel": Channel.SIGNALING.value, "type": msg.TYPE, "toUserId": msg.to_user_id}
         out.update(msg.fields)
         out["fromUserId"] = user_id
         out["roomId"] = room_id
         return [
-            Log(level=LogLevel.INFO, message='Relaying message type "%s" on channel "%s"',
-                args=(msg.TYPE, Channel.SIGNALING.value)),
+            Log(
+                level=LogLevel.INFO,
+                message='Relaying message type "%s" on channel "%s"',
+                args=(msg.TYPE, Channel.SIGNALING.value),
+            ),
             self._send(target, dumps(out), msg.TYPE),
             Log(level=LogLevel.INFO, message="Message relayed to %d clients", args=(1,)),
         ]
 
-    def _on_chat(
-        self, c: _Conn, conn: ConnId, msg: ClientMessage, now: float
-    ) -> list[RelayAction]:
+    def _on_chat(self, c: _Conn, conn: ConnId, msg: ClientMessage, now: float) -> list[RelayAction]:
         assert isinstance(msg, ChatMessage)
         room_id, user_id = c.room_id, c.user_id
         assert room_id is not None and user_id is not None
         text = encode(ChatMessage(text=msg.text, room_id=room_id, from_user_id=user_id, ts=now))
         members = self.directory.connections(room_id)
         actions: list[RelayAction] = [
-            Log(level=LogLevel.INFO, message='Relaying message type "%s" on channel "%s"',
-                args=(ChatMessage.TYPE, Channel.CHAT.value)),
+            Log(
+                level=LogLevel.INFO,
+                message='Relaying message type "%s" on channel "%s"',
+                args=(ChatMessage.TYPE, Channel.CHAT.value),
+            ),
         ]
         actions += [self._send(other, text, ChatMessage.TYPE) for _, other in members]
-        actions.append(Log(level=LogLevel.INFO, message="Message relayed to %d clients",
-                           args=(len(actions) - 1,)))
+        actions.append(
+            Log(
+                level=LogLevel.INFO,
+                message="Message relayed to %d clients",
+                args=(len(actions) - 1,),
+            )
+        )
         return actions
 
 

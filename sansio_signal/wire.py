@@ -468,7 +468,7 @@ def _check_candidate(obj: Mapping[str, JSONValue]) -> None:
         )
 
 
-_SIGNAL_CLASSES: dict[str, type[_Signal]] = {
+_SIGNAL_CLASSES: dict[str, type[Offer | Answer | Ice | Renegotiate]] = {
     cls.TYPE: cls for cls in (Offer, Answer, Ice, Renegotiate)
 }
 _ADDRESSING = frozenset({"channel", "type", "toUserId", "fromUserId", "roomId"})
@@ -503,20 +503,25 @@ def parse_client_frame(data: str | bytes, limits: Limits = DEFAULT_LIMITS) -> Cl
     return _parse_client_object(decode_object(data), limits)
 
 
+def _parse_signal(obj: dict[str, JSONValue], type_: str, limits: Limits) -> Signal:
+    channel = Channel.SIGNALING.value
+    cls = _SIGNAL_CLASSES.get(type_)
+    if cls is None:
+        raise _unknown_type(channel, type_)
+    to_user_id = _id(obj, "toUserId", channel, limits)
+    if cls is Offer:
+        _check_description(obj, "offer")
+    elif cls is Answer:
+        _check_description(obj, "answer")
+    elif cls is Ice:
+        _check_candidate(obj)
+    return cls(to_user_id=to_user_id, fields=_signal_fields(obj))
+
+
 def _parse_client_object(obj: dict[str, JSONValue], limits: Limits) -> ClientMessage:
     channel, type_ = _envelope(obj)
     if channel == Channel.SIGNALING:
-        cls = _SIGNAL_CLASSES.get(type_)
-        if cls is None:
-            raise _unknown_type(channel, type_)
-        to_user_id = _id(obj, "toUserId", channel, limits)
-        if cls is Offer:
-            _check_description(obj, "offer")
-        elif cls is Answer:
-            _check_description(obj, "answer")
-        elif cls is Ice:
-            _check_candidate(obj)
-        return cls(to_user_id=to_user_id, fields=_signal_fields(obj))
+        return _parse_signal(obj, type_, limits)
     if channel == Channel.ROOMS:
         if type_ == JoinRoom.TYPE:
             room_id = _id(obj, "roomId", channel, limits)
@@ -560,7 +565,7 @@ def parse_server_frame(data: str | bytes, limits: Limits = DEFAULT_LIMITS) -> Se
         )
     channel, type_ = _envelope(obj)
     if channel == Channel.SIGNALING:
-        signal = _parse_client_object(obj, limits)
+        signal = _parse_signal(obj, type_, limits)
         return attrs.evolve(
             signal,
             from_user_id=_id(obj, "fromUserId", channel, limits),

@@ -81,8 +81,15 @@ class RelayHarness:
 
     def join(self, conn: ConnId, room_id: str, user_id: str) -> list[RelayAction]:
         """Send a ``join-room``."""
-        return self.send(conn, {"channel": "webrtc-dashboard-rooms", "type": "join-room",
-                                "roomId": room_id, "userId": user_id})
+        return self.send(
+            conn,
+            {
+                "channel": "webrtc-dashboard-rooms",
+                "type": "join-room",
+                "roomId": room_id,
+                "userId": user_id,
+            },
+        )
 
     def take(self, conn: ConnId) -> list[dict[str, Any]]:
         """Return and clear what ``conn`` has received."""

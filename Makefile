@@ -1,0 +1,38 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+SOURCES := $(shell find sansio_signal adapters -type f -not -path '*/__pycache__/*') pyproject.toml
+
+.PHONY: demo serve test lint typecheck install bench
+
+# A strict editable install links each file that exists at install time (mypy sees it),
+# so the install is redone whenever a source file is added or changed.
+$(VENV)/.installed: $(SOURCES)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]' --config-settings editable_mode=strict
+	touch $@
+
+install: $(VENV)/.installed
+
+# The main job on an embedded default: the relay server on ws://127.0.0.1:8765/.
+demo: install
+	$(BIN)/sansio-signal serve
+
+serve: demo
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+# Every check: lint, types, and the whole test suite.
+test: lint typecheck
+	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/bench_core.py
+	$(BIN)/python benchmarks/bench_server.py

@@ -1,0 +1,467 @@
+"""Integration: the real relay server on loopback, real ``websockets`` clients.
+
+Every wait is on a frame or a close with a timeout; "nothing was delivered" is shown
+with a barrier (a later frame on the same connection arrives first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from sansio_signal import Limits
+from sansio_signal.adapters.server import RelayServer
+
+ROOMS = "webrtc-dashboard-rooms"
+SIGNALING = "webrtc-signaling"
+CHAT = "webrtc-dashboard-chat"
+TIMEOUT = 5.0
+
+Frame = dict[str, Any]
+
+
+def run(scenario: Callable[[RelayServer], Awaitable[None]], **server_args: Any) -> None:
+    """Start a server on a free port, run ``scenario`` against it, stop it."""
+
+    async def main() -> None:
+        async with RelayServer(port=0, **server_args) as server:
+            await asyncio.wait_for(scenario(server), 30)
+
+    asyncio.run(main())
+
+
+async def recv(ws: ClientConnection) -> Frame:
+    frame: Frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+    return frame
+
+
+async def send(ws: ClientConnection, frame: Frame) -> None:
+    await ws.send(json.dumps(frame))
+
+
+async def closed_code(ws: ClientConnection) -> int | None:
+    """Read until the server closes ``ws``; the close code it sent."""
+    with pytest.raises(ConnectionClosed):
+        while True:
+            await asyncio.wait_for(ws.recv(), TIMEOUT)
+    return ws.protocol.close_rcvd.code if ws.protocol.close_rcvd else None
+
+
+async def joined(server: RelayServer, room: str, *users: str) -> list[ClientConnection]:
+    """Connect and join ``users`` in order; drain the membership frames they cause."""
+    clients: list[ClientConnection] = []
+    for user in users:
+        ws = await connect(server.url)
+        await send(ws, {"channel": ROOMS, "type": "join-room", "roomId": room, "userId": user})
+        for c in [*clients, ws]:
+            frame = await recv(c)
+            assert frame["type"] == "user-joined-room" and frame["userId"] == user
+        clients.append(ws)
+    return clients
+
+
+def incompressible(n: int) -> str:
+    """``n`` bytes of text that permessage-deflate cannot shrink (seeded, repeatable)."""
+    return base64.b64encode(random.Random(n).randbytes(n * 3 // 4)).decode()
+
+
+def http_get(url: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+            return response.status, response.headers["Content-Type"], response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read()
+
+
+def http_url(server: RelayServer, path: str) -> str:
+    return f"http://127.0.0.1:{server.port}{path}"
+
+
+# --------------------------------------------------------------------------- membership
+
+
+def test_join_relay_chat_leave() -> None:
+    async def scenario(server: RelayServer) -> None:
+        bob = await connect(server.url)
+        await send(
+            bob, {"channel": ROOMS, "type": "join-room", "roomId": "demo", "userId": "user_b"}
+        )
+        own = await recv(bob)
+        assert isinstance(own.pop("resumeToken"), str)
+        assert own == {
+            "channel": ROOMS,
+            "type": "user-joined-room",
+            "roomId": "demo",
+            "userId": "user_b",
+            "existingParticipants": [],
+        }
+
+        alice = await connect(server.url)
+        await send(
+            alice, {"channel": ROOMS, "type": "join-room", "roomId": "demo", "userId": "user_a"}
+        )
+        mine = await recv(alice)
+        assert "resumeToken" in mine and mine["existingParticipants"] == ["user_b"]
+        theirs = await recv(bob)
+        assert theirs == {
+            "channel": ROOMS,
+            "type": "user-joined-room",
+            "roomId": "demo",
+            "userId": "user_a",
+            "existingParticipants": ["user_b"],
+        }
+
+        offer = {
+            "channel": SIGNALING,
+            "type": "webrtc-offer",
+            "toUserId": "user_b",
+            "offer": {"type": "offer", "sdp": "v=0\r\n"},
+            "epoch": 2,
+            "fromUserId": "mallory",
+            "roomId": "elsewhere",
+        }
+        await send(alice, offer)
+        assert await recv(bob) == {**offer, "fromUserId": "user_a", "roomId": "demo"}
+
+        before = time.time()
+        await send(bob, {"channel": CHAT, "type": "chat-message", "text": "héllo ✓"})
+        for ws in (alice, bob):
+            chat = await recv(ws)
+            ts = chat.pop("ts")
+            assert before - 1 <= ts <= time.time() + 1
+            assert chat == {
+                "channel": CHAT,
+                "type": "chat-message",
+                "roomId": "demo",
+                "fromUserId": "user_b",
+                "text": "héllo ✓",
+            }
+
+        await send(bob, {"channel": ROOMS, "type": "leave-room", "roomId": "demo"})
+        assert await recv(alice) == {
+            "channel": ROOMS,
+            "type": "user-left-room",
+            "roomId": "demo",
+            "userId": "user_b",
+        }
+        await alice.close()
+        await bob.close()
+
+    run(scenario)
+
+
+def test_disconnect_leaves_at_once_and_rooms_are_isolated() -> None:
+    async def scenario(server: RelayServer) -> None:
+        a, b = await joined(server, "r1", "a", "b")
+        (x,) = await joined(server, "r2", "x")
+        # x cannot reach a: a is in another room; nothing is delivered to anyone.
+        await send(
+            x, {"channel": SIGNALING, "type": "webrtc-ice", "toUserId": "a", "candidate": None}
+        )
+        error = await recv(x)
+        assert (error["channel"], error["code"]) == (SIGNALING, "peer-not-found")
+        await send(b, {"channel": SIGNALING, "type": "webrtc-renegotiate", "toUserId": "a"})
+        first = await recv(a)  # the barrier: b's frame is the first thing a sees
+        assert (first["type"], first["fromUserId"]) == ("webrtc-renegotiate", "b")
+
+        await b.close()
+        assert await recv(a) == {
+            "channel": ROOMS,
+            "type": "user-left-room",
+            "roomId": "r1",
+            "userId": "b",
+        }
+        await a.close()
+        await x.close()
+
+    run(scenario)
+
+
+def test_ordering_per_pair_over_real_sockets() -> None:
+    async def scenario(server: RelayServer) -> None:
+        a, b = await joined(server, "order", "a", "b")
+        for seq in range(300):
+            await send(
+                a,
+                {
+                    "channel": SIGNALING,
+                    "type": "webrtc-ice",
+                    "toUserId": "b",
+                    "candidate": {
+                        "candidate": f"candidate:{seq} 1 udp 1 127.0.0.1 9 typ host",
+                        "sdpMid": "0",
+                        "sdpMLineIndex": 0,
+                    },
+                    "seq": seq,
+                },
+            )
+        got = [(await recv(b))["seq"] for _ in range(300)]
+        assert got == list(range(300))
+        await a.close()
+        await b.close()
+
+    run(scenario, limits=Limits(rate_limit=0))
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_bad_input_gets_errors_and_the_connection_keeps_working() -> None:
+    async def scenario(server: RelayServer) -> None:
+        a, b = await joined(server, "demo", "a", "b")
+        await a.send("{not json")
+        assert (await recv(a))["code"] == "bad-json"
+        await a.send(b"\x00\x01binary")
+        error = await recv(a)
+        assert (error["channel"], error["code"]) == ("system", "bad-frame")
+        await send(a, {"channel": "nope", "type": "x"})
+        assert (await recv(a))["code"] == "unknown-channel"
+        await send(
+            a,
+            {
+                "channel": ROOMS,
+                "type": "user-joined-room",
+                "roomId": "demo",
+                "userId": "a",
+                "existingParticipants": [],
+            },
+        )
+        error = await recv(a)
+        assert (error["channel"], error["code"]) == (ROOMS, "unknown-type")
+        await send(a, {"channel": CHAT, "type": "chat-message", "text": "x" * 4097})
+        assert (await recv(a))["code"] == "bad-frame"
+        # Still a member, still relaying.
+        await send(a, {"channel": CHAT, "type": "chat-message", "text": "still here"})
+        assert (await recv(b))["text"] == "still here"
+        assert (await recv(a))["text"] == "still here"
+        await a.close()
+        await b.close()
+
+    run(scenario)
+
+
+def test_not_in_room_and_taken_id() -> None:
+    async def scenario(server: RelayServer) -> None:
+        (a,) = await joined(server, "demo", "a")
+        lobby = await connect(server.url)
+        await send(lobby, {"channel": CHAT, "type": "chat-message", "text": "hi"})
+        error = await recv(lobby)
+        assert (error["channel"], error["code"]) == (CHAT, "not-in-room")
+        await send(lobby, {"channel": ROOMS, "type": "join-room", "roomId": "demo", "userId": "a"})
+        assert (await recv(lobby))["code"] == "user-id-taken"
+        await send(
+            lobby, {"channel": ROOMS, "type": "join-room", "roomId": "demo", "userId": "bad id!"}
+        )
+        assert (await recv(lobby))["code"] == "invalid-id"
+        await a.close()
+        await lobby.close()
+
+    run(scenario)
+
+
+def test_room_full() -> None:
+    async def scenario(server: RelayServer) -> None:
+        clients = await joined(server, "small", "a", "b")
+        c = await connect(server.url)
+        await send(c, {"channel": ROOMS, "type": "join-room", "roomId": "small", "userId": "c"})
+        error = await recv(c)
+        assert (error["channel"], error["code"]) == (ROOMS, "room-full")
+        for ws in [*clients, c]:
+            await ws.close()
+
+    run(scenario, limits=Limits(max_room_size=2))
+
+
+def test_oversize_frame_closes_1009_and_the_member_leaves() -> None:
+    async def scenario(server: RelayServer) -> None:
+        a, b = await joined(server, "demo", "a", "b")
+        await send(a, {"channel": CHAT, "type": "chat-message", "text": "x" * 1100})
+        error = await recv(a)
+        assert error["code"] == "frame-too-large"
+        assert await closed_code(a) == 1009
+        assert (await recv(b))["type"] == "user-left-room"
+        # Far beyond the limit, websockets itself refuses the frame, also with 1009.
+        c = await connect(server.url)
+        await c.send("x" * 10_000)
+        assert await closed_code(c) == 1009
+        await b.close()
+
+    run(scenario, limits=Limits(max_frame_bytes=1024))
+
+
+def test_invalid_utf8_closes_1007() -> None:
+    async def scenario(server: RelayServer) -> None:
+        (b,) = await joined(server, "demo", "b")
+        a = await connect(server.url)
+        await a.send(b"\xff\xfe not utf-8", text=True)
+        assert await closed_code(a) == 1007
+        # The server and the other connection carry on.
+        await send(b, {"channel": CHAT, "type": "chat-message", "text": "ok"})
+        assert (await recv(b))["text"] == "ok"
+        await b.close()
+
+    run(scenario)
+
+
+def test_persistent_bad_input_closes_1008() -> None:
+    async def scenario(server: RelayServer) -> None:
+        a, b = await joined(server, "demo", "a", "b")
+        for _ in range(20):
+            await a.send("[]")
+        codes = [(await recv(a))["code"] for _ in range(20)]
+        assert codes == ["bad-frame"] * 20
+        assert await closed_code(a) == 1008
+        assert (await recv(b)) == {
+            "channel": ROOMS,
+            "type": "user-left-room",
+            "roomId": "demo",
+            "userId": "a",
+        }
+        await b.close()
+
+    run(scenario)
+
+
+def test_rate_limit() -> None:
+    async def scenario(server: RelayServer) -> None:
+        a, b = await joined(server, "demo", "a", "b")  # the join used one token
+        for i in range(5):
+            await send(a, {"channel": CHAT, "type": "chat-message", "text": str(i)})
+        replies = [await recv(a) for _ in range(5)]
+        assert [r.get("text", r.get("code")) for r in replies] == [
+            "0",
+            "1",
+            "2",
+            "3",
+            "rate-limited",
+        ]
+        assert [(await recv(b))["text"] for _ in range(4)] == ["0", "1", "2", "3"]
+        await a.close()
+        await b.close()
+
+    # A sustained rate this low cannot refill a token within the test.
+    run(scenario, limits=Limits(rate_limit=0.001, rate_burst=5))
+
+
+def test_slow_consumer_is_closed_while_others_are_served() -> None:
+    async def scenario(server: RelayServer) -> None:
+        sender, fast = await joined(server, "demo", "sender", "fast")
+        # A client with a small receive window, so the server's buffers fill quickly
+        # (loopback otherwise autotunes receive buffers up to tens of megabytes).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16_384)
+        sock.connect(("127.0.0.1", server.port))
+        sock.setblocking(False)
+        slow = await connect(server.url, sock=sock, max_queue=1)
+        await send(
+            slow, {"channel": ROOMS, "type": "join-room", "roomId": "demo", "userId": "slow"}
+        )
+        for ws in (sender, fast, slow):
+            assert (await recv(ws))["userId"] == "slow"
+        big = {
+            "channel": SIGNALING,
+            "type": "webrtc-offer",
+            "toUserId": "slow",
+            "offer": {"type": "offer", "sdp": incompressible(45_000)},
+        }
+        # "slow" never reads. Its queue (4 frames) fills once the socket buffers are
+        # full; then the server drops it, and "fast" is told.
+        notice: str | bytes | None = None
+        for _ in range(2_000):
+            await send(sender, big)
+            try:
+                notice = await asyncio.wait_for(fast.recv(), 0.001)
+                break
+            except TimeoutError:
+                continue
+        assert notice is not None, "the slow consumer was never dropped"
+        left = json.loads(notice)
+        assert left == {
+            "channel": ROOMS,
+            "type": "user-left-room",
+            "roomId": "demo",
+            "userId": "slow",
+        }
+        assert server.closes == {1013: 1}
+        # Others are still served, and the slow one is gone from the room.
+        await send(sender, {"channel": SIGNALING, "type": "webrtc-renegotiate", "toUserId": "fast"})
+        assert (await recv(fast))["type"] == "webrtc-renegotiate"
+        assert json.loads(notice) == await recv(sender)
+        await send(sender, {"channel": SIGNALING, "type": "webrtc-renegotiate", "toUserId": "slow"})
+        error = await recv(sender)
+        assert error["code"] == "peer-not-found"
+        assert server.machine.directory.members("demo") == ["fast", "sender"]
+        slow.transport.abort()  # it never reads, so a closing handshake would only time out
+        for ws in (sender, fast):
+            await ws.close()
+
+    run(scenario, limits=Limits(rate_limit=0), send_queue=4, close_timeout=0.5)
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def test_healthz_metrics_page_and_paths() -> None:
+    async def scenario(server: RelayServer) -> None:
+        a, b = await joined(server, "demo", "a", "b")
+        await a.send("nope")
+        await recv(a)
+        await send(
+            a, {"channel": SIGNALING, "type": "webrtc-ice", "toUserId": "b", "candidate": None}
+        )
+        await recv(b)
+
+        status, ctype, body = await asyncio.to_thread(http_get, http_url(server, "/healthz"))
+        assert (status, ctype) == (200, "application/json")
+        assert json.loads(body) == {"connections": 2, "rooms": 1}
+
+        status, ctype, body = await asyncio.to_thread(http_get, http_url(server, "/metrics"))
+        assert status == 200 and ctype.startswith("text/plain")
+        text = body.decode()
+        assert "sansio_signal_connections 2.0" in text
+        assert "sansio_signal_rooms 1.0" in text
+        assert 'sansio_signal_frames_in_total{type="webrtc-ice"} 1.0' in text
+        assert 'sansio_signal_frames_in_total{type="join-room"} 2.0' in text
+        assert 'sansio_signal_frames_out_total{type="user-joined-room"} 3.0' in text
+        assert 'sansio_signal_errors_total{code="bad-json"} 1.0' in text
+        count = next(
+            line
+            for line in text.splitlines()
+            if line.startswith("sansio_signal_relay_latency_seconds_count")
+        )
+        assert float(count.split()[1]) >= 4
+
+        status, ctype, body = await asyncio.to_thread(http_get, http_url(server, "/"))
+        assert status == 200 and ctype == "text/html; charset=utf-8"
+        assert b"<html" in body
+        status, _, _ = await asyncio.to_thread(http_get, http_url(server, "/nowhere"))
+        assert status == 404
+        with pytest.raises(InvalidStatus):
+            await connect(server.url + "other")
+        await a.close()
+        await b.close()
+
+    run(scenario)
+
+
+def test_stop_closes_clients_with_1001() -> None:
+    async def main() -> None:
+        server = RelayServer(port=0)
+        await server.start()
+        (a,) = await joined(server, "demo", "a")
+        await server.stop()
+        assert await closed_code(a) == 1001
+
+    asyncio.run(main())
