@@ -17,7 +17,7 @@ from typing import TextIO
 
 from sansio_signal import Limits, __version__
 
-from .server import DEFAULT_SEND_QUEUE, RelayServer
+from .server import DEFAULT_SEND_BUFFER, RelayServer
 
 _DEFAULTS = Limits()
 
@@ -121,11 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="(default %(default)s)",
     )
     limits.add_argument(
-        "--send-queue",
+        "--send-buffer",
         type=_positive_int,
-        default=DEFAULT_SEND_QUEUE,
-        metavar="FRAMES",
-        help="frames queued for one client before it is closed as a slow "
+        default=DEFAULT_SEND_BUFFER,
+        metavar="BYTES",
+        help="bytes queued for one client before it is closed as a slow "
         "consumer with 1013 (default %(default)s)",
     )
     serve.add_argument(
@@ -164,7 +164,7 @@ async def run_serve(args: argparse.Namespace, out: TextIO = sys.stdout) -> None:
             host=args.host,
             port=args.port,
             limits=limits_from_args(args),
-            send_queue=args.send_queue,
+            send_buffer=args.send_buffer,
             trace=trace,
         )
         stop = asyncio.Event()

@@ -5,8 +5,8 @@ module only moves bytes and time:
 
 - one task per connection reads frames and feeds them to the machine with
   ``now = time.time()``; the machine's actions are executed at once;
-- each connection has a bounded outgoing queue drained by its own writer task, so a
-  client that stops reading fills its own queue and is closed (1013) instead of
+- each connection has an outgoing queue bounded in bytes, drained by its own writer
+  task, so a client that stops reading fills its own queue and is closed (1013) instead of
   growing server memory or slowing anybody else;
 - exactly one ``asyncio`` timer is armed for :meth:`RelayMachine.next_deadline`,
   re-armed after every call into the machine;
@@ -60,13 +60,16 @@ from sansio_signal import (
     RelayEvent,
     RelayMachine,
     SendFrame,
+    is_clean_close,
 )
 from sansio_signal.trace import record_line
 
 logger = logging.getLogger("sansio_signal.relay")
 
-DEFAULT_SEND_QUEUE = 512
-"""Frames queued for one connection before it counts as a slow consumer."""
+DEFAULT_SEND_BUFFER = 4 * 1024 * 1024
+"""Bytes queued for one connection before it counts as a slow consumer. Bytes, not
+frames: a healthy client in a full room can be sent room size × burst small frames at
+once, while a few large frames are what actually costs memory."""
 
 
 @attrs.define(eq=False)
@@ -80,7 +83,8 @@ class _Link:
     """What the adapter keeps per connection."""
 
     ws: ServerConnection
-    queue: asyncio.Queue[tuple[str, float] | _Close]
+    queue: asyncio.Queue[tuple[str, float] | _Close] = attrs.field(factory=asyncio.Queue)
+    queued_bytes: int = 0
     closing: bool = False
     known_to_machine: bool = True
     server_closed: bool = False
@@ -124,7 +128,7 @@ class RelayServer:
         host: str = "127.0.0.1",
         port: int = 8765,
         limits: Limits | None = None,
-        send_queue: int = DEFAULT_SEND_QUEUE,
+        send_buffer: int = DEFAULT_SEND_BUFFER,
         close_timeout: float = 5.0,
         trace: TextIO | None = None,
         machine: RelayMachine | None = None,
@@ -136,7 +140,7 @@ class RelayServer:
         )
         self.host = host
         self.port = port
-        self.send_queue = send_queue
+        self.send_buffer = send_buffer
         self.close_timeout = close_timeout
         self.trace = trace
         self.closes: dict[int, int] = {}
@@ -257,7 +261,7 @@ class RelayServer:
 
     async def _handle_connection(self, ws: ServerConnection) -> None:
         conn = next(self._ids)
-        link = _Link(ws=ws, queue=asyncio.Queue(self.send_queue))
+        link = _Link(ws=ws)
         self._links[conn] = link
         self._feed(Connected(conn=conn))
         writer = asyncio.create_task(self._write(conn, link))
@@ -279,12 +283,11 @@ class RelayServer:
     @staticmethod
     def _clean(link: _Link) -> bool:
         protocol = link.ws.protocol
-        if link.server_closed or (
+        by_server = link.server_closed or (
             protocol.close_sent is not None and not protocol.close_rcvd_then_sent
-        ):
-            return True  # we closed it (1007, 1008, 1009, 1011, 1013): it leaves at once
+        )
         code = protocol.close_rcvd.code if protocol.close_rcvd is not None else None
-        return code in (CloseCode.NORMAL, CloseCode.GOING_AWAY)
+        return is_clean_close(code, by_server=by_server)
 
     async def _write(self, conn: ConnId, link: _Link) -> None:
         ws, queue = link.ws, link.queue
@@ -295,6 +298,7 @@ class RelayServer:
                     await ws.close(item.code, item.reason)
                     return
                 text, arrived = item
+                link.queued_bytes -= len(text)
                 await ws.send(text)
                 self._latency.observe(time.perf_counter() - arrived)
         except ConnectionClosed:
@@ -349,11 +353,13 @@ class RelayServer:
                 link = self._links.get(action.conn)
                 if link is None or link.closing:
                     continue
-                try:
-                    link.queue.put_nowait((action.text, arrived))
-                except asyncio.QueueFull:
+                size = len(action.text)  # ASCII JSON: characters are bytes
+                if link.queued_bytes + size > self.send_buffer:
                     overflowed.append(action.conn)
                     self._close(link, CloseCode.TRY_AGAIN_LATER, "slow consumer", flush=False)
+                    continue
+                link.queued_bytes += size
+                link.queue.put_nowait((action.text, arrived))
             elif isinstance(action, CloseConnection):
                 link = self._links.get(action.conn)
                 if link is not None:
@@ -376,12 +382,9 @@ class RelayServer:
         link.closing = link.server_closed = True
         self.closes[code] = self.closes.get(code, 0) + 1
         if flush:
-            try:
-                link.queue.put_nowait(_Close(code, reason))
-                return
-            except asyncio.QueueFull:
-                pass
-        asyncio.get_running_loop().create_task(link.ws.close(code, reason))
+            link.queue.put_nowait(_Close(code, reason))
+        else:
+            asyncio.get_running_loop().create_task(link.ws.close(code, reason))
 
 
 def _response(

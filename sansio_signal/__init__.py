@@ -9,7 +9,7 @@ from .actions import CloseConnection, Log, LogLevel, RelayAction, SendFrame
 from .directory import Directory, MemoryDirectory
 from .errors import LocalProtocolError, RemoteProtocolError, SignalError, WireError
 from .events import Connected, ConnId, Disconnected, FrameReceived, RelayEvent
-from .relay import Authorize, Phase, RelayMachine, RelayStats
+from .relay import Authorize, Phase, RelayMachine, RelayStats, is_clean_close
 from .timers import Timers
 from .wire import (
     DEFAULT_LIMITS,
@@ -85,6 +85,7 @@ __all__ = [
     "WireError",
     "__version__",
     "encode",
+    "is_clean_close",
     "parse_client_frame",
     "parse_server_frame",
 ]

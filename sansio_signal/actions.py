@@ -34,8 +34,10 @@ class SendFrame:
 
 @attrs.frozen(kw_only=True)
 class CloseConnection:
-    """Close ``conn`` with WebSocket close ``code`` and ``reason``. The machine has
-    already forgotten the member; frames still arriving on ``conn`` are ignored."""
+    """Close ``conn`` with WebSocket close ``code`` and ``reason``, after the frames
+    already queued for it. The member has already left its room; frames still arriving
+    on ``conn`` are ignored. Feed ``Disconnected(conn)`` once the socket is gone, as
+    for any other connection."""
 
     conn: ConnId
     code: int

@@ -376,7 +376,7 @@ def test_slow_consumer_is_closed_while_others_are_served() -> None:
             "toUserId": "slow",
             "offer": {"type": "offer", "sdp": incompressible(45_000)},
         }
-        # "slow" never reads. Its queue (4 frames) fills once the socket buffers are
+        # "slow" never reads. Its queue (200 kB) fills once the socket buffers are
         # full; then the server drops it, and "fast" is told.
         notice: str | bytes | None = None
         for _ in range(2_000):
@@ -407,7 +407,7 @@ def test_slow_consumer_is_closed_while_others_are_served() -> None:
         for ws in (sender, fast):
             await ws.close()
 
-    run(scenario, limits=Limits(rate_limit=0), send_queue=4, close_timeout=0.5)
+    run(scenario, limits=Limits(rate_limit=0), send_buffer=200_000, close_timeout=0.5)
 
 
 # --------------------------------------------------------------------------- HTTP
