@@ -1,5 +1,9 @@
 """Actions: what a machine asks its adapter to do (imperative, frozen).
 
+The relay machine returns :data:`RelayAction`; the client machine :data:`ClientAction`
+(peer-connection operations, frames for the server, and notifications for the
+application).
+
 The list a machine returns is in execution order.
 """
 
@@ -11,6 +15,7 @@ from typing import Any, TypeAlias
 import attrs
 
 from .events import ConnId
+from .wire import IceCandidate, SessionDescription
 
 
 class LogLevel(IntEnum):
@@ -58,3 +63,201 @@ class Log:
 
 
 RelayAction: TypeAlias = SendFrame | CloseConnection | Log
+
+
+# --------------------------------------------------------------------------- client side
+#
+# Peer-connection operations name the peer connection by ``pc``, a handle the client
+# machine allocates (unique for the machine's lifetime), so that a result arriving
+# from a connection the machine has already replaced is recognised as stale.
+
+
+@attrs.frozen(kw_only=True)
+class SendToServer:
+    """Send ``text`` as one text frame to the relay server."""
+
+    text: str
+
+
+@attrs.frozen(kw_only=True)
+class CreatePeer:
+    """Create peer connection ``pc`` for ``peer_id``. When ``initiator`` is true the
+    adapter also creates the data channel labelled ``chat`` before the first offer
+    (the peer convention of PROTOCOL.md)."""
+
+    peer_id: str
+    pc: int
+    initiator: bool
+
+
+@attrs.frozen(kw_only=True)
+class CreateOffer:
+    """``createOffer`` then ``setLocalDescription`` on ``pc``; report
+    ``LocalDescriptionCreated`` (or ``OperationFailed``)."""
+
+    peer_id: str
+    pc: int
+    ice_restart: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class CreateAnswer:
+    """``createAnswer`` then ``setLocalDescription`` on ``pc``; report
+    ``LocalDescriptionCreated`` (or ``OperationFailed``)."""
+
+    peer_id: str
+    pc: int
+
+
+@attrs.frozen(kw_only=True)
+class SetRemoteDescription:
+    """``setRemoteDescription(description)`` on ``pc``; report
+    ``RemoteDescriptionApplied`` (or ``OperationFailed``)."""
+
+    peer_id: str
+    pc: int
+    description: SessionDescription
+
+
+@attrs.frozen(kw_only=True)
+class RollbackLocalDescription:
+    """``setLocalDescription({type: "rollback"})`` on ``pc`` (perfect negotiation's
+    polite side; only asked of implementations that declare rollback)."""
+
+    peer_id: str
+    pc: int
+
+
+@attrs.frozen(kw_only=True)
+class AddIceCandidate:
+    """``addIceCandidate`` on ``pc``; ``None`` is end-of-candidates. Only issued once
+    the matching remote description is applied."""
+
+    peer_id: str
+    pc: int
+    candidate: IceCandidate | None
+
+
+@attrs.frozen(kw_only=True)
+class ClosePeer:
+    """Close peer connection ``pc`` and forget it; no more results are expected."""
+
+    peer_id: str
+    pc: int
+
+
+# Notifications for the application ---------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class RoomJoined:
+    """We are in ``room_id``; ``participants`` were there before us."""
+
+    room_id: str
+    participants: tuple[str, ...]
+
+
+@attrs.frozen(kw_only=True)
+class RoomLeft:
+    """We are no longer in ``room_id`` (we left, joined another room, or lost the
+    server connection)."""
+
+    room_id: str
+
+
+@attrs.frozen(kw_only=True)
+class PeerJoined:
+    """``peer_id`` is in our room (already there when we joined, or new)."""
+
+    peer_id: str
+
+
+@attrs.frozen(kw_only=True)
+class PeerConnecting:
+    """A negotiation with ``peer_id`` started (``epoch`` is the pair's epoch)."""
+
+    peer_id: str
+    epoch: int
+
+
+@attrs.frozen(kw_only=True)
+class PeerConnected:
+    """The peer connection with ``peer_id`` is connected."""
+
+    peer_id: str
+    epoch: int
+
+
+@attrs.frozen(kw_only=True)
+class PeerFailed:
+    """The machine gave up on ``peer_id`` after its retries; ``reason`` says why. A
+    later offer or renegotiation request from the peer starts over."""
+
+    peer_id: str
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class PeerLeft:
+    """``peer_id`` left the room; its peer connection is closed."""
+
+    peer_id: str
+
+
+@attrs.frozen(kw_only=True)
+class ChatReceived:
+    """A chat message relayed by the server."""
+
+    from_user_id: str
+    text: str
+    ts: float
+
+
+@attrs.frozen(kw_only=True)
+class ServerErrorReceived:
+    """The server refused one of our frames."""
+
+    channel: str
+    code: str
+    message: str
+
+
+@attrs.frozen(kw_only=True)
+class ProtocolViolation:
+    """A frame from the server or a peer made no sense in the current state; it was
+    dropped. ``detail`` names the state and the input."""
+
+    peer_id: str | None
+    detail: str
+
+
+ClientAction: TypeAlias = (
+    SendToServer
+    | CreatePeer
+    | CreateOffer
+    | CreateAnswer
+    | SetRemoteDescription
+    | RollbackLocalDescription
+    | AddIceCandidate
+    | ClosePeer
+    | RoomJoined
+    | RoomLeft
+    | PeerJoined
+    | PeerConnecting
+    | PeerConnected
+    | PeerFailed
+    | PeerLeft
+    | ChatReceived
+    | ServerErrorReceived
+    | ProtocolViolation
+    | Log
+)
+PeerConnectionAction: TypeAlias = (
+    CreatePeer
+    | CreateOffer
+    | CreateAnswer
+    | SetRemoteDescription
+    | RollbackLocalDescription
+    | AddIceCandidate
+    | ClosePeer
+)

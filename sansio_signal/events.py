@@ -1,10 +1,15 @@
-"""Events: what happened, fed into a machine (past tense, frozen)."""
+"""Events: what happened, fed into a machine (past tense, frozen).
+
+The relay machine takes :data:`RelayEvent`; the client machine :data:`ClientEvent`.
+"""
 
 from __future__ import annotations
 
 from typing import TypeAlias
 
 import attrs
+
+from .wire import IceCandidate, SessionDescription
 
 ConnId: TypeAlias = int
 """The adapter's name for one client connection (any int, unique while it is open)."""
@@ -35,3 +40,116 @@ class Disconnected:
 
 
 RelayEvent: TypeAlias = Connected | FrameReceived | Disconnected
+
+
+# --------------------------------------------------------------------------- client side
+
+
+@attrs.frozen(kw_only=True)
+class ServerConnected:
+    """The client's WebSocket to the relay is open (again)."""
+
+
+@attrs.frozen(kw_only=True)
+class ServerDisconnected:
+    """The client's WebSocket to the relay is gone."""
+
+
+@attrs.frozen(kw_only=True)
+class ServerFrameReceived:
+    """A text frame arrived from the relay server."""
+
+    text: str
+
+
+@attrs.frozen(kw_only=True)
+class JoinRequested:
+    """The application wants to be in ``room_id`` (leaving any other room)."""
+
+    room_id: str
+
+
+@attrs.frozen(kw_only=True)
+class LeaveRequested:
+    """The application wants to leave its room."""
+
+
+@attrs.frozen(kw_only=True)
+class ChatRequested:
+    """The application wants to send ``text`` on the room's chat channel."""
+
+    text: str
+
+
+@attrs.frozen(kw_only=True)
+class RenegotiationRequested:
+    """The application changed what it sends to ``peer_id`` (a track, a data channel)
+    and needs a fresh offer/answer exchange with it."""
+
+    peer_id: str
+
+
+@attrs.frozen(kw_only=True)
+class LocalDescriptionCreated:
+    """``CreateOffer`` / ``CreateAnswer`` on peer connection ``pc`` finished: the
+    description was created *and* set as local description. Without trickle ICE it
+    already holds every candidate."""
+
+    pc: int
+    description: SessionDescription
+
+
+@attrs.frozen(kw_only=True)
+class RemoteDescriptionApplied:
+    """``SetRemoteDescription`` on ``pc`` finished."""
+
+    pc: int
+
+
+@attrs.frozen(kw_only=True)
+class IceCandidateGathered:
+    """``pc`` gathered a local candidate (trickle ICE); ``None`` means gathering ended."""
+
+    pc: int
+    candidate: IceCandidate | None
+
+
+@attrs.frozen(kw_only=True)
+class ConnectionStateChanged:
+    """``pc``'s ``connectionState`` changed (``new``, ``connecting``, ``connected``,
+    ``disconnected``, ``failed``, ``closed``)."""
+
+    pc: int
+    state: str
+
+
+@attrs.frozen(kw_only=True)
+class OperationFailed:
+    """An operation the machine asked for on ``pc`` raised."""
+
+    pc: int
+    operation: str
+    error: str
+
+
+ClientEvent: TypeAlias = (
+    ServerConnected
+    | ServerDisconnected
+    | ServerFrameReceived
+    | JoinRequested
+    | LeaveRequested
+    | ChatRequested
+    | RenegotiationRequested
+    | LocalDescriptionCreated
+    | RemoteDescriptionApplied
+    | IceCandidateGathered
+    | ConnectionStateChanged
+    | OperationFailed
+)
+PeerConnectionEvent: TypeAlias = (
+    LocalDescriptionCreated
+    | RemoteDescriptionApplied
+    | IceCandidateGathered
+    | ConnectionStateChanged
+    | OperationFailed
+)

@@ -1,0 +1,459 @@
+"""The client as a pure state machine: one per client, one room at a time.
+
+Theory of operation
+-------------------
+A :class:`ClientMachine` sits between the application, the relay server and the
+peer connections. It is fed :data:`~.events.ClientEvent` values with ``now`` and answers
+with :data:`~.actions.ClientAction` values to run in order: frames for the server,
+operations on peer connections, and notifications for the application.
+
+Its own state (:class:`ClientState`) is about the server::
+
+    OFFLINE ──ServerConnected──▶ LOBBY ──join──▶ JOINING ──own user-joined-room──▶ JOINED
+       ▲                           ▲                │ error (taken, full, ...)      │
+       └──ServerDisconnected───────┴────────────────┴───────── leave ───────────────┘
+
+The room it wants (``room_id`` of the last :class:`~.events.JoinRequested`) survives a
+lost connection: when the server is back, the machine joins again. Until resume exists
+the server drops a member whose socket closes, so a lost connection ends every peer
+connection; the rejoin negotiates fresh ones.
+
+Inside the room, :class:`~.room.RoomView` replays the membership frames, and each other
+member gets a :class:`~.negotiation.PeerNegotiation`, created when the member appears
+(in our join's ``existingParticipants`` or a later ``user-joined-room``) and closed
+when it leaves. Signaling frames go to the sender's negotiation; results of peer
+connection operations go to the negotiation that owns that connection handle, and are
+dropped when the handle has been closed since (the adapter may finish an operation
+after we replaced the connection).
+
+Frames from the server that make no sense now (a frame for a room we are leaving, a
+signal from a non-member, an answer nobody asked for) are dropped and reported as
+:class:`~.actions.ProtocolViolation`; they never raise. Misuse by the caller (chat
+outside a room, renegotiating with a stranger, frames while offline) raises
+:class:`~.errors.LocalProtocolError`.
+
+Deadlines of all negotiations live in one :class:`~.timers.Timers`; the adapter keeps a
+single timer for :meth:`ClientMachine.next_deadline` and calls
+:meth:`ClientMachine.handle_timer`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+
+from .actions import (
+    ChatReceived,
+    ClientAction,
+    Log,
+    LogLevel,
+    PeerJoined,
+    PeerLeft,
+    ProtocolViolation,
+    RoomJoined,
+    RoomLeft,
+    SendToServer,
+    ServerErrorReceived,
+)
+from .errors import LocalProtocolError, RemoteProtocolError, WireError
+from .events import (
+    ChatRequested,
+    ClientEvent,
+    ConnectionStateChanged,
+    IceCandidateGathered,
+    JoinRequested,
+    LeaveRequested,
+    LocalDescriptionCreated,
+    OperationFailed,
+    PeerConnectionEvent,
+    RemoteDescriptionApplied,
+    RenegotiationRequested,
+    ServerConnected,
+    ServerDisconnected,
+    ServerFrameReceived,
+)
+from .negotiation import Capabilities, NegotiationConfig, PeerNegotiation
+from .room import RoomView
+from .timers import Timers
+from .trace import fields_of
+from .wire import (
+    DEFAULT_LIMITS,
+    Answer,
+    Channel,
+    ChatMessage,
+    Error,
+    ErrorCode,
+    Ice,
+    JoinRoom,
+    JSONValue,
+    LeaveRoom,
+    Limits,
+    Offer,
+    Renegotiate,
+    UserJoinedRoom,
+    UserLeftRoom,
+    encode,
+    parse_server_frame,
+)
+
+TraceSink = Callable[[dict[str, JSONValue]], None]
+
+_JOIN_REFUSALS = frozenset(
+    {ErrorCode.USER_ID_TAKEN, ErrorCode.ROOM_FULL, ErrorCode.INVALID_ID, ErrorCode.UNAUTHORIZED}
+)
+
+
+class ClientState(Enum):
+    """The client's standing with the relay server."""
+
+    OFFLINE = "offline"
+    LOBBY = "lobby"
+    JOINING = "joining"
+    JOINED = "joined"
+
+
+class ClientMachine:
+    """All of one client's signaling decisions. See the module docstring.
+
+    ``jitter`` returns floats in [0, 1) for retry back-off: pass ``random.random`` in an
+    adapter, a seeded source in tests. ``trace``, when given, receives one record per
+    event in and action out.
+    """
+
+    def __init__(
+        self,
+        user_id: str,
+        *,
+        capabilities: Capabilities,
+        jitter: Callable[[], float],
+        config: NegotiationConfig | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        trace: TraceSink | None = None,
+    ) -> None:
+        if not limits.valid_id(user_id):
+            raise LocalProtocolError(f"user id {user_id!r} does not match {limits.id_pattern}")
+        self.user_id = user_id
+        self.capabilities = capabilities
+        self.config = config if config is not None else NegotiationConfig()
+        self.limits = limits
+        self.state = ClientState.OFFLINE
+        self.room_id: str | None = None
+        """The room we want to be in (kept across reconnects)."""
+        self.room: RoomView | None = None
+        self.peers: dict[str, PeerNegotiation] = {}
+        self._pcs: dict[int, str] = {}
+        self._pc_ids = itertools.count(1)
+        self._jitter = jitter
+        self._timers = Timers()
+        self._trace = trace
+
+    # ------------------------------------------------------------------ public API
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` must next be called, or ``None``."""
+        return self._timers.next_deadline()
+
+    def handle_timer(self, now: float) -> list[ClientAction]:
+        """Run every peer deadline that is due."""
+        actions: list[ClientAction] = []
+        for key in self._timers.pop_due(now):
+            peer = self.peers.get(str(key))
+            if peer is None:
+                continue
+            before = (peer.state.value, peer.epoch)
+            out = peer.on_timer(now)
+            self._after_peer(peer, out)
+            self._record(now, "in", "TimerFired", {}, peer, before)
+            actions += out
+        self._record_out(now, actions)
+        return actions
+
+    def handle(self, event: ClientEvent, now: float) -> list[ClientAction]:
+        """Feed one event; returns the actions to run, in order."""
+        peer = self._peer_of(event)
+        before = None if peer is None else (peer.state.value, peer.epoch)
+        actions = self._handle(event, now)
+        if self._trace is not None:
+            self._record(now, "in", type(event).__name__, fields_of(event), peer, before)
+            self._record_out(now, actions)
+        return actions
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _handle(self, event: ClientEvent, now: float) -> list[ClientAction]:
+        if isinstance(event, ServerFrameReceived):
+            if self.state is ClientState.OFFLINE:
+                raise LocalProtocolError("a server frame while offline (no ServerConnected)")
+            return self._on_frame(event.text, now)
+        if isinstance(
+            event,
+            LocalDescriptionCreated
+            | RemoteDescriptionApplied
+            | IceCandidateGathered
+            | ConnectionStateChanged
+            | OperationFailed,
+        ):
+            return self._on_pc_event(event, now)
+        if isinstance(event, ServerConnected):
+            if self.state is not ClientState.OFFLINE:
+                raise LocalProtocolError(f"ServerConnected in state {self.state.value}")
+            self.state = ClientState.LOBBY
+            return self._send_join() if self.room_id is not None else []
+        if isinstance(event, ServerDisconnected):
+            if self.state is ClientState.OFFLINE:
+                raise LocalProtocolError("ServerDisconnected while offline")
+            actions = self._leave_room(now)
+            self.state = ClientState.OFFLINE
+            return actions
+        if isinstance(event, JoinRequested):
+            if not self.limits.valid_id(event.room_id):
+                raise LocalProtocolError(
+                    f"room id {event.room_id!r} does not match {self.limits.id_pattern}"
+                )
+            actions = self._leave_room(now)
+            self.room_id = event.room_id
+            if self.state is ClientState.OFFLINE:
+                return actions
+            return actions + self._send_join()
+        if isinstance(event, LeaveRequested):
+            room_id, self.room_id = self.room_id, None
+            if self.state in (ClientState.OFFLINE, ClientState.LOBBY) or room_id is None:
+                return []
+            actions = self._leave_room(now)
+            self.state = ClientState.LOBBY
+            return [SendToServer(text=encode(LeaveRoom(room_id=room_id))), *actions]
+        if isinstance(event, ChatRequested):
+            if self.state is not ClientState.JOINED:
+                raise LocalProtocolError(f"chat needs a room (state {self.state.value})")
+            if len(event.text) > self.limits.max_text_chars:
+                raise LocalProtocolError(
+                    f"chat text is {len(event.text)} characters; the limit is "
+                    f"{self.limits.max_text_chars}"
+                )
+            return [SendToServer(text=encode(ChatMessage(text=event.text)))]
+        if isinstance(event, RenegotiationRequested):
+            peer = self.peers.get(event.peer_id)
+            if peer is None:
+                raise LocalProtocolError(f"no peer {event.peer_id!r} in our room")
+            return self._run(peer, peer.request_renegotiation(now))
+        raise LocalProtocolError(f"ClientMachine cannot handle {type(event).__name__}")
+
+    def _send_join(self) -> list[ClientAction]:
+        assert self.room_id is not None
+        self.state = ClientState.JOINING
+        return [SendToServer(text=encode(JoinRoom(room_id=self.room_id, user_id=self.user_id)))]
+
+    def _leave_room(self, now: float) -> list[ClientAction]:
+        """Close every peer and forget the room view (the server has dropped us or
+        will)."""
+        actions: list[ClientAction] = []
+        for peer in list(self.peers.values()):
+            actions += self._remove_peer(peer, now)
+        if self.room is not None:
+            actions.append(RoomLeft(room_id=self.room.room_id))
+            self.room = None
+        if self.state is ClientState.JOINED:
+            self.state = ClientState.LOBBY
+        return actions
+
+    # ------------------------------------------------------------------ peers
+
+    def _run(self, peer: PeerNegotiation, actions: list[ClientAction]) -> list[ClientAction]:
+        self._after_peer(peer, actions)
+        return actions
+
+    def _after_peer(self, peer: PeerNegotiation, actions: list[ClientAction]) -> None:
+        """Keep the handle map and the timers in step with what ``peer`` just did."""
+        if peer.pc is not None:
+            self._pcs[peer.pc] = peer.peer_id
+        for pc in [
+            pc for pc, owner in self._pcs.items() if owner == peer.peer_id and pc != peer.pc
+        ]:
+            del self._pcs[pc]
+        if peer.deadline is None:
+            self._timers.cancel(peer.peer_id)
+        elif self._timers.deadline_of(peer.peer_id) != peer.deadline:
+            self._timers.schedule(peer.peer_id, peer.deadline)
+
+    def _add_peer(self, peer_id: str, now: float) -> list[ClientAction]:
+        peer = PeerNegotiation(
+            our_id=self.user_id,
+            peer_id=peer_id,
+            capabilities=self.capabilities,
+            config=self.config,
+            new_pc=lambda: next(self._pc_ids),
+            jitter=self._jitter,
+        )
+        self.peers[peer_id] = peer
+        return [PeerJoined(peer_id=peer_id), *self._run(peer, peer.start(now))]
+
+    def _remove_peer(self, peer: PeerNegotiation, now: float) -> list[ClientAction]:
+        actions = peer.close(now)
+        self._after_peer(peer, actions)
+        del self.peers[peer.peer_id]
+        self._timers.cancel(peer.peer_id)
+        return [*actions, PeerLeft(peer_id=peer.peer_id)]
+
+    def _peer_of(self, event: ClientEvent) -> PeerNegotiation | None:
+        if isinstance(event, RenegotiationRequested):
+            return self.peers.get(event.peer_id)
+        pc = getattr(event, "pc", None)
+        if pc is not None and pc in self._pcs:
+            return self.peers.get(self._pcs[pc])
+        return None
+
+    def _on_pc_event(self, event: PeerConnectionEvent, now: float) -> list[ClientAction]:
+        owner = self._pcs.get(event.pc)
+        peer = None if owner is None else self.peers.get(owner)
+        if peer is None or peer.pc != event.pc:
+            return [
+                Log(
+                    level=LogLevel.DEBUG,
+                    message="dropped %s for closed connection %d",
+                    args=(type(event).__name__, event.pc),
+                )
+            ]
+        if isinstance(event, LocalDescriptionCreated):
+            out = peer.on_local_description(event.description, now)
+        elif isinstance(event, RemoteDescriptionApplied):
+            out = peer.on_remote_applied(now)
+        elif isinstance(event, IceCandidateGathered):
+            out = peer.on_candidate_gathered(event.candidate, now)
+        elif isinstance(event, ConnectionStateChanged):
+            out = peer.on_connection_state(event.state, now)
+        else:
+            out = peer.on_operation_failed(event.operation, event.error, now)
+        return self._run(peer, out)
+
+    # ------------------------------------------------------------------ server frames
+
+    def _on_frame(self, text: str, now: float) -> list[ClientAction]:
+        try:
+            message = parse_server_frame(text, self.limits)
+        except WireError as exc:
+            return [ProtocolViolation(peer_id=None, detail=f"unreadable server frame: {exc}")]
+        if isinstance(message, Error):
+            return self._on_error(message)
+        if isinstance(message, UserJoinedRoom) and message.user_id == self.user_id:
+            return self._on_own_join(message, now)
+        # Everything else belongs to the room we are in; frames of a room we already
+        # left (we asked for another while they were on the way) are dropped quietly.
+        if self.room is None or message.room_id != self.room.room_id:
+            return [
+                Log(
+                    level=LogLevel.DEBUG,
+                    message="dropped %s: not for our room",
+                    args=(message.TYPE,),
+                )
+            ]
+        try:
+            if isinstance(message, UserJoinedRoom | UserLeftRoom):
+                return self._on_membership(message, now)
+            if isinstance(message, ChatMessage):
+                assert message.from_user_id is not None and message.ts is not None
+                return [
+                    ChatReceived(
+                        from_user_id=message.from_user_id, text=message.text, ts=message.ts
+                    )
+                ]
+            assert isinstance(message, Offer | Answer | Ice | Renegotiate)
+            assert message.from_user_id is not None
+            peer = self.peers.get(message.from_user_id)
+            if peer is None:
+                raise RemoteProtocolError(
+                    f"{message.TYPE} from {message.from_user_id!r}, who is not in our room"
+                )
+            return self._run(peer, peer.on_signal(message, now))
+        except RemoteProtocolError as exc:
+            peer_id = getattr(message, "from_user_id", None) or getattr(message, "user_id", None)
+            return [ProtocolViolation(peer_id=peer_id, detail=str(exc))]
+
+    def _on_error(self, error: Error) -> list[ClientAction]:
+        actions: list[ClientAction] = [
+            ServerErrorReceived(channel=error.channel, code=error.code.value, message=error.message)
+        ]
+        refused = (
+            self.state is ClientState.JOINING
+            and error.channel == Channel.ROOMS
+            and error.code in _JOIN_REFUSALS
+        )
+        if refused:
+            self.state = ClientState.LOBBY
+            self.room_id = None
+        return actions
+
+    def _on_own_join(self, joined: UserJoinedRoom, now: float) -> list[ClientAction]:
+        if self.state is not ClientState.JOINING or joined.room_id != self.room_id:
+            return [
+                Log(
+                    level=LogLevel.DEBUG,
+                    message="dropped our join of room %s: superseded",
+                    args=(joined.room_id,),
+                )
+            ]
+        try:
+            self.room = RoomView(self.user_id, joined)
+        except RemoteProtocolError as exc:
+            return [ProtocolViolation(peer_id=None, detail=str(exc))]
+        self.state = ClientState.JOINED
+        actions: list[ClientAction] = [
+            RoomJoined(room_id=joined.room_id, participants=self.room.members)
+        ]
+        for peer_id in self.room.members:
+            actions += self._add_peer(peer_id, now)
+        return actions
+
+    def _on_membership(
+        self, frame: UserJoinedRoom | UserLeftRoom, now: float
+    ) -> list[ClientAction]:
+        assert self.room is not None
+        self.room.apply(frame)
+        if isinstance(frame, UserJoinedRoom):
+            return self._add_peer(frame.user_id, now)
+        return self._remove_peer(self.peers[frame.user_id], now)
+
+    # ------------------------------------------------------------------ trace
+
+    def _record(
+        self,
+        now: float,
+        direction: str,
+        kind: str,
+        fields: dict[str, Any],
+        peer: PeerNegotiation | None,
+        before: tuple[str, int] | None,
+    ) -> None:
+        if self._trace is None:
+            return
+        record: dict[str, JSONValue] = {
+            "t": now,
+            "dir": direction,
+            "kind": kind,
+            "user": self.user_id,
+            **fields,
+        }
+        if peer is not None:
+            record["peer"] = peer.peer_id
+            record["epoch"] = peer.epoch
+            record["after"] = peer.state.value
+            if before is not None:
+                record["before"] = before[0]
+        self._trace(record)
+
+    def _record_out(self, now: float, actions: list[ClientAction]) -> None:
+        if self._trace is None:
+            return
+        for action in actions:
+            record: dict[str, JSONValue] = {
+                "t": now,
+                "dir": "out",
+                "kind": type(action).__name__,
+                "user": self.user_id,
+                **fields_of(action),
+            }
+            peer_id = record.get("peer_id")
+            if isinstance(peer_id, str) and peer_id in self.peers:
+                record["epoch"] = self.peers[peer_id].epoch
+            self._trace(record)
