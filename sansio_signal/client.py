@@ -13,8 +13,10 @@ Its own state (:class:`ClientState`) is about the server::
        ▲                           ▲                │ error (taken, full, ...)      │
        └──ServerDisconnected───────┴────────────────┴───────── leave ───────────────┘
 
-The room it wants (``room_id`` of the last :class:`~.events.JoinRequested`) survives a
-lost connection: when the server is back, the machine joins again. Until resume exists
+A join asked for while in a room keeps the current room (and its peers) until the
+server confirms the new one with our own ``user-joined-room``; if the server refuses
+it, we are still where we were, as the server says. The room it wants (``room_id`` of
+the last :class:`~.events.JoinRequested`) survives a lost connection: when the server is back, the machine joins again. Until resume exists
 the server drops a member whose socket closes, so a lost connection ends every peer
 connection; the rejoin negotiates fresh ones.
 
@@ -145,6 +147,8 @@ class ClientMachine:
         self.peers: dict[str, PeerNegotiation] = {}
         self._pcs: dict[int, str] = {}
         self._pc_ids = itertools.count(1)
+        self._sessions = 0
+        self._touched: PeerNegotiation | None = None
         self._jitter = jitter
         self._timers = Timers()
         self._trace = trace
@@ -172,12 +176,15 @@ class ClientMachine:
 
     def handle(self, event: ClientEvent, now: float) -> list[ClientAction]:
         """Feed one event; returns the actions to run, in order."""
-        peer = self._peer_of(event)
-        before = None if peer is None else (peer.state.value, peer.epoch)
+        if self._trace is None:
+            return self._handle(event, now)
+        states = {pid: (p.state.value, p.epoch) for pid, p in self.peers.items()}
+        self._touched = None
         actions = self._handle(event, now)
-        if self._trace is not None:
-            self._record(now, "in", type(event).__name__, fields_of(event), peer, before)
-            self._record_out(now, actions)
+        peer = self._touched
+        before = None if peer is None else states.get(peer.peer_id)
+        self._record(now, "in", type(event).__name__, fields_of(event), peer, before)
+        self._record_out(now, actions)
         return actions
 
     # ------------------------------------------------------------------ dispatch
@@ -212,18 +219,27 @@ class ClientMachine:
                 raise LocalProtocolError(
                     f"room id {event.room_id!r} does not match {self.limits.id_pattern}"
                 )
-            actions = self._leave_room(now)
+            # The current room (if any) stays ours until the server confirms the new
+            # one: a refused join leaves us where we were, on the server too.
             self.room_id = event.room_id
             if self.state is ClientState.OFFLINE:
-                return actions
-            return actions + self._send_join()
-        if isinstance(event, LeaveRequested):
-            room_id, self.room_id = self.room_id, None
-            if self.state in (ClientState.OFFLINE, ClientState.LOBBY) or room_id is None:
                 return []
+            return self._send_join()
+        if isinstance(event, LeaveRequested):
+            target, self.room_id = self.room_id, None
+            if self.state in (ClientState.OFFLINE, ClientState.LOBBY) or target is None:
+                return []
+            # While a join is pending we cannot know which room the server will have us
+            # in, so we leave both; one of the two answers not-in-room, harmlessly.
+            rooms = [target]
+            if self.room is not None and self.room.room_id != target:
+                rooms.insert(0, self.room.room_id)
             actions = self._leave_room(now)
             self.state = ClientState.LOBBY
-            return [SendToServer(text=encode(LeaveRoom(room_id=room_id))), *actions]
+            frames: list[ClientAction] = [
+                SendToServer(text=encode(LeaveRoom(room_id=room))) for room in rooms
+            ]
+            return frames + actions
         if isinstance(event, ChatRequested):
             if self.state is not ClientState.JOINED:
                 raise LocalProtocolError(f"chat needs a room (state {self.state.value})")
@@ -261,6 +277,7 @@ class ClientMachine:
     # ------------------------------------------------------------------ peers
 
     def _run(self, peer: PeerNegotiation, actions: list[ClientAction]) -> list[ClientAction]:
+        self._touched = peer
         self._after_peer(peer, actions)
         return actions
 
@@ -277,14 +294,24 @@ class ClientMachine:
         elif self._timers.deadline_of(peer.peer_id) != peer.deadline:
             self._timers.schedule(peer.peer_id, peer.deadline)
 
+    def _next_pc(self) -> int:
+        return next(self._pc_ids)
+
+    def _new_session(self) -> str:
+        """A name for a new incarnation of a pair: a counter keeps it unique in this
+        machine, the random part across restarts of the process."""
+        self._sessions += 1
+        return f"{self._sessions}.{int(self._jitter() * 0xFFFFFFFF):08x}"
+
     def _add_peer(self, peer_id: str, now: float) -> list[ClientAction]:
         peer = PeerNegotiation(
             our_id=self.user_id,
             peer_id=peer_id,
             capabilities=self.capabilities,
             config=self.config,
-            new_pc=lambda: next(self._pc_ids),
+            new_pc=self._next_pc,
             jitter=self._jitter,
+            session=self._new_session(),
         )
         self.peers[peer_id] = peer
         return [PeerJoined(peer_id=peer_id), *self._run(peer, peer.start(now))]
@@ -295,14 +322,6 @@ class ClientMachine:
         del self.peers[peer.peer_id]
         self._timers.cancel(peer.peer_id)
         return [*actions, PeerLeft(peer_id=peer.peer_id)]
-
-    def _peer_of(self, event: ClientEvent) -> PeerNegotiation | None:
-        if isinstance(event, RenegotiationRequested):
-            return self.peers.get(event.peer_id)
-        pc = getattr(event, "pc", None)
-        if pc is not None and pc in self._pcs:
-            return self.peers.get(self._pcs[pc])
-        return None
 
     def _on_pc_event(self, event: PeerConnectionEvent, now: float) -> list[ClientAction]:
         owner = self._pcs.get(event.pc)
@@ -379,9 +398,11 @@ class ClientMachine:
             and error.channel == Channel.ROOMS
             and error.code in _JOIN_REFUSALS
         )
-        if refused:
-            self.state = ClientState.LOBBY
-            self.room_id = None
+        if refused:  # we stay where we were, as the server does
+            if self.room is not None:
+                self.state, self.room_id = ClientState.JOINED, self.room.room_id
+            else:
+                self.state, self.room_id = ClientState.LOBBY, None
         return actions
 
     def _on_own_join(self, joined: UserJoinedRoom, now: float) -> list[ClientAction]:
@@ -394,13 +415,13 @@ class ClientMachine:
                 )
             ]
         try:
-            self.room = RoomView(self.user_id, joined)
+            room = RoomView(self.user_id, joined)
         except RemoteProtocolError as exc:
             return [ProtocolViolation(peer_id=None, detail=str(exc))]
+        actions = self._leave_room(now)  # the server has moved us out of the old room
+        self.room = room
         self.state = ClientState.JOINED
-        actions: list[ClientAction] = [
-            RoomJoined(room_id=joined.room_id, participants=self.room.members)
-        ]
+        actions.append(RoomJoined(room_id=joined.room_id, participants=room.members))
         for peer_id in self.room.members:
             actions += self._add_peer(peer_id, now)
         return actions

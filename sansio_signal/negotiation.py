@@ -36,6 +36,13 @@ the initiator started over, so it closes its connection and follows. Results fro
 own adapter name the connection by a handle (``pc``) that is never reused, so results
 from a replaced connection are recognised by the client machine and dropped.
 
+**Sessions.** Epochs restart at 0 when a member leaves and joins again, so frames the
+old incarnation of a pair still had on the way could pass for current ones. Each
+:class:`PeerNegotiation` therefore has a ``session`` name, sent as ``sid`` on every
+frame, and echoes the peer's as ``rsid`` once known. A frame addressed to another
+session of ours, or sent by an earlier session of theirs, is dropped — except an offer
+from a new session of theirs, which the polite side follows like a new epoch.
+
 **Trickle ICE.** Remote candidates are applied only when a remote description is in
 place and no ``SetRemoteDescription`` is in flight; otherwise they are buffered and
 flushed, in order, right after the description is applied (aiortc silently drops
@@ -216,9 +223,12 @@ class Input(Enum):
     @property
     def remote(self) -> bool:
         """Whether this input comes from the peer (a frame) rather than our side."""
-        return self.value.startswith("remote-")
+        return self in _REMOTE_INPUTS
 
 
+_REMOTE_INPUTS = frozenset(
+    {Input.REMOTE_OFFER, Input.REMOTE_ANSWER, Input.REMOTE_CANDIDATE, Input.REMOTE_RENEGOTIATE}
+)
 _IN_FLIGHT = (
     NegState.MAKING_OFFER,
     NegState.HAVE_LOCAL_OFFER,
@@ -235,7 +245,8 @@ class PeerNegotiation:
     """The negotiation with one remote peer. See the module docstring.
 
     ``new_pc`` hands out fresh peer-connection handles; ``jitter`` returns a float in
-    [0, 1) for back-off (inject a seeded source for replayable runs).
+    [0, 1) for back-off (inject a seeded source for replayable runs); ``session`` names
+    this incarnation of the pair on our side (unique for the client's lifetime).
     """
 
     def __init__(
@@ -247,6 +258,7 @@ class PeerNegotiation:
         config: NegotiationConfig,
         new_pc: Callable[[], int],
         jitter: Callable[[], float],
+        session: str,
     ) -> None:
         if our_id == peer_id:
             raise LocalProtocolError(f"a peer negotiation with ourselves ({our_id!r})")
@@ -255,6 +267,9 @@ class PeerNegotiation:
         self.role = Role.INITIATOR if initiator_of(our_id, peer_id) == our_id else Role.POLITE
         self.capabilities = capabilities
         self.remote_capabilities = NO_CAPABILITIES
+        self.session = session
+        self.remote_session: str | None = None
+        self.remote_epochless = False
         self.config = config
         self._new_pc = new_pc
         self._jitter = jitter
@@ -325,39 +340,24 @@ class PeerNegotiation:
 
     def on_signal(self, message: Signal, now: float) -> Actions:
         """A signaling frame from the peer (already known to come from ``peer_id``)."""
+        if "epoch" not in message.fields:
+            self.remote_epochless = True
+        stale = self._stale(message)
+        if stale is not None:
+            return [self._log(LogLevel.DEBUG, "dropped %s: %s", message.TYPE, stale)]
+        actions: Actions = []
+        sid = message.fields.get("sid")
         epoch = message.epoch
+        if isinstance(sid, str) and sid != self.remote_session:
+            if self.remote_session is not None:  # an offer from a new session of theirs
+                actions = self._follow(epoch, "a new session of theirs")
+            self.remote_session = sid
         if isinstance(message, Offer | Answer) and "caps" in message.fields:
             self.remote_capabilities = Capabilities.from_wire(message.fields["caps"])
-        if epoch < self.epoch:
-            return [
-                self._log(
-                    LogLevel.DEBUG,
-                    "dropped stale %s of epoch %d (ours is %d)",
-                    message.TYPE,
-                    epoch,
-                    self.epoch,
-                )
-            ]
         if isinstance(message, Offer):
-            actions: Actions = []
             if epoch > self.epoch:
-                if self.is_initiator:
-                    raise RemoteProtocolError(
-                        f"offer of epoch {epoch} from {self.peer_id!r}, ahead of the "
-                        f"initiator's epoch {self.epoch}"
-                    )
-                actions = self._follow_epoch(epoch)
+                actions += self._follow(epoch, f"epoch {epoch}")
             return actions + self._dispatch(Input.REMOTE_OFFER, now, message.description)
-        if epoch > self.epoch:
-            return [
-                self._log(
-                    LogLevel.DEBUG,
-                    "dropped %s of future epoch %d (ours is %d)",
-                    message.TYPE,
-                    epoch,
-                    self.epoch,
-                )
-            ]
         if isinstance(message, Answer):
             return self._dispatch(Input.REMOTE_ANSWER, now, message.description)
         if isinstance(message, Ice):
@@ -366,6 +366,35 @@ class PeerNegotiation:
         return self._dispatch(
             Input.REMOTE_RENEGOTIATE, now, reason if isinstance(reason, str) else ""
         )
+
+    def _stale(self, message: Signal) -> str | None:
+        """Why ``message`` belongs to another session or epoch (``None``: it is current).
+
+        Sessions tell apart the incarnations of a pair: when a member leaves and joins
+        again, both sides start a fresh negotiation at epoch 0, and frames the old
+        incarnation still had on the way would otherwise look current. Each side sends
+        its own ``sid`` and, once known, the ``rsid`` it expects of the other.
+        """
+        rsid = message.fields.get("rsid")
+        if isinstance(rsid, str) and rsid != self.session:
+            return f"addressed to our earlier session {rsid}"
+        sid = message.fields.get("sid")
+        new_session = isinstance(sid, str) and sid != self.remote_session
+        if new_session and self.remote_session is not None:
+            if self.is_initiator or not isinstance(message, Offer):
+                return f"from their earlier session {sid}"
+            return None  # the polite side follows a new session's offer, whatever epoch
+        if message.epoch < self.epoch:
+            return f"stale epoch {message.epoch} (ours is {self.epoch})"
+        if message.epoch > self.epoch:
+            if not isinstance(message, Offer):
+                return f"future epoch {message.epoch} (ours is {self.epoch})"
+            if self.is_initiator:
+                raise RemoteProtocolError(
+                    f"offer of epoch {message.epoch} from {self.peer_id!r}, ahead of the "
+                    f"initiator's epoch {self.epoch}"
+                )
+        return None
 
     # ------------------------------------------------------------------ dispatch
 
@@ -393,7 +422,16 @@ class PeerNegotiation:
         return SendToServer(text=encode(message))
 
     def _signal_fields(self, **extra: JSONValue) -> dict[str, JSONValue]:
-        return {**extra, "epoch": self.epoch}
+        fields: dict[str, JSONValue] = {**extra, "epoch": self.epoch, "sid": self.session}
+        if self.remote_session is not None:
+            fields["rsid"] = self.remote_session
+        return fields
+
+    def _next_epoch(self) -> None:
+        """Initiator: the epoch of a fresh connection. A peer that sends no epochs
+        (PROTOCOL.md: absent counts as 0) could never follow a bump, so with it every
+        connection stays at epoch 0."""
+        self.epoch = 0 if self.remote_epochless else self.epoch + 1
 
     def _both_restart(self) -> bool:
         return self.capabilities.ice_restart and self.remote_capabilities.ice_restart
@@ -418,12 +456,14 @@ class PeerNegotiation:
         self.remote_buffer = []
         return [] if pc is None else [ClosePeer(peer_id=self.peer_id, pc=pc)]
 
-    def _follow_epoch(self, epoch: int) -> Actions:
+    def _follow(self, epoch: int, why: str) -> Actions:
         """Polite side: the initiator started over with a fresh connection."""
         actions = self._close_pc()
         self.epoch = epoch
+        if self.state is NegState.FAILED:
+            self.attempts = 0  # the initiator started over: so do we
         self.state = NegState.IDLE
-        actions.append(self._log(LogLevel.INFO, "following the initiator to epoch %d", epoch))
+        actions.append(self._log(LogLevel.INFO, "following the initiator to %s", why))
         return actions
 
     def _make_offer(self, now: float, *, ice_restart: bool = False) -> Actions:
@@ -529,7 +569,7 @@ class PeerNegotiation:
         """From FAILED, on a fresh request: start over with a full retry budget."""
         self.attempts = 0
         if self.is_initiator:
-            self.epoch += 1
+            self._next_epoch()
             return self._make_offer(now)
         self.state = NegState.IDLE
         self._set_deadline(now + self.config.offer_wait, "offer-wait")
@@ -624,7 +664,8 @@ class PeerNegotiation:
     def _on_offer_while_busy(self, now: float, description: SessionDescription) -> Actions:
         """An offer while we apply an answer (the peer answered, then offered at once):
         it is applied as soon as we are stable. During our own answer it is an error."""
-        if description.sdp == self.last_remote_offer:
+        queued = None if self.queued_offer is None else self.queued_offer.sdp
+        if description.sdp in (self.last_remote_offer, queued):
             return [self._log(LogLevel.DEBUG, "dropped a duplicate offer")]
         if self.state is not NegState.APPLYING_ANSWER or self.queued_offer is not None:
             raise RemoteProtocolError(
@@ -735,7 +776,7 @@ class PeerNegotiation:
             return []
         self._set_deadline(None, None)
         if kind == "backoff":
-            self.epoch += 1
+            self._next_epoch()
             return self._make_offer(now)
         if kind in ("offer-wait", "recovery"):
             self.attempts += 1

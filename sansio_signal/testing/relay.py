@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from ..actions import CloseConnection, Log, RelayAction, SendFrame
@@ -18,10 +18,17 @@ from ..relay import RelayMachine
 from ..wire import DEFAULT_LIMITS, Limits, dumps
 
 
-def counting_tokens(prefix: str = "tok") -> Callable[[], str]:
-    """A deterministic token source (``tok1``, ``tok2``, ...) for tests."""
-    counter = itertools.count(1)
-    return lambda: f"{prefix}{next(counter)}"
+class counting_tokens:
+    """A deterministic token source (``tok1``, ``tok2``, ...) for tests (an object, not a
+    closure, so that copying a simulation copies its counter too)."""
+
+    def __init__(self, prefix: str = "tok") -> None:
+        self.prefix = prefix
+        self.issued = 0
+
+    def __call__(self) -> str:
+        self.issued += 1
+        return f"{self.prefix}{self.issued}"
 
 
 class RelayHarness:

@@ -114,6 +114,8 @@ class SimClient:
     conn: int | None = None
     pcs: dict[int, ModelPeerConnection] = attrs.field(factory=dict)
     pc_of_peer: dict[str, int] = attrs.field(factory=dict)
+    made: dict[str, int] = attrs.field(factory=dict)
+    """Peer connections made so far, per peer."""
     notes: list[ClientAction] = attrs.field(factory=list)
     """Every notification the machine gave the application."""
 
@@ -134,6 +136,7 @@ class SimNetwork:
         op_latency: tuple[float, float] = (0.001, 0.005),
         ice_latency: float = 0.02,
         fail_after: float = 2.0,
+        candidates: int = 2,
         loss: float = 0.0,
         duplication: float = 0.0,
         fault_budget: int = 3,
@@ -147,6 +150,7 @@ class SimNetwork:
         self.op_latency = op_latency
         self.ice_latency = ice_latency
         self.fail_after = fail_after
+        self.candidates = candidates
         self.loss = loss
         self.duplication = duplication
         self.fault_budget = fault_budget
@@ -368,6 +372,96 @@ class SimNetwork:
             found.append(f"{live} peer connections open for {wanted} peers (leak)")
         return found
 
+    def fingerprint(self) -> tuple[Any, ...]:
+        """Everything that decides what can happen next (not the clock, and with peer
+        connections named by pair rather than by handle): two networks with equal
+        fingerprints behave alike, which lets an explorer skip repeats."""
+
+        def name(client: SimClient, handle: int | None) -> str | None:
+            if handle is None:
+                return None
+            pc = client.pcs.get(handle)
+            return f"closed#{handle}" if pc is None else pc.name
+
+        clients = []
+        for user_id, client in sorted(self.clients.items()):
+            machine = client.machine
+            peers = tuple(
+                (
+                    peer_id,
+                    p.state.value,
+                    p.epoch,
+                    name(client, p.pc),
+                    p.link.value,
+                    p.attempts,
+                    p.pending_renegotiation,
+                    p.has_remote,
+                    p.remote_ended,
+                    repr(p.remote_buffer),
+                    repr(p.local_buffer),
+                    p.abandoned_offers,
+                    p.last_remote_offer,
+                    repr(p.queued_offer),
+                    p.notified_connected,
+                    repr(p.remote_capabilities),
+                    p.deadline_kind,
+                )
+                for peer_id, p in sorted(machine.peers.items())
+            )
+            pcs = tuple(
+                sorted(
+                    (
+                        pc.name,
+                        pc.signaling_state,
+                        pc.local_ufrag,
+                        repr(pc.current_local),
+                        repr(pc.current_remote),
+                        repr(pc.pending_local),
+                        repr(pc.pending_remote),
+                        pc.remote_ufrag,
+                        tuple(sorted(pc.remote_candidates)),
+                        pc.remote_ended,
+                        pc.connection_state,
+                    )
+                    for pc in client.pcs.values()
+                )
+            )
+            room = None if machine.room is None else (machine.room.room_id, machine.room.members)
+            clients.append(
+                (
+                    user_id,
+                    machine.state.value,
+                    machine.room_id,
+                    room,
+                    client.conn,
+                    peers,
+                    pcs,
+                    tuple(sorted(client.made.items())),
+                )
+            )
+        queues = []
+        for (kind, key), queue in self._queues.items():
+            if not queue:
+                continue
+            if kind in ("op", "notice"):
+                client = self.clients[key[0]]
+                key = (key[0], name(client, key[1]))
+                items = tuple(repr(attrs.evolve(item.payload, pc=0)) for item in queue)
+            else:
+                items = tuple(item.payload for item in queue)
+            queues.append((kind, key, items))
+        rooms = tuple(
+            (room, tuple(self.relay.directory.members(room)))
+            for room in sorted({c.machine.room_id or "" for c in self.clients.values()})
+            if room
+        )
+        return (
+            tuple(clients),
+            tuple(sorted(queues, key=repr)),
+            rooms,
+            tuple(sorted(tuple(sorted(b)) for b in self.blocked)),
+        )
+
     # ------------------------------------------------------------------ internals
 
     def _delay(self, span: tuple[float, float]) -> float:
@@ -442,10 +536,15 @@ class SimNetwork:
                 if client.conn is not None:
                     self._enqueue(("up", client.user_id), action.text, self._delay(self.latency))
             elif isinstance(action, CreatePeer):
+                # Named by pair and count, not by handle: the same history gives the
+                # same ICE credentials whatever order other pairs went in.
+                count = client.made.get(action.peer_id, 0) + 1
+                client.made[action.peer_id] = count
                 pc = ModelPeerConnection(
-                    f"{client.user_id}.{action.pc}",
+                    f"{client.user_id}-{action.peer_id}-{count}",
                     rollback=client.capabilities.rollback,
                     trickle=client.capabilities.trickle,
+                    candidates=self.candidates,
                 )
                 client.pcs[action.pc] = pc
                 client.pc_of_peer[action.peer_id] = action.pc
