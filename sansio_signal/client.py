@@ -16,9 +16,10 @@ Its own state (:class:`ClientState`) is about the server::
 A join asked for while in a room keeps the current room (and its peers) until the
 server confirms the new one with our own ``user-joined-room``; if the server refuses
 it, we are still where we were, as the server says. The room it wants (``room_id`` of
-the last :class:`~.events.JoinRequested`) survives a lost connection: when the server is back, the machine joins again. Until resume exists
-the server drops a member whose socket closes, so a lost connection ends every peer
-connection; the rejoin negotiates fresh ones.
+the last :class:`~.events.JoinRequested`) survives a lost connection: when the server is
+back, the machine joins again. Until resume exists the server drops a member whose
+socket closes, so a lost connection ends every peer connection; the rejoin negotiates
+fresh ones.
 
 Inside the room, :class:`~.room.RoomView` replays the membership frames, and each other
 member gets a :class:`~.negotiation.PeerNegotiation`, created when the member appears
@@ -147,7 +148,8 @@ class ClientMachine:
         self.peers: dict[str, PeerNegotiation] = {}
         self._pcs: dict[int, str] = {}
         self._pc_ids = itertools.count(1)
-        self._sessions = 0
+        self._sessions: dict[str, int] = {}
+        self._instance = f"{int(jitter() * 0xFFFFFFFF):08x}"
         self._touched: PeerNegotiation | None = None
         self._jitter = jitter
         self._timers = Timers()
@@ -297,11 +299,13 @@ class ClientMachine:
     def _next_pc(self) -> int:
         return next(self._pc_ids)
 
-    def _new_session(self) -> str:
-        """A name for a new incarnation of a pair: a counter keeps it unique in this
-        machine, the random part across restarts of the process."""
-        self._sessions += 1
-        return f"{self._sessions}.{int(self._jitter() * 0xFFFFFFFF):08x}"
+    def _new_session(self, peer_id: str) -> str:
+        """A name for a new incarnation of the pair with ``peer_id``: unique in this
+        machine by the per-peer count, and across restarts of the process by the
+        machine's random part."""
+        count = self._sessions.get(peer_id, 0) + 1
+        self._sessions[peer_id] = count
+        return f"{self._instance}.{peer_id}.{count}"
 
     def _add_peer(self, peer_id: str, now: float) -> list[ClientAction]:
         peer = PeerNegotiation(
@@ -311,7 +315,7 @@ class ClientMachine:
             config=self.config,
             new_pc=self._next_pc,
             jitter=self._jitter,
-            session=self._new_session(),
+            session=self._new_session(peer_id),
         )
         self.peers[peer_id] = peer
         return [PeerJoined(peer_id=peer_id), *self._run(peer, peer.start(now))]

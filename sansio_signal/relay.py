@@ -23,9 +23,14 @@ and every frame goes through the same pipeline:
 1. *size*: over ``Limits.max_frame_bytes`` → ``frame-too-large`` then close 1009;
 2. *rate*: a token bucket per connection (``rate_limit`` frames/s, ``rate_burst``
    deep) refilled from ``now``; an empty bucket → ``rate-limited``, frame dropped;
-3. *parse*: :func:`~.wire.parse_client_frame` → a typed message or a precise error;
-4. *dispatch*: the table :data:`_TRANSITIONS` maps ``(phase, message type)`` to the
-   handler; a pair missing from it is an error reply (``not-in-room``).
+3. *envelope*: the frame is decoded and its ``channel``/``type`` checked
+   (:func:`~.wire.client_envelope`);
+4. *dispatch*: the table :data:`_TRANSITIONS` maps ``(phase, type)`` to the handler,
+   which checks the type's fields; a pair missing from the table is an error reply
+   (``not-in-room``). Signaling frames are never turned into message objects: the
+   handler checks their fields (:func:`~.wire.check_signal`), stamps ``fromUserId`` and
+   ``roomId`` into the decoded object and re-encodes it, which is both the cheapest
+   path and the one that relays unknown fields untouched.
 
 Every error reply is recorded; ``abuse_errors`` of them within ``abuse_window`` seconds
 close the connection with 1008. A connection the machine closes leaves its room at
@@ -57,24 +62,30 @@ from .errors import LocalProtocolError, WireError
 from .events import Connected, ConnId, Disconnected, FrameReceived, RelayEvent
 from .timers import Timers
 from .wire import (
+    CLIENT_TYPES,
     DEFAULT_LIMITS,
     Answer,
     Channel,
     ChatMessage,
-    ClientMessage,
     CloseCode,
     ErrorCode,
     Ice,
     JoinRoom,
+    JSONValue,
     LeaveRoom,
     Limits,
     Offer,
     Renegotiate,
     UserJoinedRoom,
     UserLeftRoom,
+    check_signal,
+    client_envelope,
+    decode_object,
     dumps,
     encode,
-    parse_client_frame,
+    parse_chat,
+    parse_join_room,
+    parse_leave_room,
 )
 
 Authorize = Callable[[JoinRoom, float], bool]
@@ -122,9 +133,6 @@ class RelayStats:
     """Error replies, by code."""
     closes: Counter[int] = attrs.field(factory=Counter)
     """Connections closed by the machine, by close code."""
-
-
-_Handler = Callable[["RelayMachine", _Conn, ConnId, ClientMessage, float], list[RelayAction]]
 
 
 class RelayMachine:
@@ -219,14 +227,15 @@ class RelayMachine:
             error = WireError(
                 ErrorCode.FRAME_TOO_LARGE,
                 f"frame is larger than {limits.max_frame_bytes} bytes",
+                _channel_hint(data),
             )
             actions = self._error_frame(conn, error)
             actions += self._close(c, conn, CloseCode.TOO_BIG, "frame too large")
             return actions
         if limits.rate_limit > 0:
-            tokens = min(
-                float(limits.rate_burst), c.tokens + (now - c.refilled_at) * limits.rate_limit
-            )
+            # A wall clock may step back (NTP): elapsed time never counts negative.
+            elapsed = max(0.0, now - c.refilled_at)
+            tokens = min(float(limits.rate_burst), c.tokens + elapsed * limits.rate_limit)
             c.refilled_at = now
             if tokens < 1.0:
                 c.tokens = tokens
@@ -235,24 +244,27 @@ class RelayMachine:
                     ErrorCode.RATE_LIMITED,
                     f"more than {limits.rate_limit:g} frames/s (burst {limits.rate_burst});"
                     " frame dropped",
+                    _channel_hint(data),
                 )
                 return self._reply_error(c, conn, error, now)
             c.tokens = tokens - 1.0
+        type_ = "invalid"
         try:
-            message = parse_client_frame(data, limits)
+            obj = decode_object(data)
+            channel, type_ = client_envelope(obj)
+            handler = _TRANSITIONS.get((c.phase, type_))
+            if handler is None:
+                _check_fields(obj, type_, limits)  # a malformed frame is bad-frame first
+                raise WireError(
+                    ErrorCode.NOT_IN_ROOM, f"{type_} needs a room; join one first", channel
+                )
+            actions = handler(self, c, conn, obj, type_, now)
         except WireError as exc:
-            self.stats.frames_in["invalid"] += 1
+            # A well-formed frame refused by a rule still counts under its type.
+            self.stats.frames_in[type_ if exc.code in _RULE_ERRORS else "invalid"] += 1
             return self._reply_error(c, conn, exc, now)
-        self.stats.frames_in[message.TYPE] += 1
-        handler = _TRANSITIONS.get((c.phase, type(message)))
-        if handler is None:
-            error = WireError(
-                ErrorCode.NOT_IN_ROOM,
-                f"{message.TYPE} needs a room; join one first",
-                message.CHANNEL,
-            )
-            return self._reply_error(c, conn, error, now)
-        return handler(self, c, conn, message, now)
+        self.stats.frames_in[type_] += 1
+        return actions
 
     def _error_frame(self, conn: ConnId, error: WireError) -> list[RelayAction]:
         self.stats.errors[error.code.value] += 1
@@ -278,6 +290,8 @@ class RelayMachine:
     ) -> list[RelayAction]:
         actions = self._error_frame(conn, error)
         errors = c.errors
+        if errors and errors[-1] > now:
+            errors.clear()  # the clock stepped back: start the window over
         errors.append(now)
         horizon = now - self.limits.abuse_window
         while errors and errors[0] <= horizon:
@@ -325,8 +339,10 @@ class RelayMachine:
         )
         return actions
 
-    def _on_join(self, c: _Conn, conn: ConnId, msg: ClientMessage, now: float) -> list[RelayAction]:
-        assert isinstance(msg, JoinRoom)
+    def _on_join(
+        self, c: _Conn, conn: ConnId, obj: dict[str, JSONValue], type_: str, now: float
+    ) -> list[RelayAction]:
+        msg = parse_join_room(obj, self.limits)
         room_id, user_id = msg.room_id, msg.user_id
         if self._authorize is not None and not self._authorize(msg, now):
             error = WireError(
@@ -379,58 +395,50 @@ class RelayMachine:
         return actions
 
     def _on_leave(
-        self, c: _Conn, conn: ConnId, msg: ClientMessage, now: float
+        self, c: _Conn, conn: ConnId, obj: dict[str, JSONValue], type_: str, now: float
     ) -> list[RelayAction]:
-        assert isinstance(msg, LeaveRoom)
+        msg = parse_leave_room(obj, self.limits)
         if msg.room_id != c.room_id:
-            error = WireError(ErrorCode.NOT_IN_ROOM, f"not in room {msg.room_id!r}", Channel.ROOMS)
-            return self._reply_error(c, conn, error, now)
+            raise WireError(ErrorCode.NOT_IN_ROOM, f"not in room {msg.room_id!r}", Channel.ROOMS)
         return self._leave(c, conn)
 
     # ------------------------------------------------------------------ relaying
 
     def _on_signal(
-        self, c: _Conn, conn: ConnId, msg: ClientMessage, now: float
+        self, c: _Conn, conn: ConnId, obj: dict[str, JSONValue], type_: str, now: float
     ) -> list[RelayAction]:
-        assert isinstance(msg, Offer | Answer | Ice | Renegotiate)
+        # The hot path: check the fields, stamp the sender, forward the object itself.
+        to_user_id = check_signal(obj, type_, self.limits)
         room_id, user_id = c.room_id, c.user_id
         assert room_id is not None and user_id is not None
-        target = self.directory.lookup(room_id, msg.to_user_id)
+        target = self.directory.lookup(room_id, to_user_id)
         if target is None:
-            error = WireError(
+            raise WireError(
                 ErrorCode.PEER_NOT_FOUND,
-                f"no user {msg.to_user_id!r} in room {room_id!r}",
+                f"no user {to_user_id!r} in room {room_id!r}",
                 Channel.SIGNALING,
             )
-            return self._reply_error(c, conn, error, now)
-        out = {"channel": Channel.SIGNALING.value, "type": msg.TYPE, "toUserId": msg.to_user_id}
-        out.update(msg.fields)
-        out["fromUserId"] = user_id
-        out["roomId"] = room_id
+        obj["fromUserId"] = user_id
+        obj["roomId"] = room_id
+        self.stats.frames_out[type_] += 1
         return [
-            Log(
-                level=LogLevel.INFO,
-                message='Relaying message type "%s" on channel "%s"',
-                args=(msg.TYPE, Channel.SIGNALING.value),
-            ),
-            self._send(target, dumps(out), msg.TYPE),
-            Log(level=LogLevel.INFO, message="Message relayed to %d clients", args=(1,)),
+            _RELAYING[type_],
+            SendFrame(conn=target, text=dumps(obj), frame_type=type_),
+            _RELAYED_TO_ONE,
         ]
 
-    def _on_chat(self, c: _Conn, conn: ConnId, msg: ClientMessage, now: float) -> list[RelayAction]:
-        assert isinstance(msg, ChatMessage)
+    def _on_chat(
+        self, c: _Conn, conn: ConnId, obj: dict[str, JSONValue], type_: str, now: float
+    ) -> list[RelayAction]:
+        msg = parse_chat(obj, self.limits)
         room_id, user_id = c.room_id, c.user_id
         assert room_id is not None and user_id is not None
         text = encode(ChatMessage(text=msg.text, room_id=room_id, from_user_id=user_id, ts=now))
-        members = self.directory.connections(room_id)
-        actions: list[RelayAction] = [
-            Log(
-                level=LogLevel.INFO,
-                message='Relaying message type "%s" on channel "%s"',
-                args=(ChatMessage.TYPE, Channel.CHAT.value),
-            ),
+        actions: list[RelayAction] = [_RELAYING[ChatMessage.TYPE]]
+        actions += [
+            self._send(other, text, ChatMessage.TYPE)
+            for _, other in self.directory.connections(room_id)
         ]
-        actions += [self._send(other, text, ChatMessage.TYPE) for _, other in members]
         actions.append(
             Log(
                 level=LogLevel.INFO,
@@ -441,15 +449,65 @@ class RelayMachine:
         return actions
 
 
-_TRANSITIONS: dict[tuple[Phase, type], _Handler] = {
-    (Phase.LOBBY, JoinRoom): RelayMachine._on_join,
-    (Phase.JOINED, JoinRoom): RelayMachine._on_join,
-    (Phase.JOINED, LeaveRoom): RelayMachine._on_leave,
-    (Phase.JOINED, Offer): RelayMachine._on_signal,
-    (Phase.JOINED, Answer): RelayMachine._on_signal,
-    (Phase.JOINED, Ice): RelayMachine._on_signal,
-    (Phase.JOINED, Renegotiate): RelayMachine._on_signal,
-    (Phase.JOINED, ChatMessage): RelayMachine._on_chat,
+_RULE_ERRORS = frozenset(
+    {
+        ErrorCode.NOT_IN_ROOM,
+        ErrorCode.PEER_NOT_FOUND,
+        ErrorCode.USER_ID_TAKEN,
+        ErrorCode.ROOM_FULL,
+        ErrorCode.UNAUTHORIZED,
+    }
+)
+
+
+def _check_fields(obj: dict[str, JSONValue], type_: str, limits: Limits) -> None:
+    """Check a client frame's fields without acting on it."""
+    if type_ == JoinRoom.TYPE:
+        parse_join_room(obj, limits)
+    elif type_ == LeaveRoom.TYPE:
+        parse_leave_room(obj, limits)
+    elif type_ == ChatMessage.TYPE:
+        parse_chat(obj, limits)
+    else:
+        check_signal(obj, type_, limits)
+
+
+def _channel_hint(data: str | bytes) -> str:
+    """The channel of a frame we refuse before parsing it (too large, rate-limited),
+    when it has a known one: errors go on the bad frame's channel."""
+    try:
+        channel = decode_object(data).get("channel")
+    except WireError:
+        return Channel.SYSTEM.value
+    return channel if isinstance(channel, str) and channel in CLIENT_TYPES else "system"
+
+
+def _relaying(type_: str, channel: str) -> Log:
+    return Log(
+        level=LogLevel.INFO,
+        message='Relaying message type "%s" on channel "%s"',
+        args=(type_, channel),
+    )
+
+
+# The seed's log lines, built once: a relayed frame costs no log formatting unless the
+# adapter emits the record.
+_RELAYING = {t: _relaying(t, ch) for ch, types in CLIENT_TYPES.items() for t in types}
+_RELAYED_TO_ONE = Log(level=LogLevel.INFO, message="Message relayed to %d clients", args=(1,))
+
+_Handler = Callable[
+    ["RelayMachine", _Conn, ConnId, dict[str, JSONValue], str, float], list[RelayAction]
+]
+
+_TRANSITIONS: dict[tuple[Phase, str], _Handler] = {
+    (Phase.LOBBY, JoinRoom.TYPE): RelayMachine._on_join,
+    (Phase.JOINED, JoinRoom.TYPE): RelayMachine._on_join,
+    (Phase.JOINED, LeaveRoom.TYPE): RelayMachine._on_leave,
+    (Phase.JOINED, Offer.TYPE): RelayMachine._on_signal,
+    (Phase.JOINED, Answer.TYPE): RelayMachine._on_signal,
+    (Phase.JOINED, Ice.TYPE): RelayMachine._on_signal,
+    (Phase.JOINED, Renegotiate.TYPE): RelayMachine._on_signal,
+    (Phase.JOINED, ChatMessage.TYPE): RelayMachine._on_chat,
 }
 """``(phase, message type) → handler``. A missing pair is answered with ``not-in-room``
 (every message except ``join-room`` needs a room); ``CLOSED`` connections never reach

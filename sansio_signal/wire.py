@@ -503,41 +503,46 @@ def parse_client_frame(data: str | bytes, limits: Limits = DEFAULT_LIMITS) -> Cl
     return _parse_client_object(decode_object(data), limits)
 
 
-def _parse_signal(obj: dict[str, JSONValue], type_: str, limits: Limits) -> Signal:
+def check_signal(obj: Mapping[str, JSONValue], type_: str, limits: Limits) -> str:
+    """Check the fields of a signaling frame of ``type_``; return its ``toUserId``.
+
+    The relay calls this and forwards the decoded object itself, so that every field it
+    does not check passes unchanged (and no message object is built per frame).
+    """
     channel = Channel.SIGNALING.value
-    cls = _SIGNAL_CLASSES.get(type_)
-    if cls is None:
-        raise _unknown_type(channel, type_)
     to_user_id = _id(obj, "toUserId", channel, limits)
-    if cls is Offer:
-        _check_description(obj, "offer")
-    elif cls is Answer:
-        _check_description(obj, "answer")
-    elif cls is Ice:
+    if type_ == Ice.TYPE:
         _check_candidate(obj)
-    return cls(to_user_id=to_user_id, fields=_signal_fields(obj))
+    elif type_ == Offer.TYPE:
+        _check_description(obj, "offer")
+    elif type_ == Answer.TYPE:
+        _check_description(obj, "answer")
+    elif type_ != Renegotiate.TYPE:
+        raise _unknown_type(channel, type_)
+    return to_user_id
 
 
-def _parse_client_object(obj: dict[str, JSONValue], limits: Limits) -> ClientMessage:
-    channel, type_ = _envelope(obj)
-    if channel == Channel.SIGNALING:
-        return _parse_signal(obj, type_, limits)
-    if channel == Channel.ROOMS:
-        if type_ == JoinRoom.TYPE:
-            room_id = _id(obj, "roomId", channel, limits)
-            user_id = _id(obj, "userId", channel, limits)
-            return JoinRoom(
-                room_id=room_id,
-                user_id=user_id,
-                token=_opt_str(obj, "token", channel),
-                resume_token=_opt_str(obj, "resumeToken", channel),
-            )
-        if type_ == LeaveRoom.TYPE:
-            return LeaveRoom(room_id=_id(obj, "roomId", channel, limits))
-        raise _unknown_type(channel, type_)
-    # the chat channel
-    if type_ != ChatMessage.TYPE:
-        raise _unknown_type(channel, type_)
+def parse_join_room(obj: Mapping[str, JSONValue], limits: Limits) -> JoinRoom:
+    """The ``join-room`` in ``obj`` (its envelope already checked)."""
+    channel = Channel.ROOMS.value
+    room_id = _id(obj, "roomId", channel, limits)
+    user_id = _id(obj, "userId", channel, limits)
+    return JoinRoom(
+        room_id=room_id,
+        user_id=user_id,
+        token=_opt_str(obj, "token", channel),
+        resume_token=_opt_str(obj, "resumeToken", channel),
+    )
+
+
+def parse_leave_room(obj: Mapping[str, JSONValue], limits: Limits) -> LeaveRoom:
+    """The ``leave-room`` in ``obj`` (its envelope already checked)."""
+    return LeaveRoom(room_id=_id(obj, "roomId", Channel.ROOMS.value, limits))
+
+
+def parse_chat(obj: Mapping[str, JSONValue], limits: Limits) -> ChatMessage:
+    """The client's ``chat-message`` in ``obj`` (its envelope already checked)."""
+    channel = Channel.CHAT.value
     text = _str(obj, "text", channel)
     if len(text) > limits.max_text_chars:
         raise WireError(
@@ -546,6 +551,47 @@ def _parse_client_object(obj: dict[str, JSONValue], limits: Limits) -> ClientMes
             channel,
         )
     return ChatMessage(text=text)
+
+
+CLIENT_TYPES: Mapping[str, frozenset[str]] = {
+    Channel.ROOMS.value: frozenset({JoinRoom.TYPE, LeaveRoom.TYPE}),
+    Channel.SIGNALING.value: frozenset(_SIGNAL_CLASSES),
+    Channel.CHAT.value: frozenset({ChatMessage.TYPE}),
+    Channel.SYSTEM.value: frozenset(),
+}
+"""The frame types a client may send, per channel. ``system`` is a channel only the
+server sends on, so any client frame on it is ``unknown-type``."""
+
+
+def client_envelope(obj: Mapping[str, JSONValue]) -> tuple[str, str]:
+    """``(channel, type)`` of a client frame, or ``WireError`` (``bad-frame``,
+    ``unknown-channel``, or ``unknown-type`` for a type a client may not send)."""
+    channel = obj.get("channel")
+    if not isinstance(channel, str):
+        raise WireError(ErrorCode.BAD_FRAME, "field 'channel' must be a string")
+    allowed = CLIENT_TYPES.get(channel)
+    if allowed is None:
+        raise WireError(ErrorCode.UNKNOWN_CHANNEL, f"unknown channel {channel[:80]!r}")
+    type_ = _str(obj, "type", channel)
+    if type_ not in allowed:
+        raise _unknown_type(channel, type_)
+    return channel, type_
+
+
+def _parse_signal(obj: dict[str, JSONValue], type_: str, limits: Limits) -> Signal:
+    to_user_id = check_signal(obj, type_, limits)
+    return _SIGNAL_CLASSES[type_](to_user_id=to_user_id, fields=_signal_fields(obj))
+
+
+def _parse_client_object(obj: dict[str, JSONValue], limits: Limits) -> ClientMessage:
+    channel, type_ = client_envelope(obj)
+    if channel == Channel.SIGNALING:
+        return _parse_signal(obj, type_, limits)
+    if type_ == JoinRoom.TYPE:
+        return parse_join_room(obj, limits)
+    if type_ == LeaveRoom.TYPE:
+        return parse_leave_room(obj, limits)
+    return parse_chat(obj, limits)
 
 
 def parse_server_frame(data: str | bytes, limits: Limits = DEFAULT_LIMITS) -> ServerMessage:

@@ -1,0 +1,95 @@
+"""Shared fixtures and frame builders for the test suite.
+
+The builders return plain JSON objects (``dict``), exactly as a client would put them on
+the wire; ``RelayHarness.send`` encodes a mapping for us. Import them with
+``from conftest import join_frame`` (pytest puts this directory on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sansio_signal.testing.relay import RelayHarness
+
+ROOMS = "webrtc-dashboard-rooms"
+SIGNALING = "webrtc-signaling"
+CHAT = "webrtc-dashboard-chat"
+
+Frame = dict[str, Any]
+
+
+@pytest.fixture
+def harness() -> RelayHarness:
+    """A relay harness with default limits and a virtual clock at ``now=1000.0``."""
+    return RelayHarness()
+
+
+def join_frame(room_id: str, user_id: str, **extra: Any) -> Frame:
+    """A client's ``join-room``."""
+    return {"channel": ROOMS, "type": "join-room", "roomId": room_id, "userId": user_id, **extra}
+
+
+def leave_frame(room_id: str, **extra: Any) -> Frame:
+    """A client's ``leave-room``."""
+    return {"channel": ROOMS, "type": "leave-room", "roomId": room_id, **extra}
+
+
+def chat_frame(text: str, **extra: Any) -> Frame:
+    """A client's ``chat-message``."""
+    return {"channel": CHAT, "type": "chat-message", "text": text, **extra}
+
+
+def offer_frame(to_user_id: str, sdp: str = "v=0 offer", **extra: Any) -> Frame:
+    """A client's ``webrtc-offer``."""
+    return {
+        "channel": SIGNALING,
+        "type": "webrtc-offer",
+        "toUserId": to_user_id,
+        "offer": {"type": "offer", "sdp": sdp},
+        **extra,
+    }
+
+
+def answer_frame(to_user_id: str, sdp: str = "v=0 answer", **extra: Any) -> Frame:
+    """A client's ``webrtc-answer``."""
+    return {
+        "channel": SIGNALING,
+        "type": "webrtc-answer",
+        "toUserId": to_user_id,
+        "answer": {"type": "answer", "sdp": sdp},
+        **extra,
+    }
+
+
+def ice_frame(to_user_id: str, candidate: Frame | None = None, **extra: Any) -> Frame:
+    """A client's ``webrtc-ice`` (``candidate=None`` is end-of-candidates)."""
+    return {
+        "channel": SIGNALING,
+        "type": "webrtc-ice",
+        "toUserId": to_user_id,
+        "candidate": candidate,
+        **extra,
+    }
+
+
+def renegotiate_frame(to_user_id: str, **extra: Any) -> Frame:
+    """A client's ``webrtc-renegotiate``."""
+    return {"channel": SIGNALING, "type": "webrtc-renegotiate", "toUserId": to_user_id, **extra}
+
+
+def error_frame(channel: str, code: str) -> Frame:
+    """The parts of a server ``error`` frame a test can predict (``message`` is free text)."""
+    return {"channel": channel, "type": "error", "code": code}
+
+
+def strip_message(frames: list[Frame]) -> list[Frame]:
+    """``frames`` with every error frame's free-text ``message`` checked and removed."""
+    out: list[Frame] = []
+    for frame in frames:
+        if frame.get("type") == "error":
+            frame = dict(frame)
+            assert isinstance(frame.pop("message"), str)
+        out.append(frame)
+    return out
