@@ -408,7 +408,14 @@ class PeerNegotiation:
             if kind.remote:
                 raise RemoteProtocolError(detail)
             raise LocalProtocolError(detail)
-        return handler(self, now, payload)
+        before = self.state
+        actions = handler(self, now, payload)
+        if self.state not in NEXT_STATES[(before, kind)]:
+            raise LocalProtocolError(  # the table below is wrong: a bug here, not a caller's
+                f"peer {self.peer_id!r}: {kind.value} in {before.value} led to "
+                f"{self.state.value}, which the transition table does not list"
+            )
+        return actions
 
     # ------------------------------------------------------------------ helpers
 
@@ -847,3 +854,80 @@ _TABLE: dict[tuple[NegState, Input], _Handler] = {
 
 TRANSITIONS = _TABLE
 """The table, public for documentation and tests (treat as read-only)."""
+
+
+def _recover(state: NegState) -> set[NegState]:
+    """Where a failed attempt in ``state`` can lead (see ``_failure``): giving up, the
+    initiator's wait before a fresh connection, the polite side's wait for an offer, or
+    — from STABLE, when both sides can — an ICE restart offer or a polite wait in place.
+    """
+    targets = {_S.FAILED, _S.WAITING, _S.IDLE}
+    if state is _S.STABLE:
+        targets |= {_S.MAKING_OFFER, _S.STABLE}
+    return targets
+
+
+def _next_states(state: NegState, kind: Input) -> frozenset[NegState]:
+    """Where ``kind`` may take a pair in ``state`` (each handler picks one)."""
+    stay = {state}
+    after_stable = {_S.STABLE, _S.MAKING_OFFER, _S.APPLYING_OFFER}  # run what was put off
+    if kind is _I.START:
+        targets = {_S.MAKING_OFFER, _S.IDLE}
+    elif kind is _I.CLOSE:
+        targets = {_S.CLOSED}
+    elif kind is _I.LOCAL_DESCRIPTION:
+        targets = {_S.MAKING_OFFER: {_S.HAVE_LOCAL_OFFER}, _S.MAKING_ANSWER: after_stable}.get(
+            state, stay
+        )
+    elif kind is _I.REMOTE_APPLIED:
+        targets = after_stable if state is _S.APPLYING_ANSWER else {_S.MAKING_ANSWER}
+    elif kind is _I.REMOTE_ANSWER:
+        targets = {_S.APPLYING_ANSWER}
+    elif kind is _I.REMOTE_OFFER:
+        targets = stay
+        if state in (_S.IDLE, _S.STABLE, _S.FAILED):
+            targets = stay | {_S.APPLYING_OFFER}
+        elif state in (_S.MAKING_OFFER, _S.HAVE_LOCAL_OFFER):  # glare
+            targets = stay | {_S.APPLYING_OFFER, _S.STABLE}
+    elif kind in (_I.REMOTE_RENEGOTIATE, _I.RENEGOTIATE_REQUESTED):
+        targets = stay
+        if state is _S.FAILED:
+            targets = {_S.MAKING_OFFER, _S.IDLE}
+        elif state is _S.STABLE:
+            targets = {_S.STABLE, _S.MAKING_OFFER}
+            if kind is _I.REMOTE_RENEGOTIATE:
+                targets |= _recover(state)
+    elif kind in (_I.CONNECTION_STATE, _I.OPERATION_FAILED):
+        targets = stay | _recover(state)
+    elif kind is _I.TIMER:
+        if state is _S.WAITING:
+            targets = {_S.WAITING, _S.MAKING_OFFER}
+        elif state in (_S.IDLE, _S.FAILED):
+            targets = {state, _S.FAILED}
+        else:
+            targets = stay | _recover(state)
+    else:  # candidates both ways
+        targets = stay
+    return frozenset(targets)
+
+
+NEXT_STATES: dict[tuple[NegState, Input], frozenset[NegState]] = {
+    key: _next_states(*key) for key in _TABLE
+}
+"""``(state, input) → the states it may lead to``, for every pair of the table. Every
+dispatch checks its outcome against it, so the diagram drawn from it is the truth."""
+
+
+def diagram() -> str:
+    """The transition table as a Mermaid state diagram (docs/negotiation.md embeds it;
+    a test keeps the two equal)."""
+    edges: dict[tuple[str, str], list[str]] = {}
+    for (state, kind), targets in NEXT_STATES.items():
+        for target in targets:
+            if target is not state:
+                edges.setdefault((state.name, target.name), []).append(kind.value)
+    lines = ["stateDiagram-v2", "    [*] --> IDLE"]
+    for (state_name, target_name), kinds in sorted(edges.items()):
+        lines.append(f"    {state_name} --> {target_name}: {', '.join(sorted(kinds))}")
+    lines.append("    CLOSED --> [*]")
+    return "\n".join(lines)
