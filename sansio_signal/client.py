@@ -151,6 +151,7 @@ class ClientMachine:
         self._sessions: dict[str, int] = {}
         self._instance = f"{int(jitter() * 0xFFFFFFFF):08x}"
         self._touched: PeerNegotiation | None = None
+        self._joins_in_flight = 0
         self._jitter = jitter
         self._timers = Timers()
         self._trace = trace
@@ -215,6 +216,7 @@ class ClientMachine:
                 raise LocalProtocolError("ServerDisconnected while offline")
             actions = self._leave_room(now)
             self.state = ClientState.OFFLINE
+            self._joins_in_flight = 0  # their answers went with the connection
             return actions
         if isinstance(event, JoinRequested):
             if not self.limits.valid_id(event.room_id):
@@ -261,6 +263,7 @@ class ClientMachine:
     def _send_join(self) -> list[ClientAction]:
         assert self.room_id is not None
         self.state = ClientState.JOINING
+        self._joins_in_flight += 1
         return [SendToServer(text=encode(JoinRoom(room_id=self.room_id, user_id=self.user_id)))]
 
     def _leave_room(self, now: float) -> list[ClientAction]:
@@ -397,12 +400,11 @@ class ClientMachine:
         actions: list[ClientAction] = [
             ServerErrorReceived(channel=error.channel, code=error.code.value, message=error.message)
         ]
-        refused = (
-            self.state is ClientState.JOINING
-            and error.channel == Channel.ROOMS
-            and error.code in _JOIN_REFUSALS
-        )
-        if refused:  # we stay where we were, as the server does
+        refused = error.channel == Channel.ROOMS and error.code in _JOIN_REFUSALS
+        if refused:
+            self._joins_in_flight = max(0, self._joins_in_flight - 1)
+        if refused and self.state is ClientState.JOINING and self._joins_in_flight == 0:
+            # we stay where we were, as the server does
             if self.room is not None:
                 self.state, self.room_id = ClientState.JOINED, self.room.room_id
             else:
@@ -410,7 +412,12 @@ class ClientMachine:
         return actions
 
     def _on_own_join(self, joined: UserJoinedRoom, now: float) -> list[ClientAction]:
-        if self.state is not ClientState.JOINING or joined.room_id != self.room_id:
+        # The server answers every join-room we sent, in order; only the answer to the
+        # last one describes the room as it is now (a join, leave, join sequence gets
+        # two of them, and the first one's participants are out of date).
+        self._joins_in_flight = max(0, self._joins_in_flight - 1)
+        superseded = self._joins_in_flight > 0
+        if superseded or self.state is not ClientState.JOINING or joined.room_id != self.room_id:
             return [
                 Log(
                     level=LogLevel.DEBUG,

@@ -7,11 +7,19 @@ the wire; ``RelayHarness.send`` encodes a mapping for us. Import them with
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from sansio_signal.testing.relay import RelayHarness
+
+# Every run of the suite tries the same examples (CI must be deterministic); set
+# HYPOTHESIS_PROFILE=explore to hunt for new ones with fresh randomness and more examples.
+settings.register_profile("default", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, max_examples=1000, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 ROOMS = "webrtc-dashboard-rooms"
 SIGNALING = "webrtc-signaling"

@@ -783,3 +783,34 @@ def test_trace_names_the_pair_of_an_incoming_signal() -> None:
         "idle",
         "applying-offer",
     )
+
+
+def test_join_leave_join_adopts_only_the_answer_to_the_last_join() -> None:
+    """Found by the stateful test: join, leave and join again before the server
+    answered. The server answers both joins; the first answer's participant list is
+    out of date (someone joined while we were out), so only the second counts."""
+    m = machine("alice")
+    m.handle(ServerConnected(), 0.0)
+    m.handle(JoinRequested(room_id=ROOM), 0.1)
+    m.handle(LeaveRequested(), 0.2)
+    m.handle(JoinRequested(room_id=ROOM), 0.3)
+    assert m.state is ClientState.JOINING
+    first = m.handle(joined("alice", "bob"), 0.4)  # the answer to the first join
+    assert not [a for a in first if isinstance(a, RoomJoined | PeerJoined)]
+    assert m.state is ClientState.JOINING
+    second = m.handle(joined("alice", "bob", "carol"), 0.5)
+    assert RoomJoined(room_id=ROOM, participants=("bob", "carol")) in second
+    assert (m.state, sorted(m.peers)) == (ClientState.JOINED, ["bob", "carol"])
+
+
+def test_a_refused_first_join_does_not_undo_a_later_one() -> None:
+    m = machine("alice")
+    m.handle(ServerConnected(), 0.0)
+    m.handle(JoinRequested(room_id=ROOM), 0.1)
+    m.handle(LeaveRequested(), 0.2)
+    m.handle(JoinRequested(room_id=ROOM), 0.3)
+    full = Error(channel="webrtc-dashboard-rooms", code=ErrorCode.ROOM_FULL, message="full")
+    m.handle(server(full), 0.4)  # the first join was refused
+    assert m.state is ClientState.JOINING
+    m.handle(joined("alice", "bob"), 0.5)
+    assert (m.state, list(m.peers)) == (ClientState.JOINED, ["bob"])
