@@ -16,11 +16,14 @@ $(VENV)/.installed: $(SOURCES)
 
 install: $(VENV)/.installed
 
-# The main job on an embedded default: the relay server on ws://127.0.0.1:8765/.
+# The main job on an embedded default: a relay on a free loopback port and 4 aiortc
+# peers in one room; the full mesh forms and every pair exchanges a message.
 demo: install
-	$(BIN)/sansio-signal serve
+	$(BIN)/sansio-signal demo
 
-serve: demo
+# The relay server alone, on ws://127.0.0.1:8765/ until Ctrl-C.
+serve: install
+	$(BIN)/sansio-signal serve
 
 lint: install
 	$(BIN)/ruff check .

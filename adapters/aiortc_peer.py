@@ -1,0 +1,247 @@
+"""Runs the client machine's peer-connection actions on aiortc's RTCPeerConnection.
+
+No decision is made here: :class:`AiortcPeers` executes ``CreatePeer``,
+``CreateOffer``, ``CreateAnswer``, ``SetRemoteDescription``, ``AddIceCandidate`` and
+``ClosePeer`` and reports their results as client events. What it knows is aiortc
+itself (``../shared/FIELD-NOTES.md``):
+
+- it declares :data:`~sansio_signal.negotiation.AIORTC` capabilities — no rollback, no
+  ICE restart, no outgoing trickle (``setLocalDescription`` gathers and puts every
+  candidate in the SDP);
+- aiortc has no operation queue, so the operations of one connection run one at a time
+  on a task of their own;
+- browser candidates arrive as ``candidate:...`` with ``sdpMid``/``sdpMLineIndex``;
+  ``""``/``null`` is end-of-candidates (``addIceCandidate(None)``); an mDNS ``.local``
+  candidate can block for a second while aioice fails to resolve it, so it is added on
+  a task of its own instead of holding up the connection's queue;
+- ICE servers are always passed explicitly (``iceServers=None`` would add a public STUN
+  server that makes every gathering wait 5 s here).
+
+The data channel labelled ``chat`` is made by the initiator before its first offer
+(PROTOCOL.md's peer convention) and arrives at the other side through ``datachannel``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+
+import aioice.ice
+import attrs
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceCandidate,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.sdp import candidate_from_sdp
+
+from sansio_signal.actions import (
+    AddIceCandidate,
+    ClosePeer,
+    CreateAnswer,
+    CreateOffer,
+    CreatePeer,
+    PeerConnectionAction,
+    RollbackLocalDescription,
+    SetRemoteDescription,
+)
+from sansio_signal.events import (
+    ClientEvent,
+    ConnectionStateChanged,
+    LocalDescriptionCreated,
+    OperationFailed,
+    RemoteDescriptionApplied,
+)
+from sansio_signal.negotiation import AIORTC, Capabilities
+from sansio_signal.wire import IceCandidate, SessionDescription
+
+logger = logging.getLogger("sansio_signal.aiortc")
+
+CHANNEL_LABEL = "chat"
+
+
+@attrs.frozen(kw_only=True)
+class IceServer:
+    """A STUN or TURN server (``turn:`` URLs take ``username`` and ``credential``)."""
+
+    urls: str
+    username: str | None = None
+    credential: str | None = None
+
+    def to_aiortc(self) -> RTCIceServer:
+        """The aiortc form."""
+        return RTCIceServer(urls=self.urls, username=self.username, credential=self.credential)
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """Gather ICE candidates on 127.0.0.1 only (for tests and the demo on one machine).
+
+    aioice skips 127.0.0.1 when it lists host addresses; on a host whose other
+    addresses must not be used (or that has none), peers on this machine then still
+    find each other. Process-wide while the block runs.
+    """
+    original = aioice.ice.get_host_addresses
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+    try:
+        yield
+    finally:
+        aioice.ice.get_host_addresses = original
+
+
+@attrs.define(eq=False)
+class _Connection:
+    peer_id: str
+    pc: RTCPeerConnection
+    queue: asyncio.Queue[PeerConnectionAction]
+    worker: asyncio.Task[None] | None = None
+
+
+def to_aiortc_candidate(candidate: IceCandidate) -> RTCIceCandidate:
+    """A browser-style candidate as aiortc's ``RTCIceCandidate``."""
+    text = candidate.candidate.removeprefix("candidate:")
+    result = candidate_from_sdp(text)
+    result.sdpMid = candidate.sdp_mid
+    result.sdpMLineIndex = candidate.sdp_mline_index
+    return result
+
+
+class AiortcPeers:
+    """The peer connections of one client, driven by its machine's actions.
+
+    ``on_event`` receives every result (feed it to the machine); ``on_channel`` is
+    called with ``(peer_id, pc handle, channel)`` when a ``chat`` data channel is there.
+    """
+
+    capabilities: Capabilities = AIORTC
+
+    def __init__(
+        self,
+        *,
+        ice_servers: Sequence[IceServer] = (),
+        on_event: Callable[[ClientEvent], None],
+        on_channel: Callable[[str, int, RTCDataChannel], None],
+    ) -> None:
+        self.ice_servers = list(ice_servers)
+        self._on_event = on_event
+        self._on_channel = on_channel
+        self._connections: dict[int, _Connection] = {}
+
+    def connection(self, handle: int) -> RTCPeerConnection | None:
+        """The RTCPeerConnection behind ``handle`` (for adding media, say)."""
+        conn = self._connections.get(handle)
+        return None if conn is None else conn.pc
+
+    def execute(self, action: PeerConnectionAction) -> None:
+        """Start ``action``; its result comes back through ``on_event``."""
+        if isinstance(action, CreatePeer):
+            self._create(action)
+        elif isinstance(action, ClosePeer):
+            conn = self._connections.pop(action.pc, None)
+            if conn is not None:
+                asyncio.get_running_loop().create_task(self._close(conn))
+        else:
+            conn = self._connections.get(action.pc)
+            if conn is not None:
+                conn.queue.put_nowait(action)
+
+    async def close(self) -> None:
+        """Close every connection."""
+        connections, self._connections = list(self._connections.values()), {}
+        await asyncio.gather(*(self._close(c) for c in connections))
+
+    # ------------------------------------------------------------------ internals
+
+    def _create(self, action: CreatePeer) -> None:
+        config = RTCConfiguration(iceServers=[s.to_aiortc() for s in self.ice_servers])
+        pc = RTCPeerConnection(configuration=config)
+        conn = _Connection(peer_id=action.peer_id, pc=pc, queue=asyncio.Queue())
+        self._connections[action.pc] = conn
+        handle = action.pc
+
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            if self._connections.get(handle) is conn:
+                self._on_event(ConnectionStateChanged(pc=handle, state=pc.connectionState))
+
+        @pc.on("datachannel")
+        def on_datachannel(channel: RTCDataChannel) -> None:
+            # aiortc hands it over already open (FIELD-NOTES).
+            if channel.label == CHANNEL_LABEL and self._connections.get(handle) is conn:
+                self._on_channel(action.peer_id, handle, channel)
+
+        if action.initiator:
+            channel = pc.createDataChannel(CHANNEL_LABEL)
+
+            @channel.on("open")
+            def on_open() -> None:
+                if self._connections.get(handle) is conn:
+                    self._on_channel(action.peer_id, handle, channel)
+
+        conn.worker = asyncio.get_running_loop().create_task(self._work(handle, conn))
+
+    async def _work(self, handle: int, conn: _Connection) -> None:
+        while True:
+            action = await conn.queue.get()
+            try:
+                event = await self._run(handle, conn, action)
+            except Exception as exc:  # aiortc raises many kinds; all are the op's failure
+                logger.info("%s on connection %d failed: %r", type(action).__name__, handle, exc)
+                event = OperationFailed(
+                    pc=handle, operation=type(action).__name__, error=f"{exc!r}"
+                )
+            if event is not None and self._connections.get(handle) is conn:
+                self._on_event(event)
+
+    async def _run(
+        self, handle: int, conn: _Connection, action: PeerConnectionAction
+    ) -> ClientEvent | None:
+        pc = conn.pc
+        if isinstance(action, CreateOffer | CreateAnswer):
+            description = (
+                await pc.createOffer()
+                if isinstance(action, CreateOffer)
+                else await pc.createAnswer()
+            )
+            await pc.setLocalDescription(description)  # gathers: every candidate in the SDP
+            local = pc.localDescription
+            return LocalDescriptionCreated(
+                pc=handle, description=SessionDescription(type=local.type, sdp=local.sdp)
+            )
+        if isinstance(action, SetRemoteDescription):
+            await pc.setRemoteDescription(
+                RTCSessionDescription(sdp=action.description.sdp, type=action.description.type)
+            )
+            return RemoteDescriptionApplied(pc=handle)
+        if isinstance(action, AddIceCandidate):
+            candidate = action.candidate
+            if candidate is None or candidate.candidate == "":
+                await pc.addIceCandidate(None)
+            elif ".local " in candidate.candidate:
+                # aioice may spend a second failing to resolve a browser's mDNS name:
+                # not on this connection's queue.
+                asyncio.get_running_loop().create_task(self._add_slow(handle, pc, candidate))
+            else:
+                await pc.addIceCandidate(to_aiortc_candidate(candidate))
+            return None
+        if isinstance(action, RollbackLocalDescription):
+            raise NotImplementedError("aiortc cannot roll back (its capabilities say so)")
+        raise AssertionError(f"unexpected action {action!r}")
+
+    async def _add_slow(self, handle: int, pc: RTCPeerConnection, candidate: IceCandidate) -> None:
+        try:
+            await pc.addIceCandidate(to_aiortc_candidate(candidate))
+        except Exception as exc:
+            logger.info("mDNS candidate on connection %d not added: %r", handle, exc)
+
+    async def _close(self, conn: _Connection) -> None:
+        if conn.worker is not None:
+            conn.worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await conn.worker
+        await conn.pc.close()

@@ -1,0 +1,441 @@
+"""The bundled asyncio client: a room of aiortc peers in one ``async with``.
+
+::
+
+    async with connect("ws://127.0.0.1:8765/", room_id="demo", user_id="alice") as client:
+        await client.wait_all_connected(timeout=10)
+        client.broadcast("hello")
+        async for message in client.messages():
+            print(message.from_user_id, message.text)
+
+The :class:`~sansio_signal.client.ClientMachine` decides everything; this module feeds
+it the WebSocket's frames, aiortc's results and the time (``loop.time()``), keeps the one
+timer it asks for, and runs its actions. The WebSocket is reconnected with back-off
+after a drop; the machine then joins its room again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
+from types import TracebackType
+from typing import TextIO
+
+import attrs
+from aiortc import RTCDataChannel, RTCPeerConnection
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from sansio_signal.actions import (
+    ChatReceived,
+    ClientAction,
+    ClosePeer,
+    CreatePeer,
+    Log,
+    PeerConnected,
+    PeerConnecting,
+    PeerConnectionAction,
+    PeerFailed,
+    PeerJoined,
+    PeerLeft,
+    RoomJoined,
+    RoomLeft,
+    SendToServer,
+    ServerErrorReceived,
+)
+from sansio_signal.client import ClientMachine, ClientState
+from sansio_signal.events import (
+    ChatRequested,
+    ClientEvent,
+    JoinRequested,
+    LeaveRequested,
+    RenegotiationRequested,
+    ServerConnected,
+    ServerDisconnected,
+    ServerFrameReceived,
+)
+from sansio_signal.negotiation import NegotiationConfig
+from sansio_signal.wire import JSONValue, dumps
+
+from .aiortc_peer import AiortcPeers, IceServer
+
+logger = logging.getLogger("sansio_signal.client")
+
+DEFAULT_URL = "ws://127.0.0.1:8765/"
+
+
+@attrs.frozen
+class Message:
+    """A data-channel message from a peer."""
+
+    from_user_id: str
+    text: str
+
+
+@attrs.frozen
+class Chat:
+    """A chat message relayed by the server."""
+
+    from_user_id: str
+    text: str
+    ts: float
+
+
+@attrs.define
+class PeerInfo:
+    """What the client knows of one peer."""
+
+    peer_id: str
+    state: str = "joined"
+    """``joined``, ``connecting``, ``connected``, ``failed``."""
+    epoch: int = 0
+    pc: int | None = None
+    channel: RTCDataChannel | None = None
+    connected_at: float | None = None
+    """``loop.time()`` when the peer connection first reported ``connected``."""
+    channel_at: float | None = None
+    """``loop.time()`` when the data channel was first open."""
+    frames_sent: int = 0
+    """Signaling frames we sent to this peer."""
+
+
+class ClientError(Exception):
+    """The server refused us (``code`` is the protocol's error code)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class Client:
+    """One member of a room, with an aiortc peer connection to every other member."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        room_id: str,
+        user_id: str,
+        ice_servers: Sequence[IceServer | str] = (),
+        config: NegotiationConfig | None = None,
+        trace: TextIO | None = None,
+        reconnect: bool = True,
+    ) -> None:
+        self.url = url
+        self.room_id = room_id
+        self.user_id = user_id
+        self.reconnect = reconnect
+        servers = [s if isinstance(s, IceServer) else IceServer(urls=s) for s in ice_servers]
+        self._trace_file = trace
+        self.peers: dict[str, PeerInfo] = {}
+        """Every other member of the room, by user id."""
+        self._rtc = AiortcPeers(
+            ice_servers=servers, on_event=self._feed, on_channel=self._on_channel
+        )
+        self.machine = ClientMachine(
+            user_id,
+            capabilities=self._rtc.capabilities,
+            jitter=random.random,
+            config=config,
+            trace=self._write_trace if trace is not None else None,
+        )
+        self._ws: ClientConnection | None = None
+        self._outbox: asyncio.Queue[str] = asyncio.Queue()
+        self._messages: asyncio.Queue[Message] = asyncio.Queue()
+        self._chats: asyncio.Queue[Chat] = asyncio.Queue()
+        self._changed = asyncio.Event()
+        self._joined = asyncio.Event()
+        self._error: ClientError | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self.frames_sent = 0
+        self.frames_received = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Client:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def start(self, timeout: float = 10.0) -> None:
+        """Connect, join the room, and return once the server confirmed the join."""
+        self._feed(JoinRequested(room_id=self.room_id))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._run()))
+        try:
+            await asyncio.wait_for(self._joined.wait(), timeout)
+        except TimeoutError:
+            await self.close()
+            raise
+        if self._error is not None:
+            await self.close()
+            raise self._error
+
+    async def close(self) -> None:
+        """Leave the room, close every peer connection and the WebSocket."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._ws is not None and self.machine.state is ClientState.JOINED:
+            self._feed(LeaveRequested())
+            with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
+                await asyncio.wait_for(self._drain(), 2.0)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._ws is not None:
+            await self._ws.close()
+        if self._timer is not None:
+            self._timer.cancel()
+        await self._rtc.close()
+        if self._trace_file is not None:
+            self._trace_file.flush()
+
+    # ------------------------------------------------------------------ the API
+
+    def connected_peers(self) -> list[str]:
+        """Peers whose data channel is open."""
+        return sorted(
+            p
+            for p, info in self.peers.items()
+            if info.channel is not None and info.channel.readyState == "open"
+        )
+
+    async def wait_connected(self, peer_id: str, timeout: float = 10.0) -> None:
+        """Until the data channel with ``peer_id`` is open."""
+        await asyncio.wait_for(self._wait_for(lambda: peer_id in self.connected_peers()), timeout)
+
+    async def wait_all_connected(self, expected: int | None = None, timeout: float = 10.0) -> None:
+        """Until every member (at least ``expected`` others, if given) has an open channel."""
+
+        def done() -> bool:
+            open_ = set(self.connected_peers())
+            others = set(self.peers)
+            return bool(others) and open_ >= others and (expected is None or len(open_) >= expected)
+
+        await asyncio.wait_for(self._wait_for(done), timeout)
+
+    async def wait_until(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Until ``condition()`` is true; it is checked after every change of state."""
+        await asyncio.wait_for(self._wait_for(condition), timeout)
+
+    def send(self, peer_id: str, text: str) -> None:
+        """Send ``text`` to ``peer_id`` over the data channel."""
+        info = self.peers.get(peer_id)
+        if info is None or info.channel is None or info.channel.readyState != "open":
+            raise ClientError("not-connected", f"no open data channel with {peer_id!r}")
+        info.channel.send(text)
+
+    def broadcast(self, text: str) -> list[str]:
+        """Send ``text`` to every peer with an open channel; returns who got it."""
+        targets = self.connected_peers()
+        for peer_id in targets:
+            self.send(peer_id, text)
+        return targets
+
+    async def messages(self) -> AsyncIterator[Message]:
+        """Data-channel messages from any peer, as they arrive."""
+        while True:
+            yield await self._messages.get()
+
+    async def chats(self) -> AsyncIterator[Chat]:
+        """The room's server-relayed chat."""
+        while True:
+            yield await self._chats.get()
+
+    def chat(self, text: str) -> None:
+        """Send ``text`` on the room's chat channel (relayed by the server)."""
+        self._feed(ChatRequested(text=text))
+
+    def renegotiate(self, peer_id: str) -> None:
+        """After adding a track or channel to :meth:`peer_connection`, renegotiate."""
+        self._feed(RenegotiationRequested(peer_id=peer_id))
+
+    def peer_connection(self, peer_id: str) -> RTCPeerConnection | None:
+        """The current RTCPeerConnection with ``peer_id`` (for adding media)."""
+        info = self.peers.get(peer_id)
+        return None if info is None or info.pc is None else self._rtc.connection(info.pc)
+
+    # ------------------------------------------------------------------ the machine
+
+    def _feed(self, event: ClientEvent) -> None:
+        loop = asyncio.get_running_loop()
+        actions = self.machine.handle(event, loop.time())
+        self._execute(actions)
+        self._rearm()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._execute(self.machine.handle_timer(asyncio.get_running_loop().time()))
+        self._rearm()
+
+    def _rearm(self) -> None:
+        deadline = self.machine.next_deadline()
+        if self._timer is not None:
+            if deadline is not None and self._timer.when() == deadline:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+
+    def _execute(self, actions: list[ClientAction]) -> None:
+        for action in actions:
+            if isinstance(action, SendToServer):
+                self._count(action.text)
+                self._outbox.put_nowait(action.text)
+            elif isinstance(action, PeerConnectionAction):
+                self._track_pc(action)
+                self._rtc.execute(action)
+            elif isinstance(action, Log):
+                if logger.isEnabledFor(action.level):
+                    logger.log(action.level, action.message, *action.args)
+            else:
+                self._notify(action)
+        self._changed.set()
+
+    def _count(self, text: str) -> None:
+        if '"toUserId"' in text:
+            target = json.loads(text).get("toUserId")
+            info = self.peers.get(target) if isinstance(target, str) else None
+            if info is not None:
+                info.frames_sent += 1
+
+    def _track_pc(self, action: PeerConnectionAction) -> None:
+        info = self.peers.get(action.peer_id)
+        if info is None:
+            return
+        if isinstance(action, CreatePeer):
+            info.pc, info.channel = action.pc, None
+        elif isinstance(action, ClosePeer) and info.pc == action.pc:
+            info.pc, info.channel = None, None
+
+    def _notify(self, action: ClientAction) -> None:
+        loop = asyncio.get_running_loop()
+        if isinstance(action, RoomJoined):
+            self._joined.set()
+        elif isinstance(action, RoomLeft):
+            self.peers.clear()
+        elif isinstance(action, PeerJoined):
+            self.peers[action.peer_id] = PeerInfo(peer_id=action.peer_id)
+        elif isinstance(action, PeerConnecting):
+            if action.peer_id in self.peers:
+                info = self.peers[action.peer_id]
+                info.state, info.epoch = "connecting", action.epoch
+        elif isinstance(action, PeerConnected):
+            if action.peer_id in self.peers:
+                info = self.peers[action.peer_id]
+                info.state, info.epoch, info.connected_at = "connected", action.epoch, loop.time()
+        elif isinstance(action, PeerFailed):
+            if action.peer_id in self.peers:
+                self.peers[action.peer_id].state = "failed"
+            logger.warning("gave up on %s: %s", action.peer_id, action.reason)
+        elif isinstance(action, PeerLeft):
+            self.peers.pop(action.peer_id, None)
+        elif isinstance(action, ChatReceived):
+            self._chats.put_nowait(Chat(action.from_user_id, action.text, action.ts))
+        elif isinstance(action, ServerErrorReceived):
+            logger.warning("server error %s: %s", action.code, action.message)
+            if not self._joined.is_set() and action.channel == "webrtc-dashboard-rooms":
+                self._error = ClientError(action.code, action.message)
+                self._joined.set()
+        else:
+            logger.info("%s", action)
+
+    def _on_channel(self, peer_id: str, handle: int, channel: RTCDataChannel) -> None:
+        info = self.peers.get(peer_id)
+        if info is None or info.pc != handle:
+            return
+        info.channel = channel
+        if info.channel_at is None:
+            info.channel_at = asyncio.get_running_loop().time()
+
+        @channel.on("message")
+        def on_message(message: str | bytes) -> None:
+            text = message if isinstance(message, str) else message.decode("utf-8", "replace")
+            self._messages.put_nowait(Message(peer_id, text))
+
+        self._changed.set()
+
+    async def _wait_for(self, check: Callable[[], bool]) -> None:
+        while not check():
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def _drain(self) -> None:
+        await self._outbox.join()
+
+    # ------------------------------------------------------------------ the WebSocket
+
+    async def _run(self) -> None:
+        delay = 0.25
+        while not self._closing:
+            try:
+                async with ws_connect(self.url, open_timeout=10) as ws:
+                    self._ws = ws
+                    delay = 0.25
+                    self._feed(ServerConnected())
+                    writer = asyncio.get_running_loop().create_task(self._write(ws))
+                    try:
+                        async for data in ws:
+                            if isinstance(data, str):
+                                self.frames_received += 1
+                                self._feed(ServerFrameReceived(text=data))
+                    finally:
+                        writer.cancel()
+            except (OSError, ConnectionClosed, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+                logger.info("connection to %s lost: %r", self.url, exc)
+            if self.machine.state is not ClientState.OFFLINE:
+                self._feed(ServerDisconnected())
+            self._ws = None
+            if not self.reconnect or self._closing:
+                return
+            await asyncio.sleep(delay)  # back-off before reconnecting, not synchronisation
+            delay = min(5.0, delay * 2)
+
+    async def _write(self, ws: ClientConnection) -> None:
+        while True:
+            text = await self._outbox.get()
+            try:
+                await ws.send(text)
+                self.frames_sent += 1
+            finally:
+                self._outbox.task_done()
+
+    def _write_trace(self, record: dict[str, JSONValue]) -> None:
+        assert self._trace_file is not None
+        self._trace_file.write(dumps(record) + "\n")
+
+
+def connect(
+    url: str = DEFAULT_URL,
+    *,
+    room_id: str,
+    user_id: str,
+    ice_servers: Sequence[IceServer | str] = (),
+    config: NegotiationConfig | None = None,
+    trace: TextIO | None = None,
+    reconnect: bool = True,
+) -> Client:
+    """``async with connect(url, room_id=..., user_id=...) as client:`` — see :class:`Client`."""
+    return Client(
+        url,
+        room_id=room_id,
+        user_id=user_id,
+        ice_servers=ice_servers,
+        config=config,
+        trace=trace,
+        reconnect=reconnect,
+    )

@@ -1,0 +1,145 @@
+"""End to end: the real relay server and real aiortc peers on loopback.
+
+Every wait is on a condition with a timeout (``wait_all_connected``, a message, a
+frame); nothing sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sansio_signal.adapters.aiortc_peer import loopback_only
+from sansio_signal.adapters.client import Client, ClientError, connect
+from sansio_signal.adapters.server import RelayServer
+
+TIMEOUT = 20.0
+
+
+@pytest.fixture(autouse=True)
+def _loopback() -> Iterator[None]:
+    with loopback_only():
+        yield
+
+
+def run(scenario: Callable[[RelayServer], Awaitable[None]]) -> None:
+    async def main() -> None:
+        async with RelayServer(port=0) as server:
+            await asyncio.wait_for(scenario(server), 60)
+
+    asyncio.run(main())
+
+
+async def next_message(client: Client) -> tuple[str, str]:
+    async def first() -> tuple[str, str]:
+        async for message in client.messages():
+            return message.from_user_id, message.text
+        raise AssertionError("no message")
+
+    return await asyncio.wait_for(first(), TIMEOUT)
+
+
+def forgot(client: Client, peer_id: str) -> Callable[[], bool]:
+    return lambda: peer_id not in client.peers
+
+
+def test_two_peers_talk_over_the_data_channel_and_the_chat() -> None:
+    async def scenario(server: RelayServer) -> None:
+        async with (
+            connect(server.url, room_id="demo", user_id="alice") as alice,
+            connect(server.url, room_id="demo", user_id="bob") as bob,
+        ):
+            await alice.wait_connected("bob", timeout=TIMEOUT)
+            await bob.wait_connected("alice", timeout=TIMEOUT)
+            assert alice.peers["bob"].state == "connected"
+            # alice is the lower id: she offered; each side used one frame for it
+            assert (alice.peers["bob"].frames_sent, bob.peers["alice"].frames_sent) == (1, 1)
+            alice.send("bob", "hi bob")
+            assert await next_message(bob) == ("alice", "hi bob")
+            bob.send("alice", "hi alice")
+            assert await next_message(alice) == ("bob", "hi alice")
+            pc = alice.peer_connection("bob")
+            assert pc is not None and pc.connectionState == "connected"
+
+            bob.chat("over the server")
+            for client in (alice, bob):
+                chat = await asyncio.wait_for(anext(aiter(client.chats())), TIMEOUT)
+                assert (chat.from_user_id, chat.text) == ("bob", "over the server")
+
+    run(scenario)
+
+
+def test_a_mesh_of_four_and_a_member_who_leaves_and_comes_back() -> None:
+    async def scenario(server: RelayServer) -> None:
+        users = ["p0", "p1", "p2", "p3"]
+        clients = {u: connect(server.url, room_id="mesh", user_id=u) for u in users}
+        await asyncio.gather(*(c.start() for c in clients.values()))
+        await asyncio.gather(
+            *(c.wait_all_connected(expected=3, timeout=TIMEOUT) for c in clients.values())
+        )
+        assert clients["p0"].broadcast("from p0") == ["p1", "p2", "p3"]
+        for u in ("p1", "p2", "p3"):
+            assert await next_message(clients[u]) == ("p0", "from p0")
+
+        # p2 leaves: the others close their connection with it; nothing is left over.
+        old_pc = clients["p0"].peers["p2"].pc
+        await clients["p2"].close()
+        for u in ("p0", "p1", "p3"):
+            await clients[u].wait_until(forgot(clients[u], "p2"), timeout=TIMEOUT)
+        # p2 comes back with a fresh client: a fresh connection (new handle) forms.
+        clients["p2"] = connect(server.url, room_id="mesh", user_id="p2")
+        await clients["p2"].start()
+        await asyncio.gather(
+            *(c.wait_all_connected(expected=3, timeout=TIMEOUT) for c in clients.values())
+        )
+        assert clients["p0"].peers["p2"].pc != old_pc
+        clients["p2"].send("p0", "back")
+        assert await next_message(clients["p0"]) == ("p2", "back")
+        await asyncio.gather(*(c.close() for c in clients.values()))
+
+    run(scenario)
+
+
+def test_a_refused_join_raises() -> None:
+    async def scenario(server: RelayServer) -> None:
+        async with connect(server.url, room_id="demo", user_id="alice"):
+            with pytest.raises(ClientError) as info:
+                async with connect(server.url, room_id="demo", user_id="alice", reconnect=False):
+                    pass
+            assert info.value.code == "user-id-taken"
+
+    run(scenario)
+
+
+def test_demo_json(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sansio_signal",
+            "demo",
+            "--peers",
+            "4",
+            "--json",
+            "--trace",
+            str(tmp_path / "traces"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["peers"], summary["pairs"], summary["pairs_connected"]) == (4, 6, 6)
+    assert summary["ok"] is True and 0 < summary["mesh_seconds"] < 30
+    traces = sorted(p.name for p in (tmp_path / "traces").iterdir())
+    assert traces == ["peer0.jsonl", "peer1.jsonl", "peer2.jsonl", "peer3.jsonl", "relay.jsonl"]
+    records = [json.loads(line) for line in (tmp_path / "traces" / "peer0.jsonl").open()]
+    assert any(r["kind"] == "PeerConnected" for r in records)
