@@ -159,6 +159,33 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="give up after this long (default %(default)s)",
     )
+
+    chat = commands.add_parser(
+        "chat",
+        help="an interactive peer: stdin lines go to every peer, messages go to stdout",
+        description="Join ROOM on the relay at URL as USER. Each line read from stdin is "
+        "sent to every connected peer over its data channel; every message received is "
+        "printed as 'FROM: TEXT'; membership and connection events go to stderr. Exits "
+        "on end of input or Ctrl-C.",
+    )
+    chat.add_argument(
+        "url", nargs="?", default="ws://127.0.0.1:8765/", help="the relay (default %(default)s)"
+    )
+    chat.add_argument("--room", required=True)
+    chat.add_argument("--user", required=True)
+    chat.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a STUN/TURN server, repeatable (default: none)",
+    )
+    chat.add_argument("--trace", metavar="FILE", help="write the client trace to FILE")
+    chat.add_argument(
+        "--loopback-only",
+        action="store_true",
+        help="use only 127.0.0.1 for ICE (peers on this machine)",
+    )
     return parser
 
 
@@ -222,4 +249,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo import main_demo  # aiortc is needed for this command only
 
         return main_demo(args.peers, args.json, args.trace, args.timeout)
+    if args.command == "chat":
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        from .chat import main_chat  # aiortc is needed for this command only
+
+        return main_chat(
+            args.url, args.room, args.user, args.ice_server, args.trace, args.loopback_only
+        )
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse prevents this

@@ -86,6 +86,17 @@ class Chat:
     ts: float
 
 
+@attrs.frozen
+class DataChannelOpened:
+    """The data channel with ``peer_id`` is open: :meth:`Client.send` works now."""
+
+    peer_id: str
+
+
+ClientNotice = ClientAction | DataChannelOpened
+"""What :meth:`Client.events` yields."""
+
+
 @attrs.define
 class PeerInfo:
     """What the client knows of one peer."""
@@ -148,6 +159,7 @@ class Client:
         self._outbox: asyncio.Queue[str] = asyncio.Queue()
         self._messages: asyncio.Queue[Message] = asyncio.Queue()
         self._chats: asyncio.Queue[Chat] = asyncio.Queue()
+        self._events: asyncio.Queue[ClientNotice] = asyncio.Queue()
         self._changed = asyncio.Event()
         self._joined = asyncio.Event()
         self._error: ClientError | None = None
@@ -250,6 +262,13 @@ class Client:
         while True:
             yield await self._messages.get()
 
+    async def events(self) -> AsyncIterator[ClientNotice]:
+        """What the machine told the application (``RoomJoined``, ``PeerJoined``,
+        ``PeerConnected``, ``PeerLeft``, ``PeerFailed``, ...) and
+        :class:`DataChannelOpened`, in order."""
+        while True:
+            yield await self._events.get()
+
     async def chats(self) -> AsyncIterator[Chat]:
         """The room's server-relayed chat."""
         while True:
@@ -324,6 +343,7 @@ class Client:
 
     def _notify(self, action: ClientAction) -> None:
         loop = asyncio.get_running_loop()
+        self._events.put_nowait(action)
         if isinstance(action, RoomJoined):
             self._joined.set()
         elif isinstance(action, RoomLeft):
@@ -361,6 +381,7 @@ class Client:
         info.channel = channel
         if info.channel_at is None:
             info.channel_at = asyncio.get_running_loop().time()
+        self._events.put_nowait(DataChannelOpened(peer_id))
 
         @channel.on("message")
         def on_message(message: str | bytes) -> None:

@@ -1,0 +1,112 @@
+"""``sansio-signal chat``: an interactive peer on the terminal (or a pipe).
+
+Every line read from stdin goes to every connected peer over its data channel; every
+message received is printed to stdout as ``FROM: TEXT``; membership and connection
+events go to stderr. It exits on end of input or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from sansio_signal.actions import (
+    PeerConnected,
+    PeerFailed,
+    PeerJoined,
+    PeerLeft,
+    RoomJoined,
+    ServerErrorReceived,
+)
+
+from .aiortc_peer import IceServer, loopback_only
+from .client import Client, ClientError, ClientNotice, DataChannelOpened
+
+
+def describe(action: ClientNotice) -> str | None:
+    """The stderr line for an event, or ``None`` for events not worth a line."""
+    if isinstance(action, RoomJoined):
+        return f"joined room {action.room_id} with {list(action.participants) or 'nobody'}"
+    if isinstance(action, PeerJoined):
+        return f"{action.peer_id} is here"
+    if isinstance(action, PeerConnected):
+        return f"ICE connected with {action.peer_id}"
+    if isinstance(action, DataChannelOpened):
+        return f"connected to {action.peer_id}"
+    if isinstance(action, PeerLeft):
+        return f"{action.peer_id} left"
+    if isinstance(action, PeerFailed):
+        return f"gave up on {action.peer_id}: {action.reason}"
+    if isinstance(action, ServerErrorReceived):
+        return f"server error {action.code}: {action.message}"
+    return None
+
+
+async def run_chat(
+    url: str,
+    room: str,
+    user: str,
+    ice_servers: Sequence[IceServer],
+    trace: TextIO | None,
+) -> int:
+    """Run one chat peer until end of input or a signal."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    client = Client(url, room_id=room, user_id=user, ice_servers=ice_servers, trace=trace)
+    try:
+        await client.start()
+    except (ClientError, TimeoutError) as exc:
+        print(f"sansio-signal chat: {exc or 'no answer from the server'}", file=sys.stderr)
+        return 1
+
+    async def show_events() -> None:
+        async for action in client.events():
+            line = describe(action)
+            if line is not None:
+                print(line, file=sys.stderr, flush=True)
+
+    async def show_messages() -> None:
+        async for message in client.messages():
+            print(f"{message.from_user_id}: {message.text}", flush=True)
+
+    async def read_input() -> None:
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        while line := await reader.readline():
+            text = line.decode("utf-8", "replace").rstrip("\r\n")
+            if text:
+                sent = client.broadcast(text)
+                if not sent:
+                    print("(nobody connected yet; not sent)", file=sys.stderr, flush=True)
+
+    tasks = [loop.create_task(t) for t in (show_events(), show_messages())]
+    reading = loop.create_task(read_input())
+    stopping = loop.create_task(stop.wait())
+    await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (*tasks, reading, stopping):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await client.close()
+    return 0
+
+
+def main_chat(
+    url: str, room: str, user: str, ice_servers: Sequence[str], trace: str | None, on_loopback: bool
+) -> int:
+    """Entry point of ``sansio-signal chat``."""
+    for stream in (sys.stdout, sys.stderr):  # messages are UTF-8, whatever the locale
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(encoding="utf-8")
+    servers = [IceServer(urls=s) for s in ice_servers]
+    with contextlib.ExitStack() as stack:
+        if on_loopback:
+            stack.enter_context(loopback_only())
+        trace_file = stack.enter_context(open(trace, "w", encoding="utf-8")) if trace else None
+        return asyncio.run(run_chat(url, room, user, servers, trace_file))
