@@ -143,3 +143,77 @@ def test_demo_json(tmp_path: Path) -> None:
     assert traces == ["peer0.jsonl", "peer1.jsonl", "peer2.jsonl", "peer3.jsonl", "relay.jsonl"]
     records = [json.loads(line) for line in (tmp_path / "traces" / "peer0.jsonl").open()]
     assert any(r["kind"] == "PeerConnected" for r in records)
+
+
+def test_a_mesh_of_eight() -> None:
+    async def scenario(server: RelayServer) -> None:
+        clients = [connect(server.url, room_id="eight", user_id=f"n{i}") for i in range(8)]
+        await asyncio.gather(*(c.start() for c in clients))
+        await asyncio.gather(*(c.wait_all_connected(expected=7, timeout=TIMEOUT) for c in clients))
+        everyone = {f"n{i}" for i in range(8)}
+        for client in clients:
+            assert set(client.connected_peers()) == everyone - {client.user_id}
+        await asyncio.gather(*(c.close() for c in clients))
+
+    run(scenario)
+
+
+def test_a_broken_peer_connection_is_replaced_with_a_new_epoch() -> None:
+    """Close alice's RTCPeerConnection behind the machines' backs: both sides see it
+    fail, the initiator makes a fresh one at the next epoch, and the channel works."""
+
+    async def scenario(server: RelayServer) -> None:
+        async with (
+            connect(server.url, room_id="demo", user_id="alice") as alice,
+            connect(server.url, room_id="demo", user_id="bob") as bob,
+        ):
+            await alice.wait_connected("bob", timeout=TIMEOUT)
+            await bob.wait_connected("alice", timeout=TIMEOUT)
+            broken = alice.peer_connection("bob")
+            assert broken is not None and alice.peers["bob"].epoch == 0
+            await broken.close()
+            await alice.wait_until(lambda: alice.peers["bob"].epoch == 1, timeout=TIMEOUT)
+            await alice.wait_connected("bob", timeout=TIMEOUT)
+            await bob.wait_until(lambda: bob.peers["alice"].epoch == 1, timeout=TIMEOUT)
+            await bob.wait_connected("alice", timeout=TIMEOUT)
+            assert alice.peer_connection("bob") is not broken
+            alice.send("bob", "after the repair")
+            assert await next_message(bob) == ("alice", "after the repair")
+
+    run(scenario)
+
+
+def test_a_killed_peer_process_is_noticed_and_cleaned_up(tmp_path: Path) -> None:
+    async def scenario(server: RelayServer) -> None:
+        async with connect(server.url, room_id="demo", user_id="alice") as alice:
+            victim = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "sansio_signal",
+                "chat",
+                server.url,
+                "--room",
+                "demo",
+                "--user",
+                "zed",
+                "--loopback-only",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                cwd=tmp_path,
+            )
+            try:
+                await alice.wait_connected("zed", timeout=TIMEOUT)
+                victim.kill()  # SIGKILL: no close frame, no goodbye
+                await victim.wait()
+                # The relay sees the socket drop and tells alice at once (aiortc itself
+                # would only notice after ~30 s of failed consent checks).
+                await alice.wait_until(forgot(alice, "zed"), timeout=TIMEOUT)
+                assert alice.peer_connection("zed") is None
+                assert alice.machine.peers == {}
+            finally:
+                if victim.returncode is None:
+                    victim.kill()
+                    await victim.wait()
+
+    run(scenario)
