@@ -10,13 +10,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TextIO
 
 from sansio_signal import Limits, __version__
+from sansio_signal.diagnose import diagnose
 
 from .server import DEFAULT_SEND_BUFFER, RelayServer
 
@@ -186,6 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="use only 127.0.0.1 for ICE (peers on this machine)",
     )
+
+    diagnose = commands.add_parser(
+        "diagnose",
+        help="read client and relay traces; say where each pair stopped",
+        description="Read traces written with --trace (clients and relay) and print, per "
+        "pair, whether it connected and, if not, the step where it stopped and the likely "
+        "cause. Exits 0 when every pair connected, 1 otherwise.",
+    )
+    diagnose.add_argument(
+        "traces", nargs="+", metavar="TRACE", help="a trace file, or a directory of *.jsonl traces"
+    )
     return parser
 
 
@@ -223,6 +237,30 @@ async def run_serve(args: argparse.Namespace, out: TextIO = sys.stdout) -> None:
             logging.getLogger("sansio_signal.relay").info("Shutting down (1001 to every client)")
 
 
+def run_diagnose(paths: Sequence[str], out: TextIO = sys.stdout) -> int:
+    """``sansio-signal diagnose``: findings per pair; 0 when every pair connected."""
+    records: list[dict[str, object]] = []
+    for name in paths:
+        path = Path(name)
+        files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+        for file in files:
+            with file.open(encoding="utf-8") as f:
+                for number, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        records.append(json.loads(line))
+                    except ValueError:
+                        print(f"{file}:{number}: not a JSON line, skipped", file=sys.stderr)
+    findings = diagnose(records)
+    if not findings:
+        print("no pair of users found in the traces", file=out)
+        return 1
+    for finding in findings:
+        print(finding.line(), file=out)
+    return 0 if all(f.connected for f in findings) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sansio-signal`` console script."""
     args = build_parser().parse_args(argv)
@@ -249,6 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo import main_demo  # aiortc is needed for this command only
 
         return main_demo(args.peers, args.json, args.trace, args.timeout)
+    if args.command == "diagnose":
+        return run_diagnose(args.traces)
     if args.command == "chat":
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
         from .chat import main_chat  # aiortc is needed for this command only
