@@ -7,13 +7,17 @@ frame); nothing sleeps to synchronise.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from websockets.asyncio.client import connect as ws_connect
 
 from sansio_signal.adapters.aiortc_peer import loopback_only
 from sansio_signal.adapters.client import Client, ClientError, connect
@@ -217,3 +221,91 @@ def test_a_killed_peer_process_is_noticed_and_cleaned_up(tmp_path: Path) -> None
                     await victim.wait()
 
     run(scenario)
+
+
+def test_early_trickled_candidates_are_buffered_not_lost() -> None:
+    """A trickling initiator (like a browser) sends its offer without candidates and
+    the candidates right behind it. They reach bob while his aiortc connection is still
+    applying the offer — aiortc would drop them; the machine holds them and adds them
+    right after. The connection can only form if none was lost: the offer has none."""
+
+    async def scenario(server: RelayServer) -> None:
+        records: list[dict[str, Any]] = []
+        bob = Client(server.url, room_id="r", user_id="bob", trace=_ListTrace(records))
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        try:
+            channel = pc.createDataChannel("chat")
+            await pc.setLocalDescription(await pc.createOffer())
+            lines = pc.localDescription.sdp.splitlines()
+            mid = next(line[6:] for line in lines if line.startswith("a=mid:"))
+            candidates = [line[2:] for line in lines if line.startswith("a=candidate:")]
+            assert candidates
+            bare = [line for line in lines if not line.startswith(("a=candidate:", "a=end-of"))]
+            async with ws_connect(server.url) as alice:
+                await alice.send(
+                    json.dumps(
+                        {
+                            "channel": "webrtc-dashboard-rooms",
+                            "type": "join-room",
+                            "roomId": "r",
+                            "userId": "alice",
+                        }
+                    )
+                )
+                await asyncio.wait_for(alice.recv(), TIMEOUT)  # our own join
+                await bob.start()
+                await asyncio.wait_for(alice.recv(), TIMEOUT)  # bob joined
+                frames: list[dict[str, Any]] = [
+                    {
+                        "type": "webrtc-offer",
+                        "offer": {"type": "offer", "sdp": "\r\n".join(bare) + "\r\n"},
+                    }
+                ]
+                frames += [
+                    {
+                        "type": "webrtc-ice",
+                        "candidate": {"candidate": c, "sdpMid": mid, "sdpMLineIndex": 0},
+                    }
+                    for c in candidates
+                ]
+                frames.append({"type": "webrtc-ice", "candidate": None})
+                for frame in frames:
+                    await alice.send(
+                        json.dumps(
+                            {"channel": "webrtc-signaling", "toUserId": "bob", "epoch": 0, **frame}
+                        )
+                    )
+                answer = json.loads(await asyncio.wait_for(alice.recv(), TIMEOUT))
+                assert answer["type"] == "webrtc-answer"
+                await pc.setRemoteDescription(RTCSessionDescription(**answer["answer"]))
+                await bob.wait_connected("alice", timeout=TIMEOUT)
+                channel.send("through trickled candidates")
+                assert await next_message(bob) == ("alice", "through trickled candidates")
+        finally:
+            await pc.close()
+            await bob.close()
+        kinds = [(r["dir"], r["kind"]) for r in records]
+        applied = kinds.index(("in", "RemoteDescriptionApplied"))
+        added = [n for n, k in enumerate(kinds) if k == ("out", "AddIceCandidate")]
+        received = [
+            n
+            for n, r in enumerate(records)
+            if r["kind"] == "ServerFrameReceived" and '"webrtc-ice"' in r["text"]
+        ]
+        assert len(added) == len(candidates) + 1  # every candidate, and the end
+        assert max(received) < applied < min(added)  # all arrived early, all added after
+
+    run(scenario)
+
+
+class _ListTrace(io.StringIO):
+    """A trace file that keeps the records (the client writes JSON lines)."""
+
+    def __init__(self, records: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.records = records
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            self.records.append(json.loads(line))
+        return len(text)
