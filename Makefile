@@ -40,3 +40,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_core.py
 	$(BIN)/python benchmarks/bench_server.py
 	$(BIN)/python benchmarks/bench_client.py
+	$(BIN)/python benchmarks/bench_mesh.py
