@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -168,6 +167,8 @@ class Client:
         self._closing = False
         self.frames_sent = 0
         self.frames_received = 0
+        self.server_connected_at: float | None = None
+        """``loop.time()`` when the WebSocket last opened (the join goes out then)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -313,7 +314,9 @@ class Client:
     def _execute(self, actions: list[ClientAction]) -> None:
         for action in actions:
             if isinstance(action, SendToServer):
-                self._count(action.text)
+                info = None if action.peer_id is None else self.peers.get(action.peer_id)
+                if info is not None:
+                    info.frames_sent += 1
                 self._outbox.put_nowait(action.text)
             elif isinstance(action, PeerConnectionAction):
                 self._track_pc(action)
@@ -324,13 +327,6 @@ class Client:
             else:
                 self._notify(action)
         self._changed.set()
-
-    def _count(self, text: str) -> None:
-        if '"toUserId"' in text:
-            target = json.loads(text).get("toUserId")
-            info = self.peers.get(target) if isinstance(target, str) else None
-            if info is not None:
-                info.frames_sent += 1
 
     def _track_pc(self, action: PeerConnectionAction) -> None:
         info = self.peers.get(action.peer_id)
@@ -404,9 +400,12 @@ class Client:
         delay = 0.25
         while not self._closing:
             try:
-                async with ws_connect(self.url, open_timeout=10) as ws:
+                # No permessage-deflate: signaling frames are small, and compressing
+                # them costs both ends CPU for nothing on the latency path.
+                async with ws_connect(self.url, open_timeout=10, compression=None) as ws:
                     self._ws = ws
                     delay = 0.25
+                    self.server_connected_at = asyncio.get_running_loop().time()
                     self._feed(ServerConnected())
                     writer = asyncio.get_running_loop().create_task(self._write(ws))
                     try:

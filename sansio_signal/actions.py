@@ -74,9 +74,12 @@ RelayAction: TypeAlias = SendFrame | CloseConnection | Log
 
 @attrs.frozen(kw_only=True)
 class SendToServer:
-    """Send ``text`` as one text frame to the relay server."""
+    """Send ``text`` as one text frame to the relay server. ``peer_id`` names the peer
+    a signaling frame is for (``None`` for room and chat frames), so that an adapter can
+    count or log per peer without parsing ``text``."""
 
     text: str
+    peer_id: str | None = None
 
 
 @attrs.frozen(kw_only=True)

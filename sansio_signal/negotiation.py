@@ -426,7 +426,7 @@ class PeerNegotiation:
         self.deadline, self.deadline_kind = when, kind
 
     def _send(self, message: Signal) -> SendToServer:
-        return SendToServer(text=encode(message))
+        return SendToServer(text=encode(message), peer_id=self.peer_id)
 
     def _signal_fields(self, **extra: JSONValue) -> dict[str, JSONValue]:
         fields: dict[str, JSONValue] = {**extra, "epoch": self.epoch, "sid": self.session}
