@@ -309,3 +309,22 @@ class _ListTrace(io.StringIO):
         for line in text.splitlines():
             self.records.append(json.loads(line))
         return len(text)
+
+
+def test_the_client_reconnects_and_rejoins_after_the_server_restarts() -> None:
+    async def main() -> None:
+        first = RelayServer(port=0)
+        await first.start()
+        port = first.port
+        async with connect(first.url, room_id="r", user_id="alice") as alice:
+            await first.stop()  # every client gets 1001; alice keeps trying
+            await alice.wait_until(lambda: alice.machine.state.value == "offline", TIMEOUT)
+            async with RelayServer(port=port) as second:
+                await alice.wait_until(lambda: alice.machine.state.value == "joined", TIMEOUT)
+                assert second.machine.directory.members("r") == ["alice"]
+                async with connect(second.url, room_id="r", user_id="bob") as bob:
+                    await alice.wait_connected("bob", timeout=TIMEOUT)
+                    bob.send("alice", "after the restart")
+                    assert await next_message(alice) == ("bob", "after the restart")
+
+    asyncio.run(asyncio.wait_for(main(), 60))
