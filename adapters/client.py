@@ -35,6 +35,7 @@ from sansio_signal.actions import (
     ClientAction,
     ClosePeer,
     CreatePeer,
+    JoinRefused,
     Log,
     PeerConnected,
     PeerConnecting,
@@ -362,11 +363,11 @@ class Client:
             self.peers.pop(action.peer_id, None)
         elif isinstance(action, ChatReceived):
             self._chats.put_nowait(Chat(action.from_user_id, action.text, action.ts))
+        elif isinstance(action, JoinRefused):
+            self._error = ClientError(action.code, action.message)
+            self._joined.set()  # start() raises it
         elif isinstance(action, ServerErrorReceived):
             logger.warning("server error %s: %s", action.code, action.message)
-            if not self._joined.is_set() and action.channel == "webrtc-dashboard-rooms":
-                self._error = ClientError(action.code, action.message)
-                self._joined.set()
         else:
             logger.info("%s", action)
 

@@ -226,6 +226,17 @@ class ServerErrorReceived:
 
 
 @attrs.frozen(kw_only=True)
+class JoinRefused:
+    """The server refused our latest ``join-room`` for ``room_id`` with ``code``
+    (``user-id-taken``, ``room-full``, ``invalid-id``, ``unauthorized``); we are still
+    where we were before asking."""
+
+    room_id: str
+    code: str
+    message: str
+
+
+@attrs.frozen(kw_only=True)
 class ProtocolViolation:
     """A frame from the server or a peer made no sense in the current state; it was
     dropped. ``detail`` names the state and the input."""
@@ -252,6 +263,7 @@ ClientAction: TypeAlias = (
     | PeerLeft
     | ChatReceived
     | ServerErrorReceived
+    | JoinRefused
     | ProtocolViolation
     | Log
 )

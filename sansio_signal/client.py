@@ -50,6 +50,7 @@ from typing import Any
 from .actions import (
     ChatReceived,
     ClientAction,
+    JoinRefused,
     Log,
     LogLevel,
     PeerJoined,
@@ -405,6 +406,10 @@ class ClientMachine:
             self._joins_in_flight = max(0, self._joins_in_flight - 1)
         if refused and self.state is ClientState.JOINING and self._joins_in_flight == 0:
             # we stay where we were, as the server does
+            assert self.room_id is not None
+            actions.append(
+                JoinRefused(room_id=self.room_id, code=error.code.value, message=error.message)
+            )
             if self.room is not None:
                 self.state, self.room_id = ClientState.JOINED, self.room.room_id
             else:

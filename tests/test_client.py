@@ -23,6 +23,7 @@ from sansio_signal.actions import (
     CreateAnswer,
     CreateOffer,
     CreatePeer,
+    JoinRefused,
     Log,
     PeerConnected,
     PeerConnecting,
@@ -440,7 +441,10 @@ def test_a_refused_join_returns_to_the_lobby() -> None:
     m.handle(JoinRequested(room_id=ROOM), 0.0)
     error = Error(channel="webrtc-dashboard-rooms", code=ErrorCode.USER_ID_TAKEN, message="taken")
     assert m.handle(server(error), 0.1) == [
-        ServerErrorReceived(channel="webrtc-dashboard-rooms", code="user-id-taken", message="taken")
+        ServerErrorReceived(
+            channel="webrtc-dashboard-rooms", code="user-id-taken", message="taken"
+        ),
+        JoinRefused(room_id=ROOM, code="user-id-taken", message="taken"),
     ]
     assert (m.state, m.room_id) == (ClientState.LOBBY, None)
 
