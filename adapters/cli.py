@@ -12,14 +12,18 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import secrets
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from sansio_signal import Limits, __version__
+from sansio_signal import Limits, MemoryDirectory, RelayMachine, __version__
 from sansio_signal.diagnose import diagnose
+from sansio_signal.tokens import TokenAuthority, issue_token, load_secret
 
 from .server import DEFAULT_SEND_BUFFER, RelayServer
 
@@ -144,6 +148,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write every event into and action out of the relay machine to FILE as JSON lines",
     )
+    serve.add_argument(
+        "--secret-file",
+        metavar="PATH",
+        help="require signed join tokens made with this secret (its bytes, trailing "
+        f"whitespace removed); or set {SECRET_ENV}. Without either the server is open",
+    )
+
+    token = commands.add_parser(
+        "token",
+        help="print a signed join token",
+        description="Print a token that lets USER join ROOM (an id, or a pattern with *) "
+        "on a server started with the same secret, for SECONDS.",
+    )
+    token.add_argument("--secret-file", required=True, metavar="PATH")
+    token.add_argument("--user", required=True)
+    token.add_argument("--room", required=True, help="a room id, or a pattern like 'team-*'")
+    token.add_argument("--ttl", type=_positive_float, required=True, metavar="SECONDS")
+    token.add_argument(
+        "--max-room-size",
+        type=_positive_int,
+        metavar="USERS",
+        help="refuse the join when the room already has this many members",
+    )
 
     demo = commands.add_parser(
         "demo",
@@ -220,12 +247,28 @@ async def run_serve(args: argparse.Namespace, out: TextIO = sys.stdout) -> None:
     """Run ``serve`` until SIGINT or SIGTERM."""
     with contextlib.ExitStack() as stack:
         trace = stack.enter_context(open(args.trace, "w", encoding="utf-8")) if args.trace else None
+        limits = limits_from_args(args)
+        secret = read_secret(args.secret_file)
+        machine = None
+        log = logging.getLogger("sansio_signal.relay")
+        if secret is None:
+            log.warning("No --secret-file: the server is open, anyone may join any room")
+        else:
+            directory = MemoryDirectory()
+            machine = RelayMachine(
+                limits=limits,
+                directory=directory,
+                authorize=TokenAuthority(secret, room_size=directory.size),
+                new_token=lambda: secrets.token_urlsafe(18),
+            )
+            log.info("Joins need a token signed with the configured secret")
         server = RelayServer(
             host=args.host,
             port=args.port,
-            limits=limits_from_args(args),
+            limits=limits,
             send_buffer=args.send_buffer,
             trace=trace,
+            machine=machine,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -235,6 +278,17 @@ async def run_serve(args: argparse.Namespace, out: TextIO = sys.stdout) -> None:
             print(f"listening on {server.url}", file=out, flush=True)
             await stop.wait()
             logging.getLogger("sansio_signal.relay").info("Shutting down (1001 to every client)")
+
+
+SECRET_ENV = "SANSIO_SIGNAL_SECRET"
+
+
+def read_secret(path: str | None) -> bytes | None:
+    """The secret from ``--secret-file``, else from the environment, else ``None``."""
+    if path is not None:
+        return load_secret(Path(path).read_bytes())
+    value = os.environ.get(SECRET_ENV)
+    return None if value is None else load_secret(value.encode("utf-8"))
 
 
 def run_diagnose(paths: Sequence[str], out: TextIO = sys.stdout) -> int:
@@ -275,7 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger("websockets").setLevel(logging.WARNING)
         try:
             asyncio.run(run_serve(args))
-        except OSError as exc:  # port in use, bad address
+        except ValueError as exc:  # an empty secret
+            print(f"sansio-signal serve: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:  # port in use, bad address, unreadable secret file
             print(f"sansio-signal serve: {exc}", file=sys.stderr)
             return 1
         return 0
@@ -287,6 +344,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo import main_demo  # aiortc is needed for this command only
 
         return main_demo(args.peers, args.json, args.trace, args.timeout)
+    if args.command == "token":
+        try:
+            secret = load_secret(Path(args.secret_file).read_bytes())
+        except (OSError, ValueError) as exc:
+            print(f"sansio-signal token: {exc}", file=sys.stderr)
+            return 1
+        print(
+            issue_token(
+                secret,
+                user_id=args.user,
+                room=args.room,
+                ttl=args.ttl,
+                now=time.time(),
+                max_room_size=args.max_room_size,
+            )
+        )
+        return 0
     if args.command == "diagnose":
         return run_diagnose(args.traces)
     if args.command == "chat":

@@ -136,8 +136,10 @@ class Client:
         config: NegotiationConfig | None = None,
         trace: TextIO | None = None,
         reconnect: bool = True,
+        token: str | None = None,
     ) -> None:
         self.url = url
+        self.token = token
         self.room_id = room_id
         self.user_id = user_id
         self.reconnect = reconnect
@@ -184,7 +186,7 @@ class Client:
 
     async def start(self, timeout: float = 10.0) -> None:
         """Connect, join the room, and return once the server confirmed the join."""
-        self._feed(JoinRequested(room_id=self.room_id))
+        self._feed(JoinRequested(room_id=self.room_id, token=self.token))
         self._tasks.append(asyncio.get_running_loop().create_task(self._run()))
         try:
             await asyncio.wait_for(self._joined.wait(), timeout)
@@ -449,6 +451,7 @@ def connect(
     config: NegotiationConfig | None = None,
     trace: TextIO | None = None,
     reconnect: bool = True,
+    token: str | None = None,
 ) -> Client:
     """``async with connect(url, room_id=..., user_id=...) as client:`` — see :class:`Client`."""
     return Client(
@@ -459,4 +462,5 @@ def connect(
         config=config,
         trace=trace,
         reconnect=reconnect,
+        token=token,
     )

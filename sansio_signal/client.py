@@ -153,6 +153,7 @@ class ClientMachine:
         self._instance = f"{int(jitter() * 0xFFFFFFFF):08x}"
         self._touched: PeerNegotiation | None = None
         self._joins_in_flight = 0
+        self._token: str | None = None
         self._jitter = jitter
         self._timers = Timers()
         self._trace = trace
@@ -226,7 +227,7 @@ class ClientMachine:
                 )
             # The current room (if any) stays ours until the server confirms the new
             # one: a refused join leaves us where we were, on the server too.
-            self.room_id = event.room_id
+            self.room_id, self._token = event.room_id, event.token
             if self.state is ClientState.OFFLINE:
                 return []
             return self._send_join()
@@ -265,7 +266,8 @@ class ClientMachine:
         assert self.room_id is not None
         self.state = ClientState.JOINING
         self._joins_in_flight += 1
-        return [SendToServer(text=encode(JoinRoom(room_id=self.room_id, user_id=self.user_id)))]
+        join = JoinRoom(room_id=self.room_id, user_id=self.user_id, token=self._token)
+        return [SendToServer(text=encode(join))]
 
     def _leave_room(self, now: float) -> list[ClientAction]:
         """Close every peer and forget the room view (the server has dropped us or

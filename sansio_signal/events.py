@@ -64,9 +64,11 @@ class ServerFrameReceived:
 
 @attrs.frozen(kw_only=True)
 class JoinRequested:
-    """The application wants to be in ``room_id`` (leaving any other room)."""
+    """The application wants to be in ``room_id`` (leaving any other room); ``token``
+    is sent with the join when the server requires one."""
 
     room_id: str
+    token: str | None = None
 
 
 @attrs.frozen(kw_only=True)
