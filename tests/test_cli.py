@@ -134,7 +134,8 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
             timeout=TIMEOUT,
         )
     assert result.returncode == 1
-    assert result.stderr.startswith("sansio-signal serve:")
+    assert result.stderr.splitlines()[-1].startswith("sansio-signal serve: ")
+    assert "address already in use" in result.stderr
     assert result.stdout == ""
 
 
