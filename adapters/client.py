@@ -33,8 +33,6 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from sansio_signal.actions import (
     ChatReceived,
     ClientAction,
-    ClosePeer,
-    CreatePeer,
     JoinRefused,
     Log,
     PeerConnected,
@@ -105,7 +103,6 @@ class PeerInfo:
     state: str = "joined"
     """``joined``, ``connecting``, ``connected``, ``failed``."""
     epoch: int = 0
-    pc: int | None = None
     channel: RTCDataChannel | None = None
     connected_at: float | None = None
     """``loop.time()`` when the peer connection first reported ``connected``."""
@@ -168,8 +165,6 @@ class Client:
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
-        self.frames_sent = 0
-        self.frames_received = 0
         self.server_connected_at: float | None = None
         """``loop.time()`` when the WebSocket last opened (the join goes out then)."""
 
@@ -288,8 +283,13 @@ class Client:
 
     def peer_connection(self, peer_id: str) -> RTCPeerConnection | None:
         """The current RTCPeerConnection with ``peer_id`` (for adding media)."""
-        info = self.peers.get(peer_id)
-        return None if info is None or info.pc is None else self._rtc.connection(info.pc)
+        handle = self._handle(peer_id)
+        return None if handle is None else self._rtc.connection(handle)
+
+    def _handle(self, peer_id: str) -> int | None:
+        """The machine's current connection handle for ``peer_id``."""
+        negotiation = self.machine.peers.get(peer_id)
+        return None if negotiation is None else negotiation.pc
 
     # ------------------------------------------------------------------ the machine
 
@@ -322,7 +322,6 @@ class Client:
                     info.frames_sent += 1
                 self._outbox.put_nowait(action.text)
             elif isinstance(action, PeerConnectionAction):
-                self._track_pc(action)
                 self._rtc.execute(action)
             elif isinstance(action, Log):
                 if logger.isEnabledFor(action.level):
@@ -330,15 +329,6 @@ class Client:
             else:
                 self._notify(action)
         self._changed.set()
-
-    def _track_pc(self, action: PeerConnectionAction) -> None:
-        info = self.peers.get(action.peer_id)
-        if info is None:
-            return
-        if isinstance(action, CreatePeer):
-            info.pc, info.channel = action.pc, None
-        elif isinstance(action, ClosePeer) and info.pc == action.pc:
-            info.pc, info.channel = None, None
 
     def _notify(self, action: ClientAction) -> None:
         loop = asyncio.get_running_loop()
@@ -375,8 +365,8 @@ class Client:
 
     def _on_channel(self, peer_id: str, handle: int, channel: RTCDataChannel) -> None:
         info = self.peers.get(peer_id)
-        if info is None or info.pc != handle:
-            return
+        if info is None or self._handle(peer_id) != handle:
+            return  # a channel of a connection the machine has replaced since
         info.channel = channel
         if info.channel_at is None:
             info.channel_at = asyncio.get_running_loop().time()
@@ -414,7 +404,6 @@ class Client:
                     try:
                         async for data in ws:
                             if isinstance(data, str):
-                                self.frames_received += 1
                                 self._feed(ServerFrameReceived(text=data))
                     finally:
                         writer.cancel()
@@ -433,7 +422,6 @@ class Client:
             text = await self._outbox.get()
             try:
                 await ws.send(text)
-                self.frames_sent += 1
             finally:
                 self._outbox.task_done()
 

@@ -229,13 +229,6 @@ class Input(Enum):
 _REMOTE_INPUTS = frozenset(
     {Input.REMOTE_OFFER, Input.REMOTE_ANSWER, Input.REMOTE_CANDIDATE, Input.REMOTE_RENEGOTIATE}
 )
-_IN_FLIGHT = (
-    NegState.MAKING_OFFER,
-    NegState.HAVE_LOCAL_OFFER,
-    NegState.APPLYING_ANSWER,
-    NegState.APPLYING_OFFER,
-    NegState.MAKING_ANSWER,
-)
 _HOLD_LOCAL = (NegState.MAKING_OFFER, NegState.APPLYING_OFFER, NegState.MAKING_ANSWER)
 
 Actions = list[ClientAction]

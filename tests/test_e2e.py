@@ -92,7 +92,7 @@ def test_a_mesh_of_four_and_a_member_who_leaves_and_comes_back() -> None:
             assert await next_message(clients[u]) == ("p0", "from p0")
 
         # p2 leaves: the others close their connection with it; nothing is left over.
-        old_pc = clients["p0"].peers["p2"].pc
+        old_pc = clients["p0"].peer_connection("p2")
         await clients["p2"].close()
         for u in ("p0", "p1", "p3"):
             await clients[u].wait_until(forgot(clients[u], "p2"), timeout=TIMEOUT)
@@ -102,7 +102,7 @@ def test_a_mesh_of_four_and_a_member_who_leaves_and_comes_back() -> None:
         await asyncio.gather(
             *(c.wait_all_connected(expected=3, timeout=TIMEOUT) for c in clients.values())
         )
-        assert clients["p0"].peers["p2"].pc != old_pc
+        assert clients["p0"].peer_connection("p2") is not old_pc
         clients["p2"].send("p0", "back")
         assert await next_message(clients["p0"]) == ("p2", "back")
         await asyncio.gather(*(c.close() for c in clients.values()))

@@ -250,7 +250,6 @@ class SimNetwork:
         item = self._queues[move].popleft()
         if not self._queues[move]:
             del self._queues[move]
-        self.now = max(self.now, min(item.ready_at, self.now))
         self.steps += 1
         kind, key = move
         if kind == "up":
