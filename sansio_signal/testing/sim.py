@@ -113,7 +113,6 @@ class SimClient:
     capabilities: Capabilities
     conn: int | None = None
     pcs: dict[int, ModelPeerConnection] = attrs.field(factory=dict)
-    pc_of_peer: dict[str, int] = attrs.field(factory=dict)
     made: dict[str, int] = attrs.field(factory=dict)
     """Peer connections made so far, per peer."""
     notes: list[ClientAction] = attrs.field(factory=list)
@@ -546,7 +545,6 @@ class SimNetwork:
                     candidates=self.candidates,
                 )
                 client.pcs[action.pc] = pc
-                client.pc_of_peer[action.peer_id] = action.pc
             elif isinstance(action, ClosePeer):
                 self._close_pc(client, action)
             elif isinstance(action, PeerConnectionAction):
@@ -558,8 +556,6 @@ class SimNetwork:
 
     def _close_pc(self, client: SimClient, action: ClosePeer) -> None:
         pc = client.pcs.pop(action.pc, None)
-        if client.pc_of_peer.get(action.peer_id) == action.pc:
-            del client.pc_of_peer[action.peer_id]
         for kind in ("op", "notice"):
             self._queues.pop((kind, (client.user_id, action.pc)), None)
         if pc is None:
@@ -575,15 +571,21 @@ class SimNetwork:
         client = self.clients.get(user_id)
         if client is None:
             return None
-        handle = client.pc_of_peer.get(peer_id)
+        handle = self._handle(client, peer_id)
         return None if handle is None else client.pcs.get(handle)
+
+    @staticmethod
+    def _handle(client: SimClient, peer_id: str) -> int | None:
+        """The machine's current connection handle for ``peer_id``."""
+        negotiation = client.machine.peers.get(peer_id)
+        return None if negotiation is None else negotiation.pc
 
     def _notice(self, user_id: str, peer_id: str, state: str, delay: float) -> None:
         client = self.clients[user_id]
-        handle = client.pc_of_peer.get(peer_id)
-        if handle is None:
+        handle = self._handle(client, peer_id)
+        pc = None if handle is None else client.pcs.get(handle)
+        if handle is None or pc is None:
             return
-        pc = client.pcs[handle]
         pc.connection_state = state
         self._enqueue(
             ("notice", (user_id, handle)), ConnectionStateChanged(pc=handle, state=state), delay
@@ -622,9 +624,7 @@ class SimNetwork:
                 IceCandidateGathered(pc=handle, candidate=candidate),
                 self._delay(self.op_latency),
             )
-        peer_id = next((p for p, h in client.pc_of_peer.items() if h == handle), None)
-        if peer_id is not None:
-            self._check_pair(user_id, peer_id)
+        self._check_pair(user_id, action.peer_id)
 
     def _run_notice(self, key: tuple[str, int], event: ClientEvent) -> None:
         user_id, handle = key
