@@ -1,7 +1,8 @@
 """The ``sansio-signal`` command.
 
-``sansio-signal serve`` runs the relay server until SIGINT or SIGTERM, after printing
-one line ``listening on ws://HOST:PORT/`` to stdout. ``sansio-signal demo`` runs a relay
+``sansio-signal serve`` runs the relay server until SIGINT (clients closed with 1001) or
+SIGTERM (1012, a restart), after printing one line ``listening on ws://HOST:PORT/`` to
+stdout. ``sansio-signal demo`` runs a relay
 and N aiortc peers in one process and checks that the full mesh works.
 """
 
@@ -21,11 +22,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from sansio_signal import Limits, MemoryDirectory, RelayMachine, __version__
+from sansio_signal import CloseCode, Limits, MemoryDirectory, RelayMachine, __version__
 from sansio_signal.diagnose import diagnose
 from sansio_signal.tokens import TokenAuthority, issue_token, load_secret
 
-from .server import DEFAULT_SEND_BUFFER, RelayServer
+from .server import (
+    DEFAULT_OPEN_TIMEOUT,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+    DEFAULT_SEND_BUFFER,
+    SERVICE_RESTART,
+    RelayServer,
+    normalize_origin,
+)
 
 _DEFAULTS = Limits()
 
@@ -51,6 +60,59 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+_ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
+
+
+def parse_ice_server(text: str) -> dict[str, str]:
+    """One ``--ice-server`` value as an RTCIceServer dictionary.
+
+    The syntax is ``URL`` or ``URL,username=NAME,credential=SECRET``: a STUN/TURN URL
+    (RFC 7064/7065: no commas in it), then comma-separated ``key=value`` options. Only the
+    first ``=`` of an option splits, so a credential may contain ``=`` (base64); it may
+    not contain a comma. ``turn:``/``turns:`` need both options (browsers refuse a TURN
+    server without them).
+    """
+    url, *options = text.split(",")
+    url = url.strip()
+    if not url.startswith(_ICE_SCHEMES) or len(url) <= url.index(":") + 1:
+        raise argparse.ArgumentTypeError(
+            f"an ICE server URL starts with stun:, stuns:, turn: or turns:, got {url!r}"
+        )
+    server = {"urls": url}
+    for option in options:
+        key, eq, value = option.partition("=")
+        key = key.strip()
+        if not eq or key not in ("username", "credential") or not value:
+            raise argparse.ArgumentTypeError(
+                f"ICE server options are username=NAME and credential=SECRET, got {option!r}"
+            )
+        if key in server:
+            raise argparse.ArgumentTypeError(f"{key} given twice in {text!r}")
+        server[key] = value
+    if url.startswith(("turn:", "turns:")) and len(server) != 3:
+        raise argparse.ArgumentTypeError(
+            f"a TURN server needs username= and credential=: {url},username=NAME,credential=SECRET"
+        )
+    return server
+
+
+def _origin(text: str) -> str:
+    origin = normalize_origin(text)
+    scheme, sep, host = origin.partition("://")
+    if not sep or not scheme or not host or "/" in host:
+        raise argparse.ArgumentTypeError(
+            f"an origin is SCHEME://HOST[:PORT] as browsers send it, got {text!r}"
+        )
+    return origin
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -69,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the relay server",
-        description="Run the relay server until SIGINT/SIGTERM.",
+        description="Run the relay server until SIGINT (clients closed with 1001, going away) "
+        "or SIGTERM (1012, service restart: clients come back).",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     serve.add_argument(
@@ -92,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=_DEFAULTS.max_room_size,
         metavar="USERS",
         help="members per room (default %(default)s)",
+    )
+    limits.add_argument(
+        "--max-rooms",
+        type=_positive_int,
+        default=_DEFAULTS.max_rooms,
+        metavar="ROOMS",
+        help="rooms on this server; a join that would open one more gets room-full "
+        "(default %(default)s)",
     )
     limits.add_argument(
         "--max-text-chars",
@@ -129,12 +200,92 @@ def build_parser() -> argparse.ArgumentParser:
         help="(default %(default)s)",
     )
     limits.add_argument(
+        "--resume-grace",
+        type=_non_negative_float,
+        default=_DEFAULTS.resume_grace,
+        metavar="SECONDS",
+        help="how long a member whose socket dropped (no clean close) keeps its place for a "
+        "resume; 0 = no resume (default %(default)s)",
+    )
+    limits.add_argument(
+        "--resume-queue-frames",
+        type=_positive_int,
+        default=_DEFAULTS.resume_queue_frames,
+        metavar="N",
+        help="frames kept for a held member; one more ends its grace (default %(default)s)",
+    )
+    limits.add_argument(
+        "--resume-queue-bytes",
+        type=_positive_int,
+        default=_DEFAULTS.resume_queue_bytes,
+        metavar="BYTES",
+        help="bytes kept for a held member; more ends its grace (default %(default)s)",
+    )
+    limits.add_argument(
         "--send-buffer",
         type=_positive_int,
         default=DEFAULT_SEND_BUFFER,
         metavar="BYTES",
         help="bytes queued for one client before it is closed as a slow "
         "consumer with 1013 (default %(default)s)",
+    )
+    limits.add_argument(
+        "--max-connections-per-ip",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="WebSocket connections from one address; more are refused with HTTP 429; "
+        "0 = unlimited (default %(default)s)",
+    )
+    limits.add_argument(
+        "--handshake-timeout",
+        type=_positive_float,
+        default=DEFAULT_OPEN_TIMEOUT,
+        metavar="SECONDS",
+        help="time a new connection has to send its HTTP request and complete the "
+        "WebSocket handshake (default %(default)s)",
+    )
+    limits.add_argument(
+        "--idle-timeout",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="SECONDS",
+        help="close with 1001 a connection that sent no frame for this long (pings do "
+        "not count); 0 = off (default %(default)s)",
+    )
+    limits.add_argument(
+        "--ping-interval",
+        type=_non_negative_float,
+        default=DEFAULT_PING_INTERVAL,
+        metavar="SECONDS",
+        help="send a WebSocket ping this often; 0 = no keep-alive (default %(default)s)",
+    )
+    limits.add_argument(
+        "--ping-timeout",
+        type=_non_negative_float,
+        default=DEFAULT_PING_TIMEOUT,
+        metavar="SECONDS",
+        help="drop a connection (1011) whose pong is this late; 0 = wait forever "
+        "(default %(default)s)",
+    )
+    serve.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        type=_origin,
+        metavar="ORIGIN",
+        help="accept WebSocket upgrades only from pages of this origin (e.g. "
+        "https://app.example.org), repeatable; others get HTTP 403, requests without "
+        "Origin (not a browser) are accepted (default: any origin)",
+    )
+    serve.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        type=parse_ice_server,
+        metavar="URL[,username=NAME,credential=SECRET]",
+        help="a STUN/TURN server for the browser page (served at /config.json), "
+        "repeatable (default: none)",
     )
     serve.add_argument(
         "--log-level",
@@ -235,16 +386,21 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
     return Limits(
         max_frame_bytes=args.max_frame_bytes,
         max_room_size=args.max_room_size,
+        max_rooms=args.max_rooms,
         max_text_chars=args.max_text_chars,
         rate_limit=args.rate_limit,
         rate_burst=args.rate_burst,
         abuse_errors=args.abuse_errors,
         abuse_window=args.abuse_window,
+        resume_grace=args.resume_grace,
+        resume_queue_frames=args.resume_queue_frames,
+        resume_queue_bytes=args.resume_queue_bytes,
     )
 
 
 async def run_serve(args: argparse.Namespace, out: TextIO = sys.stdout) -> None:
-    """Run ``serve`` until SIGINT or SIGTERM."""
+    """Run ``serve`` until SIGINT (clients closed with 1001, going away) or SIGTERM
+    (1012, service restart: clients reconnect and resume)."""
     with contextlib.ExitStack() as stack:
         trace = stack.enter_context(open(args.trace, "w", encoding="utf-8")) if args.trace else None
         limits = limits_from_args(args)
@@ -269,15 +425,36 @@ async def run_serve(args: argparse.Namespace, out: TextIO = sys.stdout) -> None:
             send_buffer=args.send_buffer,
             trace=trace,
             machine=machine,
+            ice_servers=args.ice_server,
+            max_connections_per_ip=args.max_connections_per_ip,
+            allowed_origins=args.allowed_origin,
+            open_timeout=args.handshake_timeout,
+            ping_interval=args.ping_interval,
+            ping_timeout=args.ping_timeout,
+            idle_timeout=args.idle_timeout,
         )
+        signals: list[int] = []
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            signals.append(signum)
+            stop.set()
+
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        async with server:
+            loop.add_signal_handler(signum, on_signal, signum)
+        await server.start()
+        code = CloseCode.GOING_AWAY
+        try:
             print(f"listening on {server.url}", file=out, flush=True)
             await stop.wait()
-            logging.getLogger("sansio_signal.relay").info("Shutting down (1001 to every client)")
+            if signals[0] == signal.SIGTERM:
+                code = SERVICE_RESTART
+                log.info("SIGTERM: restarting (1012 to every client, they come back)")
+            else:
+                log.info("Shutting down (1001 to every client)")
+        finally:
+            await server.stop(code, "restarting" if code == SERVICE_RESTART else "")
 
 
 SECRET_ENV = "SANSIO_SIGNAL_SECRET"

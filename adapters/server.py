@@ -10,8 +10,16 @@ module only moves bytes and time:
   growing server memory or slowing anybody else;
 - exactly one ``asyncio`` timer is armed for :meth:`RelayMachine.next_deadline`,
   re-armed after every call into the machine;
-- HTTP: ``GET /healthz`` (JSON), ``GET /metrics`` (Prometheus text), a plain ``GET /``
-  (the page); a WebSocket upgrade is accepted on ``/`` only.
+- HTTP: ``GET /healthz`` (JSON), ``GET /metrics`` (Prometheus text), ``GET
+  /config.json`` (the ICE servers for the browser page), ``GET /`` and ``GET /NAME`` (the
+  files of the static directory); a WebSocket upgrade is accepted on ``/`` only.
+
+Transport-level abuse limits live here, because they are about sockets rather than
+frames: the ``Origin`` allow-list (403) and the per-address connection limit (429) at the
+HTTP handshake, the handshake timeout, WebSocket ping keep-alive, the idle timeout (a
+connection that sends no frame for that long is closed with 1001) and the bounded send
+queue (1013). Every refusal, here or in the machine, is counted in
+``sansio_signal_refusals_total{reason=...}`` (see :data:`REFUSAL_REASONS`).
 
 Use it as ``async with RelayServer(port=0) as server: ...`` or through
 ``sansio-signal serve``.
@@ -25,12 +33,15 @@ import http
 import itertools
 import json
 import logging
+import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
+from importlib.resources.abc import Traversable
 from types import TracebackType
-from typing import TextIO
+from typing import Any, ClassVar, TextIO
 
 import attrs
 from prometheus_client import (
@@ -88,6 +99,93 @@ class _Link:
     closing: bool = False
     known_to_machine: bool = True
     server_closed: bool = False
+    last_frame: float = 0.0
+    """``loop.time()`` of the last frame received (kept only with an idle timeout)."""
+    idle_timer: asyncio.TimerHandle | None = None
+
+
+SERVICE_RESTART = 1012
+"""Close code of a graceful restart (``stop(code=SERVICE_RESTART)``, SIGTERM on ``serve``):
+the server is going away and coming back, so clients reconnect and resume."""
+
+DEFAULT_OPEN_TIMEOUT = 10.0
+"""Seconds a new TCP connection has to complete its HTTP request / WebSocket handshake."""
+
+DEFAULT_PING_INTERVAL = 20.0
+"""Seconds between WebSocket pings (``None`` / 0 turns keep-alive off)."""
+
+DEFAULT_PING_TIMEOUT = 20.0
+"""Seconds to wait for a pong before dropping the connection (close 1011)."""
+
+REFUSAL_REASONS = (
+    "rate-limited",
+    "frame-too-large",
+    "slow-consumer",
+    "room-full",
+    "rooms-limit",
+    "per-ip-limit",
+    "bad-origin",
+    "handshake-timeout",
+    "idle-timeout",
+    "ping-timeout",
+    "abuse-close",
+    "unauthorized",
+)
+"""The ``reason`` labels of ``sansio_signal_refusals_total``: every one is exported, from 0.
+
+``rate-limited``, ``room-full`` (room size), ``rooms-limit`` (rooms per server),
+``unauthorized`` and ``frame-too-large`` count error replies (the latter also frames the
+WebSocket layer cut off); ``abuse-close`` counts 1008 closes; the others count refused
+handshakes (``per-ip-limit`` 429, ``bad-origin`` 403, ``handshake-timeout``) and
+connections closed by the adapter (``slow-consumer`` 1013, ``idle-timeout`` 1001,
+``ping-timeout`` 1011)."""
+
+STATIC_TYPES: Mapping[str, str] = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+    ".json": "application/json",
+}
+"""The files of the static directory that are served, by suffix, with their type."""
+
+_STATIC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+"""A servable file name: a plain name, no dot first (no ``..``, no hidden files)."""
+
+_ICE_KEYS = frozenset({"urls", "username", "credential"})
+
+
+class _Connection(ServerConnection):
+    """A ``ServerConnection`` that reports to its :class:`RelayServer` what websockets
+    keeps to itself: a handshake that timed out, and the end of the TCP connection
+    (which releases the per-address count whether or not the handshake completed)."""
+
+    relay: ClassVar[RelayServer]
+    address: str | None = None
+    """Set while this connection counts against its address's limit."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.relay._opening.add(self)
+
+    async def handshake(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            await super().handshake(*args, **kwargs)
+        except asyncio.CancelledError:
+            # websockets cancels the handshake when open_timeout expires.
+            if self.request is None:
+                self.relay._refuse("handshake-timeout", self.remote_address)
+            raise
+        finally:
+            self.relay._opening.discard(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.relay._opening.discard(self)
+        if self.address is not None:
+            self.relay._release(self.address)
+            self.address = None
 
 
 class _StatsCollector(Collector):
@@ -113,6 +211,23 @@ class _StatsCollector(Collector):
             for key, value in sorted(counter.items(), key=lambda kv: str(kv[0])):
                 family.add_metric([str(key)], value)
             yield family
+        family = CounterMetricFamily(
+            "sansio_signal_resume",
+            "Held members, by outcome: resumed, expired (grace passed), overflowed.",
+            labels=["outcome"],
+        )
+        family.add_metric(["resumed"], stats.resumes)
+        family.add_metric(["expired"], stats.holds_expired)
+        family.add_metric(["overflowed"], stats.holds_overflowed)
+        yield family
+        family = CounterMetricFamily(
+            "sansio_signal_refusals",
+            "Requests, frames and connections refused by an abuse limit, by reason.",
+            labels=["reason"],
+        )
+        for reason, value in self._server.refusal_counts().items():
+            family.add_metric([reason], value)
+        yield family
 
 
 class RelayServer:
@@ -120,6 +235,18 @@ class RelayServer:
 
     ``port=0`` binds any free port; read :attr:`port` / :attr:`url` after start.
     ``trace`` receives one JSON line per event in and action out.
+
+    Transport limits: ``max_connections_per_ip`` (0 = unlimited) refuses further
+    upgrades from one address with HTTP 429; ``allowed_origins`` (empty = any) refuses an
+    upgrade whose ``Origin`` is not listed with HTTP 403 (no ``Origin`` is allowed: not a
+    browser); ``open_timeout`` drops a connection that has not sent its request in time;
+    ``ping_interval`` / ``ping_timeout`` are websockets' keep-alive (``None`` = off);
+    ``idle_timeout`` (``None`` = off) closes with 1001 a connection that sent no frame
+    for that long (pings do not count: any client library answers them).
+
+    HTTP: ``static_dir`` (default: the package's ``static/``) is served at ``/NAME``
+    (``/`` is ``index.html``; ``page`` overrides it); ``ice_servers`` (RTCIceServer
+    dictionaries: ``urls`` and optional ``username``/``credential``) at ``/config.json``.
     """
 
     def __init__(
@@ -133,7 +260,35 @@ class RelayServer:
         trace: TextIO | None = None,
         machine: RelayMachine | None = None,
         page: bytes | None = None,
+        static_dir: Traversable | None = None,
+        ice_servers: Sequence[Mapping[str, str]] = (),
+        max_connections_per_ip: int = 0,
+        allowed_origins: Sequence[str] = (),
+        open_timeout: float = DEFAULT_OPEN_TIMEOUT,
+        ping_interval: float | None = DEFAULT_PING_INTERVAL,
+        ping_timeout: float | None = DEFAULT_PING_TIMEOUT,
+        idle_timeout: float | None = None,
     ) -> None:
+        if max_connections_per_ip < 0:
+            raise ValueError(f"max_connections_per_ip must be >= 0, got {max_connections_per_ip}")
+        if not open_timeout > 0:
+            raise ValueError(f"open_timeout must be > 0, got {open_timeout}")
+        self.ice_config = _ice_config(ice_servers)
+        self.max_connections_per_ip = max_connections_per_ip
+        self.allowed_origins = frozenset(normalize_origin(o) for o in allowed_origins)
+        self.open_timeout = open_timeout
+        self.ping_interval = ping_interval or None
+        self.ping_timeout = ping_timeout or None
+        self.idle_timeout = idle_timeout or None
+        self.refusals: Counter[str] = Counter()
+        """Refusals decided here (the machine's are in its stats); see refusal_counts()."""
+        self._per_address: Counter[str] = Counter()
+        self._static_dir = (
+            static_dir
+            if static_dir is not None
+            else resources.files("sansio_signal.adapters").joinpath("static")
+        )
+        self._static: dict[str, tuple[bytes, str]] | None = None
         self.limits = limits if limits is not None else Limits()
         self.machine = machine or RelayMachine(
             limits=self.limits, new_token=lambda: secrets.token_urlsafe(18)
@@ -148,6 +303,9 @@ class RelayServer:
         self._links: dict[ConnId, _Link] = {}
         self._ids = itertools.count(1)
         self._server: Server | None = None
+        self._shutdown_code: int | None = None
+        self._opening: set[_Connection] = set()
+        """Connections still in their HTTP request / WebSocket handshake."""
         self._timer: asyncio.TimerHandle | None = None
         self._armed_for: float | None = None
         self.registry = CollectorRegistry()
@@ -157,6 +315,11 @@ class RelayServer:
         Gauge(
             "sansio_signal_rooms", "Rooms with at least one member.", registry=self.registry
         ).set_function(lambda: self.machine.room_count)
+        Gauge(
+            "sansio_signal_held_members",
+            "Members whose socket dropped, held for a resume.",
+            registry=self.registry,
+        ).set_function(lambda: self.machine.held_count)
         self._latency = Histogram(
             "sansio_signal_relay_latency_seconds",
             "From a frame's arrival to each resulting frame handed to the socket.",
@@ -190,6 +353,11 @@ class RelayServer:
 
     async def start(self) -> None:
         """Bind and start accepting connections."""
+        server = self
+
+        class Connection(_Connection):
+            relay = server  # the hooks report to this server
+
         self._server = await serve(
             self._handle_connection,
             self.host,
@@ -198,17 +366,33 @@ class RelayServer:
             # The machine answers frames up to the limit and a bit beyond with
             # frame-too-large + 1009; websockets cuts off anything larger itself (1009).
             max_size=2 * self.limits.max_frame_bytes,
+            open_timeout=self.open_timeout,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
             close_timeout=self.close_timeout,
             server_header="sansio-signal",
+            create_connection=Connection,
         )
         if self.port == 0:
             self.port = self._server.sockets[0].getsockname()[1]
 
-    async def stop(self) -> None:
-        """Close every connection with 1001 (going away) and stop listening."""
+    async def stop(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
+        """Stop listening and close every connection with ``code``.
+
+        1001 (going away, the default) is a clean close: members leave at once.
+        :data:`SERVICE_RESTART` (1012) says the server is restarting: not a clean close,
+        so the machine treats each member like a dropped socket (resume) and the clients
+        reconnect.
+        """
         if self._server is None:
             return
-        self._server.close(close_connections=True, code=CloseCode.GOING_AWAY)
+        self._shutdown_code = code
+        self._server.close(close_connections=True, code=code, reason=reason)
+        # websockets answers 503 to a request that arrives now, but it would wait out the
+        # handshake timeout for a socket that never sends one: drop those at once.
+        for connection in list(self._opening):
+            if connection.request is None:
+                connection.transport.abort()
         await self._server.wait_closed()
         self._server = None
         if self._timer is not None:
@@ -229,33 +413,95 @@ class RelayServer:
         """The ``/healthz`` body."""
         return {"connections": len(self._links), "rooms": self.machine.room_count}
 
+    def refusal_counts(self) -> dict[str, int]:
+        """Every refusal so far by reason (:data:`REFUSAL_REASONS`): the adapter's own
+        and those the machine's counters record."""
+        stats = self.machine.stats
+        counts = dict.fromkeys(REFUSAL_REASONS, 0)
+        counts.update(self.refusals)
+        rooms_limit = stats.rooms_limit_refusals
+        counts["rate-limited"] = stats.errors["rate-limited"]
+        counts["unauthorized"] = stats.errors["unauthorized"]
+        counts["room-full"] = stats.errors["room-full"] - rooms_limit
+        counts["rooms-limit"] = rooms_limit
+        counts["frame-too-large"] = (
+            stats.errors["frame-too-large"] + self.refusals["frame-too-large"]
+        )
+        counts["abuse-close"] = stats.closes[CloseCode.POLICY]
+        return counts
+
+    def _refuse(self, reason: str, address: object = None) -> None:
+        self.refusals[reason] += 1
+        logger.info("Refused (%s) %s", reason, _peer(address))
+
+    def _release(self, address: str) -> None:
+        left = self._per_address[address] - 1
+        if left > 0:
+            self._per_address[address] = left
+        else:
+            del self._per_address[address]
+
     # ------------------------------------------------------------------ HTTP
 
     def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+        if not upgrade:
+            return self._http_get(path)
+        if path != "/":
+            return _text_response(http.HTTPStatus.NOT_FOUND, "not found")
+        if self.allowed_origins:
+            origins = request.headers.get_all("Origin")
+            # No Origin: not a browser, so not a cross-site page; the check protects users'
+            # browsers from other sites, not the server from programs (that is the tokens').
+            if origins and (
+                len(origins) > 1 or normalize_origin(origins[0]) not in self.allowed_origins
+            ):
+                self._refuse("bad-origin", ws.remote_address)
+                return _text_response(http.HTTPStatus.FORBIDDEN, "origin not allowed")
+        if self.max_connections_per_ip and isinstance(ws, _Connection):
+            address = _address(ws.remote_address)
+            if self._per_address[address] >= self.max_connections_per_ip:
+                self._refuse("per-ip-limit", ws.remote_address)
+                return _text_response(
+                    http.HTTPStatus.TOO_MANY_REQUESTS, "too many connections from your address"
+                )
+            # Counted from here, released when the TCP connection ends (_Connection).
+            self._per_address[address] += 1
+            ws.address = address
+        return None
+
+    def _http_get(self, path: str) -> Response:
         if path == "/healthz":
             return _response(
-                ws, http.HTTPStatus.OK, json.dumps(self.health()).encode(), "application/json"
+                http.HTTPStatus.OK, json.dumps(self.health()).encode(), "application/json"
             )
         if path == "/metrics":
             return _response(
-                ws, http.HTTPStatus.OK, generate_latest(self.registry), CONTENT_TYPE_LATEST
+                http.HTTPStatus.OK, generate_latest(self.registry), CONTENT_TYPE_LATEST
             )
-        if path == "/" and not upgrade:
-            return _response(ws, http.HTTPStatus.OK, self._index(), "text/html; charset=utf-8")
-        if path != "/":
-            return _response(
-                ws, http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8"
-            )
-        return None
+        if path == "/config.json":
+            return _response(http.HTTPStatus.OK, self.ice_config, "application/json")
+        name = "index.html" if path == "/" else path[1:]
+        found = self._static_files().get(name)
+        if found is None:
+            return _text_response(http.HTTPStatus.NOT_FOUND, "not found")
+        return _response(http.HTTPStatus.OK, *found)
 
-    def _index(self) -> bytes:
-        if self._page is None:
-            self._page = (
-                resources.files("sansio_signal.adapters").joinpath("static/index.html").read_bytes()
-            )
-        return self._page
+    def _static_files(self) -> dict[str, tuple[bytes, str]]:
+        """Every servable file of the static directory, read once (they are small)."""
+        if self._static is None:
+            files: dict[str, tuple[bytes, str]] = {}
+            if self._static_dir.is_dir():
+                for entry in self._static_dir.iterdir():
+                    suffix = entry.name[entry.name.rfind(".") :] if "." in entry.name else ""
+                    content_type = STATIC_TYPES.get(suffix.lower())
+                    if content_type and _STATIC_NAME.fullmatch(entry.name) and entry.is_file():
+                        files[entry.name] = (entry.read_bytes(), content_type)
+            if self._page is not None:
+                files["index.html"] = (self._page, STATIC_TYPES[".html"])
+            self._static = files
+        return self._static
 
     # ------------------------------------------------------------------ connections
 
@@ -265,27 +511,68 @@ class RelayServer:
         self._links[conn] = link
         self._feed(Connected(conn=conn))
         writer = asyncio.create_task(self._write(conn, link))
+        idle = self.idle_timeout
+        loop = asyncio.get_running_loop()
+        if idle is not None:
+            link.last_frame = loop.time()
+            link.idle_timer = loop.call_at(link.last_frame + idle, self._idle_check, conn, link)
         try:
             async for data in ws:
+                if idle is not None:
+                    link.last_frame = loop.time()  # the timer re-arms itself lazily
                 if link.known_to_machine:  # false once dropped as a slow consumer
                     self._feed(FrameReceived(conn=conn, data=data))
         except ConnectionClosed:
             pass
         finally:
+            if link.idle_timer is not None:
+                link.idle_timer.cancel()
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
             del self._links[conn]
+            self._count_library_close(link)
             if link.known_to_machine:
                 link.known_to_machine = False
                 self._feed(Disconnected(conn=conn, clean=self._clean(link)))
 
-    @staticmethod
-    def _clean(link: _Link) -> bool:
+    def _idle_check(self, conn: ConnId, link: _Link) -> None:
+        assert self.idle_timeout is not None
+        loop = asyncio.get_running_loop()
+        due = link.last_frame + self.idle_timeout
+        if loop.time() < due:  # a frame came meanwhile: sleep until its own deadline
+            link.idle_timer = loop.call_at(due, self._idle_check, conn, link)
+            return
+        link.idle_timer = None
+        if link.closing:
+            return
+        self._refuse("idle-timeout", link.ws.remote_address)
+        logger.info("Closing connection %s: no frame for %gs", conn, self.idle_timeout)
+        self._close(link, CloseCode.GOING_AWAY, "idle timeout", flush=True)
+
+    def _count_library_close(self, link: _Link) -> None:
+        """Count the refusals websockets made on its own: a frame far over the size limit
+        (1009) and a missed keep-alive pong (1011)."""
         protocol = link.ws.protocol
-        by_server = link.server_closed or (
-            protocol.close_sent is not None and not protocol.close_rcvd_then_sent
-        )
+        sent = protocol.close_sent
+        if link.server_closed or sent is None or protocol.close_rcvd_then_sent:
+            return
+        if sent.code == CloseCode.TOO_BIG:
+            self.refusals["frame-too-large"] += 1
+        elif sent.code == CloseCode.INTERNAL_ERROR and sent.reason == "keepalive ping timeout":
+            self._refuse("ping-timeout", link.ws.remote_address)
+
+    def _clean(self, link: _Link) -> bool:
+        protocol = link.ws.protocol
+        sent = protocol.close_sent
+        if (
+            not link.server_closed
+            and sent is not None
+            and sent.code == SERVICE_RESTART
+            and self._shutdown_code == SERVICE_RESTART
+        ):
+            return False  # a restart: the client comes back and resumes
+        by_server = link.server_closed or (sent is not None and not protocol.close_rcvd_then_sent)
         code = protocol.close_rcvd.code if protocol.close_rcvd is not None else None
         return is_clean_close(code, by_server=by_server)
 
@@ -356,6 +643,7 @@ class RelayServer:
                 size = len(action.text)  # ASCII JSON: characters are bytes
                 if link.queued_bytes + size > self.send_buffer:
                     overflowed.append(action.conn)
+                    self._refuse("slow-consumer", link.ws.remote_address)
                     self._close(link, CloseCode.TRY_AGAIN_LATER, "slow consumer", flush=False)
                     continue
                 link.queued_bytes += size
@@ -387,11 +675,45 @@ class RelayServer:
             asyncio.get_running_loop().create_task(link.ws.close(code, reason))
 
 
-def _response(
-    ws: ServerConnection, status: http.HTTPStatus, body: bytes, content_type: str
-) -> Response:
+def normalize_origin(origin: str) -> str:
+    """An ``Origin`` as compared with the allow-list: lower case, no trailing slash."""
+    return origin.strip().rstrip("/").lower()
+
+
+def _ice_config(ice_servers: Sequence[Mapping[str, str]]) -> bytes:
+    """The ``/config.json`` body: ``{"iceServers": [...]}`` as RTCConfiguration wants it."""
+    servers: list[dict[str, str]] = []
+    for server in ice_servers:
+        if not isinstance(server.get("urls"), str) or not set(server) <= _ICE_KEYS:
+            raise ValueError(
+                f"an ICE server is {{'urls': str, 'username'?: str, 'credential'?: str}}, "
+                f"got {dict(server)!r}"
+            )
+        servers.append(dict(server))
+    return json.dumps({"iceServers": servers}).encode()
+
+
+def _address(remote: object) -> str:
+    """The host part of a socket's peer address."""
+    if isinstance(remote, tuple) and remote:
+        return str(remote[0])
+    return str(remote)
+
+
+def _peer(remote: object) -> str:
+    if isinstance(remote, tuple) and len(remote) >= 2:
+        return f"{remote[0]}:{remote[1]}"
+    return str(remote)
+
+
+def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
     headers = Headers()
     headers["Content-Type"] = content_type
     headers["Content-Length"] = str(len(body))
     headers["Cache-Control"] = "no-store"
+    headers["X-Content-Type-Options"] = "nosniff"
     return Response(status.value, status.phrase, headers, body)
+
+
+def _text_response(status: http.HTTPStatus, text: str) -> Response:
+    return _response(status, f"{text}\n".encode(), "text/plain; charset=utf-8")

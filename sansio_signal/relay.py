@@ -39,8 +39,17 @@ once, so the others are told before the adapter has even finished closing it.
 Membership lives behind :class:`~.directory.Directory`; a join consults the optional
 ``authorize`` callable (the seam for signed tokens). Deadlines live in
 :class:`~.timers.Timers`; the adapter keeps one real timer armed for
-:meth:`RelayMachine.next_deadline` and calls :meth:`RelayMachine.handle_timer`. Until
-resume exists nothing is scheduled, so every disconnect leaves at once.
+:meth:`RelayMachine.next_deadline` and calls :meth:`RelayMachine.handle_timer`.
+
+**Resume.** A member whose socket ends without a clean close (``Disconnected(clean=
+False)``) is *held*: it stays in the directory under its old connection id, nobody is
+told, and every frame addressed to it is queued instead of sent (at most
+``Limits.resume_queue_frames`` frames / ``resume_queue_bytes`` bytes). A ``join-room``
+for that room and id carrying the ``resumeToken`` of its last ``user-joined-room`` takes
+the place back: the new connection gets a fresh ``user-joined-room`` (new token) and the
+queue, in order. The grace deadline (``Limits.resume_grace``) or a full queue ends the
+hold: the member leaves as usual, exactly once. A resume while the old socket is still
+open closes the old one with 4000 (``replaced``), and that close removes nobody.
 
 Delivery order: actions come out in the order the machine decided them, and the
 adapter sends each connection's frames in that order, so frames from one sender to one
@@ -50,6 +59,7 @@ member before any later frame of that room.
 
 from __future__ import annotations
 
+import hmac
 from collections import Counter, deque
 from collections.abc import Callable
 from enum import Enum
@@ -118,7 +128,20 @@ class _Conn:
     refilled_at: float
     room_id: str | None = None
     user_id: str | None = None
+    resume_token: str | None = None
     errors: deque[float] = attrs.field(factory=deque)
+
+
+@attrs.define(slots=True)
+class _Held:
+    """A member whose socket dropped, kept for a resume."""
+
+    room_id: str
+    user_id: str
+    resume_token: str
+    frames: deque[tuple[str, str]] = attrs.field(factory=deque)
+    """``(text, frame type)`` addressed to it meanwhile, in order."""
+    size: int = 0
 
 
 @attrs.define(slots=True)
@@ -133,6 +156,14 @@ class RelayStats:
     """Error replies, by code."""
     closes: Counter[int] = attrs.field(factory=Counter)
     """Connections closed by the machine, by close code."""
+    rooms_limit_refusals: int = 0
+    """Joins refused (``room-full``) because the server had ``max_rooms`` rooms."""
+    resumes: int = 0
+    """Members that took their place back with a resume token."""
+    holds_expired: int = 0
+    """Held members that left because the grace period passed."""
+    holds_overflowed: int = 0
+    """Held members that left early because their queue was full."""
 
 
 class RelayMachine:
@@ -156,6 +187,8 @@ class RelayMachine:
         self._new_token = new_token
         self._authorize = authorize
         self._conns: dict[ConnId, _Conn] = {}
+        self._held: dict[ConnId, _Held] = {}
+        self._overflowed: list[ConnId] = []
         self._timers = Timers()
 
     # ------------------------------------------------------------------ public API
@@ -164,6 +197,11 @@ class RelayMachine:
     def connection_count(self) -> int:
         """Open connections (those the machine has closed but not yet heard end excluded)."""
         return sum(1 for c in self._conns.values() if c.phase is not Phase.CLOSED)
+
+    @property
+    def held_count(self) -> int:
+        """Members held for a resume (their socket dropped; the grace has not passed)."""
+        return len(self._held)
 
     @property
     def room_count(self) -> int:
@@ -186,12 +224,33 @@ class RelayMachine:
         return self._timers.next_deadline()
 
     def handle_timer(self, now: float) -> list[RelayAction]:
-        """Run every deadline that is due at ``now``."""
-        self._timers.pop_due(now)  # nothing schedules a deadline before resume exists
-        return []
+        """Run every deadline that is due at ``now`` (resume graces that passed)."""
+        actions: list[RelayAction] = []
+        for key in self._timers.pop_due(now):
+            assert isinstance(key, int)
+            held = self._held.pop(key, None)
+            if held is not None:
+                self.stats.holds_expired += 1
+                actions += self._release(key, held, "resume grace passed")
+        return self._after(actions)
 
     def handle(self, event: RelayEvent, now: float) -> list[RelayAction]:
         """Feed one event; returns the actions to run, in order."""
+        return self._after(self._handle(event, now))
+
+    def _after(self, actions: list[RelayAction]) -> list[RelayAction]:
+        """Held members whose queue overflowed while deciding ``actions`` leave now (the
+        frames that made them overflow were queued for nobody, so order is kept)."""
+        while self._overflowed:
+            conn = self._overflowed.pop(0)
+            held = self._held.pop(conn, None)
+            if held is not None:
+                self._timers.cancel(conn)
+                self.stats.holds_overflowed += 1
+                actions += self._release(conn, held, "resume queue full")
+        return actions
+
+    def _handle(self, event: RelayEvent, now: float) -> list[RelayAction]:
         if isinstance(event, FrameReceived):
             return self._on_frame(event.conn, event.data, now)
         if isinstance(event, Connected):
@@ -204,9 +263,11 @@ class RelayMachine:
         if isinstance(event, Disconnected):
             c = self._conn(event.conn)
             del self._conns[event.conn]
-            if c.phase is Phase.JOINED:
+            if c.phase is not Phase.JOINED:
+                return []
+            if event.clean or self.limits.resume_grace <= 0 or c.resume_token is None:
                 return self._leave(c, event.conn)
-            return []
+            return self._hold(c, event.conn, now)
         raise LocalProtocolError(f"RelayMachine cannot handle {type(event).__name__}")
 
     # ------------------------------------------------------------------ pipeline
@@ -304,6 +365,58 @@ class RelayMachine:
         self.stats.frames_out[frame_type] += 1
         return SendFrame(conn=conn, text=text, frame_type=frame_type)
 
+    def _to_room(self, room_id: str, text: str, frame_type: str) -> list[RelayAction]:
+        """``text`` for every member of ``room_id``: sent, or queued for held members."""
+        held = self._held
+        actions: list[RelayAction] = []
+        for _, conn in self.directory.connections(room_id):
+            if conn in held:
+                self._queue(conn, text, frame_type)
+            else:
+                actions.append(self._send(conn, text, frame_type))
+        return actions
+
+    def _queue(self, conn: ConnId, text: str, frame_type: str) -> None:
+        """Keep a frame for the held member on ``conn``; a full queue ends its grace."""
+        held = self._held[conn]
+        held.frames.append((text, frame_type))
+        held.size += len(text)
+        limits = self.limits
+        full = (
+            len(held.frames) > limits.resume_queue_frames or held.size > limits.resume_queue_bytes
+        )
+        if full and conn not in self._overflowed:
+            self._overflowed.append(conn)
+
+    def _hold(self, c: _Conn, conn: ConnId, now: float) -> list[RelayAction]:
+        """The socket of a member dropped: keep its place for ``resume_grace`` seconds."""
+        assert c.room_id is not None and c.user_id is not None and c.resume_token is not None
+        self._held[conn] = _Held(room_id=c.room_id, user_id=c.user_id, resume_token=c.resume_token)
+        self._timers.schedule(conn, now + self.limits.resume_grace)
+        return [
+            Log(
+                level=LogLevel.INFO,
+                message='User "%s" dropped from room "%s"; held %gs for a resume',
+                args=(c.user_id, c.room_id, self.limits.resume_grace),
+            )
+        ]
+
+    def _release(self, conn: ConnId, held: _Held, why: str) -> list[RelayAction]:
+        """A held member leaves for good (``held`` is already out of ``_held``)."""
+        room_id, user_id = held.room_id, held.user_id
+        self.directory.remove(room_id, user_id)
+        actions = self._to_room(
+            room_id, encode(UserLeftRoom(room_id=room_id, user_id=user_id)), UserLeftRoom.TYPE
+        )
+        actions.append(
+            Log(
+                level=LogLevel.INFO,
+                message='User "%s" left room "%s" (%s)',
+                args=(user_id, room_id, why),
+            )
+        )
+        return actions
+
     def _close(self, c: _Conn, conn: ConnId, code: int, reason: str) -> list[RelayAction]:
         actions: list[RelayAction] = []
         if c.phase is Phase.JOINED:
@@ -326,14 +439,11 @@ class RelayMachine:
         room_id, user_id = c.room_id, c.user_id
         assert room_id is not None and user_id is not None
         self.directory.remove(room_id, user_id)
-        c.room_id = c.user_id = None
+        c.room_id = c.user_id = c.resume_token = None
         if c.phase is Phase.JOINED:
             c.phase = Phase.LOBBY
         text = encode(UserLeftRoom(room_id=room_id, user_id=user_id))
-        actions: list[RelayAction] = [
-            self._send(other, text, UserLeftRoom.TYPE)
-            for _, other in self.directory.connections(room_id)
-        ]
+        actions = self._to_room(room_id, text, UserLeftRoom.TYPE)
         actions.append(
             Log(level=LogLevel.INFO, message='User "%s" left room "%s"', args=(user_id, room_id))
         )
@@ -351,6 +461,8 @@ class RelayMachine:
             return self._reply_error(c, conn, error, now)
         holder = self.directory.lookup(room_id, user_id)
         if holder is not None and holder != conn:
+            if msg.resume_token is not None and self._resumable(holder, msg.resume_token):
+                return self._resume(c, conn, holder, room_id, user_id)
             error = WireError(
                 ErrorCode.USER_ID_TAKEN,
                 f"user id {user_id!r} is taken in room {room_id!r}",
@@ -365,31 +477,93 @@ class RelayMachine:
                 Channel.ROOMS,
             )
             return self._reply_error(c, conn, error, now)
+        if size == 0 and c.room_id != room_id and self._rooms_exhausted(c):
+            self.stats.rooms_limit_refusals += 1
+            error = WireError(
+                ErrorCode.ROOM_FULL,
+                f"the server's room limit ({self.limits.max_rooms} rooms) is reached",
+                Channel.ROOMS,
+            )
+            return self._reply_error(c, conn, error, now)
 
         actions: list[RelayAction] = []
         if c.phase is Phase.JOINED:
             actions += self._leave(c, conn)  # one room per connection
         existing = self.directory.members(room_id)
-        others = self.directory.connections(room_id)
-        self.directory.add(room_id, user_id, conn)
-        c.phase, c.room_id, c.user_id = Phase.JOINED, room_id, user_id
         joined = UserJoinedRoom(
             room_id=room_id, user_id=user_id, existing_participants=tuple(existing)
         )
-        actions.append(
-            self._send(
-                conn,
-                encode(attrs.evolve(joined, resume_token=self._new_token())),
-                UserJoinedRoom.TYPE,
-            )
-        )
-        text = encode(joined)
-        actions += [self._send(other, text, UserJoinedRoom.TYPE) for _, other in others]
+        to_others = self._to_room(room_id, encode(joined), UserJoinedRoom.TYPE)
+        self.directory.add(room_id, user_id, conn)
+        c.phase, c.room_id, c.user_id = Phase.JOINED, room_id, user_id
+        c.resume_token = self._new_token()
+        own = encode(attrs.evolve(joined, resume_token=c.resume_token))
+        actions.append(self._send(conn, own, UserJoinedRoom.TYPE))
+        actions += to_others
         actions.append(
             Log(
                 level=LogLevel.INFO,
                 message='User "%s" joined room "%s" (%d members)',
                 args=(user_id, room_id, len(existing) + 1),
+            )
+        )
+        return actions
+
+    def _rooms_exhausted(self, c: _Conn) -> bool:
+        """Whether opening one more room would pass ``max_rooms`` (the joiner's own room
+        closes when it is that room's last member, which frees a place)."""
+        rooms = self.directory.room_count()
+        if c.room_id is not None and self.directory.size(c.room_id) == 1:
+            rooms -= 1
+        return rooms >= self.limits.max_rooms
+
+    def _resumable(self, holder: ConnId, token: str) -> bool:
+        """Whether ``token`` is the current resume token of the member on ``holder``."""
+        held = self._held.get(holder)
+        if held is not None:
+            expected: str | None = held.resume_token
+        else:
+            live = self._conns.get(holder)
+            expected = None if live is None else live.resume_token
+        return expected is not None and hmac.compare_digest(expected, token)
+
+    def _resume(
+        self, c: _Conn, conn: ConnId, holder: ConnId, room_id: str, user_id: str
+    ) -> list[RelayAction]:
+        """``conn`` takes back the place of ``user_id`` held (or still open) on ``holder``:
+        a fresh ``user-joined-room`` for it alone, then every frame it missed."""
+        actions: list[RelayAction] = []
+        if c.phase is Phase.JOINED:
+            actions += self._leave(c, conn)  # the new connection was in a room already
+        held = self._held.pop(holder, None)
+        backlog: deque[tuple[str, str]] = deque()
+        if held is not None:
+            self._timers.cancel(holder)
+            backlog = held.frames
+        else:  # the old socket is still open: it is replaced, and removes nobody
+            old = self._conns[holder]
+            old.phase = Phase.CLOSED
+            old.room_id = old.user_id = old.resume_token = None
+            self.stats.closes[CloseCode.REPLACED] += 1
+            actions.append(CloseConnection(conn=holder, code=CloseCode.REPLACED, reason="replaced"))
+        self.directory.add(room_id, user_id, conn)  # the same place, a new connection
+        c.phase, c.room_id, c.user_id = Phase.JOINED, room_id, user_id
+        c.resume_token = self._new_token()
+        existing = [m for m in self.directory.members(room_id) if m != user_id]
+        joined = UserJoinedRoom(
+            room_id=room_id,
+            user_id=user_id,
+            existing_participants=tuple(existing),
+            resume_token=c.resume_token,
+        )
+        actions.append(self._send(conn, encode(joined), UserJoinedRoom.TYPE))
+        actions += [self._send(conn, text, frame_type) for text, frame_type in backlog]
+        self.stats.resumes += 1
+        actions.append(
+            Log(
+                level=LogLevel.INFO,
+                message='User "%s" resumed in room "%s" (%d missed frames)',
+                args=(user_id, room_id, len(backlog)),
             )
         )
         return actions
@@ -420,6 +594,9 @@ class RelayMachine:
             )
         obj["fromUserId"] = user_id
         obj["roomId"] = room_id
+        if target in self._held:
+            self._queue(target, dumps(obj), type_)
+            return [_RELAYING[type_], _RELAYED_TO_ONE]
         self.stats.frames_out[type_] += 1
         return [
             _RELAYING[type_],
@@ -435,15 +612,12 @@ class RelayMachine:
         assert room_id is not None and user_id is not None
         text = encode(ChatMessage(text=msg.text, room_id=room_id, from_user_id=user_id, ts=now))
         actions: list[RelayAction] = [_RELAYING[ChatMessage.TYPE]]
-        actions += [
-            self._send(other, text, ChatMessage.TYPE)
-            for _, other in self.directory.connections(room_id)
-        ]
+        actions += self._to_room(room_id, text, ChatMessage.TYPE)
         actions.append(
             Log(
                 level=LogLevel.INFO,
                 message="Message relayed to %d clients",
-                args=(len(actions) - 1,),
+                args=(self.directory.size(room_id),),
             )
         )
         return actions

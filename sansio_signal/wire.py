@@ -105,16 +105,26 @@ class Limits:
 
     ``rate_limit`` is frames per second sustained per connection; ``0`` turns rate
     limiting off. ``abuse_errors`` error replies within ``abuse_window`` seconds close the
-    connection with 1008.
+    connection with 1008. ``max_rooms`` caps the rooms of the whole server: a join that
+    would open one more is refused with ``room-full``. ``resume_grace`` and the
+    ``resume_queue_*`` bounds govern resume (PROTOCOL.md, "Resume").
     """
 
     max_frame_bytes: int = attrs.field(default=65_536, validator=_positive)
     max_room_size: int = attrs.field(default=32, validator=_positive)
+    max_rooms: int = attrs.field(default=10_000, validator=_positive)
     max_text_chars: int = attrs.field(default=4_096, validator=_positive)
     rate_limit: float = attrs.field(default=50.0, validator=_non_negative)
     rate_burst: int = attrs.field(default=200, validator=_positive)
     abuse_errors: int = attrs.field(default=20, validator=_positive)
     abuse_window: float = attrs.field(default=10.0, validator=_positive)
+    resume_grace: float = attrs.field(default=10.0, validator=_non_negative)
+    """Seconds a member whose socket dropped (no clean close) is held for a resume;
+    ``0`` turns resume off (every disconnect leaves at once)."""
+    resume_queue_frames: int = attrs.field(default=512, validator=_positive)
+    resume_queue_bytes: int = attrs.field(default=1_048_576, validator=_positive)
+    """Frames addressed to a held member are queued up to these bounds; one more ends
+    the grace at once (the member leaves)."""
     id_pattern: str = DEFAULT_ID_PATTERN
     _id_re: re.Pattern[str] = attrs.field(init=False, repr=False, eq=False)
 

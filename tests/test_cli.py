@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from sansio_signal.adapters.cli import parse_ice_server
 
 TIMEOUT = 10.0
 EXE = [sys.executable, "-m", "sansio_signal"]
@@ -88,11 +91,13 @@ def test_serve_relays_traces_and_shuts_down_gracefully(
             assert (relayed["fromUserId"], relayed["roomId"]) == ("a", "demo")
 
             proc.send_signal(signum)
+            # SIGTERM is a restart (1012: clients come back and resume); SIGINT going away.
+            expected = 1012 if signum == signal.SIGTERM else 1001
             for ws in (a, b):
                 with pytest.raises(ConnectionClosed):
                     await asyncio.wait_for(ws.recv(), TIMEOUT)
                 assert ws.protocol.close_rcvd is not None
-                assert ws.protocol.close_rcvd.code == 1001
+                assert ws.protocol.close_rcvd.code == expected
             assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
         finally:
             if proc.returncode is None:
@@ -142,7 +147,21 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
 def test_bad_flags_are_refused(tmp_path: Path) -> None:
     import subprocess
 
-    for bad in (["--rate-limit", "-1"], ["--max-frame-bytes", "0"], ["--port", "70000"]):
+    for bad in (
+        ["--rate-limit", "-1"],
+        ["--max-frame-bytes", "0"],
+        ["--port", "70000"],
+        ["--max-rooms", "0"],
+        ["--max-connections-per-ip", "-1"],
+        ["--handshake-timeout", "0"],
+        ["--idle-timeout", "-1"],
+        ["--allowed-origin", "app.example.org"],
+        ["--allowed-origin", "https://app.example.org/path"],
+        ["--ice-server", "stun.example.org"],
+        ["--ice-server", "turn:turn.example.org"],
+        ["--ice-server", "turn:turn.example.org,username=u"],
+        ["--ice-server", "stun:s.example.org,password=p"],
+    ):
         result = subprocess.run(
             [*EXE, "serve", *bad], cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT
         )
@@ -169,5 +188,98 @@ def test_console_script_and_help(tmp_path: Path) -> None:
         "--trace",
         "--host",
         "--port",
+        "--max-rooms",
+        "--max-connections-per-ip",
+        "--allowed-origin",
+        "--handshake-timeout",
+        "--idle-timeout",
+        "--ping-interval",
+        "--ping-timeout",
+        "--ice-server",
     ):
         assert flag in result.stdout
+
+
+def test_ice_server_syntax() -> None:
+    assert parse_ice_server("stun:stun.example.org:3478") == {"urls": "stun:stun.example.org:3478"}
+    assert parse_ice_server(
+        "turns:turn.example.org:5349?transport=tcp,username=1700000000:alice,credential=a+b/c=="
+    ) == {
+        "urls": "turns:turn.example.org:5349?transport=tcp",
+        "username": "1700000000:alice",
+        "credential": "a+b/c==",
+    }
+    # Options in either order.
+    assert parse_ice_server("turn:t.example.org,credential=p,username=u") == {
+        "urls": "turn:t.example.org",
+        "username": "u",
+        "credential": "p",
+    }
+    for bad in ("", "http://x", "stun:", "turn:t,username=u,username=v,credential=p"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_ice_server(bad)
+
+
+def test_serve_flags_reach_the_server(tmp_path: Path) -> None:
+    """One real process with the transport flags: /config.json, 403, 429, the rooms limit."""
+
+    async def main() -> None:
+        proc, url = await start_serve(
+            "--ice-server",
+            "stun:stun.example.org",
+            "--ice-server",
+            "turn:turn.example.org:3478?transport=udp,username=u,credential=p",
+            "--allowed-origin",
+            "https://app.example.org",
+            "--max-connections-per-ip",
+            "2",
+            "--max-rooms",
+            "1",
+            cwd=tmp_path,
+        )
+        try:
+            port = int(url.rsplit(":", 1)[1].strip("/"))
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /config.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            response = await asyncio.wait_for(reader.read(), TIMEOUT)
+            writer.close()
+            assert json.loads(response.partition(b"\r\n\r\n")[2]) == {
+                "iceServers": [
+                    {"urls": "stun:stun.example.org"},
+                    {
+                        "urls": "turn:turn.example.org:3478?transport=udp",
+                        "username": "u",
+                        "credential": "p",
+                    },
+                ]
+            }
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(url, origin="https://evil.example")  # type: ignore[arg-type]
+            assert refused.value.response.status_code == 403
+            a = await connect(url, origin="https://app.example.org")  # type: ignore[arg-type]
+            b = await connect(url)
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(url)
+            assert refused.value.response.status_code == 429
+            await a.send(join_text("one", "a"))
+            assert json.loads(await asyncio.wait_for(a.recv(), TIMEOUT))["roomId"] == "one"
+            await b.send(join_text("two", "b"))
+            error = json.loads(await asyncio.wait_for(b.recv(), TIMEOUT))
+            assert error["code"] == "room-full"
+            proc.send_signal(signal.SIGINT)
+            for ws in (a, b):
+                with pytest.raises(ConnectionClosed):
+                    await asyncio.wait_for(ws.recv(), TIMEOUT)
+            assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+    asyncio.run(main())
+
+
+def join_text(room: str, user: str) -> str:
+    return json.dumps(
+        {"channel": "webrtc-dashboard-rooms", "type": "join-room", "roomId": room, "userId": user}
+    )

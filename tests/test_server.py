@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import io
 import json
 import random
 import socket
@@ -15,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -465,3 +468,133 @@ def test_stop_closes_clients_with_1001() -> None:
         assert await closed_code(a) == 1001
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(("code", "clean"), [(1012, False), (1001, True)])
+def test_stop_code_and_how_the_machine_sees_it(code: int, clean: bool) -> None:
+    """1012 (restart) is not a clean close: the machine sees a dropped socket (resume);
+    1001 (going away) is clean: the member leaves at once."""
+    trace = io.StringIO()
+
+    async def main() -> None:
+        server = RelayServer(port=0, trace=trace)
+        await server.start()
+        (a,) = await joined(server, "demo", "a")
+        await server.stop(code, "bye")
+        assert await closed_code(a) == code
+        assert a.protocol.close_rcvd is not None
+        assert a.protocol.close_rcvd.reason == "bye"
+
+    asyncio.run(main())
+    records = [json.loads(line) for line in trace.getvalue().splitlines()]
+    assert [r["clean"] for r in records if r["kind"] == "Disconnected"] == [clean]
+
+
+def test_stop_does_not_wait_for_a_socket_that_never_sent_its_request() -> None:
+    async def main() -> None:
+        server = RelayServer(port=0, open_timeout=60)
+        await server.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        (a,) = await joined(server, "demo", "a")  # the silent socket is in by now
+        await asyncio.wait_for(server.stop(), TIMEOUT)
+        assert await closed_code(a) == 1001
+        with contextlib.suppress(ConnectionResetError):
+            assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
+        writer.close()
+
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- static files
+
+
+async def raw_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    """A GET sent byte for byte (no client-side path normalisation)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    lines = head.decode().split("\r\n")
+    headers = {
+        name.lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in lines[1:] if line)
+    }
+    body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), TIMEOUT)
+    writer.close()
+    return int(lines[0].split()[1]), headers, body
+
+
+STATIC = {
+    "index.html": ("<!doctype html><html>page</html>", "text/html; charset=utf-8"),
+    "sansio-signal.js": ("export const x = 1;", "text/javascript; charset=utf-8"),
+    "demo.css": ("body {}", "text/css; charset=utf-8"),
+    "logo.png": ("\x89PNG", "image/png"),
+    "icon.svg": ("<svg/>", "image/svg+xml"),
+    "data.json": ('{"a": 1}', "application/json"),
+}
+
+
+def test_static_files_with_their_types_and_nothing_else(tmp_path: Path) -> None:
+    static = tmp_path / "static"
+    static.mkdir()
+    for name, (text, _) in STATIC.items():
+        (static / name).write_text(text, encoding="utf-8")
+    (static / "notes.txt").write_text("not served")
+    (static / ".hidden.js").write_text("not served")
+    (static / "sub").mkdir()
+    (static / "sub" / "inner.js").write_text("not served")
+    (tmp_path / "secret.js").write_text("outside")
+
+    async def scenario(server: RelayServer) -> None:
+        for name, (text, content_type) in STATIC.items():
+            status, headers, body = await raw_get(server.port, f"/{name}")
+            assert (status, headers["content-type"], body) == (200, content_type, text.encode())
+            assert headers["x-content-type-options"] == "nosniff"
+        status, headers, body = await raw_get(server.port, "/")
+        assert (status, body) == (200, STATIC["index.html"][0].encode())
+        status, _, _ = await raw_get(server.port, "/demo.css?v=2")
+        assert status == 200
+        for path in (
+            "/notes.txt",
+            "/.hidden.js",
+            "/sub/inner.js",
+            "/sub",
+            "/../secret.js",
+            "/%2e%2e/secret.js",
+            "/..%2fsecret.js",
+            "//secret.js",
+            "/static/index.html",
+            "/missing.js",
+            "/index.html/",
+        ):
+            status, headers, _ = await raw_get(server.port, path)
+            assert (status, headers["content-type"]) == (404, "text/plain; charset=utf-8"), path
+
+    run(scenario, static_dir=static)
+
+
+def test_the_packaged_page_and_default_config() -> None:
+    async def scenario(server: RelayServer) -> None:
+        status, headers, body = await raw_get(server.port, "/")
+        assert (status, headers["content-type"]) == (200, "text/html; charset=utf-8")
+        assert b"<html" in body
+        status, headers, body = await raw_get(server.port, "/config.json")
+        assert (status, headers["content-type"]) == (200, "application/json")
+        assert json.loads(body) == {"iceServers": []}
+
+    run(scenario)
+
+
+def test_config_json_lists_the_ice_servers() -> None:
+    servers = [
+        {"urls": "stun:stun.example.org:3478"},
+        {"urls": "turn:turn.example.org:3478?transport=udp", "username": "u", "credential": "p"},
+    ]
+
+    async def scenario(server: RelayServer) -> None:
+        status, _, body = await raw_get(server.port, "/config.json")
+        assert status == 200
+        assert json.loads(body) == {"iceServers": servers}
+
+    run(scenario, ice_servers=servers)
+    with pytest.raises(ValueError, match="ICE server"):
+        RelayServer(ice_servers=[{"url": "stun:x"}])

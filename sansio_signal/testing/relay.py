@@ -55,7 +55,14 @@ class RelayHarness:
 
     def feed(self, event: RelayEvent) -> list[RelayAction]:
         """Feed one event and execute the resulting actions."""
-        actions = self.machine.handle(event, self.now)
+        return self._execute(self.machine.handle(event, self.now))
+
+    def fire_timers(self) -> list[RelayAction]:
+        """Run the machine's deadlines due at the current virtual time (resume graces),
+        as the adapter's timer would."""
+        return self._execute(self.machine.handle_timer(self.now))
+
+    def _execute(self, actions: list[RelayAction]) -> list[RelayAction]:
         self.actions += actions
         for action in actions:
             if isinstance(action, SendFrame):
@@ -86,17 +93,19 @@ class RelayHarness:
         """The client at ``conn`` went away."""
         return self.feed(Disconnected(conn=conn, clean=clean))
 
-    def join(self, conn: ConnId, room_id: str, user_id: str) -> list[RelayAction]:
-        """Send a ``join-room``."""
-        return self.send(
-            conn,
-            {
-                "channel": "webrtc-dashboard-rooms",
-                "type": "join-room",
-                "roomId": room_id,
-                "userId": user_id,
-            },
-        )
+    def join(
+        self, conn: ConnId, room_id: str, user_id: str, *, resume_token: str | None = None
+    ) -> list[RelayAction]:
+        """Send a ``join-room`` (with ``resumeToken`` when given)."""
+        frame = {
+            "channel": "webrtc-dashboard-rooms",
+            "type": "join-room",
+            "roomId": room_id,
+            "userId": user_id,
+        }
+        if resume_token is not None:
+            frame["resumeToken"] = resume_token
+        return self.send(conn, frame)
 
     def take(self, conn: ConnId) -> list[dict[str, Any]]:
         """Return and clear what ``conn`` has received."""
