@@ -109,6 +109,17 @@ MAX_BUFFERED_CANDIDATES = 512
 """Remote candidates held for one peer before the oldest are dropped."""
 
 
+@attrs.frozen
+class RemoteOffer:
+    """An offer from the peer and its duplicate-detection ``key``: ``#SEQ`` when the
+    sender numbers its offers (``seq``), else the SDP itself. (aiortc makes byte-equal
+    offers when renegotiating without a change, so the SDP alone cannot tell a
+    duplicated frame from a new offer.)"""
+
+    description: SessionDescription
+    key: str
+
+
 def initiator_of(a: str, b: str) -> str:
     """The user id that makes the offer for the pair ``(a, b)``: the lower one."""
     return a if a < b else b
@@ -275,6 +286,8 @@ class PeerNegotiation:
         self.deadline_kind: str | None = None
         self.pending_renegotiation = False
         self.remote_buffer: list[IceCandidate | None] = []
+        self.offers_sent = 0
+        """Offers sent in this session; each carries its number as ``seq``."""
         self._reset_connection_state()
 
     def _reset_connection_state(self) -> None:
@@ -285,7 +298,7 @@ class PeerNegotiation:
         self.local_buffer: list[IceCandidate | None] = []
         self.abandoned_offers = 0
         self.last_remote_offer: str | None = None
-        self.queued_offer: SessionDescription | None = None
+        self.queued_offer: RemoteOffer | None = None
         self.notified_connected = False
 
     # ------------------------------------------------------------------ inputs
@@ -350,7 +363,11 @@ class PeerNegotiation:
         if isinstance(message, Offer):
             if epoch > self.epoch:
                 actions += self._follow(epoch, f"epoch {epoch}")
-            return actions + self._dispatch(Input.REMOTE_OFFER, now, message.description)
+            seq = message.fields.get("seq")
+            numbered = isinstance(seq, int) and not isinstance(seq, bool)
+            key = f"#{seq}" if numbered else message.description.sdp
+            offer = RemoteOffer(message.description, key)
+            return actions + self._dispatch(Input.REMOTE_OFFER, now, offer)
         if isinstance(message, Answer):
             return self._dispatch(Input.REMOTE_ANSWER, now, message.description)
         if isinstance(message, Ice):
@@ -585,10 +602,13 @@ class PeerNegotiation:
 
     def _on_local_offer(self, now: float, description: SessionDescription) -> Actions:
         self.state = NegState.HAVE_LOCAL_OFFER
+        self.offers_sent += 1
         offer = Offer(
             to_user_id=self.peer_id,
             fields=self._signal_fields(
-                offer=description.to_json(), caps=self.capabilities.to_wire()
+                offer=description.to_json(),
+                caps=self.capabilities.to_wire(),
+                seq=self.offers_sent,
             ),
         )
         return [self._send(offer), *self._flush_local()]
@@ -624,8 +644,9 @@ class PeerNegotiation:
     def _on_answer_applied(self, now: float, _: None) -> Actions:
         return self._flush_remote() + self._after_stable(now)
 
-    def _on_remote_offer(self, now: float, description: SessionDescription) -> Actions:
-        if description.sdp == self.last_remote_offer:
+    def _on_remote_offer(self, now: float, offer: RemoteOffer) -> Actions:
+        description = offer.description
+        if offer.key == self.last_remote_offer:
             return [self._log(LogLevel.DEBUG, "dropped a duplicate offer")]
         actions: Actions = []
         if self.state is NegState.FAILED:
@@ -633,7 +654,7 @@ class PeerNegotiation:
         if self.pc is None:
             actions += self._open_pc()
         assert self.pc is not None
-        self.last_remote_offer = description.sdp
+        self.last_remote_offer = offer.key
         self.state = NegState.APPLYING_OFFER
         self._set_deadline(now + self.config.negotiation_timeout, "negotiation")
         actions.append(
@@ -644,7 +665,7 @@ class PeerNegotiation:
         )
         return actions
 
-    def _on_glare(self, now: float, description: SessionDescription) -> Actions:
+    def _on_glare(self, now: float, offer: RemoteOffer) -> Actions:
         """Offers crossed: the initiator ignores theirs, the polite side yields."""
         if self.is_initiator:
             return [self._log(LogLevel.INFO, "glare: ignoring the polite side's offer")]
@@ -658,21 +679,21 @@ class PeerNegotiation:
         return [
             rollback,
             self._log(LogLevel.INFO, "glare: rolling back our offer"),
-            *self._on_remote_offer(now, description),
+            *self._on_remote_offer(now, offer),
         ]
 
-    def _on_offer_while_busy(self, now: float, description: SessionDescription) -> Actions:
+    def _on_offer_while_busy(self, now: float, offer: RemoteOffer) -> Actions:
         """An offer while we apply an answer (the peer answered, then offered at once):
         it is applied as soon as we are stable. During our own answer it is an error."""
-        queued = None if self.queued_offer is None else self.queued_offer.sdp
-        if description.sdp in (self.last_remote_offer, queued):
+        queued = None if self.queued_offer is None else self.queued_offer.key
+        if offer.key in (self.last_remote_offer, queued):
             return [self._log(LogLevel.DEBUG, "dropped a duplicate offer")]
         if self.state is not NegState.APPLYING_ANSWER or self.queued_offer is not None:
             raise RemoteProtocolError(
                 f"peer {self.peer_id!r}: input remote-offer is not allowed in state "
                 f"{self.state.value}"
             )
-        self.queued_offer = description
+        self.queued_offer = offer
         return []
 
     def _on_offer_applied(self, now: float, _: None) -> Actions:

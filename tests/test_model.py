@@ -264,7 +264,7 @@ def test_anything_after_close(call: str, setup: str) -> None:
 def test_trickle_offer_answer_cycle() -> None:
     a, b = pc("a", trickle=True), pc("b", trickle=True)
     offer = a.create_offer()
-    assert offer == SessionDescription(type="offer", sdp="model ufrag=a.g0")
+    assert offer == SessionDescription(type="offer", sdp="model v=1 ufrag=a.g0")
     assert a.signaling_state == "stable"  # createOffer alone changes nothing
     a.set_local_description(offer)
     assert a.signaling_state == "have-local-offer"
@@ -279,7 +279,7 @@ def test_trickle_offer_answer_cycle() -> None:
     b.set_remote_description(offer)
     assert b.signaling_state == "have-remote-offer"
     answer = b.create_answer()
-    assert answer == SessionDescription(type="answer", sdp="model ufrag=b.g0")
+    assert answer == SessionDescription(type="answer", sdp="model v=1 ufrag=b.g0")
     b.set_local_description(answer)
     assert b.signaling_state == "stable"
     b_cands = b.take_gathered()
@@ -298,12 +298,14 @@ def test_trickle_offer_answer_cycle() -> None:
     assert b.credentials() == ("b.g0", "a.g0")
     assert a.remote_candidates == {"b.g0#0", "b.g0#1"}
     assert a.remote_ended and b.remote_ended
+    # like a real SDP's session version: the next description differs
+    assert a.create_offer().sdp == "model v=2 ufrag=a.g0"
 
 
 def test_non_trickle_offer_answer_cycle() -> None:
     a, b = pc("a", trickle=False), pc("b", trickle=False)
     offer = a.create_offer()
-    assert offer.sdp == "model ufrag=a.g0 cands=a.g0#0,a.g0#1 eoc"
+    assert offer.sdp == "model v=1 ufrag=a.g0 cands=a.g0#0,a.g0#1 eoc"
     a.set_local_description(offer)
     assert a.take_gathered() == []  # every candidate is in the description
     b.set_remote_description(offer)

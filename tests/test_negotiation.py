@@ -17,6 +17,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import pytest
 
 from sansio_signal.actions import (
@@ -426,6 +427,7 @@ def test_local_offer_is_sent_with_epoch_and_caps(caps: Capabilities) -> None:
             "toUserId": BOB,
             "offer": {"type": "offer", "sdp": "local-offer"},
             "caps": caps.to_wire(),
+            "seq": 1,
             "epoch": 0,
         }
     ]
@@ -883,6 +885,21 @@ def test_duplicate_offers_are_dropped() -> None:
     out = neg.on_signal(offer(neg, "offer-1"), 2.1)  # STABLE
     assert ops(out) == [] and "duplicate" in logs(out)
     assert neg.state is S.STABLE
+
+
+def test_numbered_offers_are_told_apart_by_number_not_sdp() -> None:
+    # aiortc renegotiating without a change makes a byte-equal offer: still a new one.
+    neg = polite()
+    neg.start(0.0)
+    first = attrs.evolve(offer(neg, "same-sdp"), fields={**offer(neg, "same-sdp").fields, "seq": 1})
+    again = attrs.evolve(first, fields={**first.fields, "seq": 2})
+    neg.on_signal(first, 1.0)
+    neg.on_remote_applied(1.1)
+    neg.on_local_description(LOCAL_ANSWER, 1.2)
+    assert ops(neg.on_signal(first, 1.3)) == []  # the same frame twice: a duplicate
+    out = neg.on_signal(again, 1.4)
+    assert [type(op).__name__ for op in ops(out)] == ["SetRemoteDescription"]
+    assert neg.state is S.APPLYING_OFFER
 
 
 def test_a_second_offer_while_answering_is_a_remote_error() -> None:

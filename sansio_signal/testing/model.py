@@ -11,7 +11,7 @@ silent bug there:
 - ``rollback`` without rollback support raises (aiortc ignores it and corrupts its
   state).
 
-Descriptions are small strings the model can read back: ``model ufrag=U cands=A,B eoc``.
+Descriptions are small strings the model can read back: ``model v=N ufrag=U cands=A,B eoc``.
 An implementation without trickle puts every candidate (and ``eoc``) in the
 description; one with trickle leaves them out and hands them over through
 :meth:`ModelPeerConnection.take_gathered` after ``set_local_description``.
@@ -70,6 +70,7 @@ class ModelPeerConnection:
         self._gathered_for: str | None = None
         self.connection_state = "new"
         self.ops = 0
+        self.version = 0
 
     # ------------------------------------------------------------------ helpers
 
@@ -78,7 +79,10 @@ class ModelPeerConnection:
             raise InvalidStateError(f"{what}: the connection is closed")
 
     def _describe(self, kind: str) -> SessionDescription:
-        body = f"model ufrag={self.local_ufrag}"
+        # Like the session version of a real SDP's o= line: every new description of
+        # this connection differs from the one before, even when nothing else changed.
+        self.version += 1
+        body = f"model v={self.version} ufrag={self.local_ufrag}"
         if not self.trickle:
             cands = ",".join(f"{self.local_ufrag}#{i}" for i in range(self.candidates))
             body += f" cands={cands} eoc"
