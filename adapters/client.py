@@ -134,6 +134,7 @@ class Client:
         trace: TextIO | None = None,
         reconnect: bool = True,
         token: str | None = None,
+        resume_window: float = 8.0,
     ) -> None:
         self.url = url
         self.token = token
@@ -153,6 +154,7 @@ class Client:
             jitter=random.random,
             config=config,
             trace=self._write_trace if trace is not None else None,
+            resume_window=resume_window if reconnect else 0.0,
         )
         self._ws: ClientConnection | None = None
         self._outbox: asyncio.Queue[str] = asyncio.Queue()
@@ -392,6 +394,7 @@ class Client:
     async def _run(self) -> None:
         delay = 0.25
         while not self._closing:
+            close_code: int | None = None
             try:
                 # No permessage-deflate: signaling frames are small, and compressing
                 # them costs both ends CPU for nothing on the latency path.
@@ -407,10 +410,17 @@ class Client:
                                 self._feed(ServerFrameReceived(text=data))
                     finally:
                         writer.cancel()
+                        received = ws.protocol.close_rcvd
+                        close_code = None if received is None else received.code
             except (OSError, ConnectionClosed, InvalidHandshake, InvalidURI, TimeoutError) as exc:
                 logger.info("connection to %s lost: %r", self.url, exc)
+            # Frames not yet written belong to the lost connection: the new one starts
+            # with its join (a resume sends what the machine held back after it).
+            while not self._outbox.empty():
+                self._outbox.get_nowait()
+                self._outbox.task_done()
             if self.machine.state is not ClientState.OFFLINE:
-                self._feed(ServerDisconnected())
+                self._feed(ServerDisconnected(close_code=close_code))
             self._ws = None
             if not self.reconnect or self._closing:
                 return

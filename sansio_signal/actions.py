@@ -161,6 +161,17 @@ class RoomJoined:
 
 
 @attrs.frozen(kw_only=True)
+class RoomResumed:
+    """The server connection came back and we took our place in ``room_id`` back
+    (resume): established peer connections were kept; ``participants`` are the members
+    now (peers that left meanwhile are reported with ``PeerLeft``, newcomers with
+    ``PeerJoined``)."""
+
+    room_id: str
+    participants: tuple[str, ...]
+
+
+@attrs.frozen(kw_only=True)
 class RoomLeft:
     """We are no longer in ``room_id`` (we left, joined another room, or lost the
     server connection)."""
@@ -255,6 +266,7 @@ ClientAction: TypeAlias = (
     | AddIceCandidate
     | ClosePeer
     | RoomJoined
+    | RoomResumed
     | RoomLeft
     | PeerJoined
     | PeerConnecting

@@ -17,9 +17,20 @@ A join asked for while in a room keeps the current room (and its peers) until th
 server confirms the new one with our own ``user-joined-room``; if the server refuses
 it, we are still where we were, as the server says. The room it wants (``room_id`` of
 the last :class:`~.events.JoinRequested`) survives a lost connection: when the server is
-back, the machine joins again. Until resume exists the server drops a member whose
-socket closes, so a lost connection ends every peer connection; the rejoin negotiates
-fresh ones.
+back, the machine joins again.
+
+**Resume.** A lost server connection does not end the peer connections at once: the
+server holds our place for its grace period (``serve --resume-grace``, 10 s by
+default). For ``resume_window`` seconds after the loss the machine keeps the room and
+every negotiation, holds back the frames they want to send, and, once connected
+again, sends ``join-room`` with the ``resumeToken`` of our last ``user-joined-room``.
+The server answers with a fresh ``user-joined-room`` and replays what we missed; the
+machine reconciles the room (peers gone meanwhile leave, newcomers are added — the
+replayed membership frames that describe the same changes are recognised and skipped),
+sends what it held back, and reports :class:`~.actions.RoomResumed`. Past the window,
+the room is given up as before and the next connection joins afresh. Keep
+``resume_window`` below the server's grace: a resume the server no longer expects
+is answered as a fresh join, which the others treat as a new member.
 
 Inside the room, :class:`~.room.RoomView` replays the membership frames, and each other
 member gets a :class:`~.negotiation.PeerNegotiation`, created when the member appears
@@ -58,6 +69,7 @@ from .actions import (
     ProtocolViolation,
     RoomJoined,
     RoomLeft,
+    RoomResumed,
     SendToServer,
     ServerErrorReceived,
 )
@@ -118,12 +130,22 @@ class ClientState(Enum):
     JOINED = "joined"
 
 
+_RESUME_KEY = " resume"
+"""The timer key of the resume window (peer ids cannot contain a space)."""
+_RESUMABLE_CLOSES = frozenset({None, 1001, 1006, 1012})
+"""Ends of the server connection after which our place may still be ours: a drop (no
+close frame; 1006 is how libraries report it), a server going away or restarting."""
+_ABSENT_KEY = " absent"
+"""The timer key of the wait for absent peers after a rejoin."""
+
+
 class ClientMachine:
     """All of one client's signaling decisions. See the module docstring.
 
     ``jitter`` returns floats in [0, 1) for retry back-off: pass ``random.random`` in an
     adapter, a seeded source in tests. ``trace``, when given, receives one record per
-    event in and action out.
+    event in and action out. ``resume_window`` is how long after losing the server the
+    room and peers are kept for a resume (``0``: never; see the module docstring).
     """
 
     def __init__(
@@ -135,6 +157,7 @@ class ClientMachine:
         config: NegotiationConfig | None = None,
         limits: Limits = DEFAULT_LIMITS,
         trace: TraceSink | None = None,
+        resume_window: float = 8.0,
     ) -> None:
         if not limits.valid_id(user_id):
             raise LocalProtocolError(f"user id {user_id!r} does not match {limits.id_pattern}")
@@ -157,6 +180,15 @@ class ClientMachine:
         self._jitter = jitter
         self._timers = Timers()
         self._trace = trace
+        self.resume_window = resume_window
+        self._resume_token: str | None = None
+        """The token of our last ``user-joined-room`` (for the room in ``self.room``)."""
+        self.resuming = False
+        """The server connection was lost while in a room; we hope to take it back."""
+        self._held_out: list[SendToServer] = []
+        self._reconciled_added: set[str] = set()
+        self.absent: set[str] = set()
+        """Peers kept after a rejoin although the server's list lacks them (yet)."""
 
     # ------------------------------------------------------------------ public API
 
@@ -168,11 +200,21 @@ class ClientMachine:
         """Run every peer deadline that is due."""
         actions: list[ClientAction] = []
         for key in self._timers.pop_due(now):
+            if key == _RESUME_KEY:
+                actions += self._give_up_resume(now)
+                continue
+            if key == _ABSENT_KEY:
+                for peer_id in sorted(self.absent):
+                    actions += self._remove_peer(self.peers[peer_id], now)
+                self.absent.clear()
+                continue
             peer = self.peers.get(str(key))
             if peer is None:
                 continue
             before = (peer.state.value, peer.epoch)
-            out = peer.on_timer(now)
+            out = self._hold_back(peer.on_timer(now))
+            if self.absent:
+                out = self._drop_to_absent(out)
             self._after_peer(peer, out)
             self._record(now, "in", "TimerFired", {}, peer, before)
             actions += out
@@ -216,9 +258,30 @@ class ClientMachine:
         if isinstance(event, ServerDisconnected):
             if self.state is ClientState.OFFLINE:
                 raise LocalProtocolError("ServerDisconnected while offline")
-            actions = self._leave_room(now)
-            self.state = ClientState.OFFLINE
             self._joins_in_flight = 0  # their answers went with the connection
+            if self.resuming:  # lost again before the resume went through: keep trying
+                self.state = ClientState.OFFLINE
+                return []
+            resumable = (
+                event.close_code in _RESUMABLE_CLOSES
+                and self.state is ClientState.JOINED
+                and self.room is not None
+                and self.room.room_id == self.room_id
+                and self._resume_token is not None
+                and self.resume_window > 0
+            )
+            if resumable:
+                self.state, self.resuming = ClientState.OFFLINE, True
+                self._timers.schedule(_RESUME_KEY, now + self.resume_window)
+                return [
+                    Log(
+                        level=LogLevel.INFO,
+                        message="server connection lost; keeping room %s for %gs to resume",
+                        args=(self.room_id, self.resume_window),
+                    )
+                ]
+            actions = self._give_up_resume(now) + self._leave_room(now)
+            self.state = ClientState.OFFLINE
             return actions
         if isinstance(event, JoinRequested):
             if not self.limits.valid_id(event.room_id):
@@ -232,6 +295,9 @@ class ClientMachine:
                 return []
             return self._send_join()
         if isinstance(event, LeaveRequested):
+            if self.resuming:  # offline: nobody to tell; the server's grace will end
+                self.room_id = None
+                return self._give_up_resume(now)
             target, self.room_id = self.room_id, None
             if self.state in (ClientState.OFFLINE, ClientState.LOBBY) or target is None:
                 return []
@@ -266,8 +332,49 @@ class ClientMachine:
         assert self.room_id is not None
         self.state = ClientState.JOINING
         self._joins_in_flight += 1
-        join = JoinRoom(room_id=self.room_id, user_id=self.user_id, token=self._token)
+        same_room = self.room is not None and self.room.room_id == self.room_id
+        resume = self._resume_token if self.resuming and same_room else None
+        join = JoinRoom(
+            room_id=self.room_id, user_id=self.user_id, token=self._token, resume_token=resume
+        )
         return [SendToServer(text=encode(join))]
+
+    def _hold_back(self, actions: list[ClientAction]) -> list[ClientAction]:
+        """While resuming, frames for the server wait until the room is ours again (the
+        new connection is in no room until then)."""
+        if not self.resuming:
+            return actions
+        kept: list[ClientAction] = []
+        for action in actions:
+            if isinstance(action, SendToServer):
+                self._held_out.append(action)
+            else:
+                kept.append(action)
+        return kept
+
+    def _drop_to_absent(self, actions: list[ClientAction]) -> list[ClientAction]:
+        """Frames for absent peers could not be delivered (they are in no room)."""
+        return [
+            a
+            for a in actions
+            if not (
+                isinstance(a, SendToServer) and a.peer_id is not None and a.peer_id in self.absent
+            )
+        ]
+
+    def _give_up_resume(self, now: float) -> list[ClientAction]:
+        """No resume after all: the room and its peers go (the next join is fresh)."""
+        if not self.resuming:
+            return []
+        self.resuming = False
+        self._held_out = []
+        self._timers.cancel(_RESUME_KEY)
+        self._timers.cancel(_ABSENT_KEY)
+        self.absent.clear()
+        state = self.state
+        actions = self._leave_room(now)
+        self.state = state
+        return actions
 
     def _leave_room(self, now: float) -> list[ClientAction]:
         """Close every peer and forget the room view (the server has dropped us or
@@ -286,6 +393,9 @@ class ClientMachine:
 
     def _run(self, peer: PeerNegotiation, actions: list[ClientAction]) -> list[ClientAction]:
         self._touched = peer
+        actions = self._hold_back(actions)
+        if self.absent:
+            actions = self._drop_to_absent(actions)
         self._after_peer(peer, actions)
         return actions
 
@@ -313,7 +423,7 @@ class ClientMachine:
         self._sessions[peer_id] = count
         return f"{self._instance}.{peer_id}.{count}"
 
-    def _add_peer(self, peer_id: str, now: float) -> list[ClientAction]:
+    def _new_negotiation(self, peer_id: str) -> PeerNegotiation:
         peer = PeerNegotiation(
             our_id=self.user_id,
             peer_id=peer_id,
@@ -324,7 +434,28 @@ class ClientMachine:
             session=self._new_session(peer_id),
         )
         self.peers[peer_id] = peer
+        return peer
+
+    def _add_peer(self, peer_id: str, now: float) -> list[ClientAction]:
+        peer = self._new_negotiation(peer_id)
         return [PeerJoined(peer_id=peer_id), *self._run(peer, peer.start(now))]
+
+    def _restart_pair(
+        self, old: PeerNegotiation, message: Offer | Answer | Ice | Renegotiate, now: float
+    ) -> list[ClientAction]:
+        actions = old.close(now)
+        self._after_peer(old, actions)
+        self._timers.cancel(old.peer_id)
+        peer = self._new_negotiation(old.peer_id)
+        actions.append(
+            Log(
+                level=LogLevel.INFO,
+                message="%s started our pair over; so do we",
+                args=(old.peer_id,),
+            )
+        )
+        actions += self._run(peer, peer.start(now))
+        return actions + self._run(peer, peer.on_signal(message, now))
 
     def _remove_peer(self, peer: PeerNegotiation, now: float) -> list[ClientAction]:
         actions = peer.close(now)
@@ -364,7 +495,7 @@ class ClientMachine:
         except WireError as exc:
             return [ProtocolViolation(peer_id=None, detail=f"unreadable server frame: {exc}")]
         if isinstance(message, Error):
-            return self._on_error(message)
+            return self._on_error(message, now)
         if isinstance(message, UserJoinedRoom) and message.user_id == self.user_id:
             return self._on_own_join(message, now)
         # Everything else belongs to the room we are in; frames of a room we already
@@ -394,18 +525,31 @@ class ClientMachine:
                 raise RemoteProtocolError(
                     f"{message.TYPE} from {message.from_user_id!r}, who is not in our room"
                 )
+            sid, rsid = message.fields.get("sid"), message.fields.get("rsid")
+            if (
+                isinstance(sid, str)
+                and peer.remote_session is not None
+                and sid != peer.remote_session
+                and rsid is None
+            ):
+                # The peer started this pair over (a new session that does not know ours
+                # yet): it let us go, e.g. when the server dropped us for good or
+                # restarted. So do we: a fresh negotiation, fed this frame.
+                return self._restart_pair(peer, message, now)
             return self._run(peer, peer.on_signal(message, now))
         except RemoteProtocolError as exc:
             peer_id = getattr(message, "from_user_id", None) or getattr(message, "user_id", None)
             return [ProtocolViolation(peer_id=peer_id, detail=str(exc))]
 
-    def _on_error(self, error: Error) -> list[ClientAction]:
+    def _on_error(self, error: Error, now: float) -> list[ClientAction]:
         actions: list[ClientAction] = [
             ServerErrorReceived(channel=error.channel, code=error.code.value, message=error.message)
         ]
         refused = error.channel == Channel.ROOMS and error.code in _JOIN_REFUSALS
         if refused:
             self._joins_in_flight = max(0, self._joins_in_flight - 1)
+        if refused and self.resuming and self._joins_in_flight == 0:
+            actions += self._give_up_resume(now)  # our place is gone: so are its peers
         if refused and self.state is ClientState.JOINING and self._joins_in_flight == 0:
             # we stay where we were, as the server does
             assert self.room_id is not None
@@ -436,22 +580,72 @@ class ClientMachine:
             room = RoomView(self.user_id, joined)
         except RemoteProtocolError as exc:
             return [ProtocolViolation(peer_id=None, detail=str(exc))]
-        actions = self._leave_room(now)  # the server has moved us out of the old room
+        self._resume_token = joined.resume_token
+        if self.resuming and self.room is not None and self.room.room_id == joined.room_id:
+            return self._on_resumed(room, now)
+        actions = self._give_up_resume(now)
+        actions += self._leave_room(now)  # the server has moved us out of the old room
         self.room = room
         self.state = ClientState.JOINED
+        self._reconciled_added.clear()
+        self.absent.clear()
+        self._timers.cancel(_ABSENT_KEY)
         actions.append(RoomJoined(room_id=joined.room_id, participants=room.members))
         for peer_id in self.room.members:
             actions += self._add_peer(peer_id, now)
+        return actions
+
+    def _on_resumed(self, room: RoomView, now: float) -> list[ClientAction]:
+        """We are in our room again, after a resume or — when the server had let us go
+        or restarted — a fresh join (the two answers look the same). Reconcile the room
+        with the server's list: newcomers are added; peers the list lacks are kept as
+        *absent* for ``resume_window`` (after a server restart they come back one by one,
+        and their established connections should survive); then send what the
+        negotiations held back. A resume replays the membership frames we missed right
+        after this; the first one that repeats a change made here is skipped."""
+        self.resuming = False
+        self._timers.cancel(_RESUME_KEY)
+        self.room, self.state = room, ClientState.JOINED
+        now_members = set(room.members)
+        actions: list[ClientAction] = []
+        self._reconciled_added.clear()
+        self.absent = {p for p in self.peers if p not in now_members}
+        if self.absent:
+            self._timers.schedule(_ABSENT_KEY, now + max(self.resume_window, 1.0))
+        held, self._held_out = self._held_out, []
+        actions += [a for a in held if a.peer_id is None or a.peer_id in now_members]
+        actions.append(RoomResumed(room_id=room.room_id, participants=room.members))
+        for peer_id in room.members:
+            if peer_id not in self.peers:
+                self._reconciled_added.add(peer_id)
+                actions += self._add_peer(peer_id, now)
         return actions
 
     def _on_membership(
         self, frame: UserJoinedRoom | UserLeftRoom, now: float
     ) -> list[ClientAction]:
         assert self.room is not None
+        user_id = frame.user_id
+        # After a resume the server replays the membership frames we missed; the room was
+        # already brought up to date from its list, so the first replayed frame for a
+        # member we added (or removed) then is the same change again.
+        if isinstance(frame, UserJoinedRoom) and user_id in self._reconciled_added:
+            self._reconciled_added.discard(user_id)
+            if user_id in self.room:
+                return []
+        if user_id in self.absent:
+            self.absent.discard(user_id)
+            if not self.absent:
+                self._timers.cancel(_ABSENT_KEY)
+            if isinstance(frame, UserLeftRoom):  # it had left while we were away
+                return self._remove_peer(self.peers[user_id], now)
+            self.room.apply(frame)  # back: its negotiation (and connection) carry on
+            return [Log(level=LogLevel.INFO, message="%s is back in the room", args=(user_id,))]
+        self._reconciled_added.discard(user_id)
         self.room.apply(frame)
         if isinstance(frame, UserJoinedRoom):
-            return self._add_peer(frame.user_id, now)
-        return self._remove_peer(self.peers[frame.user_id], now)
+            return self._add_peer(user_id, now)
+        return self._remove_peer(self.peers[user_id], now)
 
     # ------------------------------------------------------------------ trace
 

@@ -52,7 +52,15 @@ class ServerConnected:
 
 @attrs.frozen(kw_only=True)
 class ServerDisconnected:
-    """The client's WebSocket to the relay is gone."""
+    """The client's WebSocket to the relay is gone.
+
+    ``close_code`` is the code of the server's close frame, ``None`` when the socket
+    simply dropped. It says whether our place may still be ours: after a drop (or a
+    server that went away or restarts: 1001, 1012) the machine tries to resume; after a
+    close that removed us (1007, 1008, 1009, 1011, 1013, 4000) it joins afresh.
+    """
+
+    close_code: int | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -19,6 +19,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from websockets.asyncio.client import connect as ws_connect
 
+from sansio_signal import Limits
 from sansio_signal.adapters.aiortc_peer import loopback_only
 from sansio_signal.adapters.client import Client, ClientError, connect
 from sansio_signal.adapters.server import RelayServer
@@ -32,9 +33,9 @@ def _loopback() -> Iterator[None]:
         yield
 
 
-def run(scenario: Callable[[RelayServer], Awaitable[None]]) -> None:
+def run(scenario: Callable[[RelayServer], Awaitable[None]], limits: Limits | None = None) -> None:
     async def main() -> None:
-        async with RelayServer(port=0) as server:
+        async with RelayServer(port=0, limits=limits) as server:
             await asyncio.wait_for(scenario(server), 60)
 
     asyncio.run(main())
@@ -210,8 +211,9 @@ def test_a_killed_peer_process_is_noticed_and_cleaned_up(tmp_path: Path) -> None
                 await alice.wait_connected("zed", timeout=TIMEOUT)
                 victim.kill()  # SIGKILL: no close frame, no goodbye
                 await victim.wait()
-                # The relay sees the socket drop and tells alice at once (aiortc itself
-                # would only notice after ~30 s of failed consent checks).
+                # The relay sees the socket drop, holds zed's place for its resume grace
+                # (0.5 s here) and then tells alice (aiortc itself would only notice
+                # after ~30 s of failed consent checks).
                 await alice.wait_until(forgot(alice, "zed"), timeout=TIMEOUT)
                 assert alice.peer_connection("zed") is None
                 assert alice.machine.peers == {}
@@ -220,7 +222,7 @@ def test_a_killed_peer_process_is_noticed_and_cleaned_up(tmp_path: Path) -> None
                     victim.kill()
                     await victim.wait()
 
-    run(scenario)
+    run(scenario, Limits(resume_grace=0.5))
 
 
 def test_early_trickled_candidates_are_buffered_not_lost() -> None:

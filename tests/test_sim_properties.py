@@ -1,6 +1,7 @@
 """Hypothesis stateful tests: 2–6 clients on a SimNetwork under random schedules.
 
-Each run joins, leaves, rejoins, drops and restores WebSocket connections, asks for
+Each run joins, leaves, rejoins, drops and restores WebSocket connections (clean
+closes, drops that may be resumed, relay restarts), asks for
 renegotiations from either side, makes ICE fail between pairs for a while, loses or
 duplicates signaling frames (within a budget), and interleaves message deliveries in
 orders hypothesis picks. After every step the invariants hold (the model peer
@@ -86,6 +87,10 @@ class Mesh(RuleBasedStateMachine):
     @rule(index=st.integers(min_value=0, max_value=5), clean=st.booleans())
     def drop_connection(self, index: int, clean: bool) -> None:
         self.sim.disconnect(self._user(index), clean=clean)
+
+    @rule()
+    def restart_relay(self) -> None:
+        self.sim.restart_relay()
 
     @rule(index=st.integers(min_value=0, max_value=5))
     def restore_connection(self, index: int) -> None:

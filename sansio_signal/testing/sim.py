@@ -219,7 +219,23 @@ class SimNetwork:
             self._queues.pop((direction, user_id), None)
         self._relay(Disconnected(conn=conn, clean=clean))
         del self._user_of_conn[conn]
-        self._client_event(client, ServerDisconnected())
+        # A clean close ends our place at the server at once (no resume); a drop may be
+        # resumed.
+        self._client_event(client, ServerDisconnected(close_code=1000 if clean else None))
+
+    def restart_relay(self) -> None:
+        """The relay restarts (``serve`` got SIGTERM and came back): every client's
+        WebSocket closes with 1012, frames in flight are lost, and a fresh relay with no
+        rooms takes over. Clients reconnect with :meth:`connect`."""
+        for user_id, client in sorted(self.clients.items()):
+            if client.conn is None:
+                continue
+            client.conn = None
+            for direction in ("up", "down"):
+                self._queues.pop((direction, user_id), None)
+            self._client_event(client, ServerDisconnected(close_code=1012))
+        self._user_of_conn.clear()
+        self.relay = RelayMachine(limits=self.relay.limits, new_token=counting_tokens("new"))
 
     def block(self, a: str, b: str) -> None:
         """ICE between ``a`` and ``b`` fails from now on (until :meth:`unblock`)."""

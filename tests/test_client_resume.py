@@ -1,0 +1,123 @@
+"""The client machine across a lost server connection, on a SimNetwork: resume after a
+drop, a relay restart (1012), a close that removed us, and a resume the relay no longer
+expected. Established peer connections must survive the first two."""
+
+from __future__ import annotations
+
+import pytest
+
+from sansio_signal.actions import PeerLeft, RoomJoined, RoomResumed
+from sansio_signal.client import ClientState
+from sansio_signal.negotiation import AIORTC, BROWSER, Capabilities
+from sansio_signal.testing import SimNetwork
+from sansio_signal.wire import Limits
+
+ROOM = "room"
+
+
+def mesh(users: list[str], caps: Capabilities = AIORTC, **kwargs: object) -> SimNetwork:
+    sim = SimNetwork(seed=7, **kwargs)  # type: ignore[arg-type]
+    for user in users:
+        sim.add_client(user, caps)
+        sim.connect(user)
+        sim.join(user, ROOM)
+    sim.run()
+    assert sim.settled_problems() == []
+    return sim
+
+
+def handles(sim: SimNetwork) -> dict[tuple[str, str], int | None]:
+    """The current peer-connection handle of every ordered pair."""
+    return {(u, p): n.pc for u, c in sim.clients.items() for p, n in c.machine.peers.items()}
+
+
+def notes_of(sim: SimNetwork, user: str, kind: type) -> list[object]:
+    return [n for n in sim.clients[user].notes if isinstance(n, kind)]
+
+
+@pytest.mark.parametrize("caps", [AIORTC, BROWSER], ids=["aiortc", "browser"])
+def test_a_dropped_socket_resumes_and_keeps_every_peer_connection(caps: Capabilities) -> None:
+    sim = mesh(["a", "b", "c"], caps)
+    before = handles(sim)
+    sim.disconnect("b", clean=False)
+    assert sim.clients["b"].machine.resuming
+    # While b is away: a renegotiates with it (the offer is queued at the relay, so b
+    # resumes mid-negotiation) and d joins the room.
+    sim.renegotiate("a", "b")
+    sim.add_client("d", caps)
+    sim.connect("d")
+    sim.join("d", ROOM)
+    sim.run(until=sim.now + 1.0)
+    sim.connect("b")
+    sim.run()
+    assert sim.settled_problems() == []
+    after = handles(sim)
+    for pair, handle in before.items():
+        assert after[pair] == handle, f"{pair} got a new peer connection"
+    assert notes_of(sim, "a", PeerLeft) == [] and notes_of(sim, "c", PeerLeft) == []
+    assert len(notes_of(sim, "b", RoomResumed)) == 1
+    assert set(sim.clients["b"].machine.peers) == {"a", "c", "d"}
+    assert sim.relay.stats.resumes == 1
+
+
+def test_a_relay_restart_keeps_established_peer_connections() -> None:
+    sim = mesh(["a", "b", "c", "d"])
+    before = handles(sim)
+    sim.restart_relay()
+    # They come back one by one; the first ones find an empty room for a while.
+    for user in ["c", "a", "d", "b"]:
+        sim.connect(user)
+        sim.run(until=sim.now + 0.5)
+    sim.run()
+    assert sim.settled_problems() == []
+    assert handles(sim) == before
+    for user in "abcd":
+        assert notes_of(sim, user, PeerLeft) == []
+        assert sim.clients[user].machine.state is ClientState.JOINED
+    assert sorted(sim.members(ROOM)) == ["a", "b", "c", "d"]
+
+
+def test_a_peer_that_does_not_come_back_after_a_restart_is_let_go() -> None:
+    sim = mesh(["a", "b", "c"])
+    sim.restart_relay()
+    sim.connect("a")
+    sim.connect("b")  # c never comes back
+    sim.run()
+    assert sim.settled_problems() == []
+    assert set(sim.clients["a"].machine.peers) == {"b"}
+    assert [n.peer_id for n in notes_of(sim, "a", PeerLeft)] == ["c"]  # type: ignore[attr-defined]
+
+
+def test_a_close_that_removed_us_rejoins_afresh() -> None:
+    sim = mesh(["a", "b"])
+    sim.disconnect("b", clean=True)  # the relay let b go at once; a saw it leave
+    assert not sim.clients["b"].machine.resuming
+    sim.connect("b")
+    sim.run()
+    assert sim.settled_problems() == []
+    assert len(notes_of(sim, "b", RoomJoined)) == 2
+
+
+def test_a_resume_the_relay_no_longer_expected_still_converges() -> None:
+    # The client keeps its room for 8 s, the relay only 1 s: the resume is answered as
+    # a fresh join, the others start their pair with it over, and so does it.
+    sim = mesh(["a", "b", "c"], relay_limits=Limits(rate_limit=0, resume_grace=1.0))
+    sim.disconnect("b", clean=False)
+    sim.run(until=sim.now + 3.0)
+    assert sim.clients["b"].machine.resuming
+    sim.connect("b")
+    sim.run()
+    assert sim.settled_problems() == []
+    assert sim.relay.stats.holds_expired == 1
+
+
+def test_the_window_passes_without_a_server_and_the_room_is_given_up() -> None:
+    sim = mesh(["a", "b"])
+    sim.disconnect("b", clean=False)
+    sim.run()
+    machine = sim.clients["b"].machine
+    assert not machine.resuming and machine.peers == {} and machine.room is None
+    assert sim.members(ROOM) == ["a"]
+    sim.connect("b")
+    sim.run()
+    assert sim.settled_problems() == []

@@ -1,0 +1,280 @@
+"""Resume, restart and crash with the real relay and real aiortc peers on loopback.
+
+A small TCP proxy stands between one client and the relay so that the test can cut the
+connection the way a network does — both sockets aborted, no close frame — and hold new
+connections until it is restored. Waits are on conditions with timeouts; the only loop
+that polls is :func:`until`, for state inside the server that has no event to wait on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sansio_signal import Limits
+from sansio_signal.actions import PeerLeft, RoomResumed
+from sansio_signal.adapters.aiortc_peer import loopback_only
+from sansio_signal.adapters.client import Client, ClientNotice, connect
+from sansio_signal.adapters.server import RelayServer
+from sansio_signal.negotiation import NegState
+
+TIMEOUT = 20.0
+
+
+@pytest.fixture(autouse=True)
+def _loopback() -> Iterator[None]:
+    with loopback_only():
+        yield
+
+
+async def until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """Until ``condition()`` holds (checked every 10 ms), or fail after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+class Proxy:
+    """TCP from clients to ``port``, which the test can cut and restore."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.port = 0
+        self._open = asyncio.Event()
+        self._open.set()
+        self._sockets: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def cut(self) -> None:
+        """Abort every proxied connection (no close frame reaches either side) and hold
+        new ones until :meth:`restore`."""
+        self._open.clear()
+        for writer in self._sockets:
+            writer.transport.abort()
+        self._sockets.clear()
+
+    def restore(self) -> None:
+        self._open.set()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._open.wait()
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        self._sockets += [writer, up_writer]
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.get_running_loop().create_task(self._pipe(src, dst))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        dst.transport.abort()
+
+
+@contextlib.asynccontextmanager
+async def proxied(port: int) -> AsyncIterator[Proxy]:
+    proxy = Proxy(port)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.close()
+
+
+class Recorder:
+    """Everything a client told the application, in order."""
+
+    def __init__(self, client: Client) -> None:
+        self.events: list[ClientNotice] = []
+        self._task = asyncio.get_running_loop().create_task(self._run(client))
+
+    async def _run(self, client: Client) -> None:
+        async for event in client.events():
+            self.events.append(event)
+
+    def left(self, peer_id: str) -> int:
+        return sum(isinstance(e, PeerLeft) and e.peer_id == peer_id for e in self.events)
+
+
+async def next_message(client: Client, sender: str, text: str) -> None:
+    async def first() -> None:
+        async for message in client.messages():
+            if (message.from_user_id, message.text) == (sender, text):
+                return
+
+    await asyncio.wait_for(first(), TIMEOUT)
+
+
+def test_a_dropped_connection_resumes_mid_negotiation_and_misses_nothing() -> None:
+    async def main() -> None:
+        async with (
+            RelayServer(port=0) as server,
+            proxied(server.port) as proxy,
+            connect(server.url, room_id="r", user_id="alice") as alice,
+            connect(proxy.url, room_id="r", user_id="bob") as bob,
+        ):
+            seen_by_alice, seen_by_bob = Recorder(alice), Recorder(bob)
+            await alice.wait_connected("bob", timeout=TIMEOUT)
+            await bob.wait_connected("alice", timeout=TIMEOUT)
+            pc_before = bob.peer_connection("alice")
+
+            proxy.cut()
+            await until(lambda: server.machine.held_count == 1)
+            # While bob is away: room chat, a renegotiation (alice's new offer waits at
+            # the relay: bob resumes mid-negotiation) and a newcomer.
+            alice.chat("one")
+            alice.chat("two")
+            alice.renegotiate("bob")
+            alice.send("bob", "peer-to-peer, meanwhile")  # the data channel never stopped
+            await next_message(bob, "alice", "peer-to-peer, meanwhile")
+            async with connect(server.url, room_id="r", user_id="carol") as carol:
+                await carol.wait_connected("alice", timeout=TIMEOUT)
+                proxy.restore()
+                texts = []
+                async for chat in bob.chats():
+                    texts.append(chat.text)
+                    if len(texts) == 2:
+                        break
+                assert texts == ["one", "two"]  # in order, after the resume
+                await bob.wait_all_connected(expected=2, timeout=TIMEOUT)
+                await carol.wait_connected("bob", timeout=TIMEOUT)
+                await alice.wait_until(
+                    lambda: alice.machine.peers["bob"].state is NegState.STABLE, TIMEOUT
+                )
+            assert bob.peer_connection("alice") is pc_before, "the connection was kept"
+            assert seen_by_alice.left("bob") == 0, "alice never saw bob leave"
+            assert sum(isinstance(e, RoomResumed) for e in seen_by_bob.events) == 1
+            assert server.machine.stats.resumes == 1
+            alice.send("bob", "after")
+            await next_message(bob, "alice", "after")
+
+    asyncio.run(main())
+
+
+def test_without_a_resume_the_grace_ends_with_exactly_one_leave() -> None:
+    async def main() -> None:
+        async with (
+            RelayServer(port=0, limits=Limits(resume_grace=0.5)) as server,
+            proxied(server.port) as proxy,
+            connect(server.url, room_id="r", user_id="alice") as alice,
+            connect(proxy.url, room_id="r", user_id="bob", reconnect=False) as bob,
+        ):
+            seen = Recorder(alice)
+            await alice.wait_connected("bob", timeout=TIMEOUT)
+            proxy.cut()
+            await until(lambda: server.machine.held_count == 1)
+            assert seen.left("bob") == 0
+            await alice.wait_until(lambda: "bob" not in alice.peers, TIMEOUT)
+            assert server.machine.stats.holds_expired == 1
+            # a round trip through the relay after the expiry: still one leave
+            alice.chat("barrier")
+            await asyncio.wait_for(anext(aiter(alice.chats())), TIMEOUT)
+            assert seen.left("bob") == 1
+            del bob
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------------------------ restart and crash
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def serve(port: int, cwd: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sansio_signal", "serve", "--port", str(port)],
+        cwd=cwd,  # not the checkout: it would shadow the installed package
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("listening on ")
+    return proc
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
+def test_peer_connections_survive_a_relay_restart_and_the_mesh_reforms(
+    tmp_path: Path, how: signal.Signals
+) -> None:
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}/"
+    users = ["p0", "p1", "p2"]
+
+    async def main() -> None:
+        server = serve(port, tmp_path)
+        try:
+            clients = {u: connect(url, room_id="r", user_id=u) for u in users}
+            await asyncio.gather(*(c.start() for c in clients.values()))
+            recorders = {u: Recorder(c) for u, c in clients.items()}
+            await asyncio.gather(
+                *(c.wait_all_connected(expected=2, timeout=TIMEOUT) for c in clients.values())
+            )
+            before = {(u, p): c.peer_connection(p) for u, c in clients.items() for p in c.peers}
+
+            server.send_signal(how)
+            server.wait(timeout=10)
+            if how == signal.SIGTERM:
+                assert server.returncode == 0
+            await until(lambda: all(c.machine.resuming for c in clients.values()))
+            # The relay is gone; the peers still talk directly.
+            clients["p0"].send("p1", "while the relay is down")
+            await next_message(clients["p1"], "p0", "while the relay is down")
+
+            server = serve(port, tmp_path)
+            await until(lambda: all(not c.machine.resuming for c in clients.values()))
+            for client in clients.values():
+                await until(lambda: all(not c.machine.absent for c in clients.values()))
+                await client.wait_all_connected(expected=2, timeout=TIMEOUT)
+            after = {(u, p): c.peer_connection(p) for u, c in clients.items() for p in c.peers}
+            assert after == before, "every established connection was kept"
+            for user, recorder in recorders.items():
+                assert all(recorder.left(p) == 0 for p in users), user
+            # signaling works again: a renegotiation goes through the new relay
+            clients["p0"].renegotiate("p2")
+            await clients["p0"].wait_until(
+                lambda: clients["p0"].machine.peers["p2"].state is NegState.STABLE, TIMEOUT
+            )
+            clients["p2"].chat("the relay is back")
+            await asyncio.wait_for(anext(aiter(clients["p1"].chats())), TIMEOUT)
+            for client in clients.values():
+                await client.close()
+        finally:
+            server.kill()
+            server.wait(timeout=10)
+
+    asyncio.run(main())
