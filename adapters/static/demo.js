@@ -1,0 +1,136 @@
+// The demo page served by `sansio-signal serve` at `/`: join a room, see every peer's
+// state, chat peer-to-peer over data channels and through the server, read the log.
+// Everything WebRTC- and protocol-related is in sansio-signal.js.
+import { SignalingClient } from "/sansio-signal.js";
+
+const $ = (id) => document.getElementById(id);
+let client = null;
+const participants = new Map(); // peerId → {state, link, epoch, channel}
+
+function time() {
+  return new Date().toLocaleTimeString();
+}
+
+function log(level, text) {
+  const item = document.createElement("li");
+  item.className = level;
+  item.textContent = `${time()} ${text}`;
+  $("log").append(item);
+  item.scrollIntoView({ block: "nearest" });
+  (level === "warning" || level === "error" ? console.warn : console.log)(text);
+}
+
+function addMessage(list, from, text) {
+  const item = document.createElement("li");
+  const who = document.createElement("span");
+  who.className = "from";
+  who.textContent = `${from}: `;
+  item.append(who, document.createTextNode(text));
+  $(list).append(item);
+  item.scrollIntoView({ block: "nearest" });
+}
+
+/** One line per member: their id and the live state of our connection to them. */
+function render() {
+  const list = $("participants");
+  list.replaceChildren();
+  if (client !== null && client.room !== null) {
+    const me = document.createElement("li");
+    me.dataset.peer = client.userId;
+    me.innerHTML = `<span></span><span class="state connected">you</span>`;
+    me.firstChild.textContent = client.userId;
+    list.append(me);
+  }
+  for (const [peerId, info] of [...participants].sort()) {
+    const item = document.createElement("li");
+    item.dataset.peer = peerId;
+    const name = document.createElement("span");
+    name.textContent = peerId;
+    const state = document.createElement("span");
+    const label = info.channel ? "connected" : info.link === "failed" || info.state === "failed" ? "failed" : "connecting";
+    state.className = `state ${label}`;
+    state.dataset.state = label;
+    state.textContent = `${label} · ${info.state} · epoch ${info.epoch}`;
+    item.append(name, state);
+    list.append(item);
+  }
+  const inRoom = client !== null && client.state === "joined";
+  $("server-text").disabled = $("server-send").disabled = !inRoom;
+  const anyOpen = [...participants.values()].some((p) => p.channel);
+  $("p2p-text").disabled = $("p2p-send").disabled = !anyOpen;
+  $("status").textContent = client === null ? "offline" : client.state === "joined" ? `in ${client.room.roomId} as ${client.userId}` : client.state;
+  $("status").className = `status ${client !== null ? client.state : ""}`;
+}
+
+async function iceServers() {
+  try {
+    const response = await fetch("/config.json", { cache: "no-store" });
+    if (response.ok) return (await response.json()).iceServers ?? [];
+  } catch (error) {
+    log("warning", `no ICE server configuration: ${error.message}`);
+  }
+  return [];
+}
+
+async function join(event) {
+  event.preventDefault();
+  const room = $("room").value.trim();
+  const name = $("name").value.trim();
+  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`;
+  if (client !== null) client.close();
+  participants.clear();
+  client = new SignalingClient({ url, userId: name, iceServers: await iceServers() });
+  window.sansioClient = client; // for the browser tests and the curious
+  const on = (type, handler) => client.addEventListener(type, (e) => { handler(e.detail); render(); });
+  on("log", ({ level, text }) => log(level, text));
+  on("open", () => log("info", `Connected to ${url}`));
+  on("close", ({ code }) => log("warning", `Disconnected from the relay (close ${code})`));
+  on("room-joined", ({ roomId, participants: others }) => log("info", `Room ${roomId}: ${others.length ? others.join(", ") : "nobody else yet"}`));
+  on("join-refused", ({ code, message }) => log("error", `Join refused (${code}): ${message}`));
+  on("peer-joined", ({ peerId }) => participants.set(peerId, { state: "idle", link: "new", epoch: 0, channel: false }));
+  on("peer-state", ({ peerId, state, link, epoch }) => {
+    const info = participants.get(peerId);
+    if (info) Object.assign(info, { state, link, epoch });
+  });
+  on("channel-open", ({ peerId }) => {
+    const info = participants.get(peerId);
+    if (info) info.channel = true;
+  });
+  on("peer-failed", ({ peerId, reason }) => log("error", `Giving up on ${peerId}: ${reason}`));
+  on("peer-left", ({ peerId }) => participants.delete(peerId));
+  on("room-left", () => participants.clear());
+  on("message", ({ from, text }) => addMessage("p2p-messages", from, text));
+  on("chat", ({ from, text }) => addMessage("server-messages", from, text));
+  on("server-error", () => {});
+  $("leave").disabled = false;
+  try {
+    await client.connect();
+    client.join(room);
+  } catch (error) {
+    log("error", error.message);
+  }
+  render();
+}
+
+$("join-form").addEventListener("submit", join);
+$("leave").addEventListener("click", () => {
+  if (client !== null) client.leave();
+  participants.clear();
+  render();
+});
+$("p2p-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = $("p2p-text").value;
+  if (!text || client === null) return;
+  const sent = client.broadcast(text);
+  addMessage("p2p-messages", `${client.userId} → ${sent} peer(s)`, text);
+  $("p2p-text").value = "";
+});
+$("server-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = $("server-text").value;
+  if (!text || client === null) return;
+  client.chat(text);
+  $("server-text").value = "";
+});
+render();

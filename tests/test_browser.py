@@ -1,0 +1,347 @@
+"""Real Chromium against a real ``sansio-signal serve``: the JS client, the demo page,
+and interop with Python aiortc peers.
+
+The browser is Debian's ``/usr/bin/chromium`` driven by the Python ``playwright``
+package (``.ci/run`` installs both; ``playwright install`` is never run). Flags as in
+FIELD-NOTES: mDNS host-name hiding off and loopback allowed, so that peers on this one
+machine find each other. Every wait is on a condition in the page or in the Python
+client, with a timeout; nothing sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+from sansio_signal.adapters.aiortc_peer import loopback_only
+from sansio_signal.adapters.client import Client, connect
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--disable-gpu",
+    "--disable-quic",
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",  # only the last --disable-features counts
+]
+TIMEOUT = 20.0
+ARTIFACTS = Path(__file__).resolve().parent.parent / ".ci" / "artifacts"
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)"
+)
+
+
+@pytest.fixture(autouse=True)
+def _loopback() -> Iterator[None]:
+    with loopback_only():
+        yield
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``sansio-signal serve`` on a free loopback port; yields its ws:// URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sansio_signal", "serve", "--port", "0"],
+        cwd=tmp_path_factory.mktemp("serve"),  # not the checkout: it would shadow the package
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("listening on ws://"), line
+        yield line.removeprefix("listening on ").strip()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def http_url(ws_url: str) -> str:
+    return "http://" + ws_url.removeprefix("ws://")
+
+
+def run(scenario: Callable[[Browser], Awaitable[None]]) -> None:
+    async def main() -> None:
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            )
+            try:
+                await asyncio.wait_for(scenario(browser), 90)
+            finally:
+                await browser.close()
+
+    asyncio.run(main())
+
+
+# A page-side harness around the JS client: every event is recorded in window.seen.
+BOOT = """
+async ([url, userId, roomId]) => {
+  const m = await import("/sansio-signal.js");
+  const c = new m.SignalingClient({ url, userId });
+  window.c = c;
+  window.seen = { open: [], messages: [], chats: [], logs: [], left: [] };
+  c.addEventListener("channel-open", (e) => window.seen.open.push(e.detail.peerId));
+  c.addEventListener("message", (e) => window.seen.messages.push([e.detail.from, e.detail.text]));
+  c.addEventListener("chat", (e) => window.seen.chats.push([e.detail.from, e.detail.text]));
+  c.addEventListener("log", (e) => window.seen.logs.push(e.detail.text));
+  c.addEventListener("peer-left", (e) => window.seen.left.push(e.detail.peerId));
+  await c.connect();
+  c.join(roomId);
+}
+"""
+
+
+async def browser_peer(browser: Browser, relay: str, user: str, room: str) -> Page:
+    page = await browser.new_page()
+    await page.goto(http_url(relay))
+    await page.evaluate(BOOT, [relay, user, room])
+    return page
+
+
+async def wait_open(page: Page, *peers: str) -> None:
+    """Until the page's data channels with every one of ``peers`` are open."""
+    await page.wait_for_function(
+        "(peers) => peers.every((p) => window.c._channels.get(p)?.readyState === 'open')",
+        arg=list(peers),
+        timeout=TIMEOUT * 1000,
+    )
+
+
+async def wait_message(page: Page, sender: str, text: str) -> None:
+    await page.wait_for_function(
+        "([f, t]) => window.seen.messages.some(([a, b]) => a === f && b === t)",
+        arg=[sender, text],
+        timeout=TIMEOUT * 1000,
+    )
+
+
+async def next_text_from(client: Client, sender: str, text: str) -> None:
+    async def first() -> None:
+        async for message in client.messages():
+            if (message.from_user_id, message.text) == (sender, text):
+                return
+
+    await asyncio.wait_for(first(), TIMEOUT)
+
+
+async def heard_from_all(client: Client, user: str, round_: str) -> None:
+    """Until ``client`` got ``ROUND:SENDER`` from every other member of the mixed mesh."""
+    got: set[str] = set()
+    async for m in client.messages():
+        if m.text == f"{round_}:{m.from_user_id}":
+            got.add(m.from_user_id)
+        if got == set(MIXED) - {user}:
+            return
+
+
+@asynccontextmanager
+async def python_peer(relay: str, user: str, room: str) -> AsyncIterator[Client]:
+    async with connect(relay, room_id=room, user_id=user) as client:
+        yield client
+
+
+async def logs(page: Page) -> list[str]:
+    result: list[str] = await page.evaluate("window.seen.logs")
+    return result
+
+
+# ------------------------------------------------------------------ browser ↔ aiortc
+
+
+@pytest.mark.parametrize(
+    ("browser_id", "python_id"),
+    [("a-browser", "b-python"), ("b-browser", "a-python")],
+    ids=["browser-offers", "python-offers"],
+)
+def test_browser_and_aiortc_talk_both_ways(relay: str, browser_id: str, python_id: str) -> None:
+    room = f"interop-{browser_id}"
+
+    async def scenario(browser: Browser) -> None:
+        async with python_peer(relay, python_id, room) as py:
+            page = await browser_peer(browser, relay, browser_id, room)
+            await wait_open(page, python_id)
+            await py.wait_connected(browser_id, timeout=TIMEOUT)
+            await page.evaluate("([p, t]) => window.c.send(p, t)", [python_id, "hello python"])
+            await next_text_from(py, browser_id, "hello python")
+            py.send(browser_id, "hello browser")
+            await wait_message(page, python_id, "hello browser")
+            # The lower id made the offer, on each side of the language barrier.
+            lines = await logs(page)
+            offered = f"Creating offer for peer: {python_id} (epoch 0)" in " ".join(lines)
+            assert offered == (browser_id < python_id), lines
+            assert any(f"Connection established with: {python_id}" in x for x in lines)
+            if browser_id > python_id:
+                assert any(f"Received offer from: {python_id}" in x for x in lines)
+            else:
+                assert any(f"Received answer from: {python_id}" in x for x in lines)
+
+    run(scenario)
+
+
+MIXED = ["br-1", "br-3", "py-2", "py-4"]
+
+
+def test_two_browsers_and_two_python_peers_mesh_and_heal_after_a_reload(relay: str) -> None:
+    room = "mixed-mesh"
+    everyone = MIXED
+
+    async def scenario(browser: Browser) -> None:
+        async with (
+            python_peer(relay, "py-2", room) as py2,
+            python_peer(relay, "py-4", room) as py4,
+        ):
+            pages = {u: await browser_peer(browser, relay, u, room) for u in ("br-1", "br-3")}
+            pythons = {"py-2": py2, "py-4": py4}
+
+            async def full_mesh_talks(round_: str) -> None:
+                for user, page in pages.items():
+                    await wait_open(page, *(u for u in everyone if u != user))
+                for py in pythons.values():
+                    await py.wait_all_connected(expected=3, timeout=TIMEOUT)
+                for user, page in pages.items():
+                    assert await page.evaluate("(t) => window.c.broadcast(t)", f"{round_}:{user}")
+                for user, py in pythons.items():
+                    assert len(py.broadcast(f"{round_}:{user}")) == 3
+                # every ordered pair exchanged a message
+                for user, page in pages.items():
+                    for other in everyone:
+                        if other != user:
+                            await wait_message(page, other, f"{round_}:{other}")
+                for user, py in pythons.items():
+                    await asyncio.wait_for(heard_from_all(py, user, round_), TIMEOUT)
+
+            await full_mesh_talks("first")
+
+            # br-3 reloads: its socket closes (the others see it leave), and the new
+            # page joins again under the same id; the mesh heals with fresh connections.
+            await pages["br-3"].reload()
+            await pages["br-1"].wait_for_function(
+                "() => window.seen.left.includes('br-3')", timeout=TIMEOUT * 1000
+            )
+            await pages["br-3"].evaluate(BOOT, [relay, "br-3", room])
+            await full_mesh_talks("second")
+            assert py2.peers["br-3"].epoch == 0  # a rejoin is a new pair session, not a bump
+
+    run(scenario)
+
+
+# ------------------------------------------------------------------ the demo page
+
+
+async def join_by_form(page: Page, relay: str, room: str, name: str) -> None:
+    await page.goto(http_url(relay))
+    await page.fill("#room", room)
+    await page.fill("#name", name)
+    await page.click("#join")
+    await page.wait_for_selector("#status.joined", timeout=TIMEOUT * 1000)
+
+
+def test_the_demo_page_joins_shows_states_and_chats(relay: str) -> None:
+    room = "demo-page"
+
+    async def scenario(browser: Browser) -> None:
+        alice = await browser.new_page(viewport={"width": 1200, "height": 800})
+        bob = await browser.new_page(viewport={"width": 1200, "height": 800})
+        response = await alice.request.get(http_url(relay) + "sansio-signal.js")
+        assert response.ok
+        assert response.headers["content-type"].startswith("text/javascript")
+        await join_by_form(alice, relay, room, "alice")
+        await join_by_form(bob, relay, room, "bob")
+        # the participant list shows the other member, connected over a data channel
+        await alice.wait_for_selector(
+            '#participants li[data-peer="bob"] [data-state="connected"]', timeout=TIMEOUT * 1000
+        )
+        await bob.wait_for_selector(
+            '#participants li[data-peer="alice"] [data-state="connected"]',
+            timeout=TIMEOUT * 1000,
+        )
+        # peer-to-peer chat over the data channel
+        await alice.fill("#p2p-text", "hello over webrtc")
+        await alice.click("#p2p-send")
+        await bob.wait_for_function(
+            "() => document.querySelector('#p2p-messages').innerText.includes("
+            "'alice: hello over webrtc')",
+            timeout=TIMEOUT * 1000,
+        )
+        # room chat through the server
+        await bob.fill("#server-text", "hello through the relay")
+        await bob.click("#server-send")
+        for page in (alice, bob):
+            await page.wait_for_function(
+                "() => document.querySelector('#server-messages').innerText.includes("
+                "'bob: hello through the relay')",
+                timeout=TIMEOUT * 1000,
+            )
+        # the seed-style log lines
+        log = await alice.inner_text("#log")
+        assert "Creating offer for peer: bob" in log
+        assert "Received answer from: bob" in log
+        assert "Connection established with: bob" in log
+        assert "Received offer from: alice" in await bob.inner_text("#log")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        await alice.screenshot(path=str(ARTIFACTS / "demo-page.png"), full_page=True)
+
+    run(scenario)
+
+
+# ------------------------------------------------------------------ glare
+
+
+COLLIDE = """
+async (at) => {
+  // Both pages add a transceiver at the same wall-clock instant, so that both ask for
+  // a new exchange before either offer has crossed the relay.
+  const pc = window.c.peerConnection(window.other);
+  await new Promise((r) => setTimeout(r, Math.max(0, at - Date.now())));
+  pc.addTransceiver("audio", { direction: "recvonly" });
+}
+"""
+
+
+def test_renegotiation_glare_between_two_browsers_resolves_by_rollback(relay: str) -> None:
+    room = "glare"
+
+    async def scenario(browser: Browser) -> None:
+        first = await browser_peer(browser, relay, "g-a", room)  # initiator
+        second = await browser_peer(browser, relay, "g-b", room)  # polite, can roll back
+        await wait_open(first, "g-b")
+        await wait_open(second, "g-a")
+        await first.evaluate("window.other = 'g-b'")
+        await second.evaluate("window.other = 'g-a'")
+        transceivers = "() => window.c.peerConnection(window.other).getTransceivers().length"
+        settled = (
+            "(n) => { const pc = window.c.peerConnection(window.other);"
+            " return pc.getTransceivers().length === n && pc.signalingState === 'stable'"
+            " && pc.getTransceivers().every((t) => t.currentDirection !== null)"
+            " && window.c.peers.get(window.other).state === 'stable'; }"
+        )
+        rollbacks = 0
+        for attempt in range(1, 4):
+            # The two requests must cross on the wire; if the timers of the two pages
+            # happen not to overlap, try again (each try adds one more transceiver).
+            at = await first.evaluate("() => Date.now() + 300")
+            await asyncio.gather(first.evaluate(COLLIDE, at), second.evaluate(COLLIDE, at))
+            expected = 2 * attempt  # two per attempt (the data channel has no transceiver)
+            for page in (first, second):
+                await page.wait_for_function(settled, arg=expected, timeout=TIMEOUT * 1000)
+                assert await page.evaluate(transceivers) == expected
+            rollbacks = sum("glare: rolling back our offer" in x for x in await logs(second))
+            if rollbacks:
+                break
+        assert rollbacks >= 1, "the offers never crossed"
+        assert not any("glare: rolling back" in x for x in await logs(first))
+        assert any("glare: ignoring the polite side's offer" in x for x in await logs(first))
+        # the connection kept working through it
+        await first.evaluate("window.c.send('g-b', 'after glare')")
+        await wait_message(second, "g-a", "after glare")
+
+    run(scenario)
