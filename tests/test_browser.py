@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from netproxy import proxied
 from playwright.async_api import Browser, Page, async_playwright
 
+from sansio_signal.actions import PeerLeft
 from sansio_signal.adapters.aiortc_peer import loopback_only
 from sansio_signal.adapters.client import Client, connect
 
@@ -94,16 +97,22 @@ async ([url, userId, roomId]) => {
   c.addEventListener("chat", (e) => window.seen.chats.push([e.detail.from, e.detail.text]));
   c.addEventListener("log", (e) => window.seen.logs.push(e.detail.text));
   c.addEventListener("peer-left", (e) => window.seen.left.push(e.detail.peerId));
+  window.seen.resumed = 0;
+  c.addEventListener("room-resumed", () => { window.seen.resumed += 1; });
   await c.connect();
   c.join(roomId);
 }
 """
 
 
-async def browser_peer(browser: Browser, relay: str, user: str, room: str) -> Page:
+async def browser_peer(
+    browser: Browser, relay: str, user: str, room: str, ws_url: str | None = None
+) -> Page:
+    """A page of the relay running the JS client as ``user`` in ``room`` (its WebSocket
+    to ``ws_url``, the relay itself by default)."""
     page = await browser.new_page()
     await page.goto(http_url(relay))
-    await page.evaluate(BOOT, [relay, user, room])
+    await page.evaluate(BOOT, [ws_url or relay, user, room])
     return page
 
 
@@ -343,5 +352,69 @@ def test_renegotiation_glare_between_two_browsers_resolves_by_rollback(relay: st
         # the connection kept working through it
         await first.evaluate("window.c.send('g-b', 'after glare')")
         await wait_message(second, "g-a", "after glare")
+
+    run(scenario)
+
+
+# ------------------------------------------------------------------ resume
+
+
+async def held_members(relay: str) -> float:
+    """The relay's ``sansio_signal_held_members`` gauge, read from ``/metrics``."""
+
+    def read() -> float:
+        with urllib.request.urlopen(http_url(relay) + "metrics", timeout=5) as response:
+            text = response.read().decode()
+        (line,) = [x for x in text.splitlines() if x.startswith("sansio_signal_held_members ")]
+        return float(line.split()[1])
+
+    return await asyncio.to_thread(read)
+
+
+def test_a_browser_resumes_after_its_connection_drops_and_keeps_its_peer_connection(
+    relay: str,
+) -> None:
+    room = "browser-resume"
+    port = int(relay.rstrip("/").rsplit(":", 1)[1])
+
+    async def scenario(browser: Browser) -> None:
+        async with proxied(port) as proxy, python_peer(relay, "a-py", room) as py:
+            left: list[str] = []
+
+            async def watch() -> None:
+                async for event in py.events():
+                    if isinstance(event, PeerLeft):
+                        left.append(event.peer_id)
+
+            watcher = asyncio.get_running_loop().create_task(watch())
+            page = await browser_peer(browser, relay, "b-web", room, ws_url=proxy.url)
+            await wait_open(page, "a-py")
+            await py.wait_connected("b-web", timeout=TIMEOUT)
+            await page.evaluate("window.pcBefore = window.c.peerConnection('a-py')")
+
+            proxy.cut()
+            await page.wait_for_function("() => window.c.resuming", timeout=TIMEOUT * 1000)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + TIMEOUT
+            while await held_members(relay) != 1:  # the relay noticed the drop
+                assert loop.time() < deadline
+                await asyncio.sleep(0.02)
+            py.chat("one")
+            py.chat("two")
+            py.send("b-web", "peer-to-peer, meanwhile")
+            await wait_message(page, "a-py", "peer-to-peer, meanwhile")
+            proxy.restore()
+            await page.wait_for_function(
+                "() => window.seen.resumed === 1 && window.seen.chats.length === 2",
+                timeout=TIMEOUT * 1000,
+            )
+            assert await page.evaluate("window.seen.chats") == [["a-py", "one"], ["a-py", "two"]]
+            assert await page.evaluate("window.c.peerConnection('a-py') === window.pcBefore"), (
+                "the peer connection was kept"
+            )
+            py.send("b-web", "after")
+            await wait_message(page, "a-py", "after")
+            assert left == [], "the Python peer never saw the browser leave"
+            watcher.cancel()
 
     run(scenario)

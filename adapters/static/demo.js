@@ -86,6 +86,7 @@ async function join(event) {
   on("open", () => log("info", `Connected to ${url}`));
   on("close", ({ code }) => log("warning", `Disconnected from the relay (close ${code})`));
   on("room-joined", ({ roomId, participants: others }) => log("info", `Room ${roomId}: ${others.length ? others.join(", ") : "nobody else yet"}`));
+  on("room-resumed", ({ roomId }) => log("info", `Back in ${roomId}: peer connections kept`));
   on("join-refused", ({ code, message }) => log("error", `Join refused (${code}): ${message}`));
   on("peer-joined", ({ peerId }) => participants.set(peerId, { state: "idle", link: "new", epoch: 0, channel: false }));
   on("peer-state", ({ peerId, state, link, epoch }) => {

@@ -49,6 +49,11 @@ export const MAX_BUFFERED_CANDIDATES = 512;
 /** Join refusals: the server keeps us where we were (mirrors `client._JOIN_REFUSALS`). */
 const JOIN_REFUSALS = new Set(["user-id-taken", "room-full", "invalid-id", "unauthorized"]);
 
+/** Ends of the server connection after which our place may still be ours: a drop
+ * (browsers report 1006), a server going away or restarting (mirrors
+ * `client._RESUMABLE_CLOSES`). */
+const RESUMABLE_CLOSES = new Set([1001, 1006, 1012]);
+
 /** The ids the server accepts (PROTOCOL.md: `^[A-Za-z0-9_.:-]{1,64}$`). */
 export const ID_PATTERN = /^[A-Za-z0-9_.:-]{1,64}$/;
 
@@ -721,6 +726,7 @@ function isDescription(value) {
  *
  *   "open" / "close"         the WebSocket to the relay ({code} on close)
  *   "room-joined"            {roomId, participants}
+ *   "room-resumed"           {roomId, participants}: back in the room after a lost connection
  *   "room-left"              {roomId}
  *   "join-refused"           {roomId, code, message}
  *   "peer-joined"            {peerId}
@@ -737,10 +743,21 @@ function isDescription(value) {
  *   "log"                    {level, text}: the seed-style log lines and more
  *
  * Options: `url` (ws://... of the relay), `iceServers` (RTCIceServer list; default none
- * — pass the server's `/config.json`), `config` (deadlines), `reconnect` (default true).
+ * — pass the server's `/config.json`), `config` (deadlines), `reconnect` (default true),
+ * `resumeWindow` (seconds the room and peers are kept after losing the server, default
+ * 8; see "Resume" below, which mirrors `sansio_signal.client.ClientMachine`).
+ *
+ * Resume: when the WebSocket drops (or the server restarts), the room and every peer
+ * connection are kept for `resumeWindow` seconds; frames the negotiations want to send
+ * wait; the reconnect sends `join-room` with the `resumeToken` of our last
+ * `user-joined-room`. The answer is reconciled with what we have: newcomers are added,
+ * members missing from the server's list are kept "absent" for the window (after a
+ * restart they come back one by one), replayed membership frames that repeat a change
+ * are skipped, and a peer that starts our pair over is followed. Event: "room-resumed"
+ * {roomId, participants}.
  */
 export class SignalingClient extends EventTarget {
-  constructor({ url, userId, iceServers = [], config = DEFAULT_CONFIG, reconnect = true, jitter = Math.random } = {}) {
+  constructor({ url, userId, iceServers = [], config = DEFAULT_CONFIG, reconnect = true, resumeWindow = 8, jitter = Math.random } = {}) {
     super();
     if (!ID_PATTERN.test(userId ?? "")) throw new Error(`user id ${JSON.stringify(userId)} does not match ${ID_PATTERN}`);
     this.url = url;
@@ -764,6 +781,14 @@ export class SignalingClient extends EventTarget {
     this._timer = null;
     this._closed = false;
     this._retry = 0;
+    this.resumeWindow = reconnect ? resumeWindow : 0;
+    this.resuming = false; // the server connection was lost while in a room
+    this.absent = new Set(); // peers kept after a rejoin although the server's list lacks them
+    this._resumeToken = null;
+    this._heldOut = []; // frames held back while resuming
+    this._reconciledAdded = new Set();
+    this._resumeDeadline = null;
+    this._absentDeadline = null;
   }
 
   // ---------------------------------------------------------------- public API
@@ -788,7 +813,7 @@ export class SignalingClient extends EventTarget {
         if (this._ws !== ws) return;
         this._ws = null;
         this._emit("close", { code: event.code });
-        this._onServerLost();
+        this._onServerLost(event.code);
         if (!opened) reject(new Error(`cannot connect to ${this.url} (close ${event.code})`));
         if (!this._closed && this.reconnect) this._scheduleReconnect();
       };
@@ -807,6 +832,7 @@ export class SignalingClient extends EventTarget {
   leave() {
     const target = this.roomId;
     this.roomId = null;
+    if (this.resuming) return this._giveUpResume(); // offline: the server's grace will end
     if (this.state === "offline" || this.state === "lobby" || target === null) return;
     const rooms = [target];
     if (this.room !== null && this.room.roomId !== target) rooms.unshift(this.room.roomId);
@@ -879,6 +905,8 @@ export class SignalingClient extends EventTarget {
     this._joinsInFlight += 1;
     const frame = { channel: Channel.ROOMS, type: "join-room", roomId: this.roomId, userId: this.userId };
     if (this._token !== null) frame.token = this._token;
+    const sameRoom = this.room !== null && this.room.roomId === this.roomId;
+    if (this.resuming && sameRoom && this._resumeToken !== null) frame.resumeToken = this._resumeToken;
     this._sendFrame(frame);
     this._log("info", `Joining room: ${this.roomId} as ${this.userId}`);
   }
@@ -890,12 +918,39 @@ export class SignalingClient extends EventTarget {
     setTimeout(() => { if (!this._closed) this.connect().catch(() => {}); }, delay * 1000);
   }
 
-  /** The WebSocket is gone: the server drops our membership, so do we (mirrors the
-   * `ServerDisconnected` branch of `ClientMachine._handle`). */
-  _onServerLost() {
+  /** The WebSocket is gone (mirrors the `ServerDisconnected` branch of
+   * `ClientMachine._handle`): keep the room for a resume, or let it go. */
+  _onServerLost(code) {
+    this._joinsInFlight = 0;
+    if (this.resuming) {
+      this.state = "offline"; // lost again before the resume went through: keep trying
+      return;
+    }
+    const resumable = RESUMABLE_CLOSES.has(code) && this.state === "joined" && this.room !== null
+      && this.room.roomId === this.roomId && this._resumeToken !== null && this.resumeWindow > 0;
+    if (resumable) {
+      this.state = "offline";
+      this.resuming = true;
+      this._resumeDeadline = now() + this.resumeWindow;
+      this._log("info", `Server connection lost; keeping room ${this.roomId} for ${this.resumeWindow} s to resume`);
+      this._rearm();
+      return;
+    }
+    this._giveUpResume();
     this._leaveRoom();
     this.state = "offline";
-    this._joinsInFlight = 0;
+  }
+
+  /** No resume after all: the room and its peers go (mirrors `_give_up_resume`). */
+  _giveUpResume() {
+    if (!this.resuming) return;
+    this.resuming = false;
+    this._heldOut = [];
+    this._resumeDeadline = this._absentDeadline = null;
+    this.absent.clear();
+    const state = this.state;
+    this._leaveRoom();
+    this.state = state;
   }
 
   /** Close every peer and forget the room (mirrors `ClientMachine._leave_room`). */
@@ -933,8 +988,16 @@ export class SignalingClient extends EventTarget {
       if (frame.channel !== Channel.SIGNALING || !wellFormedSignal(frame)) {
         throw new RemoteProtocolError(`unexpected ${frame.type} frame`);
       }
-      const peer = this.peers.get(frame.fromUserId);
+      let peer = this.peers.get(frame.fromUserId);
       if (peer === undefined) throw new RemoteProtocolError(`${frame.type} from ${frame.fromUserId}, who is not in our room`);
+      if (typeof frame.sid === "string" && peer.remoteSession !== null && frame.sid !== peer.remoteSession && !("rsid" in frame)) {
+        // The peer started our pair over (a new session that does not know ours yet):
+        // so do we (mirrors `ClientMachine._restart_pair`).
+        this._run(peer, peer.close(now()));
+        peer = this._newNegotiation(peer.peerId);
+        this._log("info", `${peer.peerId} started our pair over; so do we`);
+        this._run(peer, peer.start(now()));
+      }
       this._run(peer, peer.onSignal(frame, now()));
     } catch (error) {
       if (!(error instanceof RemoteProtocolError)) throw error;
@@ -949,6 +1012,7 @@ export class SignalingClient extends EventTarget {
     this._log("warning", `server error ${frame.code}: ${frame.message}`);
     const refused = frame.channel === Channel.ROOMS && JOIN_REFUSALS.has(frame.code);
     if (refused) this._joinsInFlight = Math.max(0, this._joinsInFlight - 1);
+    if (refused && this.resuming && this._joinsInFlight === 0) this._giveUpResume();
     if (refused && this.state === "joining" && this._joinsInFlight === 0) {
       this._emit("join-refused", { roomId: this.roomId, code: frame.code, message: frame.message });
       if (this.room !== null) {
@@ -969,15 +1033,68 @@ export class SignalingClient extends EventTarget {
       return;
     }
     const participants = Array.isArray(frame.existingParticipants) ? frame.existingParticipants.filter((p) => typeof p === "string" && p !== this.userId) : [];
+    this._resumeToken = typeof frame.resumeToken === "string" ? frame.resumeToken : null;
+    if (this.resuming && this.room !== null && this.room.roomId === frame.roomId) return this._onResumed(frame.roomId, participants);
+    this._giveUpResume();
     this._leaveRoom();
     this.room = { roomId: frame.roomId, members: new Set(participants) };
     this.state = "joined";
+    this._reconciledAdded.clear();
+    this.absent.clear();
+    this._absentDeadline = null;
     this._log("info", `Joined room: ${frame.roomId} with ${participants.length} other participant(s)`);
     this._emit("room-joined", { roomId: frame.roomId, participants });
     for (const peerId of participants) this._addPeer(peerId);
   }
 
+  /** In our room again after a resume or a fresh join we cannot tell from one: reconcile
+   * (mirrors `ClientMachine._on_resumed`). */
+  _onResumed(roomId, participants) {
+    this.resuming = false;
+    this._resumeDeadline = null;
+    this.room = { roomId, members: new Set(participants) };
+    this.state = "joined";
+    this._reconciledAdded.clear();
+    this.absent = new Set([...this.peers.keys()].filter((p) => !this.room.members.has(p)));
+    this._absentDeadline = this.absent.size ? now() + Math.max(this.resumeWindow, 1) : null;
+    const held = this._heldOut;
+    this._heldOut = [];
+    for (const frame of held) if (this.room.members.has(frame.toUserId)) this._sendFrame(frame);
+    this._log("info", `Resumed room: ${roomId} with ${participants.length} other participant(s)`);
+    this._emit("room-resumed", { roomId, participants });
+    for (const peerId of participants) {
+      if (!this.peers.has(peerId)) {
+        this._reconciledAdded.add(peerId);
+        this._addPeer(peerId);
+      }
+    }
+    this._rearm();
+  }
+
+  /** Membership frames that a rejoin already accounted for (mirrors
+   * `ClientMachine._on_membership`); true when the frame is handled. */
+  _reconciled(type, peerId) {
+    if (type === "user-joined-room" && this._reconciledAdded.has(peerId)) {
+      this._reconciledAdded.delete(peerId);
+      if (this.room.members.has(peerId)) return true;
+    }
+    if (this.absent.has(peerId)) {
+      this.absent.delete(peerId);
+      if (this.absent.size === 0) this._absentDeadline = null;
+      if (type === "user-left-room") {
+        this._removePeer(this.peers.get(peerId)); // it had left while we were away
+      } else {
+        this.room.members.add(peerId); // back: its negotiation (and connection) carry on
+        this._log("info", `${peerId} is back in the room`);
+      }
+      return true;
+    }
+    this._reconciledAdded.delete(peerId);
+    return false;
+  }
+
   _onMemberJoined(peerId) {
+    if (this._reconciled("user-joined-room", peerId)) return;
     if (this.room.members.has(peerId)) throw new RemoteProtocolError(`${peerId} joined twice`);
     this.room.members.add(peerId);
     this._log("info", `User joined: ${peerId}`);
@@ -985,6 +1102,7 @@ export class SignalingClient extends EventTarget {
   }
 
   _onMemberLeft(peerId) {
+    if (this._reconciled("user-left-room", peerId)) return;
     if (!this.room.members.has(peerId)) throw new RemoteProtocolError(`${peerId} left but was not in the room`);
     this.room.members.delete(peerId);
     this._log("info", `User left: ${peerId}`);
@@ -1001,6 +1119,12 @@ export class SignalingClient extends EventTarget {
   }
 
   _addPeer(peerId) {
+    const peer = this._newNegotiation(peerId);
+    this._emit("peer-joined", { peerId });
+    this._run(peer, peer.start(now()));
+  }
+
+  _newNegotiation(peerId) {
     const peer = new PeerNegotiation({
       ourId: this.userId,
       peerId,
@@ -1011,8 +1135,7 @@ export class SignalingClient extends EventTarget {
       session: this._newSession(peerId),
     });
     this.peers.set(peerId, peer);
-    this._emit("peer-joined", { peerId });
-    this._run(peer, peer.start(now()));
+    return peer;
   }
 
   _removePeer(peer) {
@@ -1024,7 +1147,11 @@ export class SignalingClient extends EventTarget {
 
   /** Run what `peer` decided, then re-arm the one timer (mirrors `_after_peer`). */
   _run(peer, actions) {
-    for (const action of actions) this._execute(peer, action);
+    for (const action of actions) {
+      if (action.kind === "send" && this.resuming) this._heldOut.push(action.frame);
+      else if (action.kind === "send" && this.absent.has(peer.peerId)) continue; // in no room
+      else this._execute(peer, action);
+    }
     this._emit("peer-state", { peerId: peer.peerId, state: peer.state, link: peer.link, epoch: peer.epoch });
     this._rearm();
   }
@@ -1032,6 +1159,9 @@ export class SignalingClient extends EventTarget {
   _rearm() {
     clearTimeout(this._timer);
     let next = null;
+    for (const when of [this._resumeDeadline, this._absentDeadline]) {
+      if (when !== null && (next === null || when < next)) next = when;
+    }
     for (const peer of this.peers.values()) {
       if (peer.deadline !== null && (next === null || peer.deadline < next)) next = peer.deadline;
     }
@@ -1040,6 +1170,12 @@ export class SignalingClient extends EventTarget {
 
   _onTimer() {
     const t = now();
+    if (this._resumeDeadline !== null && this._resumeDeadline <= t) this._giveUpResume();
+    if (this._absentDeadline !== null && this._absentDeadline <= t) {
+      this._absentDeadline = null;
+      for (const peerId of [...this.absent].sort()) this._removePeer(this.peers.get(peerId));
+      this.absent.clear();
+    }
     for (const peer of [...this.peers.values()]) {
       if (peer.deadline !== null && peer.deadline <= t) this._run(peer, peer.onTimer(t));
     }
