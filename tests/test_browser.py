@@ -347,8 +347,10 @@ def test_renegotiation_glare_between_two_browsers_resolves_by_rollback(relay: st
             if rollbacks:
                 break
         assert rollbacks >= 1, "the offers never crossed"
+        # The initiator never yields. (It logs that it ignored the polite offer only when
+        # that offer got out before the rollback: when the polite side was still making
+        # it, it is abandoned and never sent.)
         assert not any("glare: rolling back" in x for x in await logs(first))
-        assert any("glare: ignoring the polite side's offer" in x for x in await logs(first))
         # the connection kept working through it
         await first.evaluate("window.c.send('g-b', 'after glare')")
         await wait_message(second, "g-a", "after glare")
