@@ -11,6 +11,7 @@ client, with a timeout; nothing sleeps to synchronise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import urllib.request
@@ -47,12 +48,12 @@ def _loopback() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextlib.contextmanager
+def serving(cwd: Path, *flags: str) -> Iterator[str]:
     """A real ``sansio-signal serve`` on a free loopback port; yields its ws:// URL."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sansio_signal", "serve", "--port", "0"],
-        cwd=tmp_path_factory.mktemp("serve"),  # not the checkout: it would shadow the package
+        [sys.executable, "-m", "sansio_signal", "serve", "--port", "0", *flags],
+        cwd=cwd,  # not the checkout: it would shadow the installed package
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -65,6 +66,12 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serving(tmp_path_factory.mktemp("serve")) as url:
+        yield url
 
 
 def http_url(ws_url: str) -> str:
@@ -298,6 +305,39 @@ def test_the_demo_page_joins_shows_states_and_chats(relay: str) -> None:
         assert "Received offer from: alice" in await bob.inner_text("#log")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         await alice.screenshot(path=str(ARTIFACTS / "demo-page.png"), full_page=True)
+
+    run(scenario)
+
+
+def test_the_page_takes_its_ice_servers_from_the_server(tmp_path: Path) -> None:
+    turn = "turn:127.0.0.1:3478?transport=udp"
+    flags = [
+        "--ice-server",
+        "stun:127.0.0.1:3478",
+        "--ice-server",
+        f"{turn},username=u,credential=p",
+    ]
+    expected = [
+        {"urls": "stun:127.0.0.1:3478"},
+        {"urls": turn, "username": "u", "credential": "p"},
+    ]
+
+    async def scenario(browser: Browser) -> None:
+        with serving(tmp_path, *flags) as relay:
+            alice, bob = await browser.new_page(), await browser.new_page()
+            await join_by_form(alice, relay, "ice", "alice")
+            await join_by_form(bob, relay, "ice", "bob")
+            assert await alice.evaluate("window.sansioClient.iceServers") == expected
+            await alice.wait_for_function(
+                "() => window.sansioClient.peerConnection('bob') !== null", timeout=TIMEOUT * 1000
+            )
+            configured = await alice.evaluate(
+                "window.sansioClient.peerConnection('bob').getConfiguration().iceServers"
+            )
+            assert [s["urls"] for s in configured] in (
+                [e["urls"] for e in expected],
+                [[e["urls"]] for e in expected],  # browsers may normalise urls to a list
+            )
 
     run(scenario)
 
