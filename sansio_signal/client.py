@@ -25,12 +25,18 @@ default). For ``resume_window`` seconds after the loss the machine keeps the roo
 every negotiation, holds back the frames they want to send, and, once connected
 again, sends ``join-room`` with the ``resumeToken`` of our last ``user-joined-room``.
 The server answers with a fresh ``user-joined-room`` and replays what we missed; the
-machine reconciles the room (peers gone meanwhile leave, newcomers are added — the
-replayed membership frames that describe the same changes are recognised and skipped),
-sends what it held back, and reports :class:`~.actions.RoomResumed`. Past the window,
-the room is given up as before and the next connection joins afresh. Keep
-``resume_window`` below the server's grace: a resume the server no longer expects
-is answered as a fresh join, which the others treat as a new member.
+machine reconciles the room with that answer: newcomers are added; members the answer
+lacks are kept *absent* for the window (after a server restart the others come back
+one by one, and their peer connections still work) and let go if they do not return;
+replayed membership frames that repeat a change already made are skipped. Then it
+sends what it held back and reports :class:`~.actions.RoomResumed`. Past the window,
+the room is given up and the next connection joins afresh. After a close that removed
+us (``ServerDisconnected.close_code`` 1007, 1008, ...) it joins afresh at once.
+
+A resume the server no longer expected (its grace passed, or it restarted) is
+answered like a fresh join, and the others start their pairs with us over: a frame
+whose ``sid`` is new and names none of ours (no ``rsid``) makes the machine follow
+with a fresh negotiation for that peer (:meth:`ClientMachine._restart_pair`).
 
 Inside the room, :class:`~.room.RoomView` replays the membership frames, and each other
 member gets a :class:`~.negotiation.PeerNegotiation`, created when the member appears
