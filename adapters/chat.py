@@ -20,6 +20,7 @@ from sansio_signal.actions import (
     PeerJoined,
     PeerLeft,
     RoomJoined,
+    RoomResumed,
     ServerErrorReceived,
 )
 
@@ -31,6 +32,8 @@ def describe(action: ClientNotice) -> str | None:
     """The stderr line for an event, or ``None`` for events not worth a line."""
     if isinstance(action, RoomJoined):
         return f"joined room {action.room_id} with {list(action.participants) or 'nobody'}"
+    if isinstance(action, RoomResumed):
+        return f"back in room {action.room_id} (peer connections kept)"
     if isinstance(action, PeerJoined):
         return f"{action.peer_id} is here"
     if isinstance(action, PeerConnected):
