@@ -990,7 +990,7 @@ export class SignalingClient extends EventTarget {
       }
       let peer = this.peers.get(frame.fromUserId);
       if (peer === undefined) throw new RemoteProtocolError(`${frame.type} from ${frame.fromUserId}, who is not in our room`);
-      if (typeof frame.sid === "string" && peer.remoteSession !== null && frame.sid !== peer.remoteSession && !("rsid" in frame)) {
+      if (typeof frame.sid === "string" && peer.remoteSession !== null && frame.sid !== peer.remoteSession && frame.rsid == null) {
         // The peer started our pair over (a new session that does not know ours yet):
         // so do we (mirrors `ClientMachine._restart_pair`).
         this._run(peer, peer.close(now()));
