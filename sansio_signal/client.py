@@ -212,7 +212,6 @@ class ClientMachine:
             if key == _ABSENT_KEY:
                 for peer_id in sorted(self.absent):
                     actions += self._remove_peer(self.peers[peer_id], now)
-                self.absent.clear()
                 continue
             peer = self.peers.get(str(key))
             if peer is None:
@@ -464,6 +463,10 @@ class ClientMachine:
         return actions + self._run(peer, peer.on_signal(message, now))
 
     def _remove_peer(self, peer: PeerNegotiation, now: float) -> list[ClientAction]:
+        if peer.peer_id in self.absent:
+            self.absent.discard(peer.peer_id)
+            if not self.absent:
+                self._timers.cancel(_ABSENT_KEY)
         actions = peer.close(now)
         self._after_peer(peer, actions)
         del self.peers[peer.peer_id]
@@ -640,11 +643,11 @@ class ClientMachine:
             if user_id in self.room:
                 return []
         if user_id in self.absent:
+            if isinstance(frame, UserLeftRoom):  # it had left while we were away
+                return self._remove_peer(self.peers[user_id], now)
             self.absent.discard(user_id)
             if not self.absent:
                 self._timers.cancel(_ABSENT_KEY)
-            if isinstance(frame, UserLeftRoom):  # it had left while we were away
-                return self._remove_peer(self.peers[user_id], now)
             self.room.apply(frame)  # back: its negotiation (and connection) carry on
             return [Log(level=LogLevel.INFO, message="%s is back in the room", args=(user_id,))]
         self._reconciled_added.discard(user_id)

@@ -121,3 +121,19 @@ def test_the_window_passes_without_a_server_and_the_room_is_given_up() -> None:
     sim.connect("b")
     sim.run()
     assert sim.settled_problems() == []
+
+
+def test_leaving_while_peers_are_absent_forgets_them() -> None:
+    # Found by the stateful test: a peer kept absent after a rejoin, then the room left
+    # (or lost for good) before the absent wait ended, must not be looked up again.
+    sim = mesh(["a", "b", "c"])
+    sim.restart_relay()
+    sim.connect("a")
+    sim.run(until=sim.now + 0.5)
+    assert sim.clients["a"].machine.absent == {"b", "c"}
+    sim.leave("a")
+    assert sim.clients["a"].machine.absent == set()
+    sim.connect("b")
+    sim.connect("c")
+    sim.run()
+    assert sim.settled_problems() == []

@@ -1079,11 +1079,11 @@ export class SignalingClient extends EventTarget {
       if (this.room.members.has(peerId)) return true;
     }
     if (this.absent.has(peerId)) {
-      this.absent.delete(peerId);
-      if (this.absent.size === 0) this._absentDeadline = null;
       if (type === "user-left-room") {
         this._removePeer(this.peers.get(peerId)); // it had left while we were away
       } else {
+        this.absent.delete(peerId);
+        if (this.absent.size === 0) this._absentDeadline = null;
         this.room.members.add(peerId); // back: its negotiation (and connection) carry on
         this._log("info", `${peerId} is back in the room`);
       }
@@ -1139,6 +1139,7 @@ export class SignalingClient extends EventTarget {
   }
 
   _removePeer(peer) {
+    if (this.absent.delete(peer.peerId) && this.absent.size === 0) this._absentDeadline = null;
     this._run(peer, peer.close(now()));
     this.peers.delete(peer.peerId);
     this._channels.delete(peer.peerId);
@@ -1174,7 +1175,6 @@ export class SignalingClient extends EventTarget {
     if (this._absentDeadline !== null && this._absentDeadline <= t) {
       this._absentDeadline = null;
       for (const peerId of [...this.absent].sort()) this._removePeer(this.peers.get(peerId));
-      this.absent.clear();
     }
     for (const peer of [...this.peers.values()]) {
       if (peer.deadline !== null && peer.deadline <= t) this._run(peer, peer.onTimer(t));
