@@ -300,12 +300,13 @@ class ClientMachine:
                 return []
             return self._send_join()
         if isinstance(event, LeaveRequested):
-            if self.resuming:  # offline: nobody to tell; the server's grace will end
-                self.room_id = None
-                return self._give_up_resume(now)
+            # A resume in progress ends here: its peers go. Offline, nobody needs telling
+            # (the server's grace will end); with the resuming join on its way, the
+            # leave-room below follows it.
+            given_up = self._give_up_resume(now)
             target, self.room_id = self.room_id, None
             if self.state in (ClientState.OFFLINE, ClientState.LOBBY) or target is None:
-                return []
+                return given_up
             # While a join is pending we cannot know which room the server will have us
             # in, so we leave both; one of the two answers not-in-room, harmlessly.
             rooms = [target]
@@ -316,7 +317,7 @@ class ClientMachine:
             frames: list[ClientAction] = [
                 SendToServer(text=encode(LeaveRoom(room_id=room))) for room in rooms
             ]
-            return frames + actions
+            return given_up + frames + actions
         if isinstance(event, ChatRequested):
             if self.state is not ClientState.JOINED:
                 raise LocalProtocolError(f"chat needs a room (state {self.state.value})")

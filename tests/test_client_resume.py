@@ -137,3 +137,17 @@ def test_leaving_while_peers_are_absent_forgets_them() -> None:
     sim.connect("c")
     sim.run()
     assert sim.settled_problems() == []
+
+
+def test_leaving_while_the_resuming_join_is_on_its_way_leaves_the_room() -> None:
+    # Found by the stateful test: the leave must follow the resuming join to the relay.
+    sim = mesh(["a", "b"])
+    sim.restart_relay()
+    sim.connect("a")  # the join with the resume token is queued, not delivered
+    assert sim.clients["a"].machine.resuming
+    sim.leave("a")
+    sim.connect("b")
+    sim.run()
+    assert sim.settled_problems() == []
+    assert sim.members(ROOM) == ["b"]
+    assert sim.clients["a"].machine.state is ClientState.LOBBY

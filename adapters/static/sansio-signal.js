@@ -832,7 +832,7 @@ export class SignalingClient extends EventTarget {
   leave() {
     const target = this.roomId;
     this.roomId = null;
-    if (this.resuming) return this._giveUpResume(); // offline: the server's grace will end
+    this._giveUpResume(); // a resume in progress ends here (its resuming join, if sent, is left below)
     if (this.state === "offline" || this.state === "lobby" || target === null) return;
     const rooms = [target];
     if (this.room !== null && this.room.roomId !== target) rooms.unshift(this.room.roomId);
