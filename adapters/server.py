@@ -104,6 +104,10 @@ class _Link:
     idle_timer: asyncio.TimerHandle | None = None
 
 
+FAIR_SHARE = 16
+"""Frames handled from one connection before the others get a turn (websockets hands out
+every frame it has already read without suspending)."""
+
 SERVICE_RESTART = 1012
 """Close code of a graceful restart (``stop(code=SERVICE_RESTART)``, SIGTERM on ``serve``):
 the server is going away and coming back, so clients reconnect and resume."""
@@ -516,17 +520,32 @@ class RelayServer:
         if idle is not None:
             link.last_frame = loop.time()
             link.idle_timer = loop.call_at(link.last_frame + idle, self._idle_check, conn, link)
+        received = 0
         try:
             async for data in ws:
+                if link.closing:
+                    # Closed by us (abuse, oversize, idle, slow reader): read no more.
+                    # websockets stops reading the socket once its small queue is full,
+                    # so a flooding client costs nothing more until the close completes.
+                    break
                 if idle is not None:
                     link.last_frame = loop.time()  # the timer re-arms itself lazily
                 if link.known_to_machine:  # false once dropped as a slow consumer
                     self._feed(FrameReceived(conn=conn, data=data))
+                received += 1
+                if received % FAIR_SHARE == 0:
+                    # websockets hands out frames already read without suspending: let
+                    # the other connections run between bursts of this one.
+                    await asyncio.sleep(0)
         except ConnectionClosed:
             pass
         finally:
             if link.idle_timer is not None:
                 link.idle_timer.cancel()
+            if link.closing and not writer.done():
+                # let the writer flush what the machine queued and close (bounded)
+                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(writer), self.close_timeout + 1)
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
