@@ -26,6 +26,7 @@ from playwright.async_api import Browser, Page, async_playwright
 from sansio_signal.actions import PeerLeft
 from sansio_signal.adapters.aiortc_peer import loopback_only
 from sansio_signal.adapters.client import Client, connect
+from sansio_signal.negotiation import NegState
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -199,6 +200,31 @@ def test_browser_and_aiortc_talk_both_ways(relay: str, browser_id: str, python_i
                 assert any(f"Received offer from: {python_id}" in x for x in lines)
             else:
                 assert any(f"Received answer from: {python_id}" in x for x in lines)
+
+    run(scenario)
+
+
+def test_an_aiortc_peer_that_cannot_roll_back_asks_the_browser_to_offer(relay: str) -> None:
+    # The browser is the initiator; the aiortc side never offers: it sends
+    # webrtc-renegotiate, and the browser makes the new offer.
+    room = "ask-to-offer"
+
+    async def scenario(browser: Browser) -> None:
+        async with python_peer(relay, "b-py", room) as py:
+            page = await browser_peer(browser, relay, "a-web", room)
+            await wait_open(page, "b-py")
+            await py.wait_connected("a-web", timeout=TIMEOUT)
+            offers = (
+                "(p) => window.seen.logs"
+                ".filter((x) => x.includes('Creating offer for peer: ' + p)).length"
+            )
+            assert await page.evaluate(offers, "b-py") == 1
+            py.renegotiate("a-web")
+            await page.wait_for_function(f"() => ({offers})('b-py') === 2", timeout=TIMEOUT * 1000)
+            await py.wait_until(lambda: py.machine.peers["a-web"].state is NegState.STABLE, TIMEOUT)
+            assert py.peers["a-web"].frames_sent >= 2  # its answer, and the request before it
+            await page.evaluate("window.c.send('b-py', 'after')")
+            await next_text_from(py, "a-web", "after")
 
     run(scenario)
 
