@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from netproxy import proxied
 from playwright.async_api import Browser, Page, async_playwright
+from wsutil import message_from
 
 from sansio_signal.actions import PeerLeft
 from sansio_signal.adapters.aiortc_peer import loopback_only
@@ -142,12 +143,7 @@ async def wait_message(page: Page, sender: str, text: str) -> None:
 
 
 async def next_text_from(client: Client, sender: str, text: str) -> None:
-    async def first() -> None:
-        async for message in client.messages():
-            if (message.from_user_id, message.text) == (sender, text):
-                return
-
-    await asyncio.wait_for(first(), TIMEOUT)
+    await message_from(client, sender, text, TIMEOUT)
 
 
 async def heard_from_all(client: Client, user: str, round_: str) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from netproxy import proxied
+from wsutil import message_from
 
 from sansio_signal import Limits
 from sansio_signal.actions import PeerLeft, RoomResumed
@@ -60,12 +61,7 @@ class Recorder:
 
 
 async def next_message(client: Client, sender: str, text: str) -> None:
-    async def first() -> None:
-        async for message in client.messages():
-            if (message.from_user_id, message.text) == (sender, text):
-                return
-
-    await asyncio.wait_for(first(), TIMEOUT)
+    await message_from(client, sender, text, TIMEOUT)
 
 
 def test_a_dropped_connection_resumes_mid_negotiation_and_misses_nothing() -> None:

@@ -16,13 +16,12 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from wsutil import recv, run, send
 
 from sansio_signal import Limits
 from sansio_signal.adapters.server import RelayServer
@@ -31,27 +30,6 @@ ROOMS = "webrtc-dashboard-rooms"
 SIGNALING = "webrtc-signaling"
 CHAT = "webrtc-dashboard-chat"
 TIMEOUT = 5.0
-
-Frame = dict[str, Any]
-
-
-def run(scenario: Callable[[RelayServer], Awaitable[None]], **server_args: Any) -> None:
-    """Start a server on a free port, run ``scenario`` against it, stop it."""
-
-    async def main() -> None:
-        async with RelayServer(port=0, **server_args) as server:
-            await asyncio.wait_for(scenario(server), 30)
-
-    asyncio.run(main())
-
-
-async def recv(ws: ClientConnection) -> Frame:
-    frame: Frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
-    return frame
-
-
-async def send(ws: ClientConnection, frame: Frame) -> None:
-    await ws.send(json.dumps(frame))
 
 
 async def closed_code(ws: ClientConnection) -> int | None:

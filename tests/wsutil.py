@@ -1,0 +1,49 @@
+"""Helpers shared by the tests that talk to real servers and clients on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from websockets.asyncio.client import ClientConnection
+
+from sansio_signal.adapters.server import RelayServer
+
+if TYPE_CHECKING:
+    from sansio_signal.adapters.client import Client
+
+RECV_TIMEOUT = 5.0
+Frame = dict[str, Any]
+
+
+def run(scenario: Callable[[RelayServer], Awaitable[None]], **server_args: Any) -> None:
+    """Start a server on a free loopback port, run ``scenario`` against it, stop it."""
+
+    async def main() -> None:
+        async with RelayServer(port=0, **server_args) as server:
+            await asyncio.wait_for(scenario(server), 30)
+
+    asyncio.run(main())
+
+
+async def recv(ws: ClientConnection) -> Frame:
+    """The next frame on ``ws``, decoded (fails after ``RECV_TIMEOUT``)."""
+    frame: Frame = json.loads(await asyncio.wait_for(ws.recv(), RECV_TIMEOUT))
+    return frame
+
+
+async def send(ws: ClientConnection, frame: Frame) -> None:
+    await ws.send(json.dumps(frame))
+
+
+async def message_from(client: Client, sender: str, text: str, timeout: float) -> None:
+    """Until ``client`` receives ``text`` from ``sender`` on a data channel."""
+
+    async def first() -> None:
+        async for message in client.messages():
+            if (message.from_user_id, message.text) == (sender, text):
+                return
+
+    await asyncio.wait_for(first(), timeout)
