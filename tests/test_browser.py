@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
-import sys
+import signal
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -22,11 +21,12 @@ from pathlib import Path
 import pytest
 from netproxy import proxied
 from playwright.async_api import Browser, Page, async_playwright
-from wsutil import message_from
+from wsutil import free_port, message_from, start_serve
 
 from sansio_signal.actions import PeerLeft
 from sansio_signal.adapters.aiortc_peer import loopback_only
 from sansio_signal.adapters.client import Client, connect
+from sansio_signal.client import ClientState
 from sansio_signal.negotiation import NegState
 
 CHROMIUM = "/usr/bin/chromium"
@@ -53,18 +53,9 @@ def _loopback() -> Iterator[None]:
 @contextlib.contextmanager
 def serving(cwd: Path, *flags: str) -> Iterator[str]:
     """A real ``sansio-signal serve`` on a free loopback port; yields its ws:// URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sansio_signal", "serve", "--port", "0", *flags],
-        cwd=cwd,  # not the checkout: it would shadow the installed package
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    proc, url = start_serve(cwd, *flags)
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("listening on ws://"), line
-        yield line.removeprefix("listening on ").strip()
+        yield url
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -480,5 +471,73 @@ def test_a_browser_resumes_after_its_connection_drops_and_keeps_its_peer_connect
             await wait_message(page, "a-py", "after")
             assert left == [], "the Python peer never saw the browser leave"
             watcher.cancel()
+
+    run(scenario)
+
+
+def test_browsers_keep_their_peer_connections_through_a_relay_restart(tmp_path: Path) -> None:
+    room = "restart"
+    port = free_port()
+
+    async def scenario(browser: Browser) -> None:
+        proc, url = start_serve(tmp_path, port=port)
+        try:
+            async with python_peer(url, "c-py", room) as py:
+                pages = {
+                    "a-web": await browser_peer(browser, url, "a-web", room),
+                    "b-web": await browser_peer(browser, url, "b-web", room),
+                }
+                everyone = ["a-web", "b-web", "c-py"]
+                for user, page in pages.items():
+                    others = [u for u in everyone if u != user]
+                    await wait_open(page, *others)
+                    await page.evaluate(
+                        "(ps) => { window.before = ps.map((p) => window.c.peerConnection(p)); }",
+                        others,
+                    )
+                await py.wait_all_connected(expected=2, timeout=TIMEOUT)
+                py_before = {p: py.peer_connection(p) for p in pages}
+
+                proc.send_signal(signal.SIGTERM)  # 1012 to everyone
+                await asyncio.to_thread(proc.wait, 10)
+                for page in pages.values():
+                    await page.wait_for_function("() => window.c.resuming", timeout=TIMEOUT * 1000)
+                # the relay is gone; the data channels are not
+                await pages["a-web"].evaluate("window.c.send('b-web', 'relay down')")
+                await wait_message(pages["b-web"], "a-web", "relay down")
+
+                proc, _ = await asyncio.to_thread(start_serve, tmp_path, port=port)
+                back = (
+                    "() => window.c.state === 'joined' && !window.c.resuming"
+                    " && window.c.absent.size === 0"
+                )
+                for page in pages.values():
+                    await page.wait_for_function(back, timeout=TIMEOUT * 1000)
+                await py.wait_until(
+                    lambda: py.machine.state is ClientState.JOINED and not py.machine.absent,
+                    TIMEOUT,
+                )
+                for user, page in pages.items():
+                    others = [u for u in everyone if u != user]
+                    same = await page.evaluate(
+                        "(ps) => ps.every("
+                        "(p, i) => window.c.peerConnection(p) === window.before[i])",
+                        others,
+                    )
+                    assert same, f"{user} replaced a peer connection"
+                    assert await page.evaluate("window.seen.left") == []
+                assert {p: py.peer_connection(p) for p in pages} == py_before
+                # signaling and chat work through the new relay
+                py.chat("new relay")
+                for page in pages.values():
+                    await page.wait_for_function(
+                        "() => window.seen.chats.some(([f, t]) => t === 'new relay')",
+                        timeout=TIMEOUT * 1000,
+                    )
+                await pages["b-web"].evaluate("window.c.send('c-py', 'still here')")
+                await next_text_from(py, "b-web", "still here")
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
 
     run(scenario)

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from netproxy import proxied
-from wsutil import message_from
+from wsutil import free_port, message_from, start_serve
 
 from sansio_signal import Limits
 from sansio_signal.actions import PeerLeft, RoomResumed
@@ -137,26 +134,6 @@ def test_without_a_resume_the_grace_ends_with_exactly_one_leave() -> None:
 # ------------------------------------------------------------------ restart and crash
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def serve(port: int, cwd: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sansio_signal", "serve", "--port", str(port)],
-        cwd=cwd,  # not the checkout: it would shadow the installed package
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().startswith("listening on ")
-    return proc
-
-
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
 def test_peer_connections_survive_a_relay_restart_and_the_mesh_reforms(
     tmp_path: Path, how: signal.Signals
@@ -166,7 +143,7 @@ def test_peer_connections_survive_a_relay_restart_and_the_mesh_reforms(
     users = ["p0", "p1", "p2"]
 
     async def main() -> None:
-        server = serve(port, tmp_path)
+        server, _ = start_serve(tmp_path, port=port)
         try:
             clients = {u: connect(url, room_id="r", user_id=u) for u in users}
             await asyncio.gather(*(c.start() for c in clients.values()))
@@ -185,7 +162,7 @@ def test_peer_connections_survive_a_relay_restart_and_the_mesh_reforms(
             clients["p0"].send("p1", "while the relay is down")
             await next_message(clients["p1"], "p0", "while the relay is down")
 
-            server = serve(port, tmp_path)
+            server, _ = start_serve(tmp_path, port=port)
             await until(lambda: all(not c.machine.resuming for c in clients.values()))
             for client in clients.values():
                 await until(lambda: all(not c.machine.absent for c in clients.values()))

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.client import ClientConnection
@@ -47,3 +51,29 @@ async def message_from(client: Client, sender: str, text: str, timeout: float) -
                 return
 
     await asyncio.wait_for(first(), timeout)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (for a server restarted on the same port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_serve(cwd: Path, *flags: str, port: int = 0) -> tuple[subprocess.Popen[str], str]:
+    """A real ``sansio-signal serve`` process and its ws:// URL, once it listens.
+
+    ``cwd`` must not be the checkout: there ``sansio_signal/`` would shadow the installed
+    package (whose ``adapters`` live elsewhere)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sansio_signal", "serve", "--port", str(port), *flags],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("listening on ws://"), line
+    return proc, line.removeprefix("listening on ").strip()
