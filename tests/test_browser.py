@@ -541,3 +541,80 @@ def test_browsers_keep_their_peer_connections_through_a_relay_restart(tmp_path: 
             proc.wait(timeout=10)
 
     run(scenario)
+
+
+# ------------------------------------------------------------------ recovery
+
+FAIL = """
+(peer) => {
+  // Report the connection with `peer` as failed, as the browser would after losing the
+  // path: the machine's recovery then runs on the real RTCPeerConnection.
+  const handle = window.c.peers.get(peer).pc;
+  window.c._result(handle, "onConnectionState", "failed");
+}
+"""
+
+
+def ufrag(sdp: str) -> str:
+    return next(line for line in sdp.splitlines() if line.startswith("a=ice-ufrag:"))
+
+
+def test_two_browsers_recover_from_failed_by_an_ice_restart_on_the_same_connection(
+    relay: str,
+) -> None:
+    room = "ice-restart"
+
+    async def scenario(browser: Browser) -> None:
+        first = await browser_peer(browser, relay, "r-a", room)  # initiator
+        second = await browser_peer(browser, relay, "r-b", room)
+        await wait_open(first, "r-b")
+        await wait_open(second, "r-a")
+        await first.evaluate("window.pcBefore = window.c.peerConnection('r-b')")
+        local = "() => window.c.peerConnection(window.other).localDescription.sdp"
+        await first.evaluate("window.other = 'r-b'")
+        before = ufrag(await first.evaluate(local))
+        await first.evaluate(FAIL, "r-b")
+        await first.wait_for_function(
+            "() => window.seen.logs.some((x) => x.includes('ICE restart'))"
+            " && window.c.peers.get('r-b').state === 'stable'",
+            timeout=TIMEOUT * 1000,
+        )
+        assert ufrag(await first.evaluate(local)) != before, "new ICE credentials"
+        assert await first.evaluate("window.c.peerConnection('r-b') === window.pcBefore")
+        assert await first.evaluate("window.c.peers.get('r-b').epoch") == 0
+        await first.evaluate("window.c.send('r-b', 'after restart')")
+        await wait_message(second, "r-a", "after restart")
+
+    run(scenario)
+
+
+def test_a_browser_and_aiortc_recover_from_failed_on_a_fresh_connection(relay: str) -> None:
+    # aiortc cannot restart ICE: the browser initiator closes the connection and offers on
+    # a new one at the next epoch, and the aiortc side follows.
+    room = "recreate"
+
+    async def scenario(browser: Browser) -> None:
+        async with python_peer(relay, "z-py", room) as py:
+            page = await browser_peer(browser, relay, "m-web", room)
+            await wait_open(page, "z-py")
+            await py.wait_connected("m-web", timeout=TIMEOUT)
+            py_before = py.peer_connection("m-web")
+            await page.evaluate("window.pcBefore = window.c.peerConnection('z-py')")
+            await page.evaluate(FAIL, "z-py")
+            await page.wait_for_function(
+                "() => window.c.peers.get('z-py').epoch === 1"
+                " && window.c._channels.get('z-py')?.readyState === 'open'",
+                timeout=TIMEOUT * 1000,
+            )
+            assert await page.evaluate("window.c.peerConnection('z-py') !== window.pcBefore")
+            await py.wait_until(
+                lambda: py.peers["m-web"].epoch == 1 and "m-web" in py.connected_peers(),
+                TIMEOUT,
+            )
+            assert py.peer_connection("m-web") is not py_before
+            py.send("m-web", "on the new connection")
+            await wait_message(page, "z-py", "on the new connection")
+            await page.evaluate("window.c.send('z-py', 'and back')")
+            await next_text_from(py, "m-web", "and back")
+
+    run(scenario)
