@@ -108,7 +108,7 @@ FAIR_SHARE = 16
 """Frames handled from one connection before the others get a turn (websockets hands out
 every frame it has already read without suspending)."""
 
-SERVICE_RESTART = 1012
+SERVICE_RESTART = CloseCode.SERVICE_RESTART
 """Close code of a graceful restart (``stop(code=SERVICE_RESTART)``, SIGTERM on ``serve``):
 the server is going away and coming back, so clients reconnect and resume."""
 
@@ -307,7 +307,6 @@ class RelayServer:
         self._links: dict[ConnId, _Link] = {}
         self._ids = itertools.count(1)
         self._server: Server | None = None
-        self._shutdown_code: int | None = None
         self._opening: set[_Connection] = set()
         """Connections still in their HTTP request / WebSocket handshake."""
         self._timer: asyncio.TimerHandle | None = None
@@ -390,7 +389,6 @@ class RelayServer:
         """
         if self._server is None:
             return
-        self._shutdown_code = code
         self._server.close(close_connections=True, code=code, reason=reason)
         # websockets answers 503 to a request that arrives now, but it would wait out the
         # handshake timeout for a socket that never sends one: drop those at once.
@@ -581,19 +579,14 @@ class RelayServer:
         elif sent.code == CloseCode.INTERNAL_ERROR and sent.reason == "keepalive ping timeout":
             self._refuse("ping-timeout", link.ws.remote_address)
 
-    def _clean(self, link: _Link) -> bool:
+    @staticmethod
+    def _clean(link: _Link) -> bool:
         protocol = link.ws.protocol
         sent = protocol.close_sent
-        if (
-            not link.server_closed
-            and sent is not None
-            and sent.code == SERVICE_RESTART
-            and self._shutdown_code == SERVICE_RESTART
-        ):
-            return False  # a restart: the client comes back and resumes
         by_server = link.server_closed or (sent is not None and not protocol.close_rcvd_then_sent)
         code = protocol.close_rcvd.code if protocol.close_rcvd is not None else None
-        return is_clean_close(code, by_server=by_server)
+        server_code = sent.code if by_server and sent is not None else None
+        return is_clean_close(code, by_server=by_server, server_code=server_code)
 
     async def _write(self, conn: ConnId, link: _Link) -> None:
         ws, queue = link.ws, link.queue

@@ -105,6 +105,7 @@ from .wire import (
     Answer,
     Channel,
     ChatMessage,
+    CloseCode,
     Error,
     ErrorCode,
     Ice,
@@ -138,7 +139,9 @@ class ClientState(Enum):
 
 _RESUME_KEY = " resume"
 """The timer key of the resume window (peer ids cannot contain a space)."""
-_RESUMABLE_CLOSES = frozenset({None, 1001, 1006, 1012})
+_RESUMABLE_CLOSES = frozenset(
+    {None, CloseCode.GOING_AWAY, CloseCode.ABNORMAL, CloseCode.SERVICE_RESTART}
+)
 """Ends of the server connection after which our place may still be ours: a drop (no
 close frame; 1006 is how libraries report it), a server going away or restarting."""
 _ABSENT_KEY = " absent"

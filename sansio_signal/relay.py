@@ -102,15 +102,18 @@ Authorize = Callable[[JoinRoom, float], bool]
 """``authorize(join, now)``: may this join go ahead? (False → ``unauthorized``.)"""
 
 
-def is_clean_close(code: int | None, *, by_server: bool) -> bool:
+def is_clean_close(code: int | None, *, by_server: bool, server_code: int | None = None) -> bool:
     """The ``clean`` flag of :class:`~.events.Disconnected`, by the protocol's rule.
 
     ``code`` is the close code the client sent (``None`` when the socket simply dropped);
-    ``by_server`` is true when the server side (machine, adapter or WebSocket library:
-    1007, 1008, 1009, 1011, 1013) started the close. A clean close leaves at once; any
-    other end of a socket may be resumed once resume exists.
+    ``by_server`` is true when the server side (machine, adapter or WebSocket library)
+    started the close, with ``server_code``. A clean close leaves at once; any other end
+    of a socket is held for a resume. The server's own closes (1001, 1007, 1008, 1009,
+    1011, 1013) are clean, except a restart (1012): its clients come back and resume.
     """
-    return by_server or code in (CloseCode.NORMAL, CloseCode.GOING_AWAY)
+    if by_server:
+        return server_code != CloseCode.SERVICE_RESTART
+    return code in (CloseCode.NORMAL, CloseCode.GOING_AWAY)
 
 
 class Phase(Enum):

@@ -78,10 +78,13 @@ class CloseCode:
 
     NORMAL = 1000
     GOING_AWAY = 1001
+    ABNORMAL = 1006
+    """Not sent: what WebSocket libraries report for a socket that ended without one."""
     INVALID_DATA = 1007
     POLICY = 1008
     TOO_BIG = 1009
     INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
     TRY_AGAIN_LATER = 1013
     REPLACED = 4000
 

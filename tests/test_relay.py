@@ -26,7 +26,7 @@ from conftest import (
 from sansio_signal.actions import CloseConnection, Log, LogLevel, SendFrame
 from sansio_signal.errors import LocalProtocolError
 from sansio_signal.events import Connected, ConnId, Disconnected, FrameReceived
-from sansio_signal.relay import Phase, RelayMachine
+from sansio_signal.relay import Phase, RelayMachine, is_clean_close
 from sansio_signal.testing.relay import RelayHarness, counting_tokens
 from sansio_signal.wire import JoinRoom, Limits
 
@@ -912,3 +912,22 @@ def test_no_timers_before_resume(harness: RelayHarness) -> None:
     harness.disconnect(a, clean=True)
     assert harness.machine.next_deadline() is None
     assert harness.machine.handle_timer(harness.now + 100.0) == []
+
+
+@pytest.mark.parametrize(
+    ("code", "by_server", "server_code", "clean"),
+    [
+        (1000, False, None, True),  # the client said goodbye
+        (1001, False, None, True),  # a page going away
+        (None, False, None, False),  # the socket dropped: held for a resume
+        (4001, False, None, False),  # any other client code: held too
+        (None, True, 1008, True),  # closed by the server for its behaviour: gone at once
+        (None, True, 1013, True),
+        (None, True, 1001, True),  # the server shutting down
+        (None, True, 1012, False),  # the server restarting: its clients come back
+    ],
+)
+def test_which_ends_of_a_socket_are_clean(
+    code: int | None, by_server: bool, server_code: int | None, clean: bool
+) -> None:
+    assert is_clean_close(code, by_server=by_server, server_code=server_code) is clean
