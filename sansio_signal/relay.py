@@ -234,7 +234,7 @@ class RelayMachine:
             held = self._held.pop(key, None)
             if held is not None:
                 self.stats.holds_expired += 1
-                actions += self._release(key, held, "resume grace passed")
+                actions += self._depart(held.room_id, held.user_id, " (resume grace passed)")
         return self._after(actions)
 
     def handle(self, event: RelayEvent, now: float) -> list[RelayAction]:
@@ -250,7 +250,7 @@ class RelayMachine:
             if held is not None:
                 self._timers.cancel(conn)
                 self.stats.holds_overflowed += 1
-                actions += self._release(conn, held, "resume queue full")
+                actions += self._depart(held.room_id, held.user_id, " (resume queue full)")
         return actions
 
     def _handle(self, event: RelayEvent, now: float) -> list[RelayAction]:
@@ -404,17 +404,15 @@ class RelayMachine:
             )
         ]
 
-    def _release(self, conn: ConnId, held: _Held, why: str) -> list[RelayAction]:
-        """A held member leaves for good (``held`` is already out of ``_held``)."""
-        room_id, user_id = held.room_id, held.user_id
+    def _depart(self, room_id: str, user_id: str, why: str = "") -> list[RelayAction]:
+        """``user_id`` is no longer in ``room_id``: the others (held ones included) are told."""
         self.directory.remove(room_id, user_id)
-        actions = self._to_room(
-            room_id, encode(UserLeftRoom(room_id=room_id, user_id=user_id)), UserLeftRoom.TYPE
-        )
+        text = encode(UserLeftRoom(room_id=room_id, user_id=user_id))
+        actions = self._to_room(room_id, text, UserLeftRoom.TYPE)
         actions.append(
             Log(
                 level=LogLevel.INFO,
-                message='User "%s" left room "%s" (%s)',
+                message='User "%s" left room "%s"%s',
                 args=(user_id, room_id, why),
             )
         )
@@ -441,16 +439,10 @@ class RelayMachine:
     def _leave(self, c: _Conn, conn: ConnId) -> list[RelayAction]:
         room_id, user_id = c.room_id, c.user_id
         assert room_id is not None and user_id is not None
-        self.directory.remove(room_id, user_id)
         c.room_id = c.user_id = c.resume_token = None
         if c.phase is Phase.JOINED:
             c.phase = Phase.LOBBY
-        text = encode(UserLeftRoom(room_id=room_id, user_id=user_id))
-        actions = self._to_room(room_id, text, UserLeftRoom.TYPE)
-        actions.append(
-            Log(level=LogLevel.INFO, message='User "%s" left room "%s"', args=(user_id, room_id))
-        )
-        return actions
+        return self._depart(room_id, user_id)
 
     def _on_join(
         self, c: _Conn, conn: ConnId, obj: dict[str, JSONValue], type_: str, now: float
