@@ -220,10 +220,7 @@ class ClientMachine:
             if peer is None:
                 continue
             before = (peer.state.value, peer.epoch)
-            out = self._hold_back(peer.on_timer(now))
-            if self.absent:
-                out = self._drop_to_absent(out)
-            self._after_peer(peer, out)
+            out = self._run(peer, peer.on_timer(now))
             self._record(now, "in", "TimerFired", {}, peer, before)
             actions += out
         self._record_out(now, actions)
@@ -452,9 +449,7 @@ class ClientMachine:
     def _restart_pair(
         self, old: PeerNegotiation, message: Offer | Answer | Ice | Renegotiate, now: float
     ) -> list[ClientAction]:
-        actions = old.close(now)
-        self._after_peer(old, actions)
-        self._timers.cancel(old.peer_id)
+        actions = self._run(old, old.close(now))
         peer = self._new_negotiation(old.peer_id)
         actions.append(
             Log(
@@ -471,10 +466,8 @@ class ClientMachine:
             self.absent.discard(peer.peer_id)
             if not self.absent:
                 self._timers.cancel(_ABSENT_KEY)
-        actions = peer.close(now)
-        self._after_peer(peer, actions)
+        actions = self._run(peer, peer.close(now))  # a closed peer has no deadline left
         del self.peers[peer.peer_id]
-        self._timers.cancel(peer.peer_id)
         return [*actions, PeerLeft(peer_id=peer.peer_id)]
 
     def _on_pc_event(self, event: PeerConnectionEvent, now: float) -> list[ClientAction]:
