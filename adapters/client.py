@@ -440,25 +440,7 @@ class Client:
         self._trace_file.write(dumps(record) + "\n")
 
 
-def connect(
-    url: str = DEFAULT_URL,
-    *,
-    room_id: str,
-    user_id: str,
-    ice_servers: Sequence[IceServer | str] = (),
-    config: NegotiationConfig | None = None,
-    trace: TextIO | None = None,
-    reconnect: bool = True,
-    token: str | None = None,
-) -> Client:
-    """``async with connect(url, room_id=..., user_id=...) as client:`` — see :class:`Client`."""
-    return Client(
-        url,
-        room_id=room_id,
-        user_id=user_id,
-        ice_servers=ice_servers,
-        config=config,
-        trace=trace,
-        reconnect=reconnect,
-        token=token,
-    )
+connect = Client
+"""``async with connect(url, room_id=..., user_id=...) as client:`` — the :class:`Client`
+itself (an async context manager), under the name the examples use; it takes every
+argument the class does."""
