@@ -37,7 +37,7 @@ import re
 import secrets
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import resources
 from importlib.resources.abc import Traversable
 from types import TracebackType
@@ -311,6 +311,7 @@ class RelayServer:
         """Connections still in their HTTP request / WebSocket handshake."""
         self._timer: asyncio.TimerHandle | None = None
         self._armed_for: float | None = None
+        self._changed = asyncio.Event()
         self.registry = CollectorRegistry()
         Gauge(
             "sansio_signal_connections", "Open WebSocket connections.", registry=self.registry
@@ -410,6 +411,17 @@ class RelayServer:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+    async def wait_until(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Until ``condition()`` holds; it is checked after every event the machine
+        handles (for tests and tools that watch the relay's state)."""
+
+        async def wait() -> None:
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(wait(), timeout)
 
     def health(self) -> dict[str, int]:
         """The ``/healthz`` body."""
@@ -613,6 +625,7 @@ class RelayServer:
             self._trace(now, event, actions)
         self._execute(actions, arrived)
         self._rearm()
+        self._changed.set()
 
     def _on_timer(self) -> None:
         self._timer = self._armed_for = None
@@ -623,6 +636,7 @@ class RelayServer:
             self._trace(now, None, actions)
         self._execute(actions, time.perf_counter())
         self._rearm()
+        self._changed.set()
 
     def _rearm(self) -> None:
         deadline = self.machine.next_deadline()

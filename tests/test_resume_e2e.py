@@ -2,8 +2,8 @@
 
 A small TCP proxy stands between one client and the relay so that the test can cut the
 connection the way a network does — both sockets aborted, no close frame — and hold new
-connections until it is restored. Waits are on conditions with timeouts; the only loop
-that polls is :func:`until`, for state inside the server that has no event to wait on.
+connections until it is restored. Every wait is on a condition checked after each event
+(``Client.wait_until``, ``RelayServer.wait_until``) with a timeout.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ def _loopback() -> Iterator[None]:
         yield
 
 
-async def until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    """Until ``condition()`` holds (checked every 10 ms), or fail after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
+def resuming(client: Client) -> Callable[[], bool]:
+    return lambda: client.machine.resuming
+
+
+def back_in_full(client: Client) -> Callable[[], bool]:
+    """Its resume went through and every member it had is back."""
+    return lambda: not client.machine.resuming and not client.machine.absent
 
 
 class Recorder:
@@ -75,7 +75,7 @@ def test_a_dropped_connection_resumes_mid_negotiation_and_misses_nothing() -> No
             pc_before = bob.peer_connection("alice")
 
             proxy.cut()
-            await until(lambda: server.machine.held_count == 1)
+            await server.wait_until(lambda: server.machine.held_count == 1, TIMEOUT)
             # While bob is away: room chat, a renegotiation (alice's new offer waits at
             # the relay: bob resumes mid-negotiation) and a newcomer.
             alice.chat("one")
@@ -113,12 +113,12 @@ def test_without_a_resume_the_grace_ends_with_exactly_one_leave() -> None:
             RelayServer(port=0, limits=Limits(resume_grace=0.5)) as server,
             proxied(server.port) as proxy,
             connect(server.url, room_id="r", user_id="alice") as alice,
-            connect(proxy.url, room_id="r", user_id="bob", reconnect=False) as bob,
+            connect(proxy.url, room_id="r", user_id="bob", reconnect=False),
         ):
             seen = Recorder(alice)
             await alice.wait_connected("bob", timeout=TIMEOUT)
             proxy.cut()
-            await until(lambda: server.machine.held_count == 1)
+            await server.wait_until(lambda: server.machine.held_count == 1, TIMEOUT)
             assert seen.left("bob") == 0
             await alice.wait_until(lambda: "bob" not in alice.peers, TIMEOUT)
             assert server.machine.stats.holds_expired == 1
@@ -126,7 +126,6 @@ def test_without_a_resume_the_grace_ends_with_exactly_one_leave() -> None:
             alice.chat("barrier")
             await asyncio.wait_for(anext(aiter(alice.chats())), TIMEOUT)
             assert seen.left("bob") == 1
-            del bob
 
     asyncio.run(main())
 
@@ -157,15 +156,15 @@ def test_peer_connections_survive_a_relay_restart_and_the_mesh_reforms(
             await asyncio.to_thread(server.wait, 10)  # the loop keeps answering closes
             if how == signal.SIGTERM:
                 assert server.returncode == 0
-            await until(lambda: all(c.machine.resuming for c in clients.values()))
+            for client in clients.values():
+                await client.wait_until(resuming(client), TIMEOUT)
             # The relay is gone; the peers still talk directly.
             clients["p0"].send("p1", "while the relay is down")
             await next_message(clients["p1"], "p0", "while the relay is down")
 
             server, _ = start_serve(tmp_path, port=port)
-            await until(lambda: all(not c.machine.resuming for c in clients.values()))
             for client in clients.values():
-                await until(lambda: all(not c.machine.absent for c in clients.values()))
+                await client.wait_until(back_in_full(client), TIMEOUT)
                 await client.wait_all_connected(expected=2, timeout=TIMEOUT)
             after = {(u, p): c.peer_connection(p) for u, c in clients.items() for p in c.peers}
             assert after == before, "every established connection was kept"
