@@ -6,6 +6,8 @@ import asyncio
 import sys
 from pathlib import Path
 
+from wsutil import spawn_serve
+
 TIMEOUT = 20.0
 EXE = [sys.executable, "-m", "sansio_signal"]
 PIPE = asyncio.subprocess.PIPE
@@ -23,13 +25,9 @@ async def line_of(stream: asyncio.StreamReader | None, wanted: str) -> str:
 
 def test_two_chat_processes_through_serve(tmp_path: Path) -> None:
     async def main() -> None:
-        server = await asyncio.create_subprocess_exec(
-            *EXE, "serve", "--port", "0", cwd=tmp_path, stdout=PIPE, stderr=PIPE
-        )
+        server, url = await spawn_serve(tmp_path)
         procs = [server]
         try:
-            listening = await line_of(server.stdout, "listening on ")
-            url = listening.removeprefix("listening on ")
 
             async def chat(user: str) -> asyncio.subprocess.Process:
                 proc = await asyncio.create_subprocess_exec(

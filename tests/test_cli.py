@@ -14,28 +14,12 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from wsutil import spawn_serve
 
 from sansio_signal.adapters.cli import parse_ice_server
 
 TIMEOUT = 10.0
 EXE = [sys.executable, "-m", "sansio_signal"]
-
-
-async def start_serve(*args: str, cwd: Path) -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *EXE,
-        "serve",
-        "--port",
-        "0",
-        *args,
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    line = (await asyncio.wait_for(proc.stdout.readline(), TIMEOUT)).decode()
-    assert line.startswith("listening on ws://127.0.0.1:") and line.endswith("/\n"), line
-    return proc, line.removeprefix("listening on ").strip()
 
 
 async def join(url: str, user: str) -> object:
@@ -60,7 +44,7 @@ def test_serve_relays_traces_and_shuts_down_gracefully(
     trace = tmp_path / "relay.jsonl"
 
     async def main() -> None:
-        proc, url = await start_serve("--trace", str(trace), cwd=tmp_path)
+        proc, url = await spawn_serve(tmp_path, "--trace", str(trace))
         try:
             a = await connect(url)
             b = await connect(url)
@@ -224,7 +208,8 @@ def test_serve_flags_reach_the_server(tmp_path: Path) -> None:
     """One real process with the transport flags: /config.json, 403, 429, the rooms limit."""
 
     async def main() -> None:
-        proc, url = await start_serve(
+        proc, url = await spawn_serve(
+            tmp_path,
             "--ice-server",
             "stun:stun.example.org",
             "--ice-server",
@@ -235,7 +220,6 @@ def test_serve_flags_reach_the_server(tmp_path: Path) -> None:
             "2",
             "--max-rooms",
             "1",
-            cwd=tmp_path,
         )
         try:
             port = int(url.rsplit(":", 1)[1].strip("/"))

@@ -11,13 +11,14 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from websockets.asyncio.client import connect as ws_connect
+from wsutil import run
 
 from sansio_signal import Limits
 from sansio_signal.adapters.aiortc_peer import loopback_only
@@ -31,14 +32,6 @@ TIMEOUT = 20.0
 def _loopback() -> Iterator[None]:
     with loopback_only():
         yield
-
-
-def run(scenario: Callable[[RelayServer], Awaitable[None]], limits: Limits | None = None) -> None:
-    async def main() -> None:
-        async with RelayServer(port=0, limits=limits) as server:
-            await asyncio.wait_for(scenario(server), 60)
-
-    asyncio.run(main())
 
 
 async def next_message(client: Client) -> tuple[str, str]:
@@ -222,7 +215,7 @@ def test_a_killed_peer_process_is_noticed_and_cleaned_up(tmp_path: Path) -> None
                     victim.kill()
                     await victim.wait()
 
-    run(scenario, Limits(resume_grace=0.5))
+    run(scenario, limits=Limits(resume_grace=0.5))
 
 
 def test_early_trickled_candidates_are_buffered_not_lost() -> None:

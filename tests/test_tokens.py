@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect
+from wsutil import spawn_serve
 
 from sansio_signal import RelayMachine
 from sansio_signal.testing import RelayHarness, counting_tokens
@@ -163,23 +164,8 @@ def test_token_command_and_a_server_with_a_secret(tmp_path: Path) -> None:
     assert made.stdout == token + "\n" and "\n" not in token
 
     async def main() -> None:
-        server = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "sansio_signal",
-            "serve",
-            "--port",
-            "0",
-            "--secret-file",
-            str(secret_file),
-            cwd=tmp_path,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        server, url = await spawn_serve(tmp_path, "--secret-file", str(secret_file))
         try:
-            assert server.stdout is not None
-            line = (await asyncio.wait_for(server.stdout.readline(), 10)).decode()
-            url = line.removeprefix("listening on ").strip()
             async with connect(url) as ws:
                 frame = {
                     "channel": "webrtc-dashboard-rooms",
@@ -201,19 +187,8 @@ def test_token_command_and_a_server_with_a_secret(tmp_path: Path) -> None:
 
 def test_an_open_server_says_so(tmp_path: Path) -> None:
     async def main() -> str:
-        server = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "sansio_signal",
-            "serve",
-            "--port",
-            "0",
-            cwd=tmp_path,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert server.stdout is not None and server.stderr is not None
-        await asyncio.wait_for(server.stdout.readline(), 10)
+        server, _ = await spawn_serve(tmp_path)
+        assert server.stderr is not None
         server.terminate()
         await server.wait()
         return (await server.stderr.read()).decode()

@@ -27,7 +27,7 @@ def run(scenario: Callable[[RelayServer], Awaitable[None]], **server_args: Any) 
 
     async def main() -> None:
         async with RelayServer(port=0, **server_args) as server:
-            await asyncio.wait_for(scenario(server), 30)
+            await asyncio.wait_for(scenario(server), 60)
 
     asyncio.run(main())
 
@@ -76,4 +76,25 @@ def start_serve(cwd: Path, *flags: str, port: int = 0) -> tuple[subprocess.Popen
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.startswith("listening on ws://"), line
+    return proc, line.removeprefix("listening on ").strip()
+
+
+async def spawn_serve(cwd: Path, *flags: str) -> tuple[asyncio.subprocess.Process, str]:
+    """:func:`start_serve` for async tests: the process (stdout and stderr piped) and its
+    ws:// URL, once it listens on a free port."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sansio_signal",
+        "serve",
+        "--port",
+        "0",
+        *flags,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
+    assert line.startswith("listening on ws://127.0.0.1:") and line.endswith("/\n"), line
     return proc, line.removeprefix("listening on ").strip()
