@@ -151,6 +151,19 @@ class Abuser:
         else:
             self.stats[f"connect_error_{type(exc).__name__}"] += 1
 
+    async def connection(self) -> ClientConnection:
+        """A new connection to the server, retried (after a short pause, so a refusing
+        server is not spun on) until one is accepted; refusals are counted."""
+        while True:
+            try:
+                ws = await _client(self.url)
+            except (OSError, InvalidHandshake, TimeoutError) as exc:
+                self.refused(exc)
+                await asyncio.sleep(0.05)
+                continue
+            self.stats["connections"] += 1
+            return ws
+
     async def drain(self, ws: ClientConnection) -> None:
         """Read and count what the server sends, so this client is no slow consumer."""
         with contextlib.suppress(ConnectionClosed):
@@ -195,13 +208,7 @@ class Abuser:
     async def flood(self, i: int) -> None:
         frame = json.dumps({"channel": CHAT, "type": "chat-message", "text": "flood"})
         while True:
-            try:
-                ws = await _client(self.url)
-            except (OSError, InvalidHandshake, TimeoutError) as exc:
-                self.refused(exc)
-                await asyncio.sleep(0.05)
-                continue
-            self.stats["connections"] += 1
+            ws = await self.connection()
             reader = asyncio.create_task(self.drain(ws))
             try:
                 await ws.send(_join(f"flood-{i}", f"flood{i}"))
@@ -223,13 +230,7 @@ class Abuser:
         head = '{"channel":"' + CHAT + '","type":"chat-message","text":"'
         frames = [head + "x" * (size - len(head) - 2) + '"}' for size in (70_000, 200_000)]
         for n in itertools.count(i):
-            try:
-                ws = await _client(self.url)
-            except (OSError, InvalidHandshake, TimeoutError) as exc:
-                self.refused(exc)
-                await asyncio.sleep(0.05)
-                continue
-            self.stats["connections"] += 1
+            ws = await self.connection()
             try:
                 await ws.send(frames[n % 2])
                 self.stats[f"sent_{len(frames[n % 2])}_bytes"] += 1
@@ -259,13 +260,7 @@ class Abuser:
             '{"channel":"webrtc-dashboard-rooms","type":"join-room","roomId":"../x"}',
         ]
         while True:
-            try:
-                ws = await _client(self.url)
-            except (OSError, InvalidHandshake, TimeoutError) as exc:
-                self.refused(exc)
-                await asyncio.sleep(0.05)
-                continue
-            self.stats["connections"] += 1
+            ws = await self.connection()
             reader = asyncio.create_task(self.drain(ws))
             try:
                 for n in itertools.count(i):
