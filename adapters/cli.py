@@ -392,6 +392,7 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
         rate_burst=args.rate_burst,
         abuse_errors=args.abuse_errors,
         abuse_window=args.abuse_window,
+        idle_timeout=args.idle_timeout,
         resume_grace=args.resume_grace,
         resume_queue_frames=args.resume_queue_frames,
         resume_queue_bytes=args.resume_queue_bytes,
@@ -431,7 +432,6 @@ async def run_serve(args: argparse.Namespace, out: TextIO = sys.stdout) -> None:
             open_timeout=args.handshake_timeout,
             ping_interval=args.ping_interval,
             ping_timeout=args.ping_timeout,
-            idle_timeout=args.idle_timeout,
         )
         signals: list[int] = []
         stop = asyncio.Event()

@@ -16,9 +16,9 @@ module only moves bytes and time:
 
 Transport-level abuse limits live here, because they are about sockets rather than
 frames: the ``Origin`` allow-list (403) and the per-address connection limit (429) at the
-HTTP handshake, the handshake timeout, WebSocket ping keep-alive, the idle timeout (a
-connection that sends no frame for that long is closed with 1001) and the bounded send
-queue (1013). Every refusal, here or in the machine, is counted in
+HTTP handshake, the handshake timeout, WebSocket ping keep-alive and the bounded send
+queue (1013). Limits on frames and time between them (size, rate, idle timeout) are the
+machine's. Every refusal, here or in the machine, is counted in
 ``sansio_signal_refusals_total{reason=...}`` (see :data:`REFUSAL_REASONS`).
 
 Use it as ``async with RelayServer(port=0) as server: ...`` or through
@@ -99,9 +99,6 @@ class _Link:
     closing: bool = False
     known_to_machine: bool = True
     server_closed: bool = False
-    last_frame: float = 0.0
-    """``loop.time()`` of the last frame received (kept only with an idle timeout)."""
-    idle_timer: asyncio.TimerHandle | None = None
 
 
 FAIR_SHARE = 16
@@ -141,7 +138,7 @@ REFUSAL_REASONS = (
 ``unauthorized`` and ``frame-too-large`` count error replies (the latter also frames the
 WebSocket layer cut off); ``abuse-close`` counts 1008 closes; the others count refused
 handshakes (``per-ip-limit`` 429, ``bad-origin`` 403, ``handshake-timeout``) and
-connections closed by the adapter (``slow-consumer`` 1013, ``idle-timeout`` 1001,
+connections closed (``slow-consumer`` 1013, ``idle-timeout`` 1001 by the machine,
 ``ping-timeout`` 1011)."""
 
 STATIC_TYPES: Mapping[str, str] = {
@@ -244,9 +241,8 @@ class RelayServer:
     upgrades from one address with HTTP 429; ``allowed_origins`` (empty = any) refuses an
     upgrade whose ``Origin`` is not listed with HTTP 403 (no ``Origin`` is allowed: not a
     browser); ``open_timeout`` drops a connection that has not sent its request in time;
-    ``ping_interval`` / ``ping_timeout`` are websockets' keep-alive (``None`` = off);
-    ``idle_timeout`` (``None`` = off) closes with 1001 a connection that sent no frame
-    for that long (pings do not count: any client library answers them).
+    ``ping_interval`` / ``ping_timeout`` are websockets' keep-alive (``None`` = off).
+    The idle timeout is the machine's (``Limits.idle_timeout``).
 
     HTTP: ``static_dir`` (default: the package's ``static/``) is served at ``/NAME``
     (``/`` is ``index.html``; ``page`` overrides it); ``ice_servers`` (RTCIceServer
@@ -271,7 +267,6 @@ class RelayServer:
         open_timeout: float = DEFAULT_OPEN_TIMEOUT,
         ping_interval: float | None = DEFAULT_PING_INTERVAL,
         ping_timeout: float | None = DEFAULT_PING_TIMEOUT,
-        idle_timeout: float | None = None,
     ) -> None:
         if max_connections_per_ip < 0:
             raise ValueError(f"max_connections_per_ip must be >= 0, got {max_connections_per_ip}")
@@ -283,7 +278,6 @@ class RelayServer:
         self.open_timeout = open_timeout
         self.ping_interval = ping_interval or None
         self.ping_timeout = ping_timeout or None
-        self.idle_timeout = idle_timeout or None
         self.refusals: Counter[str] = Counter()
         """Refusals decided here (the machine's are in its stats); see refusal_counts()."""
         self._per_address: Counter[str] = Counter()
@@ -442,6 +436,7 @@ class RelayServer:
             stats.errors["frame-too-large"] + self.refusals["frame-too-large"]
         )
         counts["abuse-close"] = stats.closes[CloseCode.POLICY]
+        counts["idle-timeout"] = stats.idle_closes
         return counts
 
     def _refuse(self, reason: str, address: object = None) -> None:
@@ -525,11 +520,6 @@ class RelayServer:
         self._links[conn] = link
         self._feed(Connected(conn=conn))
         writer = asyncio.create_task(self._write(conn, link))
-        idle = self.idle_timeout
-        loop = asyncio.get_running_loop()
-        if idle is not None:
-            link.last_frame = loop.time()
-            link.idle_timer = loop.call_at(link.last_frame + idle, self._idle_check, conn, link)
         received = 0
         try:
             async for data in ws:
@@ -538,8 +528,6 @@ class RelayServer:
                     # websockets stops reading the socket once its small queue is full,
                     # so a flooding client costs nothing more until the close completes.
                     break
-                if idle is not None:
-                    link.last_frame = loop.time()  # the timer re-arms itself lazily
                 if link.known_to_machine:  # false once dropped as a slow consumer
                     self._feed(FrameReceived(conn=conn, data=data))
                 received += 1
@@ -550,8 +538,6 @@ class RelayServer:
         except ConnectionClosed:
             pass
         finally:
-            if link.idle_timer is not None:
-                link.idle_timer.cancel()
             if link.closing and not writer.done():
                 # let the writer flush what the machine queued and close (bounded)
                 with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
@@ -564,20 +550,6 @@ class RelayServer:
             if link.known_to_machine:
                 link.known_to_machine = False
                 self._feed(Disconnected(conn=conn, clean=self._clean(link)))
-
-    def _idle_check(self, conn: ConnId, link: _Link) -> None:
-        assert self.idle_timeout is not None
-        loop = asyncio.get_running_loop()
-        due = link.last_frame + self.idle_timeout
-        if loop.time() < due:  # a frame came meanwhile: sleep until its own deadline
-            link.idle_timer = loop.call_at(due, self._idle_check, conn, link)
-            return
-        link.idle_timer = None
-        if link.closing:
-            return
-        self._refuse("idle-timeout", link.ws.remote_address)
-        logger.info("Closing connection %s: no frame for %gs", conn, self.idle_timeout)
-        self._close(link, CloseCode.GOING_AWAY, "idle timeout", flush=True)
 
     def _count_library_close(self, link: _Link) -> None:
         """Count the refusals websockets made on its own: a frame far over the size limit

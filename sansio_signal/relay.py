@@ -116,6 +116,10 @@ def is_clean_close(code: int | None, *, by_server: bool, server_code: int | None
     return code in (CloseCode.NORMAL, CloseCode.GOING_AWAY)
 
 
+_IDLE, _HELD = "idle", "held"
+"""The kinds of deadline in the machine's ``Timers``, keyed ``(kind, conn)``."""
+
+
 class Phase(Enum):
     """Where one connection stands."""
 
@@ -132,6 +136,7 @@ class _Conn:
     room_id: str | None = None
     user_id: str | None = None
     resume_token: str | None = None
+    last_frame: float = 0.0
     errors: deque[float] = attrs.field(factory=deque)
 
 
@@ -167,6 +172,8 @@ class RelayStats:
     """Held members that left because the grace period passed."""
     holds_overflowed: int = 0
     """Held members that left early because their queue was full."""
+    idle_closes: int = 0
+    """Connections closed (1001) for sending no frame within ``idle_timeout``."""
 
 
 class RelayMachine:
@@ -230,12 +237,28 @@ class RelayMachine:
         """Run every deadline that is due at ``now`` (resume graces that passed)."""
         actions: list[RelayAction] = []
         for key in self._timers.pop_due(now):
-            assert isinstance(key, int)
-            held = self._held.pop(key, None)
-            if held is not None:
+            assert isinstance(key, tuple)
+            kind, conn = key
+            if kind == _HELD:
+                held = self._held.pop(conn)
                 self.stats.holds_expired += 1
                 actions += self._depart(held.room_id, held.user_id, " (resume grace passed)")
+            else:
+                actions += self._idle_check(conn, now)
         return self._after(actions)
+
+    def _idle_check(self, conn: ConnId, now: float) -> list[RelayAction]:
+        """The idle deadline of ``conn`` came: close it, or wait for its last frame's own
+        deadline (frames do not move the timer; this check does, lazily)."""
+        c = self._conns.get(conn)
+        if c is None or c.phase is Phase.CLOSED:
+            return []
+        due = c.last_frame + self.limits.idle_timeout
+        if now < due:
+            self._timers.schedule((_IDLE, conn), due)
+            return []
+        self.stats.idle_closes += 1
+        return self._close(c, conn, CloseCode.GOING_AWAY, "idle timeout")
 
     def handle(self, event: RelayEvent, now: float) -> list[RelayAction]:
         """Feed one event; returns the actions to run, in order."""
@@ -248,7 +271,7 @@ class RelayMachine:
             conn = self._overflowed.pop(0)
             held = self._held.pop(conn, None)
             if held is not None:
-                self._timers.cancel(conn)
+                self._timers.cancel((_HELD, conn))
                 self.stats.holds_overflowed += 1
                 actions += self._depart(held.room_id, held.user_id, " (resume queue full)")
         return actions
@@ -260,12 +283,18 @@ class RelayMachine:
             if event.conn in self._conns:
                 raise LocalProtocolError(f"Connected for connection {event.conn}, already open")
             self._conns[event.conn] = _Conn(
-                phase=Phase.LOBBY, tokens=float(self.limits.rate_burst), refilled_at=now
+                phase=Phase.LOBBY,
+                tokens=float(self.limits.rate_burst),
+                refilled_at=now,
+                last_frame=now,
             )
+            if self.limits.idle_timeout > 0:
+                self._timers.schedule((_IDLE, event.conn), now + self.limits.idle_timeout)
             return []
         if isinstance(event, Disconnected):
             c = self._conn(event.conn)
             del self._conns[event.conn]
+            self._timers.cancel((_IDLE, event.conn))
             if c.phase is not Phase.JOINED:
                 return []
             if event.clean or self.limits.resume_grace <= 0 or c.resume_token is None:
@@ -285,6 +314,7 @@ class RelayMachine:
         c = self._conn(conn)
         if c.phase is Phase.CLOSED:
             return []  # still in flight when we closed it; nothing to decide
+        c.last_frame = now
         limits = self.limits
         if limits.too_large(data):
             self.stats.frames_in["invalid"] += 1
@@ -395,7 +425,7 @@ class RelayMachine:
         """The socket of a member dropped: keep its place for ``resume_grace`` seconds."""
         assert c.room_id is not None and c.user_id is not None and c.resume_token is not None
         self._held[conn] = _Held(room_id=c.room_id, user_id=c.user_id, resume_token=c.resume_token)
-        self._timers.schedule(conn, now + self.limits.resume_grace)
+        self._timers.schedule((_HELD, conn), now + self.limits.resume_grace)
         return [
             Log(
                 level=LogLevel.INFO,
@@ -533,7 +563,7 @@ class RelayMachine:
         held = self._held.pop(holder, None)
         backlog: deque[tuple[str, str]] = deque()
         if held is not None:
-            self._timers.cancel(holder)
+            self._timers.cancel((_HELD, holder))
             backlog = held.frames
         else:  # the old socket is still open: it is replaced, and removes nobody
             old = self._conns[holder]

@@ -121,6 +121,9 @@ class Limits:
     rate_burst: int = attrs.field(default=200, validator=_positive)
     abuse_errors: int = attrs.field(default=20, validator=_positive)
     abuse_window: float = attrs.field(default=10.0, validator=_positive)
+    idle_timeout: float = attrs.field(default=0.0, validator=_non_negative)
+    """Seconds a connection may send no frame before it is closed with 1001 (``0``: no
+    limit; pings do not count, any client library answers them)."""
     resume_grace: float = attrs.field(default=10.0, validator=_non_negative)
     """Seconds a member whose socket dropped (no clean close) is held for a resume;
     ``0`` turns resume off (every disconnect leaves at once)."""

@@ -931,3 +931,30 @@ def test_which_ends_of_a_socket_are_clean(
     code: int | None, by_server: bool, server_code: int | None, clean: bool
 ) -> None:
     assert is_clean_close(code, by_server=by_server, server_code=server_code) is clean
+
+
+def test_idle_timeout_closes_a_silent_connection_and_frames_keep_one_open() -> None:
+    h = RelayHarness(Limits(idle_timeout=5.0))
+    quiet, talker = h.connect(), h.connect()
+    h.join(quiet, "r", "quiet")
+    h.join(talker, "r", "talker")
+    h.take(quiet), h.take(talker)
+    for _ in range(3):  # the talker sends a frame every 2 s; the deadline moves lazily
+        h.advance(2.0)
+        h.fire_timers()
+        h.send(talker, {"channel": CHAT, "type": "chat-message", "text": "tick"})
+    assert h.closed == {quiet: (1001, "idle timeout")}
+    assert [f["type"] for f in h.take(talker)][-2:] == ["user-left-room", "chat-message"]
+    h.advance(4.9)
+    h.fire_timers()
+    assert talker not in h.closed
+    h.advance(0.2)
+    h.fire_timers()
+    assert h.closed[talker] == (1001, "idle timeout")
+    assert h.machine.stats.idle_closes == 2 and h.machine.next_deadline() is None
+
+
+def test_no_idle_timeout_by_default() -> None:
+    h = RelayHarness()
+    h.connect()
+    assert h.machine.next_deadline() is None

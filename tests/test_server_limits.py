@@ -453,7 +453,7 @@ def test_idle_timeout_closes_1001_even_when_pings_are_answered() -> None:
         assert sum(counts.values()) == 1
 
     # The talker speaks every 0.1 s against a 1.2 s timeout: a wide margin for a busy CI.
-    run(scenario, idle_timeout=1.2, ping_interval=0.1, ping_timeout=2.0)
+    run(scenario, limits=Limits(idle_timeout=1.2), ping_interval=0.1, ping_timeout=2.0)
 
 
 async def keep_talking(ws: ClientConnection) -> None:
