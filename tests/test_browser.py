@@ -237,7 +237,8 @@ def test_two_browsers_and_two_python_peers_mesh_and_heal_after_a_reload(relay: s
                 for py in pythons.values():
                     await py.wait_all_connected(expected=3, timeout=TIMEOUT)
                 for user, page in pages.items():
-                    assert await page.evaluate("(t) => window.c.broadcast(t)", f"{round_}:{user}")
+                    sent = await page.evaluate("(t) => window.c.broadcast(t)", f"{round_}:{user}")
+                    assert sent == 3  # every other member has an open channel
                 for user, py in pythons.items():
                     assert len(py.broadcast(f"{round_}:{user}")) == 3
                 # every ordered pair exchanged a message
