@@ -34,9 +34,8 @@ the room is given up and the next connection joins afresh. After a close that re
 us (``ServerDisconnected.close_code`` 1007, 1008, ...) it joins afresh at once.
 
 A resume the server no longer expected (its grace passed, or it restarted) is
-answered like a fresh join, and the others start their pairs with us over: a frame
-whose ``sid`` is new and names none of ours (no ``rsid``) makes the machine follow
-with a fresh negotiation for that peer (:meth:`ClientMachine._restart_pair`).
+answered like a fresh join, and the others start their pairs with us over; each
+negotiation follows (see "Sessions" in :mod:`~.negotiation`).
 
 Inside the room, :class:`~.room.RoomView` replays the membership frames, and each other
 member gets a :class:`~.negotiation.PeerNegotiation`, created when the member appears
@@ -446,21 +445,6 @@ class ClientMachine:
         peer = self._new_negotiation(peer_id)
         return [PeerJoined(peer_id=peer_id), *self._run(peer, peer.start(now))]
 
-    def _restart_pair(
-        self, old: PeerNegotiation, message: Offer | Answer | Ice | Renegotiate, now: float
-    ) -> list[ClientAction]:
-        actions = self._run(old, old.close(now))
-        peer = self._new_negotiation(old.peer_id)
-        actions.append(
-            Log(
-                level=LogLevel.INFO,
-                message="%s started our pair over; so do we",
-                args=(old.peer_id,),
-            )
-        )
-        actions += self._run(peer, peer.start(now))
-        return actions + self._run(peer, peer.on_signal(message, now))
-
     def _remove_peer(self, peer: PeerNegotiation, now: float) -> list[ClientAction]:
         if peer.peer_id in self.absent:
             self.absent.discard(peer.peer_id)
@@ -531,17 +515,6 @@ class ClientMachine:
                 raise RemoteProtocolError(
                     f"{message.TYPE} from {message.from_user_id!r}, who is not in our room"
                 )
-            sid, rsid = message.fields.get("sid"), message.fields.get("rsid")
-            if (
-                isinstance(sid, str)
-                and peer.remote_session is not None
-                and sid != peer.remote_session
-                and rsid is None
-            ):
-                # The peer started this pair over (a new session that does not know ours
-                # yet): it let us go, e.g. when the server dropped us for good or
-                # restarted. So do we: a fresh negotiation, fed this frame.
-                return self._restart_pair(peer, message, now)
             return self._run(peer, peer.on_signal(message, now))
         except RemoteProtocolError as exc:
             peer_id = getattr(message, "from_user_id", None) or getattr(message, "user_id", None)

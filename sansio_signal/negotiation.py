@@ -40,8 +40,10 @@ from a replaced connection are recognised by the client machine and dropped.
 old incarnation of a pair still had on the way could pass for current ones. Each
 :class:`PeerNegotiation` therefore has a ``session`` name, sent as ``sid`` on every
 frame, and echoes the peer's as ``rsid`` once known. A frame addressed to another
-session of ours, or sent by an earlier session of theirs, is dropped — except an offer
-from a new session of theirs, which the polite side follows like a new epoch.
+session of ours is dropped. A frame from a new session of theirs that names none of ours
+(no ``rsid``) means their side started the pair over — it saw us leave and come back,
+say, while we kept the pair through a resume — so we start over too: the connection
+goes and the pair begins again at their epoch (``_start_over``).
 
 **Trickle ICE.** Remote candidates are applied only when a remote description is in
 place and no ``SetRemoteDescription`` is in flight; otherwise they are buffered and
@@ -355,9 +357,10 @@ class PeerNegotiation:
         sid = message.fields.get("sid")
         epoch = message.epoch
         if isinstance(sid, str) and sid != self.remote_session:
-            if self.remote_session is not None:  # an offer from a new session of theirs
-                actions = self._follow(epoch, "a new session of theirs")
+            restarted = self.remote_session is not None
             self.remote_session = sid
+            if restarted:  # a new session of theirs, which knows none of ours
+                actions = self._start_over(epoch, now)
         if isinstance(message, Offer | Answer) and "caps" in message.fields:
             self.remote_capabilities = Capabilities.from_wire(message.fields["caps"])
         if isinstance(message, Offer):
@@ -369,11 +372,11 @@ class PeerNegotiation:
             offer = RemoteOffer(message.description, key)
             return actions + self._dispatch(Input.REMOTE_OFFER, now, offer)
         if isinstance(message, Answer):
-            return self._dispatch(Input.REMOTE_ANSWER, now, message.description)
+            return actions + self._dispatch(Input.REMOTE_ANSWER, now, message.description)
         if isinstance(message, Ice):
-            return self._dispatch(Input.REMOTE_CANDIDATE, now, message.candidate)
+            return actions + self._dispatch(Input.REMOTE_CANDIDATE, now, message.candidate)
         reason = message.fields.get("reason")
-        return self._dispatch(
+        return actions + self._dispatch(
             Input.REMOTE_RENEGOTIATE, now, reason if isinstance(reason, str) else ""
         )
 
@@ -391,9 +394,9 @@ class PeerNegotiation:
         sid = message.fields.get("sid")
         new_session = isinstance(sid, str) and sid != self.remote_session
         if new_session and self.remote_session is not None:
-            if self.is_initiator or not isinstance(message, Offer):
-                return f"from their earlier session {sid}"
-            return None  # the polite side follows a new session's offer, whatever epoch
+            if rsid is None:
+                return None  # their side started the pair over: so do we (_start_over)
+            return f"from their earlier session {sid}"
         if message.epoch < self.epoch:
             return f"stale epoch {message.epoch} (ours is {self.epoch})"
         if message.epoch > self.epoch:
@@ -472,6 +475,18 @@ class PeerNegotiation:
         self._reset_connection_state()
         self.remote_buffer = []
         return [] if pc is None else [ClosePeer(peer_id=self.peer_id, pc=pc)]
+
+    def _start_over(self, epoch: int, now: float) -> Actions:
+        """The peer started our pair over (a new session of theirs, e.g. after the server
+        let one of us go and took it back, or restarted): drop the connection and begin
+        again as on ``start``, at their epoch."""
+        actions = self._close_pc()
+        self.epoch, self.attempts = epoch, 0
+        self.pending_renegotiation = False
+        self.state = NegState.IDLE
+        self._set_deadline(None, None)
+        actions.append(self._log(LogLevel.INFO, "the peer started our pair over"))
+        return actions + self._dispatch(Input.START, now, None)
 
     def _follow(self, epoch: int, why: str) -> Actions:
         """Polite side: the initiator started over with a fresh connection."""

@@ -1416,3 +1416,49 @@ def test_the_scripts_cover_every_transition(monkeypatch: pytest.MonkeyPatch) -> 
         (f"{s.value}+{i.value}" for s, i in set(TRANSITIONS) - seen),
     )
     assert missing == []
+
+
+def with_session(message: Offer | Ice | Renegotiate, sid: str) -> Any:
+    return attrs.evolve(message, fields={**message.fields, "sid": sid})
+
+
+def test_the_initiator_starts_over_when_the_peer_does() -> None:
+    # The polite side let us go and met us again (a fresh session that names none of
+    # ours): after its first frame we drop our connection and offer afresh at epoch 0.
+    neg = stable_initiator()
+    neg.on_signal(with_session(ice(neg, cand(1)), "bob.s1"), 2.5)  # its session, known
+    neg.on_connection_state("failed", 3.0)  # one failed attempt: a new epoch
+    assert neg.state is S.WAITING
+    assert neg.deadline is not None
+    neg.on_timer(neg.deadline)
+    assert neg.epoch == 1 and neg.pc == 2
+    out = neg.on_signal(with_session(renegotiate(neg, "no-offer", epoch=0), "bob.s2"), 5.0)
+    kinds = [type(a).__name__ for a in ops(out)]
+    assert kinds == ["ClosePeer", "CreatePeer", "PeerConnecting", "CreateOffer"]
+    assert neg.epoch == 0 and neg.attempts == 0 and neg.remote_session == "bob.s2"
+    assert "started our pair over" in logs(out)
+    assert neg.pending_renegotiation  # its request is served once the offer is answered
+
+
+def test_the_polite_side_starts_over_on_an_offer_from_a_new_session() -> None:
+    neg = polite()
+    neg.start(0.0)
+    neg.on_signal(with_session(offer(neg, "first"), "alice.s1"), 1.0)
+    neg.on_remote_applied(1.1)
+    neg.on_local_description(LOCAL_ANSWER, 1.2)
+    out = neg.on_signal(with_session(offer(neg, "second"), "alice.s2"), 2.0)
+    kinds = [type(a).__name__ for a in ops(out)]
+    assert kinds == ["ClosePeer", "CreatePeer", "PeerConnecting", "SetRemoteDescription"]
+    assert neg.remote_session == "alice.s2" and neg.state is S.APPLYING_OFFER
+
+
+def test_a_frame_from_an_earlier_session_that_names_ours_is_dropped() -> None:
+    neg = polite()
+    neg.start(0.0)
+    neg.on_signal(with_session(offer(neg, "first"), "alice.s2"), 1.0)
+    stale = attrs.evolve(
+        with_session(ice(neg, cand(1)), "alice.s1"),
+        fields={**with_session(ice(neg, cand(1)), "alice.s1").fields, "rsid": neg.session},
+    )
+    out = neg.on_signal(stale, 1.5)
+    assert ops(out) == [] and "earlier session" in logs(out)

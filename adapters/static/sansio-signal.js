@@ -248,8 +248,9 @@ export class PeerNegotiation {
     const sid = frame.sid;
     const epoch = epochOf(frame);
     if (typeof sid === "string" && sid !== this.remoteSession) {
-      if (this.remoteSession !== null) actions = this._follow(epoch, "a new session of theirs");
+      const restarted = this.remoteSession !== null;
       this.remoteSession = sid;
+      if (restarted) actions = this._startOver(epoch, now); // a new session of theirs
     }
     const isOffer = frame.type === "webrtc-offer";
     if ((isOffer || frame.type === "webrtc-answer") && "caps" in frame) {
@@ -262,10 +263,10 @@ export class PeerNegotiation {
       const key = Number.isInteger(frame.seq) ? `#${frame.seq}` : frame.offer.sdp;
       return actions.concat(this._dispatch(Input.REMOTE_OFFER, now, { description: frame.offer, key }));
     }
-    if (frame.type === "webrtc-answer") return this._dispatch(Input.REMOTE_ANSWER, now, frame.answer);
-    if (frame.type === "webrtc-ice") return this._dispatch(Input.REMOTE_CANDIDATE, now, frame.candidate);
+    if (frame.type === "webrtc-answer") return actions.concat(this._dispatch(Input.REMOTE_ANSWER, now, frame.answer));
+    if (frame.type === "webrtc-ice") return actions.concat(this._dispatch(Input.REMOTE_CANDIDATE, now, frame.candidate));
     const reason = typeof frame.reason === "string" ? frame.reason : "";
-    return this._dispatch(Input.REMOTE_RENEGOTIATE, now, reason);
+    return actions.concat(this._dispatch(Input.REMOTE_RENEGOTIATE, now, reason));
   }
 
   /** Why `frame` belongs to another session or epoch, or null (mirrors `_stale`). */
@@ -276,8 +277,8 @@ export class PeerNegotiation {
     const isOffer = frame.type === "webrtc-offer";
     const newSession = typeof sid === "string" && sid !== this.remoteSession;
     if (newSession && this.remoteSession !== null) {
-      if (this.isInitiator || !isOffer) return `from their earlier session ${sid}`;
-      return null; // the polite side follows a new session's offer, whatever epoch
+      if (rsid == null) return null; // their side started the pair over: so do we (_startOver)
+      return `from their earlier session ${sid}`;
     }
     const epoch = epochOf(frame);
     if (epoch < this.epoch) return `stale epoch ${epoch} (ours is ${this.epoch})`;
@@ -339,6 +340,19 @@ export class PeerNegotiation {
     this._resetConnectionState();
     this.remoteBuffer = [];
     return pc === null ? [] : [{ kind: "close-peer", pc }];
+  }
+
+  /** The peer started our pair over: drop the connection and begin again as on start,
+   * at their epoch (mirrors `_start_over`). */
+  _startOver(epoch, now) {
+    const actions = this._closePc();
+    this.epoch = epoch;
+    this.attempts = 0;
+    this.pendingRenegotiation = false;
+    this.state = NegState.IDLE;
+    this._setDeadline(null, null);
+    actions.push(this._log("info", "the peer started our pair over"));
+    return actions.concat(this._dispatch(Input.START, now, null));
   }
 
   /** Polite side: the initiator started over with a fresh connection (mirrors `_follow`). */
@@ -988,16 +1002,8 @@ export class SignalingClient extends EventTarget {
       if (frame.channel !== Channel.SIGNALING || !wellFormedSignal(frame)) {
         throw new RemoteProtocolError(`unexpected ${frame.type} frame`);
       }
-      let peer = this.peers.get(frame.fromUserId);
+      const peer = this.peers.get(frame.fromUserId);
       if (peer === undefined) throw new RemoteProtocolError(`${frame.type} from ${frame.fromUserId}, who is not in our room`);
-      if (typeof frame.sid === "string" && peer.remoteSession !== null && frame.sid !== peer.remoteSession && frame.rsid == null) {
-        // The peer started our pair over (a new session that does not know ours yet):
-        // so do we (mirrors `ClientMachine._restart_pair`).
-        this._run(peer, peer.close(now()));
-        peer = this._newNegotiation(peer.peerId);
-        this._log("info", `${peer.peerId} started our pair over; so do we`);
-        this._run(peer, peer.start(now()));
-      }
       this._run(peer, peer.onSignal(frame, now()));
     } catch (error) {
       if (!(error instanceof RemoteProtocolError)) throw error;
@@ -1119,12 +1125,6 @@ export class SignalingClient extends EventTarget {
   }
 
   _addPeer(peerId) {
-    const peer = this._newNegotiation(peerId);
-    this._emit("peer-joined", { peerId });
-    this._run(peer, peer.start(now()));
-  }
-
-  _newNegotiation(peerId) {
     const peer = new PeerNegotiation({
       ourId: this.userId,
       peerId,
@@ -1135,7 +1135,8 @@ export class SignalingClient extends EventTarget {
       session: this._newSession(peerId),
     });
     this.peers.set(peerId, peer);
-    return peer;
+    this._emit("peer-joined", { peerId });
+    this._run(peer, peer.start(now()));
   }
 
   _removePeer(peer) {

@@ -173,6 +173,21 @@ test("our offers are numbered", () => {
   assert.equal(out[0].frame.seq, 1);
 });
 
+test("a peer that starts the pair over (a new session naming none of ours) is followed", () => {
+  const a = machine("a", "b");
+  const b = machine("b", "a");
+  const { run, pump } = pair(a, b);
+  run(a, a.start(0), 0);
+  run(b, b.start(0), 0);
+  pump();
+  const fresh = { type: "webrtc-renegotiate", reason: "no-offer", epoch: 0, sid: "b.2" };
+  const out = a.onSignal(fresh, 1);
+  assert.deepEqual(out.filter((x) => x.kind !== "log").map((x) => x.kind), ["close-peer", "create-peer", "peer-connecting", "create-offer"]);
+  assert.equal(a.remoteSession, "b.2");
+  const stale = { type: "webrtc-ice", candidate: null, epoch: 0, sid: "b.1", rsid: a.session };
+  assert.match(a.onSignal(stale, 2)[0].text, /earlier session/);
+});
+
 test("webrtc-renegotiate sent to the polite side is a protocol error", () => {
   const b = machine("b", "a");
   b.start(0);
