@@ -119,7 +119,7 @@ async def browser_peer(
 async def wait_open(page: Page, *peers: str) -> None:
     """Until the page's data channels with every one of ``peers`` are open."""
     await page.wait_for_function(
-        "(peers) => peers.every((p) => window.c._channels.get(p)?.readyState === 'open')",
+        "(peers) => peers.every((p) => window.c.channel(p) !== null)",
         arg=list(peers),
         timeout=TIMEOUT * 1000,
     )
@@ -592,7 +592,7 @@ def test_a_browser_and_aiortc_recover_from_failed_on_a_fresh_connection(relay: s
             await page.evaluate(FAIL, "z-py")
             await page.wait_for_function(
                 "() => window.c.peers.get('z-py').epoch === 1"
-                " && window.c._channels.get('z-py')?.readyState === 'open'",
+                " && window.c.channel('z-py') !== null",
                 timeout=TIMEOUT * 1000,
             )
             assert await page.evaluate("window.c.peerConnection('z-py') !== window.pcBefore")

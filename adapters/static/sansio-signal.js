@@ -785,7 +785,6 @@ export class SignalingClient extends EventTarget {
     this.room = null; // {roomId, members: Set} once joined
     this.peers = new Map(); // peerId → PeerNegotiation
     this._conns = new Map(); // pc handle → {peerId, pc, chain, channel}
-    this._channels = new Map(); // peerId → open RTCDataChannel
     this._sessions = new Map();
     this._instance = Math.floor(jitter() * 0xffffffff).toString(16).padStart(8, "0");
     this._nextPc = 1;
@@ -863,10 +862,17 @@ export class SignalingClient extends EventTarget {
     clearTimeout(this._timer);
   }
 
+  /** The open `chat` data channel of our current connection with `peerId`, or null. */
+  channel(peerId) {
+    const peer = this.peers.get(peerId);
+    const channel = peer?.pc == null ? null : this._conns.get(peer.pc)?.channel ?? null;
+    return channel?.readyState === "open" ? channel : null;
+  }
+
   /** Send `text` to one peer over the `chat` data channel; false if it is not open. */
   send(peerId, text) {
-    const channel = this._channels.get(peerId);
-    if (channel === undefined || channel.readyState !== "open") return false;
+    const channel = this.channel(peerId);
+    if (channel === null) return false;
     channel.send(text);
     return true;
   }
@@ -874,7 +880,7 @@ export class SignalingClient extends EventTarget {
   /** Send `text` to every peer with an open channel; returns how many got it. */
   broadcast(text) {
     let sent = 0;
-    for (const peerId of this._channels.keys()) if (this.send(peerId, text)) sent += 1;
+    for (const peerId of this.peers.keys()) if (this.send(peerId, text)) sent += 1;
     return sent;
   }
 
@@ -1143,7 +1149,6 @@ export class SignalingClient extends EventTarget {
     if (this.absent.delete(peer.peerId) && this.absent.size === 0) this._absentDeadline = null;
     this._run(peer, peer.close(now()));
     this.peers.delete(peer.peerId);
-    this._channels.delete(peer.peerId);
     this._emit("peer-left", { peerId: peer.peerId });
   }
 
@@ -1207,10 +1212,7 @@ export class SignalingClient extends EventTarget {
       case "close-peer": {
         const conn = this._conns.get(action.pc);
         this._conns.delete(action.pc);
-        if (conn !== undefined) {
-          if (this._channels.get(peer.peerId) === conn.channel) this._channels.delete(peer.peerId);
-          conn.pc.close();
-        }
+        if (conn !== undefined) conn.pc.close();
         return undefined;
       }
       default: return this._enqueue(action);
@@ -1243,9 +1245,7 @@ export class SignalingClient extends EventTarget {
     if (conn === undefined) return;
     conn.channel = channel;
     const opened = () => {
-      if (this._conns.get(handle) !== conn) return;
-      this._channels.set(peerId, channel);
-      this._emit("channel-open", { peerId });
+      if (this._conns.get(handle) === conn) this._emit("channel-open", { peerId });
     };
     channel.onmessage = (event) => {
       if (this._conns.get(handle) === conn) this._emit("message", { from: peerId, text: String(event.data) });
