@@ -5,7 +5,6 @@ import { SignalingClient } from "/sansio-signal.js";
 
 const $ = (id) => document.getElementById(id);
 let client = null;
-const participants = new Map(); // peerId → {state, link, epoch, channel}
 
 function time() {
   return new Date().toLocaleTimeString();
@@ -41,22 +40,24 @@ function render() {
     me.firstChild.textContent = client.userId;
     list.append(me);
   }
-  for (const [peerId, info] of [...participants].sort()) {
+  const peers = client === null ? [] : [...client.peers].sort(([a], [b]) => (a < b ? -1 : 1));
+  for (const [peerId, peer] of peers) {
     const item = document.createElement("li");
     item.dataset.peer = peerId;
     const name = document.createElement("span");
     name.textContent = peerId;
     const state = document.createElement("span");
-    const label = info.channel ? "connected" : info.link === "failed" || info.state === "failed" ? "failed" : "connecting";
+    const open = client.channel(peerId) !== null;
+    const label = open ? "connected" : peer.link === "failed" || peer.state === "failed" ? "failed" : "connecting";
     state.className = `state ${label}`;
     state.dataset.state = label;
-    state.textContent = `${label} · ${info.state} · epoch ${info.epoch}`;
+    state.textContent = `${label} · ${peer.state} · epoch ${peer.epoch}`;
     item.append(name, state);
     list.append(item);
   }
   const inRoom = client !== null && client.state === "joined";
   $("server-text").disabled = $("server-send").disabled = !inRoom;
-  const anyOpen = [...participants.values()].some((p) => p.channel);
+  const anyOpen = peers.some(([peerId]) => client.channel(peerId) !== null);
   $("p2p-text").disabled = $("p2p-send").disabled = !anyOpen;
   $("status").textContent = client === null ? "offline" : client.state === "joined" ? `in ${client.room.roomId} as ${client.userId}` : client.state;
   $("status").className = `status ${client !== null ? client.state : ""}`;
@@ -78,7 +79,6 @@ async function join(event) {
   const name = $("name").value.trim();
   const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`;
   if (client !== null) client.close();
-  participants.clear();
   client = new SignalingClient({ url, userId: name, iceServers: await iceServers() });
   window.sansioClient = client; // for the browser tests and the curious
   const on = (type, handler) => client.addEventListener(type, (e) => { handler(e.detail); render(); });
@@ -88,18 +88,9 @@ async function join(event) {
   on("room-joined", ({ roomId, participants: others }) => log("info", `Room ${roomId}: ${others.length ? others.join(", ") : "nobody else yet"}`));
   on("room-resumed", ({ roomId }) => log("info", `Back in ${roomId}: peer connections kept`));
   on("join-refused", ({ code, message }) => log("error", `Join refused (${code}): ${message}`));
-  on("peer-joined", ({ peerId }) => participants.set(peerId, { state: "idle", link: "new", epoch: 0, channel: false }));
-  on("peer-state", ({ peerId, state, link, epoch }) => {
-    const info = participants.get(peerId);
-    if (info) Object.assign(info, { state, link, epoch });
-  });
-  on("channel-open", ({ peerId }) => {
-    const info = participants.get(peerId);
-    if (info) info.channel = true;
-  });
+  // The participant list is drawn from the client itself after each of these.
+  for (const type of ["peer-joined", "peer-state", "channel-open", "peer-left", "room-left"]) on(type, () => {});
   on("peer-failed", ({ peerId, reason }) => log("error", `Giving up on ${peerId}: ${reason}`));
-  on("peer-left", ({ peerId }) => participants.delete(peerId));
-  on("room-left", () => participants.clear());
   on("message", ({ from, text }) => addMessage("p2p-messages", from, text));
   on("chat", ({ from, text }) => addMessage("server-messages", from, text));
   on("server-error", () => {});
@@ -116,7 +107,6 @@ async function join(event) {
 $("join-form").addEventListener("submit", join);
 $("leave").addEventListener("click", () => {
   if (client !== null) client.leave();
-  participants.clear();
   render();
 });
 $("p2p-form").addEventListener("submit", (event) => {
