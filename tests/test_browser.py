@@ -591,8 +591,7 @@ def test_a_browser_and_aiortc_recover_from_failed_on_a_fresh_connection(relay: s
             await page.evaluate("window.pcBefore = window.c.peerConnection('z-py')")
             await page.evaluate(FAIL, "z-py")
             await page.wait_for_function(
-                "() => window.c.peers.get('z-py').epoch === 1"
-                " && window.c.channel('z-py') !== null",
+                "() => window.c.peers.get('z-py').epoch === 1 && window.c.channel('z-py') !== null",
                 timeout=TIMEOUT * 1000,
             )
             assert await page.evaluate("window.c.peerConnection('z-py') !== window.pcBefore")
