@@ -237,7 +237,11 @@ class AiortcPeers:
         try:
             await pc.addIceCandidate(to_aiortc_candidate(candidate))
         except Exception as exc:
-            logger.info("mDNS candidate on connection %d not added: %r", handle, exc)
+            conn = self._connections.get(handle)
+            if conn is not None and conn.pc is pc:
+                self._on_event(
+                    OperationFailed(pc=handle, operation=AddIceCandidate.__name__, error=f"{exc!r}")
+                )
 
     async def _close(self, conn: _Connection) -> None:
         if conn.worker is not None:

@@ -72,7 +72,7 @@ client machine keeps them in its :class:`~.timers.Timers` and calls :meth:`on_ti
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import Enum
 from typing import Any
 
@@ -101,6 +101,7 @@ from .wire import (
     IceCandidate,
     JSONValue,
     Offer,
+    PairFields,
     Renegotiate,
     SessionDescription,
     Signal,
@@ -142,7 +143,7 @@ class Capabilities:
     ice_restart: bool
     trickle: bool
 
-    def to_wire(self) -> list[str]:
+    def to_wire(self) -> list[JSONValue]:
         """The ``caps`` field sent with offers and answers."""
         names = (
             ("rollback", self.rollback),
@@ -152,9 +153,9 @@ class Capabilities:
         return [name for name, has in names if has]
 
     @classmethod
-    def from_wire(cls, value: JSONValue) -> Capabilities:
-        """Read a ``caps`` field; anything missing or malformed means "cannot"."""
-        names = set(value) if isinstance(value, list) else set()
+    def from_wire(cls, value: Iterable[str] | None) -> Capabilities:
+        """Read a (validated) ``caps`` field; a missing name means "cannot"."""
+        names = set(value or ())
         return cls(
             rollback="rollback" in names,
             ice_restart="ice-restart" in names,
@@ -344,43 +345,39 @@ class PeerNegotiation:
 
     def on_operation_failed(self, operation: str, error: str, now: float) -> Actions:
         """An operation on the current connection raised."""
-        return self._dispatch(Input.OPERATION_FAILED, now, f"{operation}: {error}")
+        return self._dispatch(Input.OPERATION_FAILED, now, (operation, error))
 
     def on_signal(self, message: Signal, now: float) -> Actions:
         """A signaling frame from the peer (already known to come from ``peer_id``)."""
+        pair = message.pair  # a malformed field raises WireError, a RemoteProtocolError
         if "epoch" not in message.fields:
             self.remote_epochless = True
-        stale = self._stale(message)
+        stale = self._stale(message, pair)
         if stale is not None:
             return [self._log(LogLevel.DEBUG, "dropped %s: %s", message.TYPE, stale)]
         actions: Actions = []
-        sid = message.fields.get("sid")
-        epoch = message.epoch
-        if isinstance(sid, str) and sid != self.remote_session:
+        sid = pair.sid
+        epoch = pair.epoch
+        if sid is not None and sid != self.remote_session:
             restarted = self.remote_session is not None
             self.remote_session = sid
             if restarted:  # a new session of theirs, which knows none of ours
                 actions = self._start_over(epoch, now)
-        if isinstance(message, Offer | Answer) and "caps" in message.fields:
-            self.remote_capabilities = Capabilities.from_wire(message.fields["caps"])
+        if isinstance(message, Offer | Answer) and pair.caps is not None:
+            self.remote_capabilities = Capabilities.from_wire(pair.caps)
         if isinstance(message, Offer):
             if epoch > self.epoch:
                 actions += self._follow(epoch, f"epoch {epoch}")
-            seq = message.fields.get("seq")
-            numbered = isinstance(seq, int) and not isinstance(seq, bool)
-            key = f"#{seq}" if numbered else message.description.sdp
+            key = f"#{pair.seq}" if pair.seq is not None else message.description.sdp
             offer = RemoteOffer(message.description, key)
             return actions + self._dispatch(Input.REMOTE_OFFER, now, offer)
         if isinstance(message, Answer):
             return actions + self._dispatch(Input.REMOTE_ANSWER, now, message.description)
         if isinstance(message, Ice):
             return actions + self._dispatch(Input.REMOTE_CANDIDATE, now, message.candidate)
-        reason = message.fields.get("reason")
-        return actions + self._dispatch(
-            Input.REMOTE_RENEGOTIATE, now, reason if isinstance(reason, str) else ""
-        )
+        return actions + self._dispatch(Input.REMOTE_RENEGOTIATE, now, pair.reason)
 
-    def _stale(self, message: Signal) -> str | None:
+    def _stale(self, message: Signal, pair: PairFields) -> str | None:
         """Why ``message`` belongs to another session or epoch (``None``: it is current).
 
         Sessions tell apart the incarnations of a pair: when a member leaves and joins
@@ -388,23 +385,22 @@ class PeerNegotiation:
         incarnation still had on the way would otherwise look current. Each side sends
         its own ``sid`` and, once known, the ``rsid`` it expects of the other.
         """
-        rsid = message.fields.get("rsid")
-        if isinstance(rsid, str) and rsid != self.session:
+        rsid, sid, epoch = pair.rsid, pair.sid, pair.epoch
+        if rsid is not None and rsid != self.session:
             return f"addressed to our earlier session {rsid}"
-        sid = message.fields.get("sid")
-        new_session = isinstance(sid, str) and sid != self.remote_session
+        new_session = sid is not None and sid != self.remote_session
         if new_session and self.remote_session is not None:
             if rsid is None:
                 return None  # their side started the pair over: so do we (_start_over)
             return f"from their earlier session {sid}"
-        if message.epoch < self.epoch:
-            return f"stale epoch {message.epoch} (ours is {self.epoch})"
-        if message.epoch > self.epoch:
+        if epoch < self.epoch:
+            return f"stale epoch {epoch} (ours is {self.epoch})"
+        if epoch > self.epoch:
             if not isinstance(message, Offer):
-                return f"future epoch {message.epoch} (ours is {self.epoch})"
+                return f"future epoch {epoch} (ours is {self.epoch})"
             if self.is_initiator:
                 raise RemoteProtocolError(
-                    f"offer of epoch {message.epoch} from {self.peer_id!r}, ahead of the "
+                    f"offer of epoch {epoch} from {self.peer_id!r}, ahead of the "
                     f"initiator's epoch {self.epoch}"
                 )
         return None
@@ -788,7 +784,13 @@ class PeerNegotiation:
         self.notified_connected = False
         return self._failure(now, f"connection {state}")
 
-    def _on_operation_failed(self, now: float, detail: str) -> Actions:
+    def _on_operation_failed(self, now: float, failure: tuple[str, str]) -> Actions:
+        operation, error = failure
+        if operation == AddIceCandidate.__name__:
+            # One candidate that cannot be added (a peer's malformed line, an mDNS name
+            # that does not resolve) loses only itself: the others may still connect.
+            return [self._log(LogLevel.WARNING, "candidate not added: %s", error)]
+        detail = f"{operation}: {error}"
         if self.abandoned_offers and self.state is NegState.APPLYING_OFFER:
             self.abandoned_offers -= 1  # the offer we rolled back failed; irrelevant
             return []

@@ -22,6 +22,8 @@ class RoomView:
             )
         if our_id in joined.existing_participants:
             raise RemoteProtocolError("existingParticipants lists the joiner itself")
+        if len(set(joined.existing_participants)) != len(joined.existing_participants):
+            raise RemoteProtocolError("existingParticipants lists a member twice")
         self.our_id = our_id
         self.room_id = joined.room_id
         self._members = list(joined.existing_participants)

@@ -22,7 +22,7 @@ from .wire import JSONValue, dumps
 
 def _plain(value: Any) -> JSONValue:
     if isinstance(value, Enum):
-        return value.value
+        return _plain(value.value)
     if isinstance(value, bytes):
         return {"bytes": value[:4096].hex(), "length": len(value)}
     if isinstance(value, tuple | list):
@@ -31,7 +31,9 @@ def _plain(value: Any) -> JSONValue:
         return {str(k): _plain(v) for k, v in value.items()}
     if attrs.has(type(value)):
         return {"kind": type(value).__name__, **fields_of(value)}
-    return value
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
 
 
 def fields_of(obj: Any) -> dict[str, JSONValue]:

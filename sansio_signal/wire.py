@@ -42,8 +42,9 @@ import attrs
 
 from .errors import WireError
 
-JSONValue: TypeAlias = Any
-"""A decoded JSON value (``dict``, ``list``, ``str``, ``int``, ``float``, ``bool``, ``None``)."""
+JSONValue: TypeAlias = "None | bool | int | float | str | list[JSONValue] | dict[str, JSONValue]"
+"""A decoded JSON value. Typed, not ``Any``: code that reads a value from the wire must
+check what it is first (the codec does, once, for every field it reads)."""
 
 
 class Channel(StrEnum):
@@ -236,6 +237,88 @@ class IceCandidate:
         return out
 
 
+MAX_SAFE_INTEGER = 2**53 - 1
+"""The largest integer every JSON peer reads exactly (JavaScript's ``Number``)."""
+
+
+def wire_int(value: JSONValue) -> int | None:
+    """``value`` as a non-negative integer, or ``None`` when it is not one.
+
+    A JSON number with no fractional part counts, whatever its spelling: ``1.0`` is 1
+    (JavaScript cannot tell the two apart, so neither may we). Booleans, fractions,
+    negative numbers and numbers past :data:`MAX_SAFE_INTEGER` are not integers here.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    else:
+        return None
+    return number if 0 <= number <= MAX_SAFE_INTEGER else None
+
+
+@attrs.frozen(kw_only=True)
+class PairFields:
+    """The fields peers add to signaling frames for their own negotiation (the relay
+    passes them unchanged; PROTOCOL.md "Peer conventions"), validated and typed.
+
+    A field that is absent or ``null`` takes its default. ``epoch`` (default 0) numbers
+    the pair's peer connection; ``sid`` names the sender's
+    incarnation of the pair and ``rsid`` the one it expects of us (absent or ``null``:
+    none); ``seq`` numbers offers; ``caps`` lists what the sender's peer connection can
+    do (unknown names are kept, for newer peers); ``reason`` says why a
+    ``webrtc-renegotiate`` was sent. :func:`read_pair_fields` reads them.
+    """
+
+    epoch: int = 0
+    sid: str | None = None
+    rsid: str | None = None
+    seq: int | None = None
+    caps: tuple[str, ...] | None = None
+    reason: str = ""
+
+
+def _pair_error(key: str, rule: str, value: JSONValue) -> WireError:
+    return WireError(
+        ErrorCode.BAD_FRAME,
+        f"field {key!r} must be {rule} ({_kind(value)} given)",
+        "webrtc-signaling",
+    )
+
+
+def read_pair_fields(fields: Mapping[str, JSONValue]) -> PairFields:
+    """The :class:`PairFields` of a signaling frame's ``fields``, or ``WireError``
+    (``bad-frame``) naming the first malformed one. Every value a peer supplies is
+    checked here, once, so that nothing past the codec meets an untyped value."""
+    epoch = fields.get("epoch")
+    if epoch is not None and wire_int(epoch) is None:
+        raise _pair_error("epoch", "a non-negative integer or absent", epoch)
+    seq = fields.get("seq")
+    if seq is not None and wire_int(seq) is None:
+        raise _pair_error("seq", "a non-negative integer or absent", seq)
+    strings: dict[str, str | None] = {}
+    for key in ("sid", "rsid", "reason"):
+        value = fields.get(key)
+        if value is not None and not isinstance(value, str):
+            raise _pair_error(key, "a string or absent", value)
+        strings[key] = value
+    caps = fields.get("caps")
+    if caps is not None and (
+        not isinstance(caps, list) or not all(isinstance(name, str) for name in caps)
+    ):
+        raise _pair_error("caps", "an array of strings", caps)
+    return PairFields(
+        epoch=0 if epoch is None else wire_int(epoch) or 0,
+        sid=strings["sid"],
+        rsid=strings["rsid"],
+        seq=None if seq is None else wire_int(seq),
+        caps=None if caps is None else tuple(name for name in caps if isinstance(name, str)),
+        reason=strings["reason"] or "",
+    )
+
+
 def _frozen_fields(value: Mapping[str, JSONValue]) -> Mapping[str, JSONValue]:
     return dict(value)
 
@@ -257,12 +340,14 @@ class _Signal:
     room_id: str | None = None
 
     @property
+    def pair(self) -> PairFields:
+        """The peers' own fields of this frame, validated (``WireError`` if malformed)."""
+        return read_pair_fields(self.fields)
+
+    @property
     def epoch(self) -> int:
-        """The per-pair ``epoch`` peers agree on; absent or not an integer counts as 0."""
-        value = self.fields.get("epoch", 0)
-        if isinstance(value, bool) or not isinstance(value, int):
-            return 0
-        return value
+        """The per-pair ``epoch`` peers agree on (absent counts as 0)."""
+        return self.pair.epoch
 
 
 @attrs.frozen(kw_only=True)
@@ -274,7 +359,7 @@ class Offer(_Signal):
     @property
     def description(self) -> SessionDescription:
         """The offer as a typed description."""
-        return _description(self.fields["offer"])
+        return _read_description(self.fields, "offer")
 
     @classmethod
     def new(cls, *, to_user_id: str, description: SessionDescription, epoch: int = 0) -> Offer:
@@ -291,7 +376,7 @@ class Answer(_Signal):
     @property
     def description(self) -> SessionDescription:
         """The answer as a typed description."""
-        return _description(self.fields["answer"])
+        return _read_description(self.fields, "answer")
 
     @classmethod
     def new(cls, *, to_user_id: str, description: SessionDescription, epoch: int = 0) -> Answer:
@@ -308,15 +393,7 @@ class Ice(_Signal):
     @property
     def candidate(self) -> IceCandidate | None:
         """The candidate, ``None`` for end-of-candidates."""
-        raw = self.fields["candidate"]
-        if raw is None:
-            return None
-        return IceCandidate(
-            candidate=raw["candidate"],
-            sdp_mid=raw.get("sdpMid"),
-            sdp_mline_index=raw.get("sdpMLineIndex"),
-            username_fragment=raw.get("usernameFragment"),
-        )
+        return _read_candidate(self.fields)
 
     @classmethod
     def new(cls, *, to_user_id: str, candidate: IceCandidate | None, epoch: int = 0) -> Ice:
@@ -440,11 +517,7 @@ def _id(obj: Mapping[str, JSONValue], key: str, channel: str, limits: Limits) ->
     return value
 
 
-def _description(value: JSONValue) -> SessionDescription:
-    return SessionDescription(type=value["type"], sdp=value["sdp"])
-
-
-def _check_description(obj: Mapping[str, JSONValue], key: str) -> None:
+def _read_description(obj: Mapping[str, JSONValue], key: str) -> SessionDescription:
     value = obj.get(key)
     if not isinstance(value, dict):
         raise WireError(
@@ -452,11 +525,12 @@ def _check_description(obj: Mapping[str, JSONValue], key: str) -> None:
             f"field {key!r} must be an object with string 'type' and 'sdp'",
             Channel.SIGNALING,
         )
-    _str(value, "type", Channel.SIGNALING)
-    _str(value, "sdp", Channel.SIGNALING)
+    return SessionDescription(
+        type=_str(value, "type", Channel.SIGNALING), sdp=_str(value, "sdp", Channel.SIGNALING)
+    )
 
 
-def _check_candidate(obj: Mapping[str, JSONValue]) -> None:
+def _read_candidate(obj: Mapping[str, JSONValue]) -> IceCandidate | None:
     if "candidate" not in obj:
         raise WireError(
             ErrorCode.BAD_FRAME,
@@ -465,23 +539,26 @@ def _check_candidate(obj: Mapping[str, JSONValue]) -> None:
         )
     value = obj["candidate"]
     if value is None:
-        return
+        return None
     if not isinstance(value, dict):
         raise WireError(
             ErrorCode.BAD_FRAME,
             f"field 'candidate' must be an object or null, not {_kind(value)}",
             Channel.SIGNALING,
         )
-    _str(value, "candidate", Channel.SIGNALING)
-    _opt_str(value, "sdpMid", Channel.SIGNALING)
-    _opt_str(value, "usernameFragment", Channel.SIGNALING)
     index = value.get("sdpMLineIndex")
-    if index is not None and (isinstance(index, bool) or not isinstance(index, int) or index < 0):
+    if index is not None and wire_int(index) is None:
         raise WireError(
             ErrorCode.BAD_FRAME,
             "field 'candidate.sdpMLineIndex' must be a non-negative integer or null",
             Channel.SIGNALING,
         )
+    return IceCandidate(
+        candidate=_str(value, "candidate", Channel.SIGNALING),
+        sdp_mid=_opt_str(value, "sdpMid", Channel.SIGNALING),
+        sdp_mline_index=None if index is None else wire_int(index),
+        username_fragment=_opt_str(value, "usernameFragment", Channel.SIGNALING),
+    )
 
 
 _SIGNAL_CLASSES: dict[str, type[Offer | Answer | Ice | Renegotiate]] = {
@@ -528,11 +605,11 @@ def check_signal(obj: Mapping[str, JSONValue], type_: str, limits: Limits) -> st
     channel = Channel.SIGNALING.value
     to_user_id = _id(obj, "toUserId", channel, limits)
     if type_ == Ice.TYPE:
-        _check_candidate(obj)
+        _read_candidate(obj)
     elif type_ == Offer.TYPE:
-        _check_description(obj, "offer")
+        _read_description(obj, "offer")
     elif type_ == Answer.TYPE:
-        _check_description(obj, "answer")
+        _read_description(obj, "answer")
     elif type_ != Renegotiate.TYPE:
         raise _unknown_type(channel, type_)
     return to_user_id
@@ -628,6 +705,7 @@ def parse_server_frame(data: str | bytes, limits: Limits = DEFAULT_LIMITS) -> Se
     channel, type_ = _envelope(obj)
     if channel == Channel.SIGNALING:
         signal = _parse_signal(obj, type_, limits)
+        read_pair_fields(signal.fields)
         return attrs.evolve(
             signal,
             from_user_id=_id(obj, "fromUserId", channel, limits),
@@ -638,16 +716,18 @@ def parse_server_frame(data: str | bytes, limits: Limits = DEFAULT_LIMITS) -> Se
         user_id = _id(obj, "userId", channel, limits)
         if type_ == UserJoinedRoom.TYPE:
             existing = obj.get("existingParticipants")
-            if not isinstance(existing, list) or not all(isinstance(u, str) for u in existing):
+            if not isinstance(existing, list) or not all(
+                isinstance(u, str) and limits.valid_id(u) for u in existing
+            ):
                 raise WireError(
                     ErrorCode.BAD_FRAME,
-                    "field 'existingParticipants' must be an array of strings",
+                    "field 'existingParticipants' must be an array of user ids",
                     channel,
                 )
             return UserJoinedRoom(
                 room_id=room_id,
                 user_id=user_id,
-                existing_participants=tuple(existing),
+                existing_participants=tuple(u for u in existing if isinstance(u, str)),
                 resume_token=_opt_str(obj, "resumeToken", channel),
             )
         if type_ == UserLeftRoom.TYPE:

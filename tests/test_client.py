@@ -121,14 +121,14 @@ def signal(
     sender: str,
     to: str,
     room_id: str = ROOM,
-    **fields: JSONValue,
+    **fields: Any,
 ) -> ServerFrameReceived:
     """A signaling frame as the server relays it (``fromUserId``/``roomId`` stamped)."""
     fields.setdefault("epoch", 0)
     return server(kind(to_user_id=to, fields=fields, from_user_id=sender, room_id=room_id))
 
 
-def offer_from(sender: str, to: str, sdp: str = "their-offer", **extra: JSONValue) -> Any:
+def offer_from(sender: str, to: str, sdp: str = "their-offer", **extra: Any) -> Any:
     return signal(Offer, sender, to, offer={"type": "offer", "sdp": sdp}, **extra)
 
 

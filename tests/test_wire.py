@@ -233,13 +233,23 @@ def test_unknown_fields_preserved_in_signal_fields() -> None:
     assert strict_loads(encode(msg)) == offer_frame("b", **extra)
 
 
-@pytest.mark.parametrize(
-    ("epoch", "expected"), [(5, 5), ("5", 0), (True, 0), (1.5, 0), (None, 0), (-2, -2)]
-)
+@pytest.mark.parametrize(("epoch", "expected"), [(5, 5), (1.0, 1), (None, 0), (0, 0)])
 def test_epoch_view(epoch: Any, expected: int) -> None:
     msg = parse_client_frame(json.dumps(renegotiate_frame("b", epoch=epoch)))
     assert isinstance(msg, Renegotiate)
     assert msg.epoch == expected
+
+
+@pytest.mark.parametrize("epoch", ["5", True, 1.5, -2, 2**53])
+def test_a_malformed_epoch_is_relayed_but_not_read(epoch: Any) -> None:
+    """The relay passes peers' own fields unchanged; a client reading one that is not a
+    non-negative integer refuses the frame (``bad-frame``)."""
+    msg = parse_client_frame(json.dumps(renegotiate_frame("b", epoch=epoch)))
+    assert isinstance(msg, Renegotiate)
+    assert msg.fields["epoch"] == epoch
+    with pytest.raises(WireError) as caught:
+        _ = msg.epoch
+    assert caught.value.code is ErrorCode.BAD_FRAME
 
 
 def test_epoch_absent_counts_as_zero() -> None:
@@ -401,6 +411,7 @@ _SIGNALING_BAD_FRAME: list[dict[str, Any]] = [
     ice_frame("b", {"candidate": "c", "sdpMLineIndex": -1}),
     ice_frame("b", {"candidate": "c", "sdpMLineIndex": True}),
     ice_frame("b", {"candidate": "c", "sdpMLineIndex": 0.5}),
+    ice_frame("b", {"candidate": "c", "sdpMLineIndex": 10**30}),
     ice_frame("b", {"candidate": "c", "sdpMLineIndex": "0"}),
 ]
 _CHAT_BAD_FRAME: list[dict[str, Any]] = [
@@ -427,7 +438,7 @@ def test_missing_or_wrong_typed_field_is_bad_frame_on_channel(frame: dict[str, A
     "frame",
     [
         ice_frame("b", {"candidate": "c", "sdpMid": None, "sdpMLineIndex": None}),
-        ice_frame("b", {"candidate": "c", "sdpMLineIndex": 10**30}),
+        ice_frame("b", {"candidate": "c", "sdpMLineIndex": 1.0}),
         ice_frame("b", {"candidate": ""}),
         ice_frame("b", None),
         chat_frame("x" * 4096),
@@ -694,6 +705,10 @@ def server_messages(draw: st.DrawFn) -> ServerMessage:
     message = parse_client_frame(json.dumps(frame))
     room, user = draw(_IDS), draw(_IDS)
     if isinstance(message, Offer | Answer | Ice | Renegotiate):
+        # a client reads the peers' own fields (epoch, sid, ...) only when well-formed
+        pair_keys = {"epoch", "sid", "rsid", "seq", "caps", "reason"}
+        fields = {k: v for k, v in message.fields.items() if k not in pair_keys}
+        message = attrs.evolve(message, fields=fields)
         return attrs.evolve(message, from_user_id=user, room_id=room)
     if isinstance(message, ChatMessage):
         ts = draw(st.floats(0, 2e9, allow_nan=False))
