@@ -6,6 +6,7 @@ in :mod:`sansio_signal.adapters`.
 """
 
 from .actions import CloseConnection, Log, LogLevel, RelayAction, SendFrame
+from .codes import Channel, CloseCode, ErrorCode
 from .directory import Directory, MemoryDirectory
 from .errors import LocalProtocolError, RemoteProtocolError, SignalError, WireError
 from .events import Connected, ConnId, Disconnected, FrameReceived, RelayEvent
@@ -14,12 +15,9 @@ from .timers import Timers
 from .wire import (
     DEFAULT_LIMITS,
     Answer,
-    Channel,
     ChatMessage,
     ClientMessage,
-    CloseCode,
     Error,
-    ErrorCode,
     Ice,
     IceCandidate,
     JoinRoom,

@@ -9,10 +9,7 @@ carries the exact PROTOCOL.md error code and the channel to answer on.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .wire import ErrorCode
+from .codes import ErrorCode
 
 
 class SignalError(Exception):

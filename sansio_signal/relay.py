@@ -67,6 +67,7 @@ from enum import Enum
 import attrs
 
 from .actions import CloseConnection, Log, LogLevel, RelayAction, SendFrame
+from .codes import Channel, CloseCode, ErrorCode
 from .directory import Directory, MemoryDirectory
 from .errors import LocalProtocolError, WireError
 from .events import Connected, ConnId, Disconnected, FrameReceived, RelayEvent
@@ -75,10 +76,7 @@ from .wire import (
     CLIENT_TYPES,
     DEFAULT_LIMITS,
     Answer,
-    Channel,
     ChatMessage,
-    CloseCode,
-    ErrorCode,
     Ice,
     JoinRoom,
     JSONValue,

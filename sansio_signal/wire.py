@@ -35,59 +35,21 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from enum import StrEnum
 from typing import Any, ClassVar, TypeAlias
 
 import attrs
 
+from .codes import Channel as Channel
+from .codes import CloseCode as CloseCode
+from .codes import ErrorCode as ErrorCode
 from .errors import WireError
 
-JSONValue: TypeAlias = "None | bool | int | float | str | list[JSONValue] | dict[str, JSONValue]"
+# ``Channel``, ``CloseCode`` and ``ErrorCode`` live in :mod:`.codes` (the bottom of the
+# package); they are re-exported here for code that still imports them from the codec.
+
+JSONValue: TypeAlias = "bool | int | float | str | list[JSONValue] | dict[str, JSONValue] | None"
 """A decoded JSON value. Typed, not ``Any``: code that reads a value from the wire must
 check what it is first (the codec does, once, for every field it reads)."""
-
-
-class Channel(StrEnum):
-    """The channels of the envelope."""
-
-    ROOMS = "webrtc-dashboard-rooms"
-    SIGNALING = "webrtc-signaling"
-    CHAT = "webrtc-dashboard-chat"
-    SYSTEM = "system"
-    """Used only by the server, for errors about frames whose channel is unknown."""
-
-
-class ErrorCode(StrEnum):
-    """Every error code of protocol v1."""
-
-    BAD_JSON = "bad-json"
-    BAD_FRAME = "bad-frame"
-    UNKNOWN_CHANNEL = "unknown-channel"
-    UNKNOWN_TYPE = "unknown-type"
-    INVALID_ID = "invalid-id"
-    FRAME_TOO_LARGE = "frame-too-large"
-    NOT_IN_ROOM = "not-in-room"
-    PEER_NOT_FOUND = "peer-not-found"
-    USER_ID_TAKEN = "user-id-taken"
-    ROOM_FULL = "room-full"
-    RATE_LIMITED = "rate-limited"
-    UNAUTHORIZED = "unauthorized"
-
-
-class CloseCode:
-    """WebSocket close codes the server uses (RFC 6455 and the protocol's own)."""
-
-    NORMAL = 1000
-    GOING_AWAY = 1001
-    ABNORMAL = 1006
-    """Not sent: what WebSocket libraries report for a socket that ended without one."""
-    INVALID_DATA = 1007
-    POLICY = 1008
-    TOO_BIG = 1009
-    INTERNAL_ERROR = 1011
-    SERVICE_RESTART = 1012
-    TRY_AGAIN_LATER = 1013
-    REPLACED = 4000
 
 
 DEFAULT_ID_PATTERN = r"[A-Za-z0-9_.:-]{1,64}"

@@ -37,6 +37,7 @@ from sansio_signal.actions import (
     SetRemoteDescription,
 )
 from sansio_signal.client import ClientMachine, ClientState
+from sansio_signal.codes import ErrorCode
 from sansio_signal.errors import LocalProtocolError
 from sansio_signal.events import (
     ChatRequested,
@@ -60,7 +61,6 @@ from sansio_signal.wire import (
     Answer,
     ChatMessage,
     Error,
-    ErrorCode,
     Ice,
     IceCandidate,
     JSONValue,

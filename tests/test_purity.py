@@ -64,3 +64,21 @@ def test_the_check_sees_a_forbidden_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("import json\nfrom time import monotonic\nimport asyncio.events\n")
     assert imported_roots(bad) & FORBIDDEN == {"time", "asyncio"}
+
+
+def package_imports(path: Path) -> set[str]:
+    """The modules of the package that ``path`` imports (relative imports, by name)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            names.add(node.module or "")
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sansio_signal"):
+            names.add(node.module or "")
+    return names
+
+
+def test_the_bottom_modules_import_nothing_of_the_package() -> None:
+    # codes.py (channels, error and close codes) is what everything else may import
+    # without a cycle; errors.py names error codes and needs nothing of the codec.
+    assert package_imports(CORE / "codes.py") == set()
+    assert package_imports(CORE / "errors.py") == {"codes"}

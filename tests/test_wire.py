@@ -23,14 +23,13 @@ from conftest import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sansio_signal.codes import Channel, ErrorCode
 from sansio_signal.errors import WireError
 from sansio_signal.wire import (
     Answer,
-    Channel,
     ChatMessage,
     ClientMessage,
     Error,
-    ErrorCode,
     Ice,
     IceCandidate,
     JoinRoom,
