@@ -66,29 +66,38 @@ import signal
 import socket
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench_load import http_get_json
-from bench_server import (
-    CANDIDATE,
-    HOST,
-    ServerProcess,
-    _console_script,
-    _machine_busy_seconds,
-    _percentile,
-)
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.typing import Origin
 
-ROOMS = "webrtc-dashboard-rooms"
-SIGNALING = "webrtc-signaling"
-CHAT = "webrtc-dashboard-chat"
+if not __package__:  # run as a script: benchmarks/ is on sys.path, the project root is not
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import (
+    CANDIDATE,
+    CHAT_CHANNEL,
+    HOST,
+    SIGNALING_CHANNEL,
+    CpuTimes,
+    Member,
+    ServerProcess,
+    connect_client,
+    http_get_json,
+    http_url,
+    join_frame,
+    percentile,
+    print_results,
+    print_table,
+    scrape_metrics,
+    serve_argv,
+)
+
 PAIR_ROOM = "pair-room"
 PAIR_A, PAIR_B = "pair-a", "pair-b"
 MAX_PER_IP = 50
@@ -106,28 +115,16 @@ EXPECTED: dict[str, tuple[str, ...]] = {
 """The refusal reasons each scenario is meant to provoke."""
 ABUSE = re.compile(r'"abuse":\[(\d+),(\d+)\]')
 METRIC = re.compile(
-    r'^sansio_signal_(refusals|errors|closes|frames_in)_total\{(?:reason|code|type)="([^"]*)"\} '
-    r"(\S+)$"
+    r'^sansio_signal_(refusals|errors|closes|frames_in)_total\{(?:reason|code|type)="([^"]*)"\}$'
 )
+READY = re.compile(r"^ready$")
+QUICK: dict[str, Any] = {"open_timeout": 5, "close_timeout": 1}
+"""Every client here gives up sooner than the harness's default."""
 
 
-def _client(url: str, **kwargs: Any) -> Awaitable[ClientConnection]:
-    """``websockets`` client as every client here opens it: no compression, no pings,
-    no proxy, short close and open timeouts."""
-    options: dict[str, Any] = {
-        "compression": None,
-        "ping_interval": None,
-        "close_timeout": 1,
-        "open_timeout": 5,
-        "proxy": None,
-        "max_size": 2**20,
-    }
-    options.update(kwargs)
-    return connect(url, **options)
-
-
-def _join(room: str, user: str) -> str:
-    return json.dumps({"channel": ROOMS, "type": "join-room", "roomId": room, "userId": user})
+def _client(url: str, **options: Any) -> connect:
+    """A client connection as :func:`connect_client` opens it, with :data:`QUICK` timeouts."""
+    return connect_client(url, **(QUICK | options))
 
 
 # --------------------------------------------------------------------------- abusers
@@ -206,12 +203,12 @@ class Abuser:
     # -- flood: valid frames as fast as possible
 
     async def flood(self, i: int) -> None:
-        frame = json.dumps({"channel": CHAT, "type": "chat-message", "text": "flood"})
+        frame = json.dumps({"channel": CHAT_CHANNEL, "type": "chat-message", "text": "flood"})
         while True:
             ws = await self.connection()
             reader = asyncio.create_task(self.drain(ws))
             try:
-                await ws.send(_join(f"flood-{i}", f"flood{i}"))
+                await ws.send(join_frame(f"flood-{i}", f"flood{i}"))
                 self.ready.set()
                 for n in itertools.count(1):
                     await ws.send(frame)
@@ -227,7 +224,7 @@ class Abuser:
     # -- oversize: one frame over the limit per connection
 
     async def oversize(self, i: int) -> None:
-        head = '{"channel":"' + CHAT + '","type":"chat-message","text":"'
+        head = '{"channel":"' + CHAT_CHANNEL + '","type":"chat-message","text":"'
         frames = [head + "x" * (size - len(head) - 2) + '"}' for size in (70_000, 200_000)]
         for n in itertools.count(i):
             ws = await self.connection()
@@ -352,13 +349,15 @@ class Abuser:
         async def talker(k: int) -> None:
             user = f"abuse-talker{k}"
             sdp = "a=x-pad:" + "y" * 60_000
-            chat = json.dumps({"channel": CHAT, "type": "chat-message", "text": f"hi from {k}"})
+            chat = json.dumps(
+                {"channel": CHAT_CHANNEL, "type": "chat-message", "text": f"hi from {k}"}
+            )
             loop = asyncio.get_running_loop()
             while True:
                 ws = await _client(self.url)
                 reader = asyncio.create_task(watch(ws))
                 try:
-                    await ws.send(_join(self.room, user))
+                    await ws.send(join_frame(self.room, user))
                     joined.set()
                     next_at = loop.time()
                     for n in itertools.count():
@@ -372,7 +371,7 @@ class Abuser:
                             await ws.send(
                                 json.dumps(
                                     {
-                                        "channel": SIGNALING,
+                                        "channel": SIGNALING_CHANNEL,
                                         "type": "webrtc-offer",
                                         "toUserId": target[0],
                                         "offer": offer,
@@ -395,10 +394,11 @@ class Abuser:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16_384)
                 sock.setblocking(False)
                 await asyncio.get_running_loop().sock_connect(sock, (HOST, _port(self.url)))
-                ws = await _client(self.url, sock=sock, max_queue=1)
                 left[user] = asyncio.Event()
-                await ws.send(_join(self.room, user))
-                await asyncio.wait_for(ws.recv(), 5)  # its own user-joined-room; no more reads
+                async with asyncio.timeout(10):  # its own user-joined-room; no more reads
+                    member = await Member.join(
+                        self.url, self.room, user, sock=sock, max_queue=1, **QUICK
+                    )
                 self.stats["slow_joined"] += 1
                 t0 = time.perf_counter()
                 target[:] = [user]
@@ -411,7 +411,7 @@ class Abuser:
                     self.stats["slow_not_dropped_in_30s"] += 1
                 finally:
                     target.clear()
-                    ws.transport.abort()  # it never reads: a closing handshake would time out
+                    member.ws.transport.abort()  # it never reads: a closing handshake would hang
                     del left[user]
         finally:
             for task in talkers:
@@ -423,45 +423,20 @@ def _port(url: str) -> int:
     return int(url.rstrip("/").rsplit(":", 1)[1])
 
 
-class AbuserProcess(ServerProcess):
+def abuser_process(kind: str, url: str) -> ServerProcess:
     """``bench_abuse.py --abuser KIND``: ready once it prints ``ready``; at SIGTERM it
-    closes its connections and prints its tally as one JSON line."""
+    closes its connections and prints its tally as one JSON line (:func:`_tally`)."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--abuser", kind, "--url", url]
+    return ServerProcess(argv, name=f"abuser {kind}", ready=READY)
 
-    def __init__(self, kind: str, url: str) -> None:
-        argv = [sys.executable, str(Path(__file__).resolve()), "--abuser", kind, "--url", url]
-        super().__init__(f"abuser {kind}", argv, None)
-        self.url = url
-        self.tally: dict[str, int] = {}
 
-    async def start(self, timeout: float = 20.0) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=self._stderr,
-            cwd=tempfile.gettempdir(),
-        )
-        assert self.proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        except TimeoutError:
-            raise RuntimeError(f"{self.name}: not ready within {timeout} s") from None
-        if line.strip() != b"ready":
-            raise RuntimeError(f"{self.name}: got {line!r}; stderr: {self.stderr_tail()}")
-
-    async def stop(self) -> None:
-        proc = self.proc
-        if proc is not None and proc.returncode is None:
-            assert proc.stdout is not None
-            proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(TimeoutError, ValueError, IndexError):
-                out = await asyncio.wait_for(proc.stdout.read(), 10.0)
-                self.tally = json.loads(out.decode().strip().splitlines()[-1])
-            # reap it here: terminate() on an exited, unreaped child would reap it behind
-            # asyncio's child watcher (Popen.send_signal polls first)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 5.0)
-        await super().stop()
+def _tally(out: str) -> dict[str, int]:
+    """The last line an abuser printed, its tally (empty if it printed none)."""
+    try:
+        tally: dict[str, int] = json.loads(out.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {}
+    return tally
 
 
 # --------------------------------------------------------------------------- the pair
@@ -482,22 +457,11 @@ class Pair:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def open(self) -> None:
-        self.a = await _client(self.url)
-        await self.a.send(_join(PAIR_ROOM, PAIR_A))
-        await self._until_joined(self.a, PAIR_A)
-        self.b = await _client(self.url)
-        await self.b.send(_join(PAIR_ROOM, PAIR_B))
-        await self._until_joined(self.b, PAIR_B)
-        await self._until_joined(self.a, PAIR_B)
+        async with asyncio.timeout(20):
+            self.a = await Member.join(self.url, PAIR_ROOM, PAIR_A, **QUICK)
+            self.b = await Member.join(self.url, PAIR_ROOM, PAIR_B, **QUICK)
+            await self.a.wait_joined(PAIR_B)
         self._tasks = [asyncio.create_task(self._echo()), asyncio.create_task(self._read())]
-
-    @staticmethod
-    async def _until_joined(ws: ClientConnection, user: str) -> None:
-        async with asyncio.timeout(10):
-            while True:
-                obj = json.loads(await ws.recv())
-                if obj.get("type") == "user-joined-room" and obj.get("userId") == user:
-                    return
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -521,7 +485,7 @@ class Pair:
                     self.wrong += 1
                 obj["toUserId"] = obj.pop("fromUserId")
                 del obj["roomId"]
-                await self.b.send(json.dumps(obj, separators=(",", ":")))
+                await self.b.send(obj)
             else:
                 self._other("b", frame)
 
@@ -581,10 +545,10 @@ class Pair:
             "wrong": self.wrong - wrong0,
             "other_frames": dict(self.others - others0),
             "rtts_ns": rtts,
-            "p50_ms": _percentile(rtts, 50) / 1e6,
-            "p99_ms": _percentile(rtts, 99) / 1e6,
+            "p50_ms": percentile(rtts, 50) / 1e6,
+            "p99_ms": percentile(rtts, 99) / 1e6,
             "max_ms": (rtts[-1] if rtts else float("nan")) / 1e6,
-            "send_lag_p99_ms": _percentile(lags, 99) / 1e6,
+            "send_lag_p99_ms": percentile(lags, 99) / 1e6,
             "send_lag_max_ms": lags[-1] / 1e6,
         }
 
@@ -593,41 +557,23 @@ class Pair:
 
 
 def server_argv() -> list[str]:
-    return [
-        sys.executable,
-        _console_script("sansio-signal"),
-        "serve",
-        "--host",
-        HOST,
-        "--port",
-        "0",
-        "--max-connections-per-ip",
-        str(MAX_PER_IP),
-        "--allowed-origin",
-        GOOD_ORIGIN,
-        "--log-level",
-        "WARNING",
-    ]
+    return serve_argv("--max-connections-per-ip", str(MAX_PER_IP), "--allowed-origin", GOOD_ORIGIN)
 
 
 async def scrape(url: str) -> dict[str, float]:
     """``/metrics``: the ``refusals``, ``errors``, ``closes`` and ``frames_in`` counters,
     as ``kind:label`` → value."""
-    http = url.replace("ws://", "http://", 1) + "metrics"
-    status, body = await asyncio.to_thread(http_get_json, http)
-    if status != 200 or not isinstance(body, str):
-        raise RuntimeError(f"GET {http}: {status}")
     out: dict[str, float] = {}
-    for line in body.splitlines():
-        match = METRIC.match(line)
+    for sample, value in (await asyncio.to_thread(scrape_metrics, url)).items():
+        match = METRIC.match(sample)
         if match:
-            out[f"{match[1]}:{match[2]}"] = float(match[3])
+            out[f"{match[1]}:{match[2]}"] = value
     return out
 
 
 async def settle(url: str, timeout: float = 15.0) -> float:
     """Wait until ``/healthz`` shows only the pair's connections; the seconds it took."""
-    http = url.replace("ws://", "http://", 1) + "healthz"
+    http = http_url(url, "healthz")
     t0 = time.perf_counter()
     while True:
         status, body = await asyncio.to_thread(http_get_json, http)
@@ -643,26 +589,25 @@ async def run_phase(
 ) -> dict[str, Any]:
     settle_s = await settle(server.url)
     before = await scrape(server.url)
-    abuser = AbuserProcess(kind, server.url) if kind != "baseline" else None
+    abuser = abuser_process(kind, server.url) if kind != "baseline" else None
+    watched = [server] if abuser is None else [server, abuser]
+    tally: dict[str, int] = {}
     t_start = time.perf_counter()
     try:
         if abuser is not None:
             await abuser.start()
             await asyncio.sleep(args.warmup)
-        cpu0 = (server.cpu_seconds(), abuser.cpu_seconds() if abuser else 0.0)
-        me0, busy0, t0 = time.process_time(), _machine_busy_seconds(), time.perf_counter()
+        cpu0, t0 = CpuTimes.now(*watched), time.perf_counter()
         res = await pair.measure(args.seconds, args.rate, args.drain)
-        cpu1 = (server.cpu_seconds(), abuser.cpu_seconds() if abuser else 0.0)
-        me1, busy1, t1 = time.process_time(), _machine_busy_seconds(), time.perf_counter()
+        cpu, t1 = CpuTimes.now(*watched) - cpu0, time.perf_counter()
     finally:
         if abuser is not None:
-            await abuser.stop()
+            tally = _tally(await abuser.stop())
     abuse_s = time.perf_counter() - t_start
     after = await scrape(server.url)
     delta = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
     refusals = {k.split(":", 1)[1]: int(v) for k, v in delta.items() if k.startswith("refusals:")}
     span = t1 - t0
-    srv, ab, me = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1], me1 - me0
     res |= {
         "scenario": kind,
         "expected_reasons": list(EXPECTED[kind]),
@@ -672,13 +617,13 @@ async def run_phase(
         "errors": {k[7:]: int(v) for k, v in delta.items() if k.startswith("errors:")},
         "closes": {k[7:]: int(v) for k, v in delta.items() if k.startswith("closes:")},
         "frames_in": {k[10:]: int(v) for k, v in delta.items() if k.startswith("frames_in:")},
-        "abuser_tally": abuser.tally if abuser else {},
+        "abuser_tally": tally,
         "abuse_span_s": abuse_s if abuser else 0.0,
         "settle_s": settle_s,
-        "server_cpu": srv / span,
-        "abuser_cpu": ab / span,
-        "pair_cpu": me / span,
-        "other_cpu": max(0.0, (busy1 - busy0) - srv - ab - me) / span,
+        "server_cpu": cpu.processes[0] / span,
+        "abuser_cpu": sum(cpu.processes[1:]) / span,
+        "pair_cpu": cpu.own / span,
+        "other_cpu": cpu.other / span,
     }
     return res
 
@@ -698,7 +643,7 @@ def _compare(phases: list[dict[str, Any]]) -> None:
         if p["scenario"] == "baseline":
             continue
         pooled = sorted(phases[i - 1]["rtts_ns"] + phases[i + 1]["rtts_ns"])
-        b50, b99 = _percentile(pooled, 50) / 1e6, _percentile(pooled, 99) / 1e6
+        b50, b99 = percentile(pooled, 50) / 1e6, percentile(pooled, 99) / 1e6
         p["baseline_p50_ms"], p["baseline_p99_ms"] = b50, b99
         p["p50_ratio"] = p["p50_ms"] / b50
         p["p99_ratio"] = p["p99_ms"] / b99
@@ -706,7 +651,7 @@ def _compare(phases: list[dict[str, Any]]) -> None:
 
 async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     t_begin = time.perf_counter()
-    server = ServerProcess("server", server_argv(), None)
+    server = ServerProcess(server_argv())
     order = _schedule(args.rounds, args.scenarios)
     phases: list[dict[str, Any]] = []
     try:
@@ -718,7 +663,7 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 if not args.json:
                     print(f"[{n + 1}/{len(order)}] {kind} ...", file=sys.stderr, flush=True)
                 phases.append({"phase": n + 1} | await run_phase(kind, server, pair, args))
-            alive = server.proc is not None and server.proc.returncode is None
+            alive = server.running
         finally:
             await pair.close()
     finally:
@@ -766,6 +711,20 @@ def _refusal_text(p: dict[str, Any]) -> str:
     return text
 
 
+PHASE_HEADERS = (
+    "#",
+    "scenario",
+    "p50 ms",
+    "p99 ms",
+    "max ms",
+    "p50 ×",
+    "p99 ×",
+    "lost",
+    "CPU srv/abuser/other",
+    "refusals (server's /metrics)",
+)
+
+
 def print_report(r: dict[str, Any]) -> None:
     print(
         f"abuse benchmark: one server ({' '.join(r['server_argv'])}), a well-behaved pair "
@@ -776,32 +735,45 @@ def print_report(r: dict[str, Any]) -> None:
         f"NOTE: {r['cpus']} CPUs shared by the server, the pair (this process) and the "
         "abuser process; nothing is pinned."
     )
-    header = (
-        f"{'#':>2} {'scenario':<9} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'p50 ×':>6} "
-        f"{'p99 ×':>6} {'lost':>4}  {'CPU srv/abuser/other':<20}  refusals (server's /metrics)"
+    print()
+    print_table(
+        PHASE_HEADERS,
+        [
+            [
+                p["phase"],
+                p["scenario"],
+                f"{p['p50_ms']:.2f}",
+                f"{p['p99_ms']:.2f}",
+                f"{p['max_ms']:.1f}",
+                f"{p['p50_ratio']:.2f}" if "p50_ratio" in p else "",
+                f"{p['p99_ratio']:.2f}" if "p99_ratio" in p else "",
+                p["lost"],
+                f"{p['server_cpu']:.0%}/{p['abuser_cpu']:.0%}/{p['other_cpu']:.0%}",
+                _refusal_text(p),
+            ]
+            for p in r["phases"]
+        ],
+        align="><>>>>>><<",
     )
-    print("\n" + header)
-    for p in r["phases"]:
-        ratios = (
-            f"{p['p50_ratio']:>6.2f} {p['p99_ratio']:>6.2f}"
-            if "p50_ratio" in p
-            else f"{'':>6} {'':>6}"
-        )
-        cpu = f"{p['server_cpu']:.0%}/{p['abuser_cpu']:.0%}/{p['other_cpu']:.0%}"
-        print(
-            f"{p['phase']:>2} {p['scenario']:<9} {p['p50_ms']:>7.2f} {p['p99_ms']:>7.2f} "
-            f"{p['max_ms']:>7.1f} {ratios} {p['lost']:>4}  {cpu:<20}  {_refusal_text(p)}"
-        )
     print(
         f"\nper scenario{' (medians of the rounds)' if r['rounds'] > 1 else ''}; "
         "ratios against the two neighbouring baselines, pooled:"
     )
-    for kind, s in r["summary"].items():
-        print(
-            f"  {kind:<9} p50 ×{s['p50_ratio_median']:.2f}  p99 ×{s['p99_ratio_median']:.2f}  "
-            f"max {s['max_ms_max']:.1f} ms  lost {s['lost']}  "
-            f"refusals of the expected kind {s['expected_refusals']}"
-        )
+    print_table(
+        ["scenario", "p50 ×", "p99 ×", "max ms", "lost", "refusals of the expected kind"],
+        [
+            [
+                kind,
+                f"{s['p50_ratio_median']:.2f}",
+                f"{s['p99_ratio_median']:.2f}",
+                f"{s['max_ms_max']:.1f}",
+                s["lost"],
+                s["expected_refusals"],
+            ]
+            for kind, s in r["summary"].items()
+        ],
+        indent="  ",
+    )
     print(
         "\nwhat each abuser did (its own tally), the frames the relay machine counted "
         "(frames_in_total: not those of connections it has already closed) and the "
@@ -892,10 +864,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.warmup >= 0 and args.drain > 0):
         parser.error("--warmup must be >= 0 and --drain > 0")
     results = asyncio.run(run_bench(args))
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        print_report(results)
+    print_results(results, print_report, as_json=args.json)
     return 0 if results["lost_total"] == 0 and results["wrong_total"] == 0 else 1
 
 

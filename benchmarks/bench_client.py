@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from sansio_signal.client import ClientMachine
@@ -23,6 +25,11 @@ from sansio_signal.events import ClientEvent
 from sansio_signal.negotiation import AIORTC, BROWSER, Capabilities
 from sansio_signal.testing import SimNetwork
 from sansio_signal.wire import dumps
+
+if not __package__:  # run as a script: benchmarks/ is on sys.path, the project root is not
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import print_table
 
 PEERS = 8
 
@@ -111,18 +118,24 @@ def main() -> int:
         f"ClientMachine, one client of an {PEERS}-peer mesh (events replayed, best of "
         f"{args.repeat}); SimNetwork, full {PEERS}-peer join (median)\n"
     )
-    print(
-        f"{'peers':8} {'events':>7} {'events/s':>10} {'traced/s':>10} {'trace cost':>10} "
-        f"{'sim join ms':>12} {'sim steps':>10}"
-    )
+    rows = []
     for name in ("browser", "aiortc"):
         plain = results[f"{name}_events_per_s"]
         traced = results[f"{name}_events_per_s_traced"]
-        print(
-            f"{name:8} {results[f'{name}_events']:7d} {plain:10.0f} {traced:10.0f} "
-            f"{plain / traced:9.2f}x {results[f'{name}_sim_join_ms']:12.1f} "
-            f"{results[f'{name}_sim_steps']:10d}"
+        rows.append(
+            [
+                name,
+                results[f"{name}_events"],
+                f"{plain:.0f}",
+                f"{traced:.0f}",
+                f"{plain / traced:.2f}x",
+                f"{results[f'{name}_sim_join_ms']:.1f}",
+                results[f"{name}_sim_steps"],
+            ]
         )
+    print_table(
+        ["peers", "events", "events/s", "traced/s", "trace cost", "sim join ms", "sim steps"], rows
+    )
     return 0
 
 

@@ -31,15 +31,14 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import io
 import json
 import platform
-import pstats
 import statistics
 import sys
 import time
 import timeit
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sansio_signal import (
@@ -53,6 +52,11 @@ from sansio_signal import (
 from sansio_signal.testing import counting_tokens
 from sansio_signal.wire import decode_object, dumps
 
+if not __package__:  # run as a script: benchmarks/ is on sys.path, the project root is not
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import ICE_CANDIDATE, print_table, profile_table
+
 TARGET_RATIO = 2.0
 NOW = 1_000.0
 A, B = 1, 2
@@ -61,15 +65,7 @@ ICE_FRAME: dict[str, Any] = {
     "channel": "webrtc-signaling",
     "type": "webrtc-ice",
     "toUserId": "bob",
-    "candidate": {
-        "candidate": (
-            "candidate:3471623853 1 udp 1686052607 203.0.113.45 61539 typ srflx "
-            "raddr 192.168.1.23 rport 61539 generation 0 ufrag 7Xq2 network-id 1 network-cost 10"
-        ),
-        "sdpMid": "0",
-        "sdpMLineIndex": 0,
-        "usernameFragment": "7Xq2",
-    },
+    "candidate": ICE_CANDIDATE,
     "epoch": 1,
 }
 
@@ -306,23 +302,25 @@ def profile_machine(frame: dict[str, Any], calls: int = 20_000, top: int = 14) -
     for _ in range(calls):
         handle(event, NOW)
     profiler.disable()
-    buf = io.StringIO()
-    stats = pstats.Stats(profiler, stream=buf)
-    stats.strip_dirs().sort_stats("tottime").print_stats(top)
-    lines = buf.getvalue().splitlines()
-    # keep the header line of the table and the rows; drop pstats' preamble
-    start = next((i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls")), 0)
-    return "\n".join(line.rstrip() for line in lines[start:] if line.strip())
+    return profile_table(profiler, top)
 
 
-def print_table(results: list[dict[str, Any]]) -> None:
-    print(f"{'frame':<14} {'bytes':>6} {'machine µs':>11} {'json µs':>9} {'ratio':>6}  target")
-    for r in results:
-        verdict = "ok" if r["target_met"] else f"MISSED (> {TARGET_RATIO:g}x)"
-        print(
-            f"{r['frame']:<14} {r['bytes_in']:>6} {r['machine_us']['best']:>11.2f} "
-            f"{r['json_round_trip_us']['best']:>9.2f} {r['ratio']:>5.2f}x  {verdict}"
-        )
+def print_results(results: list[dict[str, Any]]) -> None:
+    print_table(
+        ["frame", "bytes", "machine µs", "json µs", "ratio", "target"],
+        [
+            [
+                r["frame"],
+                r["bytes_in"],
+                f"{r['machine_us']['best']:.2f}",
+                f"{r['json_round_trip_us']['best']:.2f}",
+                f"{r['ratio']:.2f}x",
+                "ok" if r["target_met"] else f"MISSED (> {TARGET_RATIO:g}x)",
+            ]
+            for r in results
+        ],
+        align="<>>>><",
+    )
     print(
         "machine: RelayMachine.handle(FrameReceived) = validate, route, re-encode\n"
         "json:    json.dumps(json.loads(text)), the baseline; µs per frame, best repeat"
@@ -332,13 +330,16 @@ def print_table(results: list[dict[str, Any]]) -> None:
 def print_breakdown(result: dict[str, Any]) -> None:
     print(f"\nwhere the time goes — {result['frame']} (best, µs per call):")
     machine_best = result["machine_us"]["best"]
-    for name, value in result["breakdown_us"].items():
-        print(f"  {name:<34} {value:>8.2f}  ({value / machine_best:>5.1%} of machine)")
+    rows = [
+        [name, f"{value:.2f}", f"{value / machine_best:.1%}", ""]
+        for name, value in result["breakdown_us"].items()
+    ]
     rest = result["rest_of_machine_us"]
-    print(
-        f"  {'rest (routing, actions, stats)':<34} {rest:>8.2f}  ({rest / machine_best:>5.1%})"
-        "  = machine - parse_client_frame - wire.dumps"
+    note = "= machine - parse_client_frame - wire.dumps"
+    rows.append(
+        ["rest (routing, actions, stats)", f"{rest:.2f}", f"{rest / machine_best:.1%}", note]
     )
+    print_table(["piece", "µs", "of machine", ""], rows, align="<>><", indent="  ")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -396,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         f"sansio-signal core relay cost — Python {platform.python_version()} "
         f"({sys.platform}), timer {timer_name}, best of {args.repeat} × ~{args.target_ms:g} ms\n"
     )
-    print_table(results)
+    print_results(results)
     for r in results:
         if args.profile or not r["target_met"]:
             print_breakdown(r)

@@ -56,24 +56,27 @@ import os
 import resource
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from bench_server import (
-    CANDIDATE,
-    HOST,
-    ServerProcess,
-    _console_script,
-    _machine_busy_seconds,
-    _percentile,
-)
-from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-ROOMS_CHANNEL = "webrtc-dashboard-rooms"
+if not __package__:  # run as a script: benchmarks/ is on sys.path, the project root is not
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.harness import (
+    CANDIDATE,
+    CpuTimes,
+    Member,
+    ServerProcess,
+    http_get_json,
+    http_url,
+    percentile,
+    print_results,
+    print_table,
+    serve_argv,
+)
 
 # --------------------------------------------------------------------------- configuration
 
@@ -104,7 +107,7 @@ class LoadConfig:
         return sum(n * (n - 1) for n in self.room_sizes()) * self.frames
 
 
-# --------------------------------------------------------------------------- machine helpers
+# --------------------------------------------------------------------------- file descriptors
 
 
 def raise_nofile(needed: int) -> tuple[int, int]:
@@ -124,41 +127,6 @@ def raise_nofile(needed: int) -> tuple[int, int]:
     return soft, hard
 
 
-def proc_status_kib(pid: int) -> dict[str, int]:
-    """``VmRSS`` and ``VmHWM`` (KiB) of a process, from ``/proc/PID/status``."""
-    out: dict[str, int] = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0])
-    return out
-
-
-def proc_nofile(pid: int) -> int | None:
-    """The soft ``Max open files`` limit of a process, from ``/proc/PID/limits``."""
-    with open(f"/proc/{pid}/limits") as f:
-        for line in f:
-            if line.startswith("Max open files"):
-                soft = line.split()[3]
-                return None if soft == "unlimited" else int(soft)
-    return None
-
-
-def http_get_json(url: str, timeout: float = 10.0) -> tuple[int, Any]:
-    """``GET url`` without any proxy: (status, decoded JSON body or the raw text)."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=timeout) as response:
-            status, body = int(response.status), response.read()
-    except urllib.error.HTTPError as exc:
-        status, body = exc.code, exc.read()
-    try:
-        return status, json.loads(body)
-    except ValueError:
-        return status, body.decode(errors="replace")
-
-
 # --------------------------------------------------------------------------- clients
 
 
@@ -171,7 +139,7 @@ class Peer:
         self.user = user
         self.members = frozenset(members)
         self.mates = [u for u in members if u != user]
-        self.ws: ClientConnection | None = None
+        self.member: Member | None = None
         self.joined = asyncio.Event()
         self.complete = asyncio.Event()
         self.seen: set[str] = {user}
@@ -224,30 +192,15 @@ class LoadRun:
 
     async def _join(self, p: Peer, gate: asyncio.Semaphore) -> None:
         async with gate:
-            p.ws = await connect(
-                self.url,
-                compression=None,
-                max_size=2 * 65_536,
-                open_timeout=30,
-                close_timeout=5,
-                ping_interval=None,
-            )
-            self._readers.append(asyncio.create_task(self._read(p)))
-            await p.ws.send(
-                json.dumps(
-                    {
-                        "channel": ROOMS_CHANNEL,
-                        "type": "join-room",
-                        "roomId": p.room,
-                        "userId": p.user,
-                    }
-                )
-            )
-            await p.joined.wait()
+            p.member = await Member.join(self.url, p.room, p.user, open_timeout=30, close_timeout=5)
+        p.joined.set()
+        p.seen.update(p.member.existing)
+        self._check_complete(p)
+        self._readers.append(asyncio.create_task(self._read(p, p.member)))
 
     async def close(self) -> None:
         self.closing = True
-        closes = [p.ws.close() for p in self.peers if p.ws is not None]
+        closes = [p.member.close() for p in self.peers if p.member is not None]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*closes, return_exceptions=True), 15.0)
         for task in self._readers:
@@ -256,10 +209,9 @@ class LoadRun:
 
     # -- receiving
 
-    async def _read(self, p: Peer) -> None:
-        assert p.ws is not None
+    async def _read(self, p: Peer, member: Member) -> None:
         try:
-            async for frame in p.ws:
+            async for frame in member:
                 now = time.perf_counter_ns()
                 try:
                     obj = json.loads(frame)
@@ -280,16 +232,18 @@ class LoadRun:
         except ConnectionClosed:
             pass
         finally:
-            if p.ws.close_code is not None:
-                p.close_code = p.ws.close_code
+            if member.close_code is not None:
+                p.close_code = member.close_code
 
     def _on_joined(self, p: Peer, obj: dict[str, Any]) -> None:
+        """Another member's join (a peer's own was answered in :meth:`_join`)."""
         user = obj.get("userId")
-        if user == p.user:
-            p.seen.update(obj.get("existingParticipants") or ())
-            p.joined.set()
-        elif isinstance(user, str):
+        if isinstance(user, str):
             p.seen.add(user)
+        self._check_complete(p)
+
+    @staticmethod
+    def _check_complete(p: Peer) -> None:
         if p.seen == p.members:
             p.complete.set()
 
@@ -334,7 +288,7 @@ class LoadRun:
         self.last_send_ns = time.perf_counter_ns()
 
     async def _send(self, p: Peer, start: float, interval: float) -> None:
-        assert p.ws is not None
+        assert p.member is not None
         loop = asyncio.get_running_loop()
         head = '{"channel":"webrtc-signaling","type":"webrtc-ice","toUserId":"'
         tail = '",' + CANDIDATE + ',"load":["' + p.user + '",'
@@ -348,7 +302,7 @@ class LoadRun:
                     await asyncio.sleep(delay)
                 lag = loop.time() - at
                 t_ns = time.perf_counter_ns()
-                await p.ws.send(f"{head}{mate}{tail}{seq},{t_ns}]}}")
+                await p.member.send(f"{head}{mate}{tail}{seq},{t_ns}]}}")
                 self.sent += 1
                 self.lag_ns.append(int(lag * 1e9))
 
@@ -365,35 +319,21 @@ class LoadRun:
 
 def server_argv(cfg: LoadConfig) -> list[str]:
     biggest = max(cfg.room_sizes())
-    return [
-        sys.executable,
-        _console_script("sansio-signal"),
-        "serve",
-        "--host",
-        HOST,
-        "--port",
-        "0",
-        "--rate-limit",
-        "0",
-        "--max-room-size",
-        str(max(32, biggest)),
-        "--log-level",
-        "WARNING",
-        *cfg.server_args,
-    ]
+    return serve_argv(
+        "--rate-limit", "0", "--max-room-size", str(max(32, biggest)), *cfg.server_args
+    )
 
 
-async def _sample_rss(pid: int, peak: list[int], stop: asyncio.Event) -> None:
+async def _sample_rss(server: ServerProcess, peak: list[int], stop: asyncio.Event) -> None:
     while not stop.is_set():
         with contextlib.suppress(OSError, KeyError):
-            peak[0] = max(peak[0], proc_status_kib(pid)["VmRSS"])
+            peak[0] = max(peak[0], server.rss_kib())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.05)
 
 
 async def _health(url: str) -> dict[str, Any]:
-    http = url.replace("ws://", "http://", 1) + "healthz"
-    status, body = await asyncio.to_thread(http_get_json, http)
+    status, body = await asyncio.to_thread(http_get_json, http_url(url, "healthz"))
     return {"status": status, "body": body}
 
 
@@ -407,7 +347,7 @@ async def run_load(cfg: LoadConfig) -> dict[str, Any]:
     cpus = (available[0], available[1]) if cfg.pin and len(available) >= 2 else None
     if cpus:
         os.sched_setaffinity(0, {cpus[0]})
-    server = ServerProcess("server", server_argv(cfg), cpus[1] if cpus else None)
+    server = ServerProcess(server_argv(cfg), cpu=cpus[1] if cpus else None)
     run: LoadRun | None = None
     stop_sampler = asyncio.Event()
     sampler: asyncio.Task[None] | None = None
@@ -424,13 +364,11 @@ async def run_load(cfg: LoadConfig) -> dict[str, Any]:
     }
     try:
         await server.start()
-        assert server.proc is not None
-        pid = server.proc.pid
         res["url"] = server.url
-        res["server_nofile"] = proc_nofile(pid)
-        baseline = proc_status_kib(pid)["VmRSS"]
+        res["server_nofile"] = server.open_files_limit()
+        baseline = server.rss_kib()
         peak = [baseline]
-        sampler = asyncio.create_task(_sample_rss(pid, peak, stop_sampler))
+        sampler = asyncio.create_task(_sample_rss(server, peak, stop_sampler))
         run = LoadRun(cfg, server.url)
         res["expected"] = run.expected
         try:
@@ -444,19 +382,19 @@ async def run_load(cfg: LoadConfig) -> dict[str, Any]:
             ) from None
         res["joins_answered"] = sum(p.joined.is_set() for p in run.peers)
         res["membership_complete"] = sum(p.complete.is_set() for p in run.peers)
-        joined_rss = proc_status_kib(pid)["VmRSS"]
+        joined_rss = server.rss_kib()
         res["health_joined"] = await _health(server.url)
 
-        cpu0, gen0, busy0 = server.cpu_seconds(), time.process_time(), _machine_busy_seconds()
+        cpu0 = CpuTimes.now(server)
         t0 = time.perf_counter()
         await run.send_all()
         send_s = time.perf_counter() - t0
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(run.all_received.wait(), cfg.drain_timeout)
-        cpu1, gen1, busy1 = server.cpu_seconds(), time.process_time(), _machine_busy_seconds()
-        status = proc_status_kib(pid)
+        cpu = CpuTimes.now(server) - cpu0
+        status = server.memory_kib()
         res["health_after"] = await _health(server.url)
-        res["server_alive"] = server.proc.returncode is None
+        res["server_alive"] = server.running
 
         lat = sorted(run.latencies_ns)
         lag = sorted(run.lag_ns)
@@ -474,19 +412,21 @@ async def run_load(cfg: LoadConfig) -> dict[str, Any]:
             "errors": run.errors,
             "left_during_load": run.left,
             "unexpected": run.unexpected,
-            "p50_ms": _percentile(lat, 50) / 1e6,
-            "p99_ms": _percentile(lat, 99) / 1e6,
+            "p50_ms": percentile(lat, 50) / 1e6,
+            "p99_ms": percentile(lat, 99) / 1e6,
             "max_ms": (lat[-1] if lat else float("nan")) / 1e6,
             "send_s": send_s,
             "achieved_send_rate": run.sent / max(1e-9, send_s),
             "throughput": run.received / span_s,
-            "send_lag_p99_ms": _percentile(lag, 99) / 1e6,
+            "send_lag_p99_ms": percentile(lag, 99) / 1e6,
             "send_lag_max_ms": (lag[-1] if lag else float("nan")) / 1e6,
-            "server_cpu_util": (cpu1 - cpu0) / span_s,
-            "server_cpu_us_per_frame": (cpu1 - cpu0) / run.received * 1e6 if run.received else None,
-            "generator_cpu_util": (gen1 - gen0) / span_s,
+            "server_cpu_util": cpu.processes[0] / span_s,
+            "server_cpu_us_per_frame": cpu.processes[0] / run.received * 1e6
+            if run.received
+            else None,
+            "generator_cpu_util": cpu.own / span_s,
             # CPUs kept busy by everything else on the machine (other processes, kernel)
-            "other_cpu_util": max(0.0, (busy1 - busy0) - (cpu1 - cpu0) - (gen1 - gen0)) / span_s,
+            "other_cpu_util": cpu.other / span_s,
             "memory_kib": {
                 "baseline_rss": baseline,
                 "joined_rss": joined_rss,
@@ -587,8 +527,7 @@ def print_report(r: dict[str, Any]) -> None:
         ("total", f"{r['total_s']:.1f} s"),
     ]
     print()
-    for name, value in rows:
-        print(f"  {name:<31} {value}")
+    print_table(("measure", "value"), rows, align="<<", indent="  ")
     ok = (
         r["lost"] == 0
         and r["reordered"] == 0
@@ -647,10 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         pin=not args.no_pin,
     )
     results = asyncio.run(run_load(cfg))
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        print_report(results)
+    print_results(results, print_report, as_json=args.json)
     return 0
 
 

@@ -24,6 +24,7 @@ import asyncio
 import itertools
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +34,11 @@ from sansio_signal import Limits
 from sansio_signal.adapters.aiortc_peer import loopback_only
 from sansio_signal.adapters.client import Client
 from sansio_signal.adapters.server import RelayServer
+
+if not __package__:  # run as a script: benchmarks/ is on sys.path, the project root is not
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import print_table
 
 
 async def floor(n: int) -> float:
@@ -119,12 +125,20 @@ def main() -> int:
         print(json.dumps(results))
         return 0
     print(f"time to full mesh, median of {args.repeat} (aiortc on loopback, iceServers=[])")
-    print(f"{'peers':>5} {'pairs':>6} {'ours ms':>9} {'floor ms':>9} {'ours/floor':>11}")
-    for n, r in results.items():
-        print(
-            f"{n:5d} {n * (n - 1) // 2:6d} {r['ours_ms']:9.1f} {r['floor_ms']:9.1f} "
-            f"{r['ratio']:10.2f}x"
-        )
+    print_table(
+        ["peers", "pairs", "ours ms", "floor ms", "ours/floor"],
+        [
+            [
+                n,
+                n * (n - 1) // 2,
+                f"{r['ours_ms']:.1f}",
+                f"{r['floor_ms']:.1f}",
+                f"{r['ratio']:.2f}x",
+            ]
+            for n, r in results.items()
+        ],
+        align=">",
+    )
     if args.plot:
         print(f"plot: {args.plot}")
     return 0

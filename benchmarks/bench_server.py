@@ -46,37 +46,40 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import json
 import os
-import pstats
 import random
 import re
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-HOST = "127.0.0.1"
+if not __package__:  # run as a script: benchmarks/ is on sys.path, the project root is not
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import (
+    CANDIDATE,
+    HOST,
+    CpuTimes,
+    Member,
+    ServerProcess,
+    percentile,
+    print_results,
+    print_table,
+    profile_table,
+    serve_argv,
+)
+
 ROOMS = 10
 CLIENTS_PER_ROOM = 10
 TARGET_RATIO = 0.8
-LISTENING = re.compile(r"listening on (ws://127\.0\.0\.1:\d+/)")
 BENCH = re.compile(r'"bench":\s*\[\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\]')
-CANDIDATE = (
-    '"candidate":{"candidate":"candidate:3471623853 1 udp 1686052607 203.0.113.45 61539 '
-    "typ srflx raddr 192.168.1.23 rport 61539 generation 0 ufrag 7Xq2 network-id 1 "
-    'network-cost 10","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"7Xq2"}'
-)
 
 
 # --------------------------------------------------------------------------- bare forwarder
@@ -133,67 +136,6 @@ async def run_bare_forwarder(host: str, port: int, out: TextIO = sys.stdout) -> 
         await stop.wait()
 
 
-# --------------------------------------------------------------------------- subprocesses
-
-
-class ServerProcess:
-    """A server subprocess that prints ``listening on ws://...`` and runs until killed."""
-
-    def __init__(self, name: str, argv: list[str], cpu: int | None) -> None:
-        self.name = name
-        self.argv = argv
-        self.cpu = cpu
-        self.proc: asyncio.subprocess.Process | None = None
-        self.url = ""
-        self._stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in stop()
-
-    async def start(self, timeout: float = 20.0) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=self._stderr,
-            # not the project root: there the source directory ``sansio_signal/`` would
-            # shadow the editable install's package (which maps ``adapters/`` into it)
-            cwd=tempfile.gettempdir(),
-        )
-        if self.cpu is not None:
-            os.sched_setaffinity(self.proc.pid, {self.cpu})
-        assert self.proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        except TimeoutError:
-            raise RuntimeError(f"{self.name}: no 'listening on' line within {timeout} s") from None
-        match = LISTENING.search(line.decode(errors="replace"))
-        if match is None:
-            raise RuntimeError(
-                f"{self.name}: unexpected first line {line!r}; stderr: {self.stderr_tail()}"
-            )
-        self.url = match.group(1)
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the process so far (Linux ``/proc``)."""
-        assert self.proc is not None
-        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stderr_tail(self, chars: int = 2000) -> str:
-        self._stderr.seek(0)
-        return self._stderr.read()[-chars:]
-
-    async def stop(self) -> None:
-        proc = self.proc
-        if proc is not None and proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10.0)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        self._stderr.close()
-
-
 # --------------------------------------------------------------------------- load generator
 
 
@@ -205,7 +147,7 @@ class Client:
         self.room = room
         self.user = user
         self.mates = mates
-        self.ws: ClientConnection | None = None
+        self.member: Member | None = None
 
 
 class Load:
@@ -241,46 +183,24 @@ class Load:
         await asyncio.sleep(0.3)  # let the membership broadcasts drain
 
     async def _join(self, c: Client) -> None:
-        c.ws = await connect(
-            self.url,
-            compression="deflate" if self.compression else None,
-            max_size=2 * 65_536,
-            open_timeout=10,
-            close_timeout=2,
-            ping_interval=None,
-        )
-        await c.ws.send(
-            json.dumps(
-                {
-                    "channel": "webrtc-dashboard-rooms",
-                    "type": "join-room",
-                    "roomId": c.room,
-                    "userId": c.user,
-                }
-            )
-        )
-        while True:  # until our own user-joined-room
-            frame = await c.ws.recv()
-            if isinstance(frame, str) and '"user-joined-room"' in frame:
-                obj = json.loads(frame)
-                if obj.get("userId") == c.user:
-                    return
+        compression = "deflate" if self.compression else None
+        c.member = await Member.join(self.url, c.room, c.user, compression=compression)
 
     async def close(self) -> None:
         for task in self._readers:
             task.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)
-        closes = [c.ws.close() for c in self.clients if c.ws is not None]
+        closes = [c.member.close() for c in self.clients if c.member is not None]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*closes, return_exceptions=True), 5.0)
 
     # -- receiving
 
     async def _read(self, c: Client) -> None:
-        assert c.ws is not None
+        assert c.member is not None
         me = c.idx
         with contextlib.suppress(ConnectionClosed):
-            async for frame in c.ws:
+            async for frame in c.member:
                 now = time.perf_counter_ns()
                 if not isinstance(frame, str):
                     continue
@@ -316,19 +236,19 @@ class Load:
         )
 
     async def _send_closed_loop(self, c: Client, rng: random.Random, seq0: int) -> None:
-        assert c.ws is not None
+        assert c.member is not None
         slot = self.slots[c.idx]
         seq = seq0
         while True:
             await slot.acquire()
             seq += 1
-            await c.ws.send(self._frame(c, rng.choice(c.mates), seq))
+            await c.member.send(self._frame(c, rng.choice(c.mates), seq))
             self.sent += 1
 
     async def _send_fixed_rate(
         self, c: Client, rng: random.Random, seq0: int, interval: float
     ) -> None:
-        assert c.ws is not None
+        assert c.member is not None
         loop = asyncio.get_running_loop()
         seq = seq0
         next_at = loop.time() + rng.random() * interval
@@ -336,7 +256,7 @@ class Load:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             next_at += interval
             seq += 1
-            await c.ws.send(self._frame(c, rng.choice(c.mates), seq))
+            await c.member.send(self._frame(c, rng.choice(c.mates), seq))
             self.sent += 1
 
     async def phase(
@@ -366,13 +286,13 @@ class Load:
                 senders.append(asyncio.create_task(self._send_fixed_rate(c, rng, seq0, interval)))
         try:
             await asyncio.sleep(warmup)
-            cpu0, gen0, busy0 = server.cpu_seconds(), time.process_time(), _machine_busy_seconds()
+            cpu0 = CpuTimes.now(server)
             sent0, t0 = self.sent, time.perf_counter_ns()
             self.window_ns = (t0, never)
             await asyncio.sleep(duration)
             sent1, t1 = self.sent, time.perf_counter_ns()
             self.window_ns = (t0, t1)
-            cpu1, gen1, busy1 = server.cpu_seconds(), time.process_time(), _machine_busy_seconds()
+            cpu = CpuTimes.now(server) - cpu0
         finally:
             for task in senders:
                 task.cancel()
@@ -386,88 +306,38 @@ class Load:
             "mode": f"closed loop W={window}" if window else f"fixed rate {rate:g}/s",
             "offered_per_s": (sent1 - sent0) / elapsed,
             "delivered_per_s": self.in_window / elapsed,
-            "p50_ms": _percentile(lat, 50) / 1e6,
-            "p99_ms": _percentile(lat, 99) / 1e6,
+            "p50_ms": percentile(lat, 50) / 1e6,
+            "p99_ms": percentile(lat, 99) / 1e6,
             "max_ms": (lat[-1] if lat else 0) / 1e6,
             "samples": len(lat),
-            "server_cpu_util": (cpu1 - cpu0) / elapsed,
-            "server_cpu_us_per_frame": (cpu1 - cpu0) / self.in_window * 1e6
+            "server_cpu_util": cpu.processes[0] / elapsed,
+            "server_cpu_us_per_frame": cpu.processes[0] / self.in_window * 1e6
             if self.in_window
             else None,
-            "generator_cpu_util": (gen1 - gen0) / elapsed,
+            "generator_cpu_util": cpu.own / elapsed,
             # CPUs kept busy by everything else on the machine (other processes, kernel)
-            "other_cpu_util": max(0.0, (busy1 - busy0) - (cpu1 - cpu0) - (gen1 - gen0)) / elapsed,
+            "other_cpu_util": cpu.other / elapsed,
             "undelivered": self.sent - self.received - self.errors,
             "errors": self.errors,
             "out_of_order": self.out_of_order,
         }
 
 
-def _machine_busy_seconds() -> float:
-    """CPU seconds all CPUs have spent busy since boot (``/proc/stat``; 0 if unavailable)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return 0.0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
-def _percentile(sorted_values: Sequence[int], pct: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    rank = max(0, min(len(sorted_values) - 1, round(pct / 100 * len(sorted_values)) - 1))
-    return float(sorted_values[rank])
-
-
 # --------------------------------------------------------------------------- driver
 
 
-def _console_script(name: str) -> str:
-    """The console script ``name`` of this interpreter's environment (else from ``PATH``)."""
-    beside = Path(sys.executable).parent / name
-    if beside.is_file():
-        return str(beside)
-    found = shutil.which(name)
-    if found is None:
-        raise RuntimeError(f"{name!r} not found next to {sys.executable} nor on PATH")
-    return found
-
-
 def _server_argvs(profile_dir: Path | None) -> dict[str, list[str]]:
-    argvs = {
-        "ours": [
-            _console_script("sansio-signal"),
-            "serve",
-            "--host",
-            HOST,
-            "--port",
-            "0",
-            "--rate-limit",
-            "0",
-            "--log-level",
-            "WARNING",
-        ],
-        "bare": [str(Path(__file__).resolve()), "--bare-forwarder", "--port", "0"],
-    }
-    if profile_dir is None:
-        return {name: [sys.executable, *argv] for name, argv in argvs.items()}
+    """The argv of ours and of the bare forwarder; under cProfile if ``profile_dir``."""
+
+    def python(name: str) -> list[str]:
+        if profile_dir is None:
+            return [sys.executable]
+        return [sys.executable, "-m", "cProfile", "-o", str(profile_dir / f"{name}.prof")]
+
     return {
-        name: [sys.executable, "-m", "cProfile", "-o", str(profile_dir / f"{name}.prof"), *argv]
-        for name, argv in argvs.items()
+        "ours": serve_argv("--rate-limit", "0", interpreter=python("ours")),
+        "bare": [*python("bare"), str(Path(__file__).resolve()), "--bare-forwarder", "--port", "0"],
     }
-
-
-def profile_summary(path: Path, top: int = 25) -> str:
-    """The ``top`` functions of a server's cProfile dump, by own time."""
-    buf = io.StringIO()
-    stats = pstats.Stats(str(path), stream=buf)
-    stats.strip_dirs().sort_stats("tottime").print_stats(top)
-    lines = buf.getvalue().splitlines()
-    start = next((i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls")), 0)
-    return "\n".join(line.rstrip() for line in lines[start:] if line.strip())
 
 
 def _median_phase(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -522,7 +392,7 @@ async def run_phases(
                 seq0=phase_no * 1_000_000_000,
             )
     for name, server in servers.items():
-        if server.proc is not None and server.proc.returncode is not None:
+        if server.proc is not None and not server.running:
             raise RuntimeError(f"{name} exited early: {server.stderr_tail()}")
     return out
 
@@ -551,7 +421,7 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
     servers = {
-        name: ServerProcess(name, argv, cpus[1] if cpus else None)
+        name: ServerProcess(argv, name=name, cpu=cpus[1] if cpus else None)
         for name, argv in _server_argvs(profile_dir).items()
     }
     loads: dict[str, Load] = {}
@@ -571,7 +441,7 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 os.sched_setaffinity(0, set(available))
     if profile_dir is not None:
         results["profiles"] = {
-            name: profile_summary(profile_dir / f"{name}.prof") for name in servers
+            name: profile_table(profile_dir / f"{name}.prof") for name in servers
         }
     ours, bare = results["servers"]["ours"], results["servers"]["bare"]
     ratios = [
@@ -617,27 +487,32 @@ def print_report(r: dict[str, Any]) -> None:
             else " (not pinned)."
         )
     )
-    header = (
-        f"{'server':<6} {'phase':<28} {'offered/s':>10} {'delivered/s':>11} "
-        f"{'p50 ms':>8} {'p99 ms':>8} {'srv CPU':>8} {'srv µs/frame':>12} {'gen CPU':>8} "
-        f"{'other':>6}"
-    )
-    print("\n" + header)
+    rows: list[list[str]] = []
     for name, s in r["servers"].items():
         phases = s["max_rounds"] + ([s["max"]] if len(s["max_rounds"]) > 1 else [])
         phases += [s["fixed"]] if "fixed" in s else []
         for p in phases:
             per_frame = p["server_cpu_us_per_frame"]
-            print(
-                f"{name:<6} {_label(p, r['rounds']):<28} {p['offered_per_s']:>10.0f} "
-                f"{p['delivered_per_s']:>11.0f} {p['p50_ms']:>8.2f} {p['p99_ms']:>8.2f} "
-                f"{p['server_cpu_util']:>8.0%} "
-                f"{per_frame if per_frame is not None else float('nan'):>12.1f} "
-                f"{p['generator_cpu_util']:>8.0%} {p['other_cpu_util']:>6.0%}"
-            )
             problems = {k: p[k] for k in ("undelivered", "errors", "out_of_order") if p[k]}
-            if problems:
-                print(f"{'':<6} !! {problems}")
+            rows.append(
+                [
+                    name,
+                    _label(p, r["rounds"]),
+                    f"{p['offered_per_s']:.0f}",
+                    f"{p['delivered_per_s']:.0f}",
+                    f"{p['p50_ms']:.2f}",
+                    f"{p['p99_ms']:.2f}",
+                    f"{p['server_cpu_util']:.0%}",
+                    f"{per_frame if per_frame is not None else float('nan'):.1f}",
+                    f"{p['generator_cpu_util']:.0%}",
+                    f"{p['other_cpu_util']:.0%}",
+                    f"!! {problems}" if problems else "",
+                ]
+            )
+    print()
+    headers = ["server", "phase", "offered/s", "delivered/s", "p50 ms", "p99 ms", "srv CPU"]
+    headers += ["srv µs/frame", "gen CPU", "other", "problems"]
+    print_table(headers, rows, align="<<>>>>>>>><")
     verdict = "ok" if r["target_met"] else "MISSED"
     rounds = ", ".join(f"{x:.2f}" for x in r["throughput_ratio_rounds"])
     print(
@@ -736,10 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.window > 0 and args.rounds > 0):
         parser.error("--window and --rounds must be > 0")
     results = asyncio.run(run_bench(args))
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        print_report(results)
+    print_results(results, print_report, as_json=args.json)
     return 0
 
 
