@@ -533,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 user_id=args.user,
                 room=args.room,
                 ttl=args.ttl,
-                now=time.time(),
+                wall_time=time.time(),
                 max_room_size=args.max_room_size,
             )
         )

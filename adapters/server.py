@@ -3,8 +3,10 @@
 Everything protocol-related is decided by :class:`sansio_signal.RelayMachine`; this
 module only moves bytes and time:
 
-- one task per connection reads frames and feeds them to the machine with
-  ``now = time.time()``; the machine's actions are executed at once;
+- one task per connection reads frames and feeds them to the machine with ``now =
+  loop.time()`` (monotonic, as every machine's ``now``) and each frame's
+  ``wall_time = time.time()`` (for chat ``ts`` and token expiry only); the machine's
+  actions are executed at once;
 - each connection has an outgoing queue bounded in bytes, drained by its own writer
   task, so a client that stops reading fills its own queue and is closed (1013) instead of
   growing server memory or slowing anybody else;
@@ -529,7 +531,7 @@ class RelayServer:
                     # so a flooding client costs nothing more until the close completes.
                     break
                 if link.known_to_machine:  # false once dropped as a slow consumer
-                    self._feed(FrameReceived(conn=conn, data=data))
+                    self._feed(FrameReceived(conn=conn, data=data, wall_time=time.time()))
                 received += 1
                 if received % FAIR_SHARE == 0:
                     # websockets hands out frames already read without suspending: let
@@ -591,7 +593,7 @@ class RelayServer:
 
     def _feed(self, event: RelayEvent) -> None:
         arrived = time.perf_counter()
-        now = time.time()
+        now = asyncio.get_running_loop().time()
         actions = self.machine.handle(event, now)
         if self.trace is not None:
             self._trace(now, event, actions)
@@ -601,7 +603,7 @@ class RelayServer:
 
     def _on_timer(self) -> None:
         self._timer = self._armed_for = None
-        now = time.time()
+        now = asyncio.get_running_loop().time()
         actions = self.machine.handle_timer(now)
         if self.trace is not None:
             self.trace.write(f'{{"t":{now!r},"dir":"in","kind":"TimerFired"}}\n')
@@ -618,11 +620,8 @@ class RelayServer:
             self._timer.cancel()
             self._timer = None
         self._armed_for = deadline
-        if deadline is not None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_at(
-                loop.time() + max(0.0, deadline - time.time()), self._on_timer
-            )
+        if deadline is not None:  # the machine runs on the loop's clock
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
 
     def _trace(self, now: float, event: RelayEvent | None, actions: list[RelayAction]) -> None:
         assert self.trace is not None

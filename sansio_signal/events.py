@@ -24,10 +24,21 @@ class Connected:
 
 @attrs.frozen(kw_only=True)
 class FrameReceived:
-    """A frame arrived on ``conn``: ``str`` for a text frame, ``bytes`` for binary."""
+    """A frame arrived on ``conn``: ``str`` for a text frame, ``bytes`` for binary.
+
+    ``wall_time`` is the wall clock when it arrived, in Unix seconds (``time.time()``):
+    the relay's one input that is calendar time. The relay's ``now`` is monotonic and
+    runs every deadline; the wall time is used only where the protocol speaks calendar
+    time — a chat's ``ts`` and a join token's expiry (the ``authorize`` callable). It
+    travels with the frame rather than being read by the machine, so that it is an input
+    like any other: in the trace, replayed with it. Adapters always pass it; a frame that
+    needs it and comes without it (a chat, a join on a relay with ``authorize``) raises
+    :class:`~.errors.LocalProtocolError`.
+    """
 
     conn: ConnId
     data: str | bytes
+    wall_time: float | None = None
 
 
 @attrs.frozen(kw_only=True)

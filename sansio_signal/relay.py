@@ -4,11 +4,21 @@ Theory of operation
 -------------------
 The adapter owns the sockets; this machine owns every decision. It is fed three
 events — :class:`~.events.Connected`, :class:`~.events.FrameReceived` (the raw text or
-bytes of one frame) and :class:`~.events.Disconnected` — together with ``now``, the
-server's wall-clock time in Unix seconds, and answers with a list of actions to run in
-order: :class:`~.actions.SendFrame`, :class:`~.actions.CloseConnection` and
-:class:`~.actions.Log`. It never reads a clock, never draws a random number (resume
-tokens come from the ``new_token`` callable given to the constructor) and never blocks.
+bytes of one frame) and :class:`~.events.Disconnected` — together with ``now``, and
+answers with a list of actions to run in order: :class:`~.actions.SendFrame`,
+:class:`~.actions.CloseConnection` and :class:`~.actions.Log`. It never reads a clock,
+never draws a random number (resume tokens come from the ``new_token`` callable given
+to the constructor) and never blocks.
+
+Two clocks, each for what it is good at. ``now`` is monotonic seconds from any origin
+(``time.monotonic()``, ``loop.time()``, ``trio.current_time()``), the same convention as
+every machine of the package: every deadline, rate and window (token bucket, abuse
+window, idle timeout, resume grace) runs on it, so a wall clock stepped by NTP moves
+none of them, and a ``now`` that goes back is the adapter's bug
+(``LocalProtocolError``). The wall time (Unix seconds) is needed only where the
+protocol speaks calendar time — a chat's ``ts`` and a join token's expiry — and arrives
+with the frame that needs it (``FrameReceived.wall_time``), so that it is an input like
+any other: recorded in a trace and replayed with it.
 
 Each connection is in one of three phases::
 
@@ -97,7 +107,9 @@ from .wire import (
 )
 
 Authorize = Callable[[JoinRoom, float], bool]
-"""``authorize(join, now)``: may this join go ahead? (False → ``unauthorized``.)"""
+"""``authorize(join, wall_time)``: may this join go ahead? (False → ``unauthorized``.)
+``wall_time`` is the join frame's :attr:`~.events.FrameReceived.wall_time` (Unix seconds):
+a token's expiry is calendar time, not the machine's monotonic ``now``."""
 
 
 def is_clean_close(code: int | None, *, by_server: bool, server_code: int | None = None) -> bool:
@@ -198,6 +210,8 @@ class RelayMachine:
         self._held: dict[ConnId, _Held] = {}
         self._overflowed: list[ConnId] = []
         self._timers = Timers()
+        self._now = float("-inf")
+        """The latest ``now`` fed in: ``now`` never goes back."""
 
     # ------------------------------------------------------------------ public API
 
@@ -233,6 +247,7 @@ class RelayMachine:
 
     def handle_timer(self, now: float) -> list[RelayAction]:
         """Run every deadline that is due at ``now`` (resume graces that passed)."""
+        self._advance(now)
         actions: list[RelayAction] = []
         for key in self._timers.pop_due(now):
             assert isinstance(key, tuple)
@@ -260,7 +275,17 @@ class RelayMachine:
 
     def handle(self, event: RelayEvent, now: float) -> list[RelayAction]:
         """Feed one event; returns the actions to run, in order."""
+        self._advance(now)
         return self._after(self._handle(event, now))
+
+    def _advance(self, now: float) -> None:
+        if now < self._now:
+            raise LocalProtocolError(
+                f"now went back from {self._now!r} to {now!r}: the relay's now is monotonic"
+                " (time.monotonic(), loop.time()); the wall time goes in"
+                " FrameReceived.wall_time"
+            )
+        self._now = now
 
     def _after(self, actions: list[RelayAction]) -> list[RelayAction]:
         """Held members whose queue overflowed while deciding ``actions`` leave now (the
@@ -276,7 +301,7 @@ class RelayMachine:
 
     def _handle(self, event: RelayEvent, now: float) -> list[RelayAction]:
         if isinstance(event, FrameReceived):
-            return self._on_frame(event.conn, event.data, now)
+            return self._on_frame(event.conn, event.data, now, event.wall_time)
         if isinstance(event, Connected):
             if event.conn in self._conns:
                 raise LocalProtocolError(f"Connected for connection {event.conn}, already open")
@@ -308,7 +333,9 @@ class RelayMachine:
         except KeyError:
             raise LocalProtocolError(f"connection {conn} is not open (no Connected)") from None
 
-    def _on_frame(self, conn: ConnId, data: str | bytes, now: float) -> list[RelayAction]:
+    def _on_frame(
+        self, conn: ConnId, data: str | bytes, now: float, wall_time: float | None
+    ) -> list[RelayAction]:
         c = self._conn(conn)
         if c.phase is Phase.CLOSED:
             return []  # still in flight when we closed it; nothing to decide
@@ -325,9 +352,9 @@ class RelayMachine:
             actions += self._close(c, conn, CloseCode.TOO_BIG, "frame too large")
             return actions
         if limits.rate_limit > 0:
-            # A wall clock may step back (NTP): elapsed time never counts negative.
-            elapsed = max(0.0, now - c.refilled_at)
-            tokens = min(float(limits.rate_burst), c.tokens + elapsed * limits.rate_limit)
+            tokens = min(
+                float(limits.rate_burst), c.tokens + (now - c.refilled_at) * limits.rate_limit
+            )
             c.refilled_at = now
             if tokens < 1.0:
                 c.tokens = tokens
@@ -350,7 +377,7 @@ class RelayMachine:
                 raise WireError(
                     ErrorCode.NOT_IN_ROOM, f"{type_} needs a room; join one first", channel
                 )
-            actions = handler(self, c, conn, obj, type_, now)
+            actions = handler(self, c, conn, obj, type_, now, wall_time)
         except WireError as exc:
             # A well-formed frame refused by a rule still counts under its type.
             self.stats.frames_in[type_ if exc.code in _RULE_ERRORS else "invalid"] += 1
@@ -382,8 +409,6 @@ class RelayMachine:
     ) -> list[RelayAction]:
         actions = self._error_frame(conn, error)
         errors = c.errors
-        if errors and errors[-1] > now:
-            errors.clear()  # the clock stepped back: start the window over
         errors.append(now)
         horizon = now - self.limits.abuse_window
         while errors and errors[0] <= horizon:
@@ -473,11 +498,19 @@ class RelayMachine:
         return self._depart(room_id, user_id)
 
     def _on_join(
-        self, c: _Conn, conn: ConnId, obj: dict[str, JSONValue], type_: str, now: float
+        self,
+        c: _Conn,
+        conn: ConnId,
+        obj: dict[str, JSONValue],
+        type_: str,
+        now: float,
+        wall_time: float | None,
     ) -> list[RelayAction]:
         msg = parse_join_room(obj, self.limits)
         room_id, user_id = msg.room_id, msg.user_id
-        if self._authorize is not None and not self._authorize(msg, now):
+        if self._authorize is not None and not self._authorize(
+            msg, _wall_time(wall_time, "a join on a relay with authorize")
+        ):
             error = WireError(
                 ErrorCode.UNAUTHORIZED, "join refused: missing or invalid token", Channel.ROOMS
             )
@@ -592,7 +625,13 @@ class RelayMachine:
         return actions
 
     def _on_leave(
-        self, c: _Conn, conn: ConnId, obj: dict[str, JSONValue], type_: str, now: float
+        self,
+        c: _Conn,
+        conn: ConnId,
+        obj: dict[str, JSONValue],
+        type_: str,
+        now: float,
+        wall_time: float | None,
     ) -> list[RelayAction]:
         msg = parse_leave_room(obj, self.limits)
         if msg.room_id != c.room_id:
@@ -602,7 +641,13 @@ class RelayMachine:
     # ------------------------------------------------------------------ relaying
 
     def _on_signal(
-        self, c: _Conn, conn: ConnId, obj: dict[str, JSONValue], type_: str, now: float
+        self,
+        c: _Conn,
+        conn: ConnId,
+        obj: dict[str, JSONValue],
+        type_: str,
+        now: float,
+        wall_time: float | None,
     ) -> list[RelayAction]:
         # The hot path: check the fields, stamp the sender, forward the object itself.
         to_user_id = check_signal(obj, type_, self.limits)
@@ -628,12 +673,19 @@ class RelayMachine:
         ]
 
     def _on_chat(
-        self, c: _Conn, conn: ConnId, obj: dict[str, JSONValue], type_: str, now: float
+        self,
+        c: _Conn,
+        conn: ConnId,
+        obj: dict[str, JSONValue],
+        type_: str,
+        now: float,
+        wall_time: float | None,
     ) -> list[RelayAction]:
         msg = parse_chat(obj, self.limits)
         room_id, user_id = c.room_id, c.user_id
         assert room_id is not None and user_id is not None
-        text = encode(ChatMessage(text=msg.text, room_id=room_id, from_user_id=user_id, ts=now))
+        ts = _wall_time(wall_time, "a chat-message (its ts)")
+        text = encode(ChatMessage(text=msg.text, room_id=room_id, from_user_id=user_id, ts=ts))
         actions: list[RelayAction] = [_RELAYING[ChatMessage.TYPE]]
         actions += self._to_room(room_id, text, ChatMessage.TYPE)
         actions.append(
@@ -669,6 +721,16 @@ def _check_fields(obj: dict[str, JSONValue], type_: str, limits: Limits) -> None
         check_signal(obj, type_, limits)
 
 
+def _wall_time(wall_time: float | None, needs: str) -> float:
+    """The wall time of a frame that needs one, or ``LocalProtocolError`` (the adapter
+    left ``FrameReceived.wall_time`` out)."""
+    if wall_time is None:
+        raise LocalProtocolError(
+            f"{needs} needs the wall time: FrameReceived(..., wall_time=time.time())"
+        )
+    return wall_time
+
+
 def _channel_hint(data: str | bytes) -> str:
     """The channel of a frame we refuse before parsing it (too large, rate-limited),
     when it has a known one: errors go on the bad frame's channel."""
@@ -693,7 +755,8 @@ _RELAYING = {t: _relaying(t, ch) for ch, types in CLIENT_TYPES.items() for t in 
 _RELAYED_TO_ONE = Log(level=LogLevel.INFO, message="Message relayed to %d clients", args=(1,))
 
 _Handler = Callable[
-    ["RelayMachine", _Conn, ConnId, dict[str, JSONValue], str, float], list[RelayAction]
+    ["RelayMachine", _Conn, ConnId, dict[str, JSONValue], str, float, float | None],
+    list[RelayAction],
 ]
 
 _TRANSITIONS: dict[tuple[Phase, str], _Handler] = {

@@ -12,7 +12,9 @@ of claims, ``SIG`` the base64url of HMAC-SHA256(secret, ``BODY``). Claims:
 :func:`issue_token` makes one (for app backends); :class:`TokenAuthority` checks
 ``join-room`` frames against one secret and plugs into
 :class:`~sansio_signal.RelayMachine` as its ``authorize`` callable. Time always comes
-in as an argument; nothing here reads a clock.
+in as an argument, and it is the wall time (Unix seconds, ``wall_time``): an expiry is
+calendar time shared with the backend that issued the token, unlike the machines'
+monotonic ``now``. Nothing here reads a clock.
 """
 
 from __future__ import annotations
@@ -75,14 +77,14 @@ def issue_token(
     user_id: str,
     room: str,
     ttl: float,
-    now: float,
+    wall_time: float,
     max_room_size: int | None = None,
 ) -> str:
     """A token letting ``user_id`` join ``room`` (an id or a ``*`` pattern) until
-    ``now + ttl``."""
+    ``wall_time + ttl`` (``wall_time``: now, in Unix seconds)."""
     if ttl <= 0:
         raise ValueError("ttl must be positive")
-    claims: dict[str, Any] = {"u": user_id, "r": room, "exp": round(now + ttl, 3)}
+    claims: dict[str, Any] = {"u": user_id, "r": room, "exp": round(wall_time + ttl, 3)}
     if max_room_size is not None:
         claims["max"] = max_room_size
     body = _b64(json.dumps(claims, separators=(",", ":")).encode("utf-8"))
@@ -93,8 +95,9 @@ class InvalidToken(ValueError):
     """A token that is malformed, forged, expired or for someone else."""
 
 
-def verify_token(secret: bytes, token: str, *, now: float) -> Claims:
-    """The claims of a genuine, unexpired token, or :class:`InvalidToken`."""
+def verify_token(secret: bytes, token: str, *, wall_time: float) -> Claims:
+    """The claims of a genuine token unexpired at ``wall_time`` (Unix seconds), or
+    :class:`InvalidToken`."""
     if not token.isascii():
         raise InvalidToken("a token is ASCII")
     body, dot, signature = token.partition(".")
@@ -115,7 +118,7 @@ def verify_token(secret: bytes, token: str, *, now: float) -> Claims:
         raise InvalidToken("claims need a numeric exp")
     if most is not None and (isinstance(most, bool) or not isinstance(most, int) or most < 1):
         raise InvalidToken("max must be a positive integer")
-    if now > exp + LEEWAY:
+    if wall_time > exp + LEEWAY:
         raise InvalidToken("expired")
     return Claims(user_id=user, room=room, expires=float(exp), max_room_size=most)
 
@@ -131,12 +134,13 @@ class TokenAuthority:
         self._secret = secret
         self.room_size = room_size
 
-    def __call__(self, join: JoinRoom, now: float) -> bool:
-        """Whether ``join`` carries a valid token for its user and room."""
+    def __call__(self, join: JoinRoom, wall_time: float) -> bool:
+        """Whether ``join`` carries a token valid at ``wall_time`` (Unix seconds: the
+        join frame's ``FrameReceived.wall_time``) for its user and room."""
         if join.token is None:
             return False
         try:
-            claims = verify_token(self._secret, join.token, now=now)
+            claims = verify_token(self._secret, join.token, wall_time=wall_time)
         except InvalidToken:
             return False
         if not claims.allows(join.user_id, join.room_id):

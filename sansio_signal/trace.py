@@ -3,10 +3,12 @@
 The core only turns attrs instances into plain JSON-able dicts; writing the lines to a
 file is the adapter's job. A record looks like::
 
-    {"t": 1764100000.5, "dir": "in", "kind": "FrameReceived", "conn": 3, "data": "..."}
+    {"t": 812.5, "dir": "in", "kind": "FrameReceived", "conn": 3, "data": "...",
+     "wall_time": 1764100000.5}
 
-``dir`` is ``"in"`` for events and ``"out"`` for actions; the remaining keys are the
-object's fields (enums as their values, tuples as lists, bytes as ``{"bytes": hex}``).
+``t`` is the machine's ``now`` (monotonic); ``dir`` is ``"in"`` for events and
+``"out"`` for actions; the remaining keys are the object's fields (enums as their
+values, tuples as lists, bytes as ``{"bytes": hex}``).
 """
 
 from __future__ import annotations

@@ -70,9 +70,9 @@ def package_imports(path: Path) -> set[str]:
     """The modules of the package that ``path`` imports (relative imports, by name)."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.ImportFrom) and node.level > 0:
-            names.add(node.module or "")
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sansio_signal"):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level > 0 or (node.module or "").startswith("sansio_signal"):
             names.add(node.module or "")
     return names
 

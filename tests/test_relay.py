@@ -146,7 +146,6 @@ def test_existing_participants_sorted_by_code_point(harness: RelayHarness) -> No
 
 
 def test_joined_reaches_members_before_later_frames(harness: RelayHarness) -> None:
-    harness.now = 1764100000.5
     (a,) = in_room(harness, "demo", "a")
     b = harness.connect()
     harness.join(b, "demo", "b")
@@ -277,15 +276,15 @@ def test_failed_join_leaves_current_room_untouched(failure: str) -> None:
     assert [f["fromUserId"] for f in take(h, y)] == ["x"]
 
 
-def test_authorize_sees_the_join_and_now() -> None:
+def test_authorize_sees_the_join_and_its_wall_time() -> None:
     calls: list[tuple[JoinRoom, float]] = []
 
-    def authorize(join: JoinRoom, now: float) -> bool:
-        calls.append((join, now))
+    def authorize(join: JoinRoom, wall_time: float) -> bool:
+        calls.append((join, wall_time))
         return join.token == "good"
 
     h = make_harness(authorize=authorize)
-    h.now = 1234.5
+    h.now, h.wall_time = 3.0, 1234.5
     a = h.connect()
     h.join(a, "demo", "a")
     assert take(h, a) == [error_frame(ROOMS, "unauthorized")]
@@ -495,7 +494,7 @@ def test_send_frame_action_fields(harness: RelayHarness) -> None:
 def test_chat_relayed_to_every_member_including_sender(harness: RelayHarness) -> None:
     a, b, c = in_room(harness, "demo", "user_abc", "b", "c")
     (other,) = in_room(harness, "elsewhere", "x")
-    harness.now = 1764100000.123
+    harness.wall_time = 1764100000.123
     harness.send(a, chat_frame("hello"))
     expected = [chat_out("demo", "user_abc", "hello", 1764100000.123)]
     for conn in (a, b, c):
@@ -503,26 +502,26 @@ def test_chat_relayed_to_every_member_including_sender(harness: RelayHarness) ->
     assert all_quiet(harness, other)
 
 
-def test_chat_ts_is_the_now_passed_in(harness: RelayHarness) -> None:
+def test_chat_ts_is_the_wall_time_of_the_frame(harness: RelayHarness) -> None:
     (a,) = in_room(harness, "demo", "a")
-    for now in (1764100000.0, 1764100000.987654, 1764100002.25):
-        harness.now = now
+    for wall_time in (1764100000.0, 1764100000.987654, 1764100002.25):
+        harness.wall_time = wall_time
         harness.send(a, chat_frame("t"))
         [frame] = harness.take(a)
-        assert frame["ts"] == now
+        assert frame["ts"] == wall_time
         assert isinstance(frame["ts"], float)
 
 
 def test_chat_ignores_client_supplied_stamps(harness: RelayHarness) -> None:
     a, b = in_room(harness, "demo", "a", "b")
     harness.send(a, chat_frame("hi", fromUserId="b", roomId="x", ts=0.0, extra=1))
-    assert harness.take(b) == [chat_out("demo", "a", "hi", harness.now)]
+    assert harness.take(b) == [chat_out("demo", "a", "hi", harness.wall_time)]
 
 
 def test_chat_text_limit(harness: RelayHarness) -> None:
     a, b = in_room(harness, "demo", "a", "b")
     harness.send(a, chat_frame("x" * 4096))
-    assert harness.take(b) == [chat_out("demo", "a", "x" * 4096, harness.now)]
+    assert harness.take(b) == [chat_out("demo", "a", "x" * 4096, harness.wall_time)]
     harness.take(a)
     harness.send(a, chat_frame("x" * 4097))
     assert take(harness, a) == [error_frame(CHAT, "bad-frame")]
@@ -533,7 +532,7 @@ def test_chat_unicode_edge_cases_relayed_verbatim(harness: RelayHarness) -> None
     a, b = in_room(harness, "demo", "a", "b")
     text = '\u0000 \u202e\u05e9\u05dc\u05d5\u05dd \U0001f600 \ud800 \udfff \ufeff \\ "'
     actions = harness.send(a, chat_frame(text))
-    assert harness.take(b) == [chat_out("demo", "a", text, harness.now)]
+    assert harness.take(b) == [chat_out("demo", "a", text, harness.wall_time)]
     for action in actions:
         if isinstance(action, SendFrame):
             assert action.text.isascii()
@@ -665,7 +664,7 @@ def test_frame_of_exactly_the_limit_in_utf8_bytes_is_accepted() -> None:
     data = json.dumps(chat_frame(text), ensure_ascii=False)
     assert len(data.encode()) == limit and len(data) < limit
     h.send(a, data)
-    assert h.take(b) == [chat_out("demo", "a", text, h.now)]
+    assert h.take(b) == [chat_out("demo", "a", text, h.wall_time)]
     # one byte more is too much
     assert data.endswith('"}')
     h.send(a, data[:-2] + "x" + data[-2:])
@@ -748,14 +747,62 @@ def test_persistent_rate_limit_excess_closes_1008() -> None:
     assert take(h, b) == [left("demo", "a")]
 
 
-def test_wall_clock_step_back_does_not_rate_limit_a_slow_client() -> None:
-    h = make_harness(Limits())
-    a, _b = in_room(h, "demo", "a", "b")
-    h.advance(-60.0)  # the server's clock is stepped back a minute
-    for _ in range(5):
+def test_the_relay_runs_on_a_monotonic_now_and_stamps_ts_from_the_wall_time() -> None:
+    # now starts near zero (a monotonic clock's origin is arbitrary); the wall clock is
+    # stepped back an hour and then forward a day (NTP) while now runs steadily on.
+    h = RelayHarness(
+        Limits(rate_limit=1, rate_burst=2, idle_timeout=5.0, abuse_errors=3, abuse_window=10),
+        now=0.25,
+        wall_time=1764100000.0,
+    )
+    a, b = in_room(h, "demo", "a", "b")
+    stamps = []
+    for step in (-3600.0, 86400.0, 0.0):
         h.advance(1.0)
+        h.wall_time += step
         h.send(a, chat_frame("tick"))
-        assert [f["type"] for f in take(h, a)] == ["chat-message"]
+        [frame] = take(h, b)
+        stamps.append(frame["ts"])
+        h.send(b, renegotiate_frame("a"))  # b stays under the idle timeout
+        take(h, a)
+    assert stamps == [1764096401.0, 1764182802.0, 1764182803.0]
+    # The token bucket and the idle timeout follow now alone: two frames in one instant
+    # drain a's bucket (1/s, burst 2) whatever the wall clock did meanwhile...
+    h.wall_time -= 86400.0
+    h.send(a, renegotiate_frame("b"))
+    h.send(a, renegotiate_frame("b"))
+    assert [f.get("code") for f in take(h, a)] == ["rate-limited"]
+    assert [f["type"] for f in take(h, b)] == ["webrtc-renegotiate"]
+    h.advance(1.0)  # ...and one second of now refills one token
+    h.send(a, renegotiate_frame("b"))
+    assert [f["type"] for f in take(h, b)] == ["webrtc-renegotiate"]
+    h.advance(5.0)
+    h.fire_timers()
+    assert h.closed == {a: (1001, "idle timeout"), b: (1001, "idle timeout")}
+
+
+def test_now_going_back_is_the_adapters_bug() -> None:
+    machine = RelayMachine(new_token=counting_tokens())
+    machine.handle(Connected(conn=1), 100.0)
+    with pytest.raises(LocalProtocolError, match="monotonic"):
+        machine.handle(Connected(conn=2), 99.0)
+    with pytest.raises(LocalProtocolError, match="monotonic"):
+        machine.handle_timer(99.0)
+    machine.handle(Connected(conn=2), 100.0)  # the same instant again is fine
+
+
+def test_a_frame_that_needs_the_wall_time_without_it_is_the_adapters_bug() -> None:
+    machine = RelayMachine(new_token=counting_tokens(), authorize=lambda join, wall: True)
+    machine.handle(Connected(conn=1), 0.0)
+    join = json.dumps(join_frame("r", "a", token="t"))
+    with pytest.raises(LocalProtocolError, match="wall_time"):
+        machine.handle(FrameReceived(conn=1, data=join), 0.0)
+    machine.handle(FrameReceived(conn=1, data=join, wall_time=1764100000.0), 0.0)
+    with pytest.raises(LocalProtocolError, match="wall_time"):
+        machine.handle(FrameReceived(conn=1, data=json.dumps(chat_frame("x"))), 0.0)
+    # a frame that needs no calendar time goes without
+    actions = machine.handle(FrameReceived(conn=1, data=json.dumps(leave_frame("r"))), 0.0)
+    assert machine.member(1) is None and actions
 
 
 # --------------------------------------------------------------------------- abuse

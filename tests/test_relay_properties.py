@@ -437,7 +437,7 @@ class RelayModel(RuleBasedStateMachine):
                 "roomId": room,
                 "fromUserId": user,
                 "text": obj["text"],
-                "ts": self.h.now,
+                "ts": self.h.wall_time,
             }
             for member in self.members(room).values():
                 step.out[member].append(out)

@@ -33,35 +33,35 @@ ids = st.from_regex(r"[A-Za-z0-9_.:-]{1,64}", fullmatch=True)
 
 @given(user=ids, room=ids, ttl=st.floats(min_value=1, max_value=1e7))
 def test_a_token_says_what_it_was_issued_for(user: str, room: str, ttl: float) -> None:
-    token = issue_token(SECRET, user_id=user, room=room, ttl=ttl, now=NOW)
-    claims = verify_token(SECRET, token, now=NOW)
+    token = issue_token(SECRET, user_id=user, room=room, ttl=ttl, wall_time=NOW)
+    claims = verify_token(SECRET, token, wall_time=NOW)
     assert claims == Claims(user_id=user, room=room, expires=round(NOW + ttl, 3))
     assert claims.allows(user, room)
 
 
 @given(position=st.integers(min_value=0), replacement=st.characters(codec="ascii"))
 def test_any_tampering_is_caught(position: int, replacement: str) -> None:
-    token = issue_token(SECRET, user_id="alice", room="demo", ttl=60, now=NOW)
+    token = issue_token(SECRET, user_id="alice", room="demo", ttl=60, wall_time=NOW)
     i = position % len(token)
     forged = token[:i] + replacement + token[i + 1 :]
     if forged != token:
         with pytest.raises(InvalidToken):
-            verify_token(SECRET, forged, now=NOW)
+            verify_token(SECRET, forged, wall_time=NOW)
 
 
 @given(garbage=st.text(max_size=200))
 def test_garbage_is_an_invalid_token_never_a_crash(garbage: str) -> None:
     with pytest.raises(InvalidToken):
-        verify_token(SECRET, garbage, now=NOW)
+        verify_token(SECRET, garbage, wall_time=NOW)
 
 
 def test_another_secret_and_expiry_with_leeway() -> None:
-    token = issue_token(SECRET, user_id="alice", room="demo", ttl=60, now=NOW)
+    token = issue_token(SECRET, user_id="alice", room="demo", ttl=60, wall_time=NOW)
     with pytest.raises(InvalidToken, match="signature"):
-        verify_token(b"another secret", token, now=NOW)
-    assert verify_token(SECRET, token, now=NOW + 60 + LEEWAY - 1).user_id == "alice"
+        verify_token(b"another secret", token, wall_time=NOW)
+    assert verify_token(SECRET, token, wall_time=NOW + 60 + LEEWAY - 1).user_id == "alice"
     with pytest.raises(InvalidToken, match="expired"):
-        verify_token(SECRET, token, now=NOW + 60 + LEEWAY + 1)
+        verify_token(SECRET, token, wall_time=NOW + 60 + LEEWAY + 1)
 
 
 def test_the_secret_file_rule() -> None:
@@ -77,7 +77,7 @@ def harness() -> RelayHarness:
     machine = RelayMachine(
         new_token=counting_tokens(), directory=directory_machine.directory, authorize=authority
     )
-    return RelayHarness(machine=machine, now=NOW)
+    return RelayHarness(machine=machine, now=5.0, wall_time=NOW)
 
 
 def join(h: RelayHarness, conn: int, room: str, user: str, token: str | None) -> str:
@@ -114,14 +114,25 @@ def test_the_relay_checks_every_join(
     token = None
     if token_for is not None:
         u, r, ttl = token_for
-        token = issue_token(SECRET, user_id=u, room=r, ttl=max(ttl, 1), now=NOW + min(ttl, 0))
+        token = issue_token(SECRET, user_id=u, room=r, ttl=max(ttl, 1), wall_time=NOW + min(ttl, 0))
     assert join(h, conn, room, user, token) == expected
+
+
+def test_expiry_is_checked_against_the_wall_time_not_the_monotonic_now() -> None:
+    h = harness()  # now=5.0 (monotonic), wall_time=NOW
+    token = issue_token(SECRET, user_id="alice", room="demo", ttl=60, wall_time=NOW)
+    h.wall_time = NOW + 60 + LEEWAY + 1  # the wall clock moved on; now did not
+    assert join(h, h.connect(), "demo", "alice", token) == "unauthorized"
+    h.wall_time = NOW  # stepped back (NTP): valid again, whatever now says
+    h.advance(3600.0)
+    h.wall_time = NOW
+    assert join(h, h.connect(), "demo", "alice", token) == "user-joined-room"
 
 
 def test_a_tampered_token_is_refused_and_reveals_nothing() -> None:
     h = harness()
     a, b = h.connect(), h.connect()
-    good = issue_token(SECRET, user_id="alice", room="demo", ttl=60, now=NOW)
+    good = issue_token(SECRET, user_id="alice", room="demo", ttl=60, wall_time=NOW)
     assert join(h, a, "demo", "alice", good) == "user-joined-room"
     # Same id, no valid token: unauthorized, not user-id-taken (nothing about the room).
     tampered = good[:-2] + ("AA" if not good.endswith("AA") else "BB")
@@ -132,7 +143,9 @@ def test_a_tampered_token_is_refused_and_reveals_nothing() -> None:
 def test_max_room_size_claim() -> None:
     h = harness()
     for i, expected in enumerate(["user-joined-room", "user-joined-room", "unauthorized"]):
-        token = issue_token(SECRET, user_id=f"u{i}", room="small", ttl=60, now=NOW, max_room_size=2)
+        token = issue_token(
+            SECRET, user_id=f"u{i}", room="small", ttl=60, wall_time=NOW, max_room_size=2
+        )
         assert join(h, h.connect(), "small", f"u{i}", token) == expected
 
 

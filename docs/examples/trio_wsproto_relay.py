@@ -9,7 +9,9 @@ reads a socket, writes a socket or looks at the time.
 
 What it shows, in order of appearance:
 
-- the machine boundary (:meth:`TrioRelay.feed`): events in with ``now=time.time()``,
+- the machine boundary (:meth:`TrioRelay.feed`): events in with
+  ``now=trio.current_time()`` (monotonic, as every machine's ``now``; each frame also
+  carries ``wall_time=time.time()``, the calendar time its chat ``ts`` is stamped with),
   actions out, executed at once and in order; ``SendFrame`` lands in the target's
   bounded outbox (a trio memory channel drained by that connection's writer task), so
   one slow client fills only its own outbox and is then dropped (never blocks others);
@@ -100,7 +102,7 @@ class TrioRelay:
 
     def feed(self, event: RelayEvent) -> None:
         """Hand one event to the machine and run what it decides (never blocks)."""
-        self._execute(self.machine.handle(event, time.time()))
+        self._execute(self.machine.handle(event, trio.current_time()))
 
     def _execute(self, actions: list[RelayAction]) -> None:
         for action in actions:
@@ -124,13 +126,13 @@ class TrioRelay:
         while True:
             self._timer_moved = trio.Event()
             self._armed_for = deadline = self.machine.next_deadline()
-            now = time.time()
+            now = trio.current_time()
             if deadline is not None and deadline <= now:
                 self._execute(self.machine.handle_timer(now))
                 await trio.lowlevel.checkpoint()
                 continue
-            # The machine speaks wall-clock time; trio sleeps on its own clock.
-            with trio.move_on_after(float("inf") if deadline is None else deadline - now):
+            # The machine runs on trio's clock: its deadline is a trio deadline.
+            with trio.move_on_at(float("inf") if deadline is None else deadline):
                 await self._timer_moved.wait()
 
     def _enqueue(self, client: _Client, event: ws.Event) -> None:
@@ -242,7 +244,7 @@ class TrioRelay:
         data: str | bytes = "".join(client.text) if client.text else b"".join(client.binary)
         client.text, client.binary, client.size = [], [], 0
         if not client.closing:
-            self.feed(FrameReceived(conn=client.conn, data=data))
+            self.feed(FrameReceived(conn=client.conn, data=data, wall_time=time.time()))
 
     async def _writer(self, client: _Client) -> None:
         """Drain the outbox onto the socket, in order; the only task that writes it."""

@@ -1,7 +1,8 @@
 """A hand-driven harness around :class:`~sansio_signal.RelayMachine`.
 
-It plays the adapter's part without sockets: it numbers connections, keeps a virtual
-clock, executes the machine's actions (frames go to per-connection inboxes, closes are
+It plays the adapter's part without sockets: it numbers connections, keeps two virtual
+clocks (the monotonic ``now`` every call gets, and the ``wall_time`` every frame
+carries), executes the machine's actions (frames go to per-connection inboxes, closes are
 recorded and followed by ``Disconnected`` as a real adapter would) and keeps the log.
 """
 
@@ -31,8 +32,17 @@ class counting_tokens:
         return f"{self.prefix}{self.issued}"
 
 
+DEFAULT_WALL_TIME = 1_764_100_000.0
+"""Where the harness's wall clock starts (Unix seconds: late November 2025)."""
+
+
 class RelayHarness:
-    """Drive a relay machine by hand: ``connect()``, ``send()``, read ``inbox``."""
+    """Drive a relay machine by hand: ``connect()``, ``send()``, read ``inbox``.
+
+    ``now`` is the machine's monotonic clock; ``wall_time`` the wall clock each frame
+    carries (``FrameReceived.wall_time``: chat ``ts``, token expiry). :meth:`advance`
+    moves both; assign ``wall_time`` to step the wall clock alone, as NTP would.
+    """
 
     def __init__(
         self,
@@ -40,9 +50,11 @@ class RelayHarness:
         *,
         machine: RelayMachine | None = None,
         now: float = 1_000.0,
+        wall_time: float = DEFAULT_WALL_TIME,
     ) -> None:
         self.machine = machine or RelayMachine(limits=limits, new_token=counting_tokens())
         self.now = now
+        self.wall_time = wall_time
         self.inbox: dict[ConnId, list[dict[str, Any]]] = {}
         self.closed: dict[ConnId, tuple[int, str]] = {}
         self.logs: list[str] = []
@@ -50,8 +62,11 @@ class RelayHarness:
         self._ids = itertools.count(1)
 
     def advance(self, seconds: float) -> None:
-        """Move the virtual clock forward."""
+        """Let ``seconds`` pass: both clocks move forward."""
+        if seconds < 0:
+            raise ValueError(f"time does not go back (advance({seconds!r}))")
         self.now += seconds
+        self.wall_time += seconds
 
     def feed(self, event: RelayEvent) -> list[RelayAction]:
         """Feed one event and execute the resulting actions."""
@@ -87,7 +102,7 @@ class RelayHarness:
     def send(self, conn: ConnId, frame: Mapping[str, Any] | str | bytes) -> list[RelayAction]:
         """Send one frame from ``conn`` (a mapping is encoded as JSON)."""
         data = frame if isinstance(frame, str | bytes) else dumps(frame)
-        return self.feed(FrameReceived(conn=conn, data=data))
+        return self.feed(FrameReceived(conn=conn, data=data, wall_time=self.wall_time))
 
     def disconnect(self, conn: ConnId, clean: bool = True) -> list[RelayAction]:
         """The client at ``conn`` went away."""

@@ -72,7 +72,7 @@ from ..negotiation import BROWSER, Capabilities, Link, NegotiationConfig, NegSta
 from ..relay import RelayMachine
 from ..wire import Limits
 from .model import InvalidStateError, ModelPeerConnection, OperationError
-from .relay import counting_tokens
+from .relay import DEFAULT_WALL_TIME, counting_tokens
 
 
 class SplitMix64:
@@ -144,6 +144,10 @@ class SimNetwork:
         trace: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.now = 0.0
+        """The virtual monotonic clock every machine is fed."""
+        self.wall_offset = DEFAULT_WALL_TIME
+        """The wall clock reads ``now + wall_offset`` (Unix seconds): what frames to the
+        relay carry as ``FrameReceived.wall_time`` (chat ``ts``)."""
         self.rng = SplitMix64(seed)
         self.latency = latency
         self.op_latency = op_latency
@@ -270,7 +274,11 @@ class SimNetwork:
         if kind == "up":
             user = self.clients.get(key)
             if user is not None and user.conn is not None:
-                self._relay(FrameReceived(conn=user.conn, data=item.payload))
+                self._relay(
+                    FrameReceived(
+                        conn=user.conn, data=item.payload, wall_time=self.now + self.wall_offset
+                    )
+                )
         elif kind == "down":
             client = self.clients[key]
             if client.conn is not None:
