@@ -10,10 +10,10 @@ from .codes import Channel, CloseCode, ErrorCode
 from .directory import Directory, MemoryDirectory
 from .errors import LocalProtocolError, RemoteProtocolError, SignalError, WireError
 from .events import Connected, ConnId, Disconnected, FrameReceived, RelayEvent
+from .limits import DEFAULT_LIMITS, Limits, WireLimits
 from .relay import Authorize, Phase, RelayMachine, RelayStats, is_clean_close
 from .timers import Timers
 from .wire import (
-    DEFAULT_LIMITS,
     Answer,
     ChatMessage,
     ClientMessage,
@@ -22,7 +22,6 @@ from .wire import (
     IceCandidate,
     JoinRoom,
     LeaveRoom,
-    Limits,
     Message,
     Offer,
     Renegotiate,
@@ -81,6 +80,7 @@ __all__ = [
     "UserJoinedRoom",
     "UserLeftRoom",
     "WireError",
+    "WireLimits",
     "__version__",
     "encode",
     "is_clean_close",

@@ -81,17 +81,16 @@ from .codes import Channel, CloseCode, ErrorCode
 from .directory import Directory, MemoryDirectory
 from .errors import LocalProtocolError, WireError
 from .events import Connected, ConnId, Disconnected, FrameReceived, RelayEvent
+from .limits import DEFAULT_LIMITS, Limits, WireLimits
 from .timers import Timers
 from .wire import (
     CLIENT_TYPES,
-    DEFAULT_LIMITS,
     Answer,
     ChatMessage,
     Ice,
     JoinRoom,
     JSONValue,
     LeaveRoom,
-    Limits,
     Offer,
     Renegotiate,
     UserJoinedRoom,
@@ -709,7 +708,7 @@ _RULE_ERRORS = frozenset(
 )
 
 
-def _check_fields(obj: dict[str, JSONValue], type_: str, limits: Limits) -> None:
+def _check_fields(obj: dict[str, JSONValue], type_: str, limits: WireLimits) -> None:
     """Check a client frame's fields without acting on it."""
     if type_ == JoinRoom.TYPE:
         parse_join_room(obj, limits)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeAlias
 
@@ -43,79 +42,18 @@ from .codes import Channel as Channel
 from .codes import CloseCode as CloseCode
 from .codes import ErrorCode as ErrorCode
 from .errors import WireError
+from .limits import DEFAULT_LIMITS as DEFAULT_LIMITS
+from .limits import DEFAULT_WIRE_LIMITS, WireLimits
+from .limits import Limits as Limits
 
 # ``Channel``, ``CloseCode`` and ``ErrorCode`` live in :mod:`.codes` (the bottom of the
-# package); they are re-exported here for code that still imports them from the codec.
+# package), the limits in :mod:`.limits`; the codec reads only :class:`WireLimits`. The
+# other names are re-exported here for code that still imports them from the codec.
 
 JSONValue: TypeAlias = "bool | int | float | str | list[JSONValue] | dict[str, JSONValue] | None"
 """A decoded JSON value. Typed, not ``Any``: code that reads a value from the wire must
 check what it is first (the codec does, once, for every field it reads)."""
 
-
-DEFAULT_ID_PATTERN = r"[A-Za-z0-9_.:-]{1,64}"
-
-
-def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
-
-
-def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not value >= 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
-
-
-@attrs.frozen(kw_only=True)
-class Limits:
-    """Every limit of the relay, in one object (PROTOCOL.md defaults).
-
-    ``rate_limit`` is frames per second sustained per connection; ``0`` turns rate
-    limiting off. ``abuse_errors`` error replies within ``abuse_window`` seconds close the
-    connection with 1008. ``max_rooms`` caps the rooms of the whole server: a join that
-    would open one more is refused with ``room-full``. ``resume_grace`` and the
-    ``resume_queue_*`` bounds govern resume (PROTOCOL.md, "Resume").
-    """
-
-    max_frame_bytes: int = attrs.field(default=65_536, validator=_positive)
-    max_room_size: int = attrs.field(default=32, validator=_positive)
-    max_rooms: int = attrs.field(default=10_000, validator=_positive)
-    max_text_chars: int = attrs.field(default=4_096, validator=_positive)
-    rate_limit: float = attrs.field(default=50.0, validator=_non_negative)
-    rate_burst: int = attrs.field(default=200, validator=_positive)
-    abuse_errors: int = attrs.field(default=20, validator=_positive)
-    abuse_window: float = attrs.field(default=10.0, validator=_positive)
-    idle_timeout: float = attrs.field(default=0.0, validator=_non_negative)
-    """Seconds a connection may send no frame before it is closed with 1001 (``0``: no
-    limit; pings do not count, any client library answers them)."""
-    resume_grace: float = attrs.field(default=10.0, validator=_non_negative)
-    """Seconds a member whose socket dropped (no clean close) is held for a resume;
-    ``0`` turns resume off (every disconnect leaves at once)."""
-    resume_queue_frames: int = attrs.field(default=512, validator=_positive)
-    resume_queue_bytes: int = attrs.field(default=1_048_576, validator=_positive)
-    """Frames addressed to a held member are queued up to these bounds; one more ends
-    the grace at once (the member leaves)."""
-    id_pattern: str = DEFAULT_ID_PATTERN
-    _id_re: re.Pattern[str] = attrs.field(init=False, repr=False, eq=False)
-
-    @_id_re.default
-    def _compile(self) -> re.Pattern[str]:
-        return re.compile(self.id_pattern)
-
-    def valid_id(self, value: str) -> bool:
-        """Whether ``value`` is an acceptable ``roomId`` / ``userId``."""
-        return self._id_re.fullmatch(value) is not None
-
-    def too_large(self, data: str | bytes) -> bool:
-        """Whether a frame is over ``max_frame_bytes`` (counted as UTF-8 bytes)."""
-        n = len(data)
-        if n > self.max_frame_bytes:
-            return True
-        if isinstance(data, bytes) or n * 4 <= self.max_frame_bytes:
-            return False
-        return len(data.encode("utf-8", "surrogatepass")) > self.max_frame_bytes
-
-
-DEFAULT_LIMITS = Limits()
 
 # --------------------------------------------------------------------------- messages
 
@@ -468,7 +406,7 @@ def _opt_str(obj: Mapping[str, JSONValue], key: str, channel: str) -> str | None
     return _str(obj, key, channel)
 
 
-def _id(obj: Mapping[str, JSONValue], key: str, channel: str, limits: Limits) -> str:
+def _id(obj: Mapping[str, JSONValue], key: str, channel: str, limits: WireLimits) -> str:
     value = _str(obj, key, channel)
     if not limits.valid_id(value):
         raise WireError(
@@ -549,16 +487,18 @@ def _signal_fields(obj: Mapping[str, JSONValue]) -> dict[str, JSONValue]:
     return {k: v for k, v in obj.items() if k not in _ADDRESSING}
 
 
-def parse_client_frame(data: str | bytes, limits: Limits = DEFAULT_LIMITS) -> ClientMessage:
+def parse_client_frame(
+    data: str | bytes, limits: WireLimits = DEFAULT_WIRE_LIMITS
+) -> ClientMessage:
     """Parse a frame a client sent to the server, or raise ``WireError``.
 
     Does not check the frame size: that is the caller's first step
-    (:meth:`Limits.too_large`), because an oversize frame closes the connection.
+    (:meth:`~.limits.WireLimits.too_large`), because an oversize frame closes the connection.
     """
     return _parse_client_object(decode_object(data), limits)
 
 
-def check_signal(obj: Mapping[str, JSONValue], type_: str, limits: Limits) -> str:
+def check_signal(obj: Mapping[str, JSONValue], type_: str, limits: WireLimits) -> str:
     """Check the fields of a signaling frame of ``type_``; return its ``toUserId``.
 
     The relay calls this and forwards the decoded object itself, so that every field it
@@ -577,7 +517,7 @@ def check_signal(obj: Mapping[str, JSONValue], type_: str, limits: Limits) -> st
     return to_user_id
 
 
-def parse_join_room(obj: Mapping[str, JSONValue], limits: Limits) -> JoinRoom:
+def parse_join_room(obj: Mapping[str, JSONValue], limits: WireLimits) -> JoinRoom:
     """The ``join-room`` in ``obj`` (its envelope already checked)."""
     channel = Channel.ROOMS.value
     room_id = _id(obj, "roomId", channel, limits)
@@ -590,12 +530,12 @@ def parse_join_room(obj: Mapping[str, JSONValue], limits: Limits) -> JoinRoom:
     )
 
 
-def parse_leave_room(obj: Mapping[str, JSONValue], limits: Limits) -> LeaveRoom:
+def parse_leave_room(obj: Mapping[str, JSONValue], limits: WireLimits) -> LeaveRoom:
     """The ``leave-room`` in ``obj`` (its envelope already checked)."""
     return LeaveRoom(room_id=_id(obj, "roomId", Channel.ROOMS.value, limits))
 
 
-def parse_chat(obj: Mapping[str, JSONValue], limits: Limits) -> ChatMessage:
+def parse_chat(obj: Mapping[str, JSONValue], limits: WireLimits) -> ChatMessage:
     """The client's ``chat-message`` in ``obj`` (its envelope already checked)."""
     channel = Channel.CHAT.value
     text = _str(obj, "text", channel)
@@ -633,12 +573,12 @@ def client_envelope(obj: Mapping[str, JSONValue]) -> tuple[str, str]:
     return channel, type_
 
 
-def _parse_signal(obj: dict[str, JSONValue], type_: str, limits: Limits) -> Signal:
+def _parse_signal(obj: dict[str, JSONValue], type_: str, limits: WireLimits) -> Signal:
     to_user_id = check_signal(obj, type_, limits)
     return _SIGNAL_CLASSES[type_](to_user_id=to_user_id, fields=_signal_fields(obj))
 
 
-def _parse_client_object(obj: dict[str, JSONValue], limits: Limits) -> ClientMessage:
+def _parse_client_object(obj: dict[str, JSONValue], limits: WireLimits) -> ClientMessage:
     channel, type_ = client_envelope(obj)
     if channel == Channel.SIGNALING:
         return _parse_signal(obj, type_, limits)
@@ -649,7 +589,9 @@ def _parse_client_object(obj: dict[str, JSONValue], limits: Limits) -> ClientMes
     return parse_chat(obj, limits)
 
 
-def parse_server_frame(data: str | bytes, limits: Limits = DEFAULT_LIMITS) -> ServerMessage:
+def parse_server_frame(
+    data: str | bytes, limits: WireLimits = DEFAULT_WIRE_LIMITS
+) -> ServerMessage:
     """Parse a frame the server sent to a client, or raise ``WireError``."""
     obj = decode_object(data)
     type_ = obj.get("type")

@@ -54,6 +54,7 @@ from sansio_signal.events import (
     ServerDisconnected,
     ServerFrameReceived,
 )
+from sansio_signal.limits import Limits
 from sansio_signal.negotiation import AIORTC, BROWSER, Capabilities, NegotiationConfig, NegState
 from sansio_signal.testing import SimNetwork
 from sansio_signal.testing.relay import RelayHarness
@@ -64,7 +65,6 @@ from sansio_signal.wire import (
     Ice,
     IceCandidate,
     JSONValue,
-    Limits,
     Offer,
     Renegotiate,
     ServerMessage,

@@ -8,9 +8,9 @@ import pytest
 
 from sansio_signal.actions import PeerLeft, RoomJoined, RoomResumed
 from sansio_signal.client import ClientState
+from sansio_signal.limits import Limits
 from sansio_signal.negotiation import AIORTC, BROWSER, Capabilities
 from sansio_signal.testing import SimNetwork
-from sansio_signal.wire import Limits
 
 ROOM = "room"
 

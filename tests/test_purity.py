@@ -79,6 +79,8 @@ def package_imports(path: Path) -> set[str]:
 
 def test_the_bottom_modules_import_nothing_of_the_package() -> None:
     # codes.py (channels, error and close codes) is what everything else may import
-    # without a cycle; errors.py names error codes and needs nothing of the codec.
+    # without a cycle, limits.py (WireLimits, Limits) what the codec and the relay read;
+    # errors.py names error codes and needs nothing of the codec.
     assert package_imports(CORE / "codes.py") == set()
     assert package_imports(CORE / "errors.py") == {"codes"}
+    assert package_imports(CORE / "limits.py") == set()

@@ -26,9 +26,10 @@ from conftest import (
 from sansio_signal.actions import CloseConnection, Log, LogLevel, SendFrame
 from sansio_signal.errors import LocalProtocolError
 from sansio_signal.events import Connected, ConnId, Disconnected, FrameReceived
+from sansio_signal.limits import Limits
 from sansio_signal.relay import Phase, RelayMachine, is_clean_close
 from sansio_signal.testing.relay import RelayHarness, counting_tokens
-from sansio_signal.wire import JoinRoom, Limits
+from sansio_signal.wire import JoinRoom
 
 
 def take(h: RelayHarness, conn: ConnId) -> list[Frame]:

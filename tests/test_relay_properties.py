@@ -40,8 +40,8 @@ from hypothesis.stateful import (
 )
 
 from sansio_signal.events import ConnId
+from sansio_signal.limits import Limits
 from sansio_signal.testing.relay import RelayHarness
-from sansio_signal.wire import Limits
 
 ROOM_IDS = ["red", "blue", "r.3"]
 ROOMS_BIASED = st.sampled_from(["red", "red", "red", "blue", "r.3"])  # crowd one room

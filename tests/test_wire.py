@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from sansio_signal.codes import Channel, ErrorCode
 from sansio_signal.errors import WireError
+from sansio_signal.limits import WireLimits
 from sansio_signal.wire import (
     Answer,
     ChatMessage,
@@ -34,7 +35,6 @@ from sansio_signal.wire import (
     IceCandidate,
     JoinRoom,
     LeaveRoom,
-    Limits,
     Offer,
     Renegotiate,
     ServerMessage,
@@ -458,7 +458,7 @@ def test_chat_limit_is_exactly_4096_characters() -> None:
 
 
 def test_chat_limit_follows_limits() -> None:
-    limits = Limits(max_text_chars=3)
+    limits = WireLimits(max_text_chars=3)
     assert parse_client_frame(json.dumps(chat_frame("abc")), limits) == ChatMessage(text="abc")
     with pytest.raises(WireError) as info:
         parse_client_frame(json.dumps(chat_frame("abcd")), limits)
@@ -492,7 +492,7 @@ def test_valid_ids(good: str) -> None:
     assert parse_client_frame(json.dumps(join_frame(good, good))) == JoinRoom(
         room_id=good, user_id=good
     )
-    assert Limits().valid_id(good)
+    assert WireLimits().valid_id(good)
 
 
 def test_decode_object_directly() -> None:
@@ -545,71 +545,6 @@ def test_server_frame_integer_ts_becomes_float() -> None:
     assert msg == ChatMessage(text="t", room_id="r", from_user_id="u", ts=17.0)
     assert isinstance(msg, ChatMessage)
     assert isinstance(msg.ts, float)
-
-
-# --------------------------------------------------------------------------- limits
-
-
-def test_limits_defaults_match_protocol() -> None:
-    limits = Limits()
-    assert limits.max_frame_bytes == 65_536
-    assert limits.max_room_size == 32
-    assert limits.rate_limit == 50
-    assert limits.rate_burst == 200
-    assert limits.max_text_chars == 4096
-    assert (limits.abuse_errors, limits.abuse_window) == (20, 10.0)
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"max_frame_bytes": 0},
-        {"max_room_size": 0},
-        {"rate_burst": 0},
-        {"rate_limit": -1.0},
-        {"abuse_errors": 0},
-        {"abuse_window": 0.0},
-        {"max_text_chars": -5},
-    ],
-)
-def test_limits_reject_nonsense(kwargs: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
-        Limits(**kwargs)
-
-
-def test_rate_limit_zero_is_allowed() -> None:
-    assert Limits(rate_limit=0).rate_limit == 0
-
-
-@pytest.mark.parametrize(
-    ("data", "too_large"),
-    [
-        ("a" * 65_536, False),
-        ("a" * 65_537, True),
-        (b"a" * 65_536, False),
-        (b"a" * 65_537, True),
-        ("\u00e9" * 32_768, False),  # 2 bytes each: exactly 65,536
-        ("\u00e9" * 32_768 + "a", True),
-        ("\u20ac" * 21_845 + "a", False),  # 3 bytes each: 65,535 + 1
-        ("\u20ac" * 21_845 + "ab", True),
-        ("\u20ac" * 21_846, True),
-        ("\U0001f600" * 16_384, False),  # 4 bytes each: exactly 65,536
-        ("\U0001f600" * 16_384 + "a", True),
-        ("\U0001f600" * 16_385, True),
-        ("a" * 65_535 + "\u00e9", True),  # 65,536 characters but 65,537 bytes
-        ("a" * 16_383 + "\U0001f600", False),  # fast path: 4 * length fits
-        ("", False),
-    ],
-    ids=lambda v: repr(v)[:16] if not isinstance(v, bool) else str(v),
-)
-def test_too_large_counts_utf8_bytes(data: str | bytes, too_large: bool) -> None:
-    assert Limits().too_large(data) is too_large
-
-
-@given(st.text(alphabet="a\u00e9\u20ac\U0001f600", max_size=40), st.integers(1, 100))
-def test_too_large_matches_utf8_length(text: str, limit: int) -> None:
-    limits = Limits(max_frame_bytes=limit)
-    assert limits.too_large(text) is (len(text.encode("utf-8")) > limit)
 
 
 # --------------------------------------------------------------------------- properties

@@ -15,8 +15,9 @@ from typing import Any
 
 from ..actions import CloseConnection, Log, RelayAction, SendFrame
 from ..events import Connected, ConnId, Disconnected, FrameReceived, RelayEvent
+from ..limits import DEFAULT_LIMITS, Limits
 from ..relay import RelayMachine
-from ..wire import DEFAULT_LIMITS, Limits, dumps
+from ..wire import dumps
 
 
 class counting_tokens:

@@ -68,9 +68,9 @@ from ..events import (
     ServerDisconnected,
     ServerFrameReceived,
 )
+from ..limits import Limits
 from ..negotiation import BROWSER, Capabilities, Link, NegotiationConfig, NegState
 from ..relay import RelayMachine
-from ..wire import Limits
 from .model import InvalidStateError, ModelPeerConnection, OperationError
 from .relay import DEFAULT_WALL_TIME, counting_tokens
 
