@@ -15,7 +15,7 @@ from typing import Any, TypeAlias
 import attrs
 
 from .events import ConnId
-from .wire import IceCandidate, SessionDescription
+from .wire import ClientMessage, IceCandidate, SessionDescription, encode
 
 
 class LogLevel(IntEnum):
@@ -74,12 +74,21 @@ RelayAction: TypeAlias = SendFrame | CloseConnection | Log
 
 @attrs.frozen(kw_only=True)
 class SendToServer:
-    """Send ``text`` as one text frame to the relay server. ``peer_id`` names the peer
+    """Send ``message`` as one text frame to the relay server. ``peer_id`` names the peer
     a signaling frame is for (``None`` for room and chat frames), so that an adapter can
-    count or log per peer without parsing ``text``."""
+    count or log per peer without parsing anything.
 
-    text: str
+    ``text`` is the frame to send: ``message`` encoded, here and nowhere else, once, when
+    the action is made (machines build messages; only the frame's text leaves the core).
+    It is a field so that traces record the frame as it went out."""
+
+    message: ClientMessage
     peer_id: str | None = None
+    text: str = attrs.field(init=False, eq=False, repr=False)
+
+    @text.default
+    def _encode(self) -> str:
+        return encode(self.message)
 
 
 @attrs.frozen(kw_only=True)

@@ -116,7 +116,6 @@ from .wire import (
     Renegotiate,
     UserJoinedRoom,
     UserLeftRoom,
-    encode,
     parse_server_frame,
 )
 
@@ -314,7 +313,7 @@ class ClientMachine:
             actions = self._leave_room(now)
             self.state = ClientState.LOBBY
             frames: list[ClientAction] = [
-                SendToServer(text=encode(LeaveRoom(room_id=room))) for room in rooms
+                SendToServer(message=LeaveRoom(room_id=room)) for room in rooms
             ]
             return given_up + frames + actions
         if isinstance(event, ChatRequested):
@@ -325,7 +324,7 @@ class ClientMachine:
                     f"chat text is {len(event.text)} characters; the limit is "
                     f"{self.limits.max_text_chars}"
                 )
-            return [SendToServer(text=encode(ChatMessage(text=event.text)))]
+            return [SendToServer(message=ChatMessage(text=event.text))]
         if isinstance(event, RenegotiationRequested):
             peer = self.peers.get(event.peer_id)
             if peer is None:
@@ -342,7 +341,7 @@ class ClientMachine:
         join = JoinRoom(
             room_id=self.room_id, user_id=self.user_id, token=self._token, resume_token=resume
         )
-        return [SendToServer(text=encode(join))]
+        return [SendToServer(message=join)]
 
     def _hold_back(self, actions: list[ClientAction]) -> list[ClientAction]:
         """While resuming, frames for the server wait until the room is ours again (the

@@ -105,7 +105,6 @@ from .wire import (
     Renegotiate,
     SessionDescription,
     Signal,
-    encode,
 )
 
 MAX_BUFFERED_CANDIDATES = 512
@@ -350,7 +349,7 @@ class PeerNegotiation:
     def on_signal(self, message: Signal, now: float) -> Actions:
         """A signaling frame from the peer (already known to come from ``peer_id``)."""
         pair = message.pair  # a malformed field raises WireError, a RemoteProtocolError
-        if "epoch" not in message.fields:
+        if message.fields.get("epoch") is None:  # absent or null: a peer without epochs
             self.remote_epochless = True
         stale = self._stale(message, pair)
         if stale is not None:
@@ -435,7 +434,7 @@ class PeerNegotiation:
         self.deadline, self.deadline_kind = when, kind
 
     def _send(self, message: Signal) -> SendToServer:
-        return SendToServer(text=encode(message), peer_id=self.peer_id)
+        return SendToServer(message=message, peer_id=self.peer_id)
 
     def _signal_fields(self, **extra: JSONValue) -> dict[str, JSONValue]:
         fields: dict[str, JSONValue] = {**extra, "epoch": self.epoch, "sid": self.session}

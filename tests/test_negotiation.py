@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import inspect
 import itertools
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -59,6 +58,7 @@ from sansio_signal.wire import (
     Offer,
     Renegotiate,
     SessionDescription,
+    to_json,
 )
 
 ALICE, BOB, ROOM = "alice", "bob", "demo"
@@ -197,13 +197,13 @@ def logs(actions: list[ClientAction]) -> str:
 
 
 def frames(actions: list[ClientAction]) -> list[dict[str, Any]]:
-    """The frames sent to the server, decoded, without the session fields (``sid`` is
-    always ours; ``rsid`` appears only once the peer named its session, which the
-    frames of these scripts never do)."""
+    """The frames sent to the server, as wire objects, without the session fields
+    (``sid`` is always ours; ``rsid`` appears only once the peer named its session,
+    which the frames of these scripts never do)."""
     out = []
     for action in actions:
         if isinstance(action, SendToServer):
-            frame = json.loads(action.text)
+            frame = to_json(action.message)
             assert frame.pop("sid") in (f"{ALICE}.s1", f"{BOB}.s1")
             assert "rsid" not in frame
             out.append(frame)
