@@ -1,18 +1,88 @@
 """sansio-signal: WebRTC signaling as pure state machines.
 
-The core (this package) does no I/O: it parses and encodes the wire protocol and makes
-every relay decision in :class:`RelayMachine`. Adapters that run it on real sockets live
-in :mod:`sansio_signal.adapters`.
+The core (this package) does no I/O: it parses and encodes the wire protocol, makes
+every relay decision in :class:`RelayMachine` and every client decision in
+:class:`ClientMachine` (one :class:`PeerNegotiation` per peer). Adapters that run them
+on real sockets live in :mod:`sansio_signal.adapters`.
+
+Everything a user of the machines needs is importable from here: both machines, their
+events and actions, the wire messages, the limits, the codes and the exceptions.
+Narrower tools keep their own namespace: :mod:`sansio_signal.tokens` (signed join
+tokens), :mod:`sansio_signal.trace` and :mod:`sansio_signal.diagnose` (traces and what
+they say), :mod:`sansio_signal.testing` (the harness, the JSEP model, the simulator);
+:mod:`sansio_signal.wire` also holds the codec's lower-level helpers and
+:mod:`sansio_signal.negotiation` the vocabulary of its transition table. The deadline
+queue the machines keep (``timers.Timers``) is internal.
 """
 
-from .actions import CloseConnection, Log, LogLevel, RelayAction, SendFrame
+from .actions import (
+    AddIceCandidate,
+    ChatReceived,
+    ClientAction,
+    CloseConnection,
+    ClosePeer,
+    CreateAnswer,
+    CreateOffer,
+    CreatePeer,
+    JoinRefused,
+    Log,
+    LogLevel,
+    PeerConnected,
+    PeerConnecting,
+    PeerConnectionAction,
+    PeerFailed,
+    PeerJoined,
+    PeerLeft,
+    ProtocolViolation,
+    RelayAction,
+    RollbackLocalDescription,
+    RoomJoined,
+    RoomLeft,
+    RoomResumed,
+    SendFrame,
+    SendToServer,
+    ServerErrorReceived,
+    SetRemoteDescription,
+)
+from .client import ClientMachine, ClientState
 from .codes import Channel, CloseCode, ErrorCode
 from .directory import Directory, MemoryDirectory
 from .errors import LocalProtocolError, RemoteProtocolError, SignalError, WireError
-from .events import Connected, ConnId, Disconnected, FrameReceived, RelayEvent
+from .events import (
+    ChatRequested,
+    ClientEvent,
+    Connected,
+    ConnectionStateChanged,
+    ConnId,
+    Disconnected,
+    FrameReceived,
+    IceCandidateGathered,
+    JoinRequested,
+    LeaveRequested,
+    LocalDescriptionCreated,
+    OperationFailed,
+    PeerConnectionEvent,
+    RelayEvent,
+    RemoteDescriptionApplied,
+    RenegotiationRequested,
+    ServerConnected,
+    ServerDisconnected,
+    ServerFrameReceived,
+)
 from .limits import DEFAULT_LIMITS, Limits, WireLimits
+from .negotiation import (
+    AIORTC,
+    BROWSER,
+    Capabilities,
+    Link,
+    NegotiationConfig,
+    NegState,
+    PeerNegotiation,
+    Role,
+    initiator_of,
+)
 from .relay import Authorize, Phase, RelayMachine, RelayStats, is_clean_close
-from .timers import Timers
+from .room import RoomView
 from .wire import (
     Answer,
     ChatMessage,
@@ -21,9 +91,11 @@ from .wire import (
     Ice,
     IceCandidate,
     JoinRoom,
+    JSONValue,
     LeaveRoom,
     Message,
     Offer,
+    PairFields,
     Renegotiate,
     ServerMessage,
     SessionDescription,
@@ -33,21 +105,38 @@ from .wire import (
     encode,
     parse_client_frame,
     parse_server_frame,
+    read_pair_fields,
 )
 
 __version__ = "0.1.0"
+"""The package's version."""
 
 __all__ = [
+    "AIORTC",
+    "BROWSER",
     "DEFAULT_LIMITS",
+    "AddIceCandidate",
     "Answer",
     "Authorize",
+    "Capabilities",
     "Channel",
     "ChatMessage",
+    "ChatReceived",
+    "ChatRequested",
+    "ClientAction",
+    "ClientEvent",
+    "ClientMachine",
     "ClientMessage",
+    "ClientState",
     "CloseCode",
     "CloseConnection",
+    "ClosePeer",
     "ConnId",
     "Connected",
+    "ConnectionStateChanged",
+    "CreateAnswer",
+    "CreateOffer",
+    "CreatePeer",
     "Directory",
     "Disconnected",
     "Error",
@@ -55,35 +144,70 @@ __all__ = [
     "FrameReceived",
     "Ice",
     "IceCandidate",
+    "IceCandidateGathered",
+    "JSONValue",
+    "JoinRefused",
+    "JoinRequested",
     "JoinRoom",
+    "LeaveRequested",
     "LeaveRoom",
     "Limits",
+    "Link",
+    "LocalDescriptionCreated",
     "LocalProtocolError",
     "Log",
     "LogLevel",
     "MemoryDirectory",
     "Message",
+    "NegState",
+    "NegotiationConfig",
     "Offer",
+    "OperationFailed",
+    "PairFields",
+    "PeerConnected",
+    "PeerConnecting",
+    "PeerConnectionAction",
+    "PeerConnectionEvent",
+    "PeerFailed",
+    "PeerJoined",
+    "PeerLeft",
+    "PeerNegotiation",
     "Phase",
+    "ProtocolViolation",
     "RelayAction",
     "RelayEvent",
     "RelayMachine",
     "RelayStats",
+    "RemoteDescriptionApplied",
     "RemoteProtocolError",
     "Renegotiate",
+    "RenegotiationRequested",
+    "Role",
+    "RollbackLocalDescription",
+    "RoomJoined",
+    "RoomLeft",
+    "RoomResumed",
+    "RoomView",
     "SendFrame",
+    "SendToServer",
+    "ServerConnected",
+    "ServerDisconnected",
+    "ServerErrorReceived",
+    "ServerFrameReceived",
     "ServerMessage",
     "SessionDescription",
+    "SetRemoteDescription",
     "Signal",
     "SignalError",
-    "Timers",
     "UserJoinedRoom",
     "UserLeftRoom",
     "WireError",
     "WireLimits",
     "__version__",
     "encode",
+    "initiator_of",
     "is_clean_close",
     "parse_client_frame",
     "parse_server_frame",
+    "read_pair_fields",
 ]

@@ -51,6 +51,7 @@ class Disconnected:
 
 
 RelayEvent: TypeAlias = Connected | FrameReceived | Disconnected
+"""Every event :meth:`~sansio_signal.RelayMachine.handle` takes."""
 
 
 # --------------------------------------------------------------------------- client side
@@ -167,6 +168,7 @@ ClientEvent: TypeAlias = (
     | ConnectionStateChanged
     | OperationFailed
 )
+"""Every event :meth:`~sansio_signal.ClientMachine.handle` takes."""
 PeerConnectionEvent: TypeAlias = (
     LocalDescriptionCreated
     | RemoteDescriptionApplied
@@ -174,3 +176,4 @@ PeerConnectionEvent: TypeAlias = (
     | ConnectionStateChanged
     | OperationFailed
 )
+"""The results of peer-connection operations, reported by the adapter that ran them."""

@@ -97,4 +97,6 @@ class Limits(WireLimits):
 
 
 DEFAULT_WIRE_LIMITS = WireLimits()
+"""The protocol's codec limits (what the codec uses when given none)."""
 DEFAULT_LIMITS = Limits()
+"""The protocol's limits, relay policy included (a relay's default)."""

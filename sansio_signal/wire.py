@@ -338,11 +338,15 @@ class Error:
 
 
 Signal: TypeAlias = Offer | Answer | Ice | Renegotiate
+"""The four signaling frames (relayed between peers)."""
 ClientMessage: TypeAlias = JoinRoom | LeaveRoom | Offer | Answer | Ice | Renegotiate | ChatMessage
+"""Every frame a client sends (what :func:`parse_client_frame` returns)."""
 ServerMessage: TypeAlias = (
     UserJoinedRoom | UserLeftRoom | Offer | Answer | Ice | Renegotiate | ChatMessage | Error
 )
+"""Every frame a server sends (what :func:`parse_server_frame` returns)."""
 Message: TypeAlias = ClientMessage | ServerMessage
+"""Any frame of the protocol (what :func:`encode` takes)."""
 
 # --------------------------------------------------------------------------- decoding
 
