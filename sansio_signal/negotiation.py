@@ -73,7 +73,7 @@ client machine keeps them in its :class:`~.timers.Timers` and calls :meth:`on_ti
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
 
 import attrs
@@ -216,6 +216,24 @@ class Link(Enum):
     FAILED = "failed"
 
 
+class Deadline(StrEnum):
+    """What a pair's one deadline is for (its value is the name traces and the browser
+    client use)."""
+
+    NEGOTIATION = "negotiation"
+    """An exchange started (offer made or taken) must be stable by then."""
+    CONNECT = "connect"
+    """Stable, the connection must be ``connected`` by then."""
+    OFFER_WAIT = "offer-wait"
+    """Polite side: the initiator's offer is due by then (else we ask for one)."""
+    RECOVERY = "recovery"
+    """Polite side: after reporting a failure, the initiator's new offer is due by then."""
+    BACKOFF = "backoff"
+    """Initiator: the back-off before offering on a fresh connection ends then."""
+    DISCONNECTED = "disconnected"
+    """A ``disconnected`` connection must be back by then."""
+
+
 class Input(Enum):
     """Everything that can happen to a pair."""
 
@@ -285,7 +303,7 @@ class PeerNegotiation:
         self.link = Link.NEW
         self.attempts = 0
         self.deadline: float | None = None
-        self.deadline_kind: str | None = None
+        self.deadline_kind: Deadline | None = None
         self.pending_renegotiation = False
         self.remote_buffer: list[IceCandidate | None] = []
         self.offers_sent = 0
@@ -430,7 +448,7 @@ class PeerNegotiation:
     def _log(self, level: LogLevel, message: str, *args: Any) -> Log:
         return Log(level=level, message=f"[%s] {message}", args=(self.peer_id, *args))
 
-    def _set_deadline(self, when: float | None, kind: str | None) -> None:
+    def _set_deadline(self, when: float | None, kind: Deadline | None) -> None:
         self.deadline, self.deadline_kind = when, kind
 
     def _send(self, message: Signal) -> SendToServer:
@@ -498,7 +516,7 @@ class PeerNegotiation:
         assert self.pc is not None
         self.pending_renegotiation = False
         self.state = NegState.MAKING_OFFER
-        self._set_deadline(now + self.config.negotiation_timeout, "negotiation")
+        self._set_deadline(now + self.config.negotiation_timeout, Deadline.NEGOTIATION)
         actions.append(CreateOffer(peer_id=self.peer_id, pc=self.pc, ice_restart=ice_restart))
         actions.append(
             self._log(
@@ -546,7 +564,7 @@ class PeerNegotiation:
         if self.link is Link.CONNECTED:
             self._set_deadline(None, None)
         else:
-            self._set_deadline(now + self.config.connect_timeout, "connect")
+            self._set_deadline(now + self.config.connect_timeout, Deadline.CONNECT)
         if self.queued_offer is not None:
             offer, self.queued_offer = self.queued_offer, None
             return self._on_remote_offer(now, offer)
@@ -576,14 +594,16 @@ class PeerNegotiation:
                 return actions + self._make_offer(now, ice_restart=True)
             actions += self._close_pc()
             self.state = NegState.WAITING
-            self._set_deadline(now + self.config.backoff(self.attempts, self._jitter()), "backoff")
+            self._set_deadline(
+                now + self.config.backoff(self.attempts, self._jitter()), Deadline.BACKOFF
+            )
             return actions
         if not keep_pc:
             actions += self._close_pc()
             self.state = NegState.IDLE
         actions.append(self._ask_for_offer("failed"))
         wait = self.config.offer_wait + self.config.backoff(self.attempts, self._jitter())
-        self._set_deadline(now + wait, "recovery")
+        self._set_deadline(now + wait, Deadline.RECOVERY)
         return actions
 
     def _give_up(self, reason: str) -> Actions:
@@ -599,7 +619,7 @@ class PeerNegotiation:
             self._next_epoch()
             return self._make_offer(now)
         self.state = NegState.IDLE
-        self._set_deadline(now + self.config.offer_wait, "offer-wait")
+        self._set_deadline(now + self.config.offer_wait, Deadline.OFFER_WAIT)
         return [self._ask_for_offer("renegotiate")]
 
     # ------------------------------------------------------------------ handlers
@@ -607,7 +627,7 @@ class PeerNegotiation:
     def _on_start(self, now: float, _: None) -> Actions:
         if self.is_initiator:
             return self._make_offer(now)
-        self._set_deadline(now + self.config.offer_wait, "offer-wait")
+        self._set_deadline(now + self.config.offer_wait, Deadline.OFFER_WAIT)
         return []
 
     def _on_local_offer(self, now: float, description: SessionDescription) -> Actions:
@@ -666,7 +686,7 @@ class PeerNegotiation:
         assert self.pc is not None
         self.last_remote_offer = offer.key
         self.state = NegState.APPLYING_OFFER
-        self._set_deadline(now + self.config.negotiation_timeout, "negotiation")
+        self._set_deadline(now + self.config.negotiation_timeout, Deadline.NEGOTIATION)
         actions.append(
             SetRemoteDescription(peer_id=self.peer_id, pc=self.pc, description=description)
         )
@@ -762,7 +782,7 @@ class PeerNegotiation:
             self.link = Link.CONNECTED
             self.attempts = 0
             actions: Actions = []
-            if self.deadline_kind in ("connect", "disconnected", "recovery"):
+            if self.deadline_kind in (Deadline.CONNECT, Deadline.DISCONNECTED, Deadline.RECOVERY):
                 self._set_deadline(None, None)
             if not self.notified_connected:
                 self.notified_connected = True
@@ -777,7 +797,7 @@ class PeerNegotiation:
         if state == "disconnected":
             self.link = Link.DISCONNECTED
             if self.state is NegState.STABLE:
-                self._set_deadline(now + self.config.disconnected_grace, "disconnected")
+                self._set_deadline(now + self.config.disconnected_grace, Deadline.DISCONNECTED)
             return []
         self.link = Link.FAILED  # "failed", or "closed" by the remote side
         self.notified_connected = False
@@ -812,21 +832,21 @@ class PeerNegotiation:
         if self.deadline is None or now < self.deadline:
             return []
         self._set_deadline(None, None)
-        if kind == "backoff":
+        if kind is Deadline.BACKOFF:
             self._next_epoch()
             return self._make_offer(now)
-        if kind in ("offer-wait", "recovery"):
+        if kind in (Deadline.OFFER_WAIT, Deadline.RECOVERY):
             self.attempts += 1
             if self.attempts > self.config.max_retries:
                 return self._give_up("no offer from the initiator")
             wait = self.config.offer_wait + self.config.backoff(self.attempts, self._jitter())
             self._set_deadline(now + wait, kind)
-            return [self._ask_for_offer("no-offer" if kind == "offer-wait" else "failed")]
-        if kind == "negotiation":
+            return [self._ask_for_offer("no-offer" if kind is Deadline.OFFER_WAIT else "failed")]
+        if kind is Deadline.NEGOTIATION:
             return self._failure(now, f"negotiation timed out in {self.state.value}")
-        if kind == "connect":
+        if kind is Deadline.CONNECT:
             return self._failure(now, "not connected in time")
-        if kind == "disconnected":
+        if kind is Deadline.DISCONNECTED:
             return self._failure(now, "disconnected for too long")
         raise LocalProtocolError(f"peer {self.peer_id!r}: unknown deadline {kind!r}")
 
