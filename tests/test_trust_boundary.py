@@ -17,8 +17,10 @@ from hypothesis import HealthCheck, given, settings
 
 from sansio_signal.actions import (
     ClientAction,
+    ClosePeer,
     CreateOffer,
     CreatePeer,
+    Log,
     ProtocolViolation,
     SendToServer,
     SetRemoteDescription,
@@ -28,6 +30,7 @@ from sansio_signal.errors import WireError
 from sansio_signal.events import (
     JoinRequested,
     LocalDescriptionCreated,
+    OperationFailed,
     ServerConnected,
     ServerFrameReceived,
 )
@@ -262,3 +265,19 @@ def test_an_offer_at_epoch_one_point_oh_is_epoch_one() -> None:
     assert isinstance(message, Offer)
     neg.on_signal(message, 0.1)
     assert neg.epoch == 1
+
+
+def test_a_candidate_the_connection_refuses_loses_only_itself() -> None:
+    """``OperationFailed`` for ``AddIceCandidate`` (a peer's malformed line, an mDNS name
+    that does not resolve) is logged; the pair does not count a failed attempt."""
+    client, pcs = _joined_machine()
+    peer = client.peers["carol"]
+    out = client.handle(
+        OperationFailed(pc=pcs["carol"], operation="AddIceCandidate", error="bad line"), 0.2
+    )
+    assert all(isinstance(a, Log) for a in out), out
+    assert peer.attempts == 0 and peer.pc == pcs["carol"]
+    out = client.handle(
+        OperationFailed(pc=pcs["carol"], operation="SetRemoteDescription", error="bad"), 0.3
+    )
+    assert any(isinstance(a, ClosePeer) for a in out) and peer.attempts == 1
