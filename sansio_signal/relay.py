@@ -246,7 +246,9 @@ class RelayMachine:
 
     def handle_timer(self, now: float) -> list[RelayAction]:
         """Run every deadline that is due at ``now`` (resume graces that passed)."""
-        self._advance(now)
+        if now < self._now:
+            self._went_back(now)
+        self._now = now
         actions: list[RelayAction] = []
         for key in self._timers.pop_due(now):
             assert isinstance(key, tuple)
@@ -274,17 +276,16 @@ class RelayMachine:
 
     def handle(self, event: RelayEvent, now: float) -> list[RelayAction]:
         """Feed one event; returns the actions to run, in order."""
-        self._advance(now)
+        if now < self._now:
+            self._went_back(now)
+        self._now = now
         return self._after(self._handle(event, now))
 
-    def _advance(self, now: float) -> None:
-        if now < self._now:
-            raise LocalProtocolError(
-                f"now went back from {self._now!r} to {now!r}: the relay's now is monotonic"
-                " (time.monotonic(), loop.time()); the wall time goes in"
-                " FrameReceived.wall_time"
-            )
-        self._now = now
+    def _went_back(self, now: float) -> None:
+        raise LocalProtocolError(
+            f"now went back from {self._now!r} to {now!r}: the relay's now is monotonic"
+            " (time.monotonic(), loop.time()); the wall time goes in FrameReceived.wall_time"
+        )
 
     def _after(self, actions: list[RelayAction]) -> list[RelayAction]:
         """Held members whose queue overflowed while deciding ``actions`` leave now (the
