@@ -593,11 +593,39 @@ def _parse_client_object(obj: dict[str, JSONValue], limits: WireLimits) -> Clien
     return parse_chat(obj, limits)
 
 
+MAX_FRAME_DEPTH = 32
+"""How deep a frame a client reads may nest (the top-level object is depth 1)."""
+
+
+def _check_tree(obj: JSONValue) -> None:
+    """What a client accepts must read the same in every language: nesting deeper than
+    :data:`MAX_FRAME_DEPTH` and integers past a double's range (which JavaScript reads as
+    ``Infinity``) are ``bad-json``, wherever they are in the frame."""
+    stack: list[tuple[JSONValue, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, int) and not isinstance(value, bool):
+            try:
+                float(value)
+            except OverflowError:
+                raise WireError(ErrorCode.BAD_JSON, "a number is out of range") from None
+        elif isinstance(value, dict | list):
+            if depth > MAX_FRAME_DEPTH:
+                raise WireError(ErrorCode.BAD_JSON, "JSON nested too deeply")
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
+
+
 def parse_server_frame(
     data: str | bytes, limits: WireLimits = DEFAULT_WIRE_LIMITS
 ) -> ServerMessage:
-    """Parse a frame the server sent to a client, or raise ``WireError``."""
+    """Parse a frame the server sent to a client, or raise ``WireError``.
+
+    Stricter than the relay's parser where a browser must read a frame exactly as we do
+    (the browser client's ``parseServerFrame`` is held equal by shared vectors): see
+    :func:`_check_tree` and :func:`read_pair_fields`."""
     obj = decode_object(data)
+    _check_tree(obj)
     type_ = obj.get("type")
     if type_ == Error.TYPE:
         code = _str(obj, "code", "system")

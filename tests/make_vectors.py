@@ -65,7 +65,12 @@ class Recorder:
         self.label = ""
         self.vectors: list[dict[str, Any]] = []
         self.machines: list[tuple[dict[str, Any], ClientMachine, RecordingJitter]] = []
-        self._count = 0
+        self._counts: dict[str, int] = {}
+
+    def name(self) -> str:
+        """A name for the next machine: the label and its number under that label."""
+        self._counts[self.label] = self._counts.get(self.label, 0) + 1
+        return f"{self.label}#{self._counts[self.label]}"
 
     @contextmanager
     def active(self) -> Iterator[None]:
@@ -76,11 +81,7 @@ class Recorder:
             jitter = RecordingJitter(kwargs["jitter"])
             kwargs["jitter"] = jitter
             original[0](machine, user_id, **kwargs)
-            recorder._count += 1
-            vector: dict[str, Any] = {
-                "name": f"{recorder.label}#{recorder._count}",
-                "steps": [],
-            }
+            vector: dict[str, Any] = {"name": recorder.name(), "steps": []}
             if machine.limits != DEFAULT_LIMITS:
                 vector["skip"] = "non-default limits"
             machine._conformance = (vector, jitter)  # type: ignore[attr-defined]
@@ -176,7 +177,9 @@ class NegotiationRecorder:
     def __init__(self) -> None:
         self.label = ""
         self.records: list[tuple[dict[str, Any], PeerNegotiation, _Recording, _Recording]] = []
-        self._count = 0
+        self._counts: dict[str, int] = {}
+
+    name = Recorder.name
 
     @contextmanager
     def active(self) -> Iterator[None]:
@@ -188,8 +191,7 @@ class NegotiationRecorder:
         def init(peer: PeerNegotiation, **kwargs: Any) -> None:
             new_pc, jitter = _Recording(kwargs["new_pc"]), _Recording(kwargs["jitter"])
             originals["__init__"](peer, **{**kwargs, "new_pc": new_pc, "jitter": jitter})
-            recorder._count += 1
-            vector: dict[str, Any] = {"name": f"{recorder.label}#{recorder._count}", "steps": []}
+            vector: dict[str, Any] = {"name": recorder.name(), "steps": []}
             peer._conformance = vector  # type: ignore[attr-defined]
             recorder.records.append((vector, peer, new_pc, jitter))
 
@@ -234,17 +236,19 @@ class NegotiationRecorder:
 
 
 class _Plugin:
-    """Runs each scripted test (hypothesis tests left out: their inputs are random)
-    with the recorder labelled by the test's id."""
+    """Runs each scripted test with the recorder labelled by the test's id."""
 
     def __init__(self, recorder: Recorder | NegotiationRecorder) -> None:
         self.recorder = recorder
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        # Left out: hypothesis tests (random inputs) and tests that patch the machines'
+        # internals (``monkeypatch``: what they check is not behaviour a port can have).
         items[:] = [
             item
             for item in items
             if not getattr(getattr(item, "function", None), "is_hypothesis_test", False)
+            and "monkeypatch" not in getattr(item, "fixturenames", ())
         ]
 
     @pytest.hookimpl(wrapper=True)

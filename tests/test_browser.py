@@ -441,7 +441,7 @@ def test_a_browser_resumes_after_its_connection_drops_and_keeps_its_peer_connect
             await page.evaluate("window.pcBefore = window.c.peerConnection('a-py')")
 
             proxy.cut()
-            await page.wait_for_function("() => window.c.resuming", timeout=TIMEOUT * 1000)
+            await page.wait_for_function("() => window.c.machine.resuming", timeout=TIMEOUT * 1000)
             await server.wait_until(lambda: server.machine.held_count == 1, TIMEOUT)
             py.chat("one")
             py.chat("two")
@@ -490,15 +490,15 @@ def test_browsers_keep_their_peer_connections_through_a_relay_restart(tmp_path: 
                 proc.send_signal(signal.SIGTERM)  # 1012 to everyone
                 await asyncio.to_thread(proc.wait, 10)
                 for page in pages.values():
-                    await page.wait_for_function("() => window.c.resuming", timeout=TIMEOUT * 1000)
+                    await page.wait_for_function("() => window.c.machine.resuming", timeout=TIMEOUT * 1000)
                 # the relay is gone; the data channels are not
                 await pages["a-web"].evaluate("window.c.send('b-web', 'relay down')")
                 await wait_message(pages["b-web"], "a-web", "relay down")
 
                 proc, _ = await asyncio.to_thread(start_serve, tmp_path, port=port)
                 back = (
-                    "() => window.c.state === 'joined' && !window.c.resuming"
-                    " && window.c.absent.size === 0"
+                    "() => window.c.state === 'joined' && !window.c.machine.resuming"
+                    " && window.c.machine.absent.size === 0"
                 )
                 for page in pages.values():
                     await page.wait_for_function(back, timeout=TIMEOUT * 1000)
@@ -539,7 +539,7 @@ FAIL = """
   // Report the connection with `peer` as failed, as the browser would after losing the
   // path: the machine's recovery then runs on the real RTCPeerConnection.
   const handle = window.c.peers.get(peer).pc;
-  window.c._result(handle, "onConnectionState", "failed");
+  window.c.feed({ type: "ConnectionStateChanged", pc: handle, state: "failed" });
 }
 """
 

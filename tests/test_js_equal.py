@@ -60,11 +60,18 @@ def js() -> Iterator[JsMachine]:
     machine.close()
 
 
+def _nested(depth: int) -> Any:
+    value: Any = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 junk: st.SearchStrategy[Any] = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(-3, 2**54)
-    | st.sampled_from([1.0, 0.5, -0.0, 1e300])
+    | st.sampled_from([1.0, 0.5, -0.0, 1e300, 10**400, _nested(31), _nested(40)])
     | st.text(max_size=6),
     lambda children: (
         st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)

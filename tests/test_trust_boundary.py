@@ -281,3 +281,22 @@ def test_a_candidate_the_connection_refuses_loses_only_itself() -> None:
         OperationFailed(pc=pcs["carol"], operation="SetRemoteDescription", error="bad"), 0.3
     )
     assert any(isinstance(a, ClosePeer) for a in out) and peer.attempts == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # nested past MAX_FRAME_DEPTH in a field nobody reads
+        '{"channel":"webrtc-dashboard-chat","type":"chat-message","roomId":"demo",'
+        '"fromUserId":"bob","text":"hi","ts":1,"x":' + "[" * 40 + "]" * 40 + "}",
+        # an integer past a double's range (JavaScript reads Infinity)
+        '{"channel":"webrtc-dashboard-chat","type":"chat-message","roomId":"demo",'
+        '"fromUserId":"bob","text":"hi","ts":1' + "0" * 400 + "}",
+    ],
+)
+def test_frames_a_browser_could_not_read_as_we_do_are_unreadable(text: str) -> None:
+    client, pcs = _joined_machine()
+    out = client.handle(ServerFrameReceived(text=text), 0.5)
+    assert len(out) == 1 and isinstance(out[0], ProtocolViolation), out
+    assert "unreadable" in out[0].detail
+    _carol_still_works(client, pcs)
