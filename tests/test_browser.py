@@ -490,7 +490,9 @@ def test_browsers_keep_their_peer_connections_through_a_relay_restart(tmp_path: 
                 proc.send_signal(signal.SIGTERM)  # 1012 to everyone
                 await asyncio.to_thread(proc.wait, 10)
                 for page in pages.values():
-                    await page.wait_for_function("() => window.c.machine.resuming", timeout=TIMEOUT * 1000)
+                    await page.wait_for_function(
+                        "() => window.c.machine.resuming", timeout=TIMEOUT * 1000
+                    )
                 # the relay is gone; the data channels are not
                 await pages["a-web"].evaluate("window.c.send('b-web', 'relay down')")
                 await wait_message(pages["b-web"], "a-web", "relay down")
