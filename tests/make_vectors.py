@@ -57,20 +57,27 @@ SCRIPTED = ["test_client.py", "test_client_resume.py", "test_trust_boundary.py"]
 SIM_SEEDS = range(20)
 
 
-class Recorder:
-    """Patches ``ClientMachine`` so that every machine made while it is active is
-    recorded under the current ``label``."""
+class _Labels:
+    """Names recorded machines after the test (or run) that made them."""
 
     def __init__(self) -> None:
         self.label = ""
-        self.vectors: list[dict[str, Any]] = []
-        self.machines: list[tuple[dict[str, Any], ClientMachine, RecordingJitter]] = []
         self._counts: dict[str, int] = {}
 
     def name(self) -> str:
         """A name for the next machine: the label and its number under that label."""
         self._counts[self.label] = self._counts.get(self.label, 0) + 1
         return f"{self.label}#{self._counts[self.label]}"
+
+
+class Recorder(_Labels):
+    """Patches ``ClientMachine`` so that every machine made while it is active is
+    recorded under the current ``label``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vectors: list[dict[str, Any]] = []
+        self.machines: list[tuple[dict[str, Any], ClientMachine, RecordingJitter]] = []
 
     @contextmanager
     def active(self) -> Iterator[None]:
@@ -169,17 +176,14 @@ class _Recording:
         return value
 
 
-class NegotiationRecorder:
+class NegotiationRecorder(_Labels):
     """Patches ``PeerNegotiation`` so that every negotiation the scripted negotiation
     tests make is recorded call by call (those a client machine makes are recorded
     with it instead)."""
 
     def __init__(self) -> None:
-        self.label = ""
+        super().__init__()
         self.records: list[tuple[dict[str, Any], PeerNegotiation, _Recording, _Recording]] = []
-        self._counts: dict[str, int] = {}
-
-    name = Recorder.name
 
     @contextmanager
     def active(self) -> Iterator[None]:
@@ -238,7 +242,7 @@ class NegotiationRecorder:
 class _Plugin:
     """Runs each scripted test with the recorder labelled by the test's id."""
 
-    def __init__(self, recorder: Recorder | NegotiationRecorder) -> None:
+    def __init__(self, recorder: _Labels) -> None:
         self.recorder = recorder
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
@@ -277,7 +281,7 @@ def _sim_runs(recorder: Recorder) -> None:
             sim.run(max_steps=20_000)
 
 
-def _run_tests(names: list[str], recorder: Recorder | NegotiationRecorder) -> None:
+def _run_tests(names: list[str], recorder: _Labels) -> None:
     code = pytest.main(
         [*(str(HERE / name) for name in names), "-q", "-p", "no:cacheprovider", "-x"],
         plugins=[_Plugin(recorder)],
