@@ -1,0 +1,484 @@
+// client.js — all of one client's signaling decisions: a port of `sansio_signal.client`
+// and `sansio_signal.timers` (the Python module docstring is the theory of operation).
+// Pure; see machine.js.
+
+import { BROWSER, DEFAULT_CONFIG, PeerNegotiation } from "./negotiation.js";
+import {
+  Channel,
+  CloseCode,
+  ID_PATTERN,
+  LocalProtocolError,
+  MAX_TEXT_CHARS,
+  RemoteProtocolError,
+  WireError,
+  log,
+  parseServerFrame,
+  validId,
+} from "./wire.js";
+
+// ------------------------------------------------------------------ timers
+
+/** Deadlines keyed by string, one live deadline per key; due keys come out earliest
+ * first, ties in the order they were scheduled (mirrors `timers.Timers`). */
+export class Timers {
+  constructor() {
+    this._live = new Map(); // key → [deadline, seq]
+    this._seq = 0;
+  }
+
+  schedule(key, deadline) { this._live.set(key, [deadline, this._seq++]); }
+  cancel(key) { this._live.delete(key); }
+  deadlineOf(key) { return this._live.get(key)?.[0] ?? null; }
+
+  _sorted() {
+    return [...this._live.entries()].sort((a, b) => a[1][0] - b[1][0] || a[1][1] - b[1][1]);
+  }
+
+  nextDeadline() {
+    const first = this._sorted()[0];
+    return first === undefined ? null : first[1][0];
+  }
+
+  popDue(now) {
+    const due = this._sorted().filter(([, [deadline]]) => deadline <= now).map(([key]) => key);
+    for (const key of due) this._live.delete(key);
+    return due;
+  }
+}
+
+// ------------------------------------------------------------------ ClientMachine
+
+/** The client's standing with the relay server (mirrors `client.ClientState`). */
+export const ClientState = Object.freeze({
+  OFFLINE: "offline",
+  LOBBY: "lobby",
+  JOINING: "joining",
+  JOINED: "joined",
+});
+
+const JOIN_REFUSALS = new Set(["user-id-taken", "room-full", "invalid-id", "unauthorized"]);
+/** Ends of the server connection after which our place may still be ours (mirrors
+ * `client._RESUMABLE_CLOSES`; null: the socket dropped without a close frame). */
+const RESUMABLE_CLOSES = new Set([null, CloseCode.GOING_AWAY, CloseCode.ABNORMAL, CloseCode.SERVICE_RESTART]);
+const RESUME_KEY = " resume"; // peer ids cannot contain a space
+const ABSENT_KEY = " absent";
+
+/** Our own id in a room's member list, a duplicate, ...: the view cannot be built
+ * (mirrors `room.RoomView`). */
+class RoomView {
+  constructor(ourId, joined) {
+    if (joined.userId !== ourId) throw new RemoteProtocolError(`a room view starts from our own join, not ${joined.userId}'s`);
+    if (joined.existingParticipants.includes(ourId)) throw new RemoteProtocolError("existingParticipants lists the joiner itself");
+    if (new Set(joined.existingParticipants).size !== joined.existingParticipants.length) {
+      throw new RemoteProtocolError("existingParticipants lists a member twice");
+    }
+    this.ourId = ourId;
+    this.roomId = joined.roomId;
+    this.members = [...joined.existingParticipants];
+  }
+
+  has(userId) { return this.members.includes(userId); }
+
+  apply(frame) {
+    if (frame.roomId !== this.roomId) throw new RemoteProtocolError(`membership frame for room ${frame.roomId} while in ${this.roomId}`);
+    if (frame.type === "user-joined-room") {
+      if (frame.userId === this.ourId || this.members.includes(frame.userId)) throw new RemoteProtocolError(`${frame.userId} joined twice`);
+      this.members.push(frame.userId);
+    } else {
+      if (!this.members.includes(frame.userId)) throw new RemoteProtocolError(`${frame.userId} left but was not here`);
+      this.members.splice(this.members.indexOf(frame.userId), 1);
+    }
+  }
+}
+
+/** The number of code points of `text` (Python's `len`). */
+function codePoints(text) {
+  let n = 0;
+  for (const _ of text) n += 1;
+  return n;
+}
+
+/**
+ * All of one client's signaling decisions (mirrors `client.ClientMachine`; its module
+ * docstring is the theory of operation). `jitter` returns floats in [0, 1).
+ */
+export class ClientMachine {
+  constructor(userId, { capabilities = BROWSER, jitter, config = DEFAULT_CONFIG, resumeWindow = 8.0 } = {}) {
+    if (!validId(userId)) throw new LocalProtocolError(`user id ${JSON.stringify(userId)} does not match ${ID_PATTERN}`);
+    this.userId = userId;
+    this.capabilities = capabilities;
+    this.config = config;
+    this.state = ClientState.OFFLINE;
+    this.roomId = null; // the room we want to be in (kept across reconnects)
+    this.room = null;
+    this.peers = new Map();
+    this._pcs = new Map();
+    this._pcIds = 1;
+    this._sessions = new Map();
+    this._instance = Math.floor(jitter() * 0xffffffff).toString(16).padStart(8, "0");
+    this._joinsInFlight = 0;
+    this._token = null;
+    this._jitter = jitter;
+    this._timers = new Timers();
+    this.resumeWindow = resumeWindow;
+    this._resumeToken = null;
+    this.resuming = false;
+    this._heldOut = [];
+    this._reconciledAdded = new Set();
+    this.absent = new Set();
+  }
+
+  // ---------------------------------------------------------------- public API
+
+  /** When handleTimer must next be called, or null. */
+  nextDeadline() { return this._timers.nextDeadline(); }
+
+  /** Run every deadline that is due (mirrors `handle_timer`). */
+  handleTimer(now) {
+    const actions = [];
+    for (const key of this._timers.popDue(now)) {
+      if (key === RESUME_KEY) {
+        actions.push(...this._giveUpResume(now));
+        continue;
+      }
+      if (key === ABSENT_KEY) {
+        for (const peerId of [...this.absent].sort()) actions.push(...this._removePeer(this.peers.get(peerId), now));
+        continue;
+      }
+      const peer = this.peers.get(key);
+      if (peer === undefined) continue;
+      actions.push(...this._run(peer, peer.onTimer(now)));
+    }
+    return actions;
+  }
+
+  /** Feed one event; returns the actions to run, in order (mirrors `handle`). */
+  handle(event, now) {
+    switch (event.type) {
+      case "ServerFrameReceived":
+        if (this.state === ClientState.OFFLINE) throw new LocalProtocolError("a server frame while offline (no ServerConnected)");
+        return this._onFrame(event.text, now);
+      case "LocalDescriptionCreated":
+      case "RemoteDescriptionApplied":
+      case "IceCandidateGathered":
+      case "ConnectionStateChanged":
+      case "OperationFailed":
+        return this._onPcEvent(event, now);
+      case "ServerConnected":
+        if (this.state !== ClientState.OFFLINE) throw new LocalProtocolError(`ServerConnected in state ${this.state}`);
+        this.state = ClientState.LOBBY;
+        return this.roomId !== null ? this._sendJoin() : [];
+      case "ServerDisconnected":
+        return this._onServerDisconnected(event.closeCode ?? null, now);
+      case "JoinRequested": {
+        if (!validId(event.roomId)) throw new LocalProtocolError(`room id ${JSON.stringify(event.roomId)} does not match ${ID_PATTERN}`);
+        // The current room (if any) stays ours until the server confirms the new one.
+        this.roomId = event.roomId;
+        this._token = event.token ?? null;
+        if (this.state === ClientState.OFFLINE) return [];
+        return this._sendJoin();
+      }
+      case "LeaveRequested":
+        return this._onLeave(now);
+      case "ChatRequested": {
+        if (this.state !== ClientState.JOINED) throw new LocalProtocolError(`chat needs a room (state ${this.state})`);
+        const length = codePoints(event.text);
+        if (length > MAX_TEXT_CHARS) {
+          throw new LocalProtocolError(`chat text is ${length} characters; the limit is ${MAX_TEXT_CHARS}`);
+        }
+        return [this._toServer({ channel: Channel.CHAT, type: "chat-message", text: event.text })];
+      }
+      case "RenegotiationRequested": {
+        const peer = this.peers.get(event.peerId);
+        if (peer === undefined) throw new LocalProtocolError(`no peer ${event.peerId} in our room`);
+        return this._run(peer, peer.requestRenegotiation(now));
+      }
+      default:
+        throw new LocalProtocolError(`ClientMachine cannot handle ${event.type}`);
+    }
+  }
+
+  // ---------------------------------------------------------------- the server
+
+  _toServer(frame, peerId = null) { return { kind: "SendToServer", frame, peerId }; }
+
+  _onServerDisconnected(closeCode, now) {
+    if (this.state === ClientState.OFFLINE) throw new LocalProtocolError("ServerDisconnected while offline");
+    this._joinsInFlight = 0; // their answers went with the connection
+    if (this.resuming) { // lost again before the resume went through: keep trying
+      this.state = ClientState.OFFLINE;
+      return [];
+    }
+    const resumable = RESUMABLE_CLOSES.has(closeCode) && this.state === ClientState.JOINED
+      && this.room !== null && this.room.roomId === this.roomId
+      && this._resumeToken !== null && this.resumeWindow > 0;
+    if (resumable) {
+      this.state = ClientState.OFFLINE;
+      this.resuming = true;
+      this._timers.schedule(RESUME_KEY, now + this.resumeWindow);
+      return [log("info", `server connection lost; keeping room ${this.roomId} for ${this.resumeWindow}s to resume`)];
+    }
+    const actions = this._giveUpResume(now).concat(this._leaveRoom(now));
+    this.state = ClientState.OFFLINE;
+    return actions;
+  }
+
+  /** Mirrors the `LeaveRequested` branch of `_handle`. */
+  _onLeave(now) {
+    const givenUp = this._giveUpResume(now);
+    const target = this.roomId;
+    this.roomId = null;
+    if (this.state === ClientState.OFFLINE || this.state === ClientState.LOBBY || target === null) return givenUp;
+    const rooms = [target];
+    if (this.room !== null && this.room.roomId !== target) rooms.unshift(this.room.roomId);
+    const actions = this._leaveRoom(now);
+    this.state = ClientState.LOBBY;
+    const frames = rooms.map((roomId) => this._toServer({ channel: Channel.ROOMS, type: "leave-room", roomId }));
+    return givenUp.concat(frames, actions);
+  }
+
+  _sendJoin() {
+    this.state = ClientState.JOINING;
+    this._joinsInFlight += 1;
+    const sameRoom = this.room !== null && this.room.roomId === this.roomId;
+    const resume = this.resuming && sameRoom ? this._resumeToken : null;
+    const frame = { channel: Channel.ROOMS, type: "join-room", roomId: this.roomId, userId: this.userId };
+    if (this._token !== null) frame.token = this._token;
+    if (resume !== null) frame.resumeToken = resume;
+    return [this._toServer(frame)];
+  }
+
+  /** While resuming, frames for the server wait until the room is ours again (mirrors
+   * `_hold_back`). */
+  _holdBack(actions) {
+    if (!this.resuming) return actions;
+    const kept = [];
+    for (const action of actions) {
+      if (action.kind === "SendToServer") this._heldOut.push(action);
+      else kept.push(action);
+    }
+    return kept;
+  }
+
+  /** Frames for absent peers could not be delivered (mirrors `_drop_to_absent`). */
+  _dropToAbsent(actions) {
+    return actions.filter((a) => !(a.kind === "SendToServer" && a.peerId !== null && this.absent.has(a.peerId)));
+  }
+
+  /** No resume after all: the room and its peers go (mirrors `_give_up_resume`). */
+  _giveUpResume(now) {
+    if (!this.resuming) return [];
+    this.resuming = false;
+    this._heldOut = [];
+    this._timers.cancel(RESUME_KEY);
+    this._timers.cancel(ABSENT_KEY);
+    this.absent.clear();
+    const state = this.state;
+    const actions = this._leaveRoom(now);
+    this.state = state;
+    return actions;
+  }
+
+  /** Close every peer and forget the room view (mirrors `_leave_room`). */
+  _leaveRoom(now) {
+    const actions = [];
+    for (const peer of [...this.peers.values()]) actions.push(...this._removePeer(peer, now));
+    if (this.room !== null) {
+      actions.push({ kind: "RoomLeft", roomId: this.room.roomId });
+      this.room = null;
+    }
+    if (this.state === ClientState.JOINED) this.state = ClientState.LOBBY;
+    return actions;
+  }
+
+  // ---------------------------------------------------------------- peers
+
+  /** Mirrors `_run`. */
+  _run(peer, actions) {
+    let out = this._holdBack(actions);
+    if (this.absent.size) out = this._dropToAbsent(out);
+    this._afterPeer(peer);
+    return out;
+  }
+
+  /** Keep the handle map and the timers in step with what `peer` just did (mirrors
+   * `_after_peer`). */
+  _afterPeer(peer) {
+    if (peer.pc !== null) this._pcs.set(peer.pc, peer.peerId);
+    for (const [pc, owner] of [...this._pcs]) if (owner === peer.peerId && pc !== peer.pc) this._pcs.delete(pc);
+    if (peer.deadline === null) this._timers.cancel(peer.peerId);
+    else if (this._timers.deadlineOf(peer.peerId) !== peer.deadline) this._timers.schedule(peer.peerId, peer.deadline);
+  }
+
+  /** Mirrors `_new_session`. */
+  _newSession(peerId) {
+    const count = (this._sessions.get(peerId) ?? 0) + 1;
+    this._sessions.set(peerId, count);
+    return `${this._instance}.${peerId}.${count}`;
+  }
+
+  _newNegotiation(peerId) {
+    const peer = new PeerNegotiation({
+      ourId: this.userId,
+      peerId,
+      capabilities: this.capabilities,
+      config: this.config,
+      newPc: () => this._pcIds++,
+      jitter: this._jitter,
+      session: this._newSession(peerId),
+    });
+    this.peers.set(peerId, peer);
+    return peer;
+  }
+
+  _addPeer(peerId, now) {
+    const peer = this._newNegotiation(peerId);
+    return [{ kind: "PeerJoined", peerId }, ...this._run(peer, peer.start(now))];
+  }
+
+  _removePeer(peer, now) {
+    if (this.absent.has(peer.peerId)) {
+      this.absent.delete(peer.peerId);
+      if (this.absent.size === 0) this._timers.cancel(ABSENT_KEY);
+    }
+    const actions = this._run(peer, peer.close(now)); // a closed peer has no deadline left
+    this.peers.delete(peer.peerId);
+    return [...actions, { kind: "PeerLeft", peerId: peer.peerId }];
+  }
+
+  /** Mirrors `_on_pc_event`. */
+  _onPcEvent(event, now) {
+    const owner = this._pcs.get(event.pc);
+    const peer = owner === undefined ? undefined : this.peers.get(owner);
+    if (peer === undefined || peer.pc !== event.pc) return [log("debug", `dropped ${event.type} for closed connection ${event.pc}`)];
+    let out;
+    switch (event.type) {
+      case "LocalDescriptionCreated": out = peer.onLocalDescription(event.description, now); break;
+      case "RemoteDescriptionApplied": out = peer.onRemoteApplied(now); break;
+      case "IceCandidateGathered": out = peer.onCandidateGathered(event.candidate, now); break;
+      case "ConnectionStateChanged": out = peer.onConnectionState(event.state, now); break;
+      default: out = peer.onOperationFailed(event.operation, event.error, now);
+    }
+    return this._run(peer, out);
+  }
+
+  // ---------------------------------------------------------------- server frames
+
+  /** Mirrors `_on_frame`. */
+  _onFrame(text, now) {
+    let message;
+    try {
+      message = parseServerFrame(text);
+    } catch (error) {
+      if (!(error instanceof WireError)) throw error;
+      return [{ kind: "ProtocolViolation", peerId: null, detail: `unreadable server frame: ${error.message}` }];
+    }
+    if (message.type === "error") return this._onError(message, now);
+    if (message.type === "user-joined-room" && message.userId === this.userId) return this._onOwnJoin(message, now);
+    if (this.room === null || message.roomId !== this.room.roomId) return [log("debug", `dropped ${message.type}: not for our room`)];
+    try {
+      if (message.type === "user-joined-room" || message.type === "user-left-room") return this._onMembership(message, now);
+      if (message.type === "chat-message") {
+        return [{ kind: "ChatReceived", fromUserId: message.fromUserId, text: message.text, ts: message.ts }];
+      }
+      const peer = this.peers.get(message.fromUserId);
+      if (peer === undefined) throw new RemoteProtocolError(`${message.type} from ${message.fromUserId}, who is not in our room`);
+      return this._run(peer, peer.onSignal(message, now));
+    } catch (error) {
+      if (!(error instanceof RemoteProtocolError)) throw error;
+      return [{ kind: "ProtocolViolation", peerId: message.fromUserId ?? message.userId ?? null, detail: error.message }];
+    }
+  }
+
+  /** Mirrors `_on_error`. */
+  _onError(error, now) {
+    const actions = [{ kind: "ServerErrorReceived", channel: error.channel, code: error.code, message: error.message }];
+    const refused = error.channel === Channel.ROOMS && JOIN_REFUSALS.has(error.code);
+    if (refused) this._joinsInFlight = Math.max(0, this._joinsInFlight - 1);
+    if (refused && this.resuming && this._joinsInFlight === 0) actions.push(...this._giveUpResume(now));
+    if (refused && this.state === ClientState.JOINING && this._joinsInFlight === 0) {
+      actions.push({ kind: "JoinRefused", roomId: this.roomId, code: error.code, message: error.message });
+      if (this.room !== null) {
+        this.state = ClientState.JOINED;
+        this.roomId = this.room.roomId;
+      } else {
+        this.state = ClientState.LOBBY;
+        this.roomId = null;
+      }
+    }
+    return actions;
+  }
+
+  /** Only the answer to our last join counts (mirrors `_on_own_join`). */
+  _onOwnJoin(joined, now) {
+    this._joinsInFlight = Math.max(0, this._joinsInFlight - 1);
+    const superseded = this._joinsInFlight > 0;
+    if (superseded || this.state !== ClientState.JOINING || joined.roomId !== this.roomId) {
+      return [log("debug", `dropped our join of room ${joined.roomId}: superseded`)];
+    }
+    let room;
+    try {
+      room = new RoomView(this.userId, joined);
+    } catch (error) {
+      if (!(error instanceof RemoteProtocolError)) throw error;
+      return [{ kind: "ProtocolViolation", peerId: null, detail: error.message }];
+    }
+    this._resumeToken = joined.resumeToken;
+    if (this.resuming && this.room !== null && this.room.roomId === joined.roomId) return this._onResumed(room, now);
+    const actions = this._giveUpResume(now);
+    actions.push(...this._leaveRoom(now)); // the server has moved us out of the old room
+    this.room = room;
+    this.state = ClientState.JOINED;
+    this._reconciledAdded.clear();
+    this.absent.clear();
+    this._timers.cancel(ABSENT_KEY);
+    actions.push({ kind: "RoomJoined", roomId: joined.roomId, participants: [...room.members] });
+    for (const peerId of room.members) actions.push(...this._addPeer(peerId, now));
+    return actions;
+  }
+
+  /** In our room again after a resume or a fresh join we cannot tell from one: reconcile
+   * (mirrors `_on_resumed`). */
+  _onResumed(room, now) {
+    this.resuming = false;
+    this._timers.cancel(RESUME_KEY);
+    this.room = room;
+    this.state = ClientState.JOINED;
+    const nowMembers = new Set(room.members);
+    const actions = [];
+    this._reconciledAdded.clear();
+    this.absent = new Set([...this.peers.keys()].filter((p) => !nowMembers.has(p)));
+    if (this.absent.size) this._timers.schedule(ABSENT_KEY, now + Math.max(this.resumeWindow, 1.0));
+    const held = this._heldOut;
+    this._heldOut = [];
+    actions.push(...held.filter((a) => a.peerId === null || nowMembers.has(a.peerId)));
+    actions.push({ kind: "RoomResumed", roomId: room.roomId, participants: [...room.members] });
+    for (const peerId of room.members) {
+      if (!this.peers.has(peerId)) {
+        this._reconciledAdded.add(peerId);
+        actions.push(...this._addPeer(peerId, now));
+      }
+    }
+    return actions;
+  }
+
+  /** Mirrors `_on_membership`. */
+  _onMembership(frame, now) {
+    const { userId } = frame;
+    if (frame.type === "user-joined-room" && this._reconciledAdded.has(userId)) {
+      this._reconciledAdded.delete(userId);
+      if (this.room.has(userId)) return [];
+    }
+    if (this.absent.has(userId)) {
+      if (frame.type === "user-left-room") return this._removePeer(this.peers.get(userId), now); // it had left while we were away
+      this.absent.delete(userId);
+      if (this.absent.size === 0) this._timers.cancel(ABSENT_KEY);
+      this.room.apply(frame); // back: its negotiation (and connection) carry on
+      return [log("info", `${userId} is back in the room`)];
+    }
+    this._reconciledAdded.delete(userId);
+    this.room.apply(frame);
+    if (frame.type === "user-joined-room") return this._addPeer(userId, now);
+    return this._removePeer(this.peers.get(userId), now);
+  }
+}
