@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import itertools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -38,16 +39,21 @@ from sansio_signal.errors import LocalProtocolError, RemoteProtocolError, Signal
 from sansio_signal.negotiation import (
     AIORTC,
     BROWSER,
+    DIAGRAMS,
     MAX_BUFFERED_CANDIDATES,
     NO_CAPABILITIES,
     TRANSITIONS,
     Capabilities,
+    Deadline,
     Input,
     Link,
     NegotiationConfig,
     NegState,
     PeerNegotiation,
     Role,
+    _layout,
+    _moves,
+    diagram,
     initiator_of,
 )
 from sansio_signal.wire import (
@@ -1342,65 +1348,100 @@ def test_closed_is_terminal() -> None:
 
 # ----------------------------------------------------------------------- the table itself
 
-# Which inputs come from the peer, as the module docstring defines it: a frame.
+# Which inputs come from the peer, as the module docstring defines it: a frame (or what
+# a frame says: a new session of the peer, an offer of a newer epoch).
 PEER_INPUTS = frozenset(
-    {Input.REMOTE_OFFER, Input.REMOTE_ANSWER, Input.REMOTE_CANDIDATE, Input.REMOTE_RENEGOTIATE}
+    {
+        Input.REMOTE_OFFER,
+        Input.REMOTE_ANSWER,
+        Input.REMOTE_CANDIDATE,
+        Input.REMOTE_RENEGOTIATE,
+        Input.PEER_RESTARTED,
+        Input.NEWER_EPOCH,
+    }
 )
 ILLEGAL = sorted(
-    ((s, i) for s in NegState for i in Input if (s, i) not in TRANSITIONS),
-    key=lambda p: (p[0].value, p[1].value),
+    (
+        (r, s, i)
+        for s in NegState
+        for r in roles_reaching(s)
+        for i in Input
+        if (r, s, i) not in TRANSITIONS
+    ),
+    key=lambda k: (k[0].value, k[1].value, k[2].value),
 )
 
 
 def _illegal_params() -> list[Any]:
-    params: list[Any] = []
-    for state, kind in ILLEGAL:
-        marks: list[Any] = []
-        params.append(pytest.param(state, kind, marks=marks, id=f"{state.value}+{kind.value}"))
-    return params
+    return [
+        pytest.param(role, state, kind, id=f"{role.value}+{state.value}+{kind.value}")
+        for role, state, kind in ILLEGAL
+    ]
 
 
-@pytest.mark.parametrize(("state", "kind"), _illegal_params())
-def test_every_pair_missing_from_the_table_is_refused(state: NegState, kind: Input) -> None:
-    """Each missing pair, on each side that can be in the state (reached by real
-    inputs), raises an error naming both and changes nothing."""
-    for role in roles_reaching(state):
-        neg = reach(state, role)
-        before = (neg.state, neg.pc, neg.epoch, deadline(neg), neg.attempts)
-        with pytest.raises(SignalError) as info:
-            neg._dispatch(kind, 99.0, None)
-        message = str(info.value)
-        assert f"state {state.value}" in message
-        assert f"input {kind.value} " in message
-        assert (neg.state, neg.pc, neg.epoch, deadline(neg), neg.attempts) == before
-        expected = RemoteProtocolError if kind in PEER_INPUTS else LocalProtocolError
-        assert type(info.value) is expected, role
+@pytest.mark.parametrize(("role", "state", "kind"), _illegal_params())
+def test_every_key_missing_from_the_table_is_refused(
+    role: Role, state: NegState, kind: Input
+) -> None:
+    """Each missing key, on a side that can be in the state (reached by real inputs),
+    raises an error naming role, state and input, and changes nothing."""
+    neg = reach(state, role)
+    before = (neg.state, neg.pc, neg.epoch, deadline(neg), neg.attempts)
+    with pytest.raises(SignalError) as info:
+        neg._dispatch(kind, 99.0, None)
+    message = str(info.value)
+    assert f"state {state.value}" in message
+    assert f"input {kind.value} " in message
+    assert f"{role.value} side" in message
+    assert (neg.state, neg.pc, neg.epoch, deadline(neg), neg.attempts) == before
+    expected = RemoteProtocolError if kind in PEER_INPUTS else LocalProtocolError
+    assert type(info.value) is expected
 
 
-def test_the_table_has_missing_pairs_of_both_kinds() -> None:
-    assert len(ILLEGAL) == len(NegState) * len(Input) - len(TRANSITIONS) > 0
-    assert any(k in PEER_INPUTS for _, k in ILLEGAL)
-    assert any(k not in PEER_INPUTS for _, k in ILLEGAL)
-    assert all(s is not S.CLOSED for s, _ in TRANSITIONS)
+def test_the_table_has_missing_keys_of_both_kinds() -> None:
+    keys = sum(len(roles_reaching(s)) for s in NegState) * len(Input)
+    assert len(ILLEGAL) == keys - len(TRANSITIONS) > 0
+    assert any(k in PEER_INPUTS for _, _, k in ILLEGAL)
+    assert any(k not in PEER_INPUTS for _, _, k in ILLEGAL)
+    assert all(s is not S.CLOSED for _, s, _ in TRANSITIONS)
+    assert all(s is not S.WAITING for r, s, _ in TRANSITIONS if r is Role.POLITE)
 
 
 def test_input_remote_flags_exactly_the_peer_inputs() -> None:
     assert {i for i in Input if i.remote} == PEER_INPUTS
 
 
+def test_each_deadline_expires_as_its_own_input() -> None:
+    inputs = {kind.expired for kind in Deadline}
+    assert len(inputs) == len(Deadline)
+    assert not inputs & PEER_INPUTS
+    assert all(i.value.endswith("-timeout") for i in inputs)
+
+
+def test_a_step_the_table_does_not_list_is_our_bug(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check after each handler: a handler that leads where its entry does not say
+    is refused, naming role, input, the state before and the state reached."""
+    key = (Role.INITIATOR, S.IDLE, Input.START)
+    handler, _ = TRANSITIONS[key]
+    monkeypatch.setitem(TRANSITIONS, key, (handler, frozenset({S.IDLE})))
+    with pytest.raises(LocalProtocolError, match="start in idle on the initiator side led to"):
+        initiator()._dispatch(Input.START, 0.0, None)
+
+
 def test_the_scripts_cover_every_transition(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Re-run every plain scripted test above while recording each ``(state, input)``
-    dispatched: together they must reach every entry of ``TRANSITIONS``."""
-    seen: set[tuple[NegState, Input]] = set()
-    original = PeerNegotiation._dispatch
+    """Re-run every plain scripted test above while recording each ``(role, state,
+    input)`` that goes through the table (follow-up inputs included): together they must
+    reach every entry of ``TRANSITIONS``."""
+    seen: set[tuple[Role, NegState, Input]] = set()
+    original = PeerNegotiation._transition
 
     def recording(
         self: PeerNegotiation, kind: Input, now: float, payload: Any
     ) -> list[ClientAction]:
-        seen.add((self.state, kind))
+        seen.add((self.role, self.state, kind))
         return original(self, kind, now, payload)
 
-    monkeypatch.setattr(PeerNegotiation, "_dispatch", recording)
+    monkeypatch.setattr(PeerNegotiation, "_transition", recording)
     scripts = [
         fn
         for name, fn in globals().items()
@@ -1412,9 +1453,7 @@ def test_the_scripts_cover_every_transition(monkeypatch: pytest.MonkeyPatch) -> 
     assert len(scripts) > 40
     for script in scripts:
         script()
-    missing = sorted(
-        (f"{s.value}+{i.value}" for s, i in set(TRANSITIONS) - seen),
-    )
+    missing = sorted(f"{r.value}+{s.value}+{i.value}" for r, s, i in set(TRANSITIONS) - seen)
     assert missing == []
 
 
@@ -1462,3 +1501,137 @@ def test_a_frame_from_an_earlier_session_that_names_ours_is_dropped() -> None:
     )
     out = neg.on_signal(stale, 1.5)
     assert ops(out) == [] and "earlier session" in logs(out)
+
+
+def test_a_new_session_of_the_peer_starts_the_pair_over_in_every_live_state() -> None:
+    for state in ALIVE:
+        for role in roles_reaching(state):
+            neg = reach(state, role)
+            neg.on_signal(with_session(ice(neg, cand(0)), f"{neg.peer_id}.s1"), 49.0)
+            pc, attempts_before = neg.pc, neg.attempts
+            out = neg.on_signal(with_session(ice(neg, cand(1), epoch=0), f"{neg.peer_id}.s2"), 50.0)
+            closed = [] if pc is None else [ClosePeer(peer_id=neg.peer_id, pc=pc)]
+            assert ops(out)[: len(closed)] == closed, (state, role)
+            assert "started our pair over" in logs(out)
+            assert (neg.epoch, neg.attempts, neg.remote_session) == (0, 0, f"{neg.peer_id}.s2")
+            if role is Role.INITIATOR:  # begins again as on start: an offer
+                assert isinstance(ops(out)[-1], CreateOffer), (state, attempts_before)
+                assert neg.state is S.MAKING_OFFER
+            else:  # waits for the initiator's offer
+                assert (neg.state, deadline(neg)) == (S.IDLE, (55.0, "offer-wait"))
+            assert neg.remote_buffer == [cand(1)]  # the frame itself, for the new epoch
+
+
+def test_an_offer_of_a_newer_epoch_in_every_polite_state() -> None:
+    for state in ALIVE:
+        if state is S.WAITING:
+            continue  # the polite side never waits
+        neg = reach(state, Role.POLITE)
+        pc, epoch = neg.pc, neg.epoch
+        out = neg.on_signal(offer(neg, "fresh", epoch=epoch + 1), 50.0)
+        closed = [] if pc is None else [ClosePeer(peer_id=ALICE, pc=pc)]
+        assert ops(out)[: len(closed)] == closed, state
+        assert f"following the initiator to epoch {epoch + 1}" in logs(out)
+        assert (neg.state, neg.epoch) == (S.APPLYING_OFFER, epoch + 1), state
+        assert neg.attempts == (0 if state is S.FAILED else neg.attempts)
+
+
+def test_requests_and_offers_before_the_initiator_started() -> None:
+    # The table takes them in IDLE on either side: a request is put off, an offer taken.
+    neg = initiator()
+    assert neg.on_signal(renegotiate(neg), 0.0) == []
+    assert neg.pending_renegotiation and neg.state is S.IDLE
+    neg = initiator()
+    assert ops(neg.on_signal(offer(neg, "early"), 0.0)) == [
+        CreatePeer(peer_id=BOB, pc=1, initiator=True),
+        PeerConnecting(peer_id=BOB, epoch=0),
+        SetRemoteDescription(peer_id=BOB, pc=1, description=their_desc("offer", "early")),
+    ]
+    assert neg.state is S.APPLYING_OFFER
+
+
+def test_a_failed_initiator_takes_an_offer_with_a_full_budget() -> None:
+    neg = exhausted_initiator()
+    out = neg.on_signal(offer(neg, "polite-offer"), 20.0)
+    assert [type(a).__name__ for a in ops(out)] == [
+        "CreatePeer",
+        "PeerConnecting",
+        "SetRemoteDescription",
+    ]
+    assert (neg.state, neg.attempts) == (S.APPLYING_OFFER, 0)
+
+
+def test_a_second_offer_while_the_initiator_answers_is_a_remote_error() -> None:
+    for state in ANSWERING:
+        neg = reach(state, Role.INITIATOR)
+        out = neg.on_signal(offer(neg, "polite-offer"), 5.0)  # the same one again
+        assert ops(out) == [] and "duplicate" in logs(out)
+        with pytest.raises(RemoteProtocolError, match=rf"remote-offer.*{state.value}"):
+            neg.on_signal(offer(neg, "another-offer"), 5.1)
+        assert neg.state is state
+
+
+def test_the_initiators_offer_waits_while_the_polite_side_applies_its_answer() -> None:
+    neg = reach(S.APPLYING_ANSWER, Role.POLITE)
+    assert neg.on_signal(offer(neg, "offer-3"), 3.3) == []
+    out = neg.on_remote_applied(3.4)
+    assert ops(out) == [
+        SetRemoteDescription(peer_id=ALICE, pc=1, description=their_desc("offer", "offer-3"))
+    ]
+    assert neg.state is S.APPLYING_OFFER
+
+
+def test_polite_disconnected_grace() -> None:
+    neg = stable_polite()
+    neg.on_connection_state("connected", 3.0)
+    neg.on_connection_state("disconnected", 30.0)
+    assert deadline(neg) == (33.0, "disconnected")
+    out = neg.on_timer(33.0)
+    assert "disconnected for too long" in logs(out)
+    assert frames(out) == [renegotiate_frame(ALICE, "failed")]
+    assert neg.state is S.IDLE
+
+
+def test_polite_asks_again_for_the_ice_restart_it_waits_for() -> None:
+    neg = stable_polite(BROWSER, their_caps=BROWSER)
+    neg.on_connection_state("failed", 20.0)
+    assert (neg.state, deadline(neg)) == (S.STABLE, (25.5, "recovery"))
+    out = neg.on_timer(25.5)
+    assert frames(out) == [renegotiate_frame(ALICE, "failed")]
+    assert (neg.state, neg.attempts, deadline(neg)) == (S.STABLE, 2, (31.5, "recovery"))
+
+
+def test_glare_with_a_duplicate_of_the_answered_offer_keeps_our_deadline() -> None:
+    # A duplicated frame of the offer we already answered arrives while we make our own:
+    # we roll back (the offers crossed), the duplicate is dropped, and the deadline of
+    # the offer we gave up still runs; when it passes, it costs an attempt.
+    neg = stable_polite(BROWSER, BROWSER)
+    neg.request_renegotiation(3.0)
+    out = neg.on_signal(offer(neg), 3.1)  # "their-offer" again
+    assert ops(out) == [RollbackLocalDescription(peer_id=ALICE, pc=1)]
+    assert "duplicate" in logs(out)
+    assert (neg.state, deadline(neg)) == (S.STABLE, (13.0, "negotiation"))
+    out = neg.on_timer(13.0)
+    assert "negotiation timed out in stable" in logs(out)
+    assert frames(out) == [renegotiate_frame(ALICE, "failed")]  # an ICE restart, asked for
+    assert (neg.state, neg.attempts) == (S.STABLE, 1)
+
+
+# ----------------------------------------------------------------------- diagrams
+
+
+def test_the_diagrams_draw_every_move_of_the_table() -> None:
+    """Each move ``(state, next state, input)`` of each role, self-loops aside, is drawn
+    (as itself, from ANY, or from the group UNDER_WAY), and nothing else is."""
+    for role in Role:
+        _, _, drawn = _layout(role)
+        assert drawn == _moves(role), role
+
+
+def test_the_diagrams_are_legible_and_all_in_the_docs() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "negotiation.md").read_text()
+    assert DIAGRAMS == ("initiator", "polite", "initiator-recovery", "polite-recovery")
+    for name in DIAGRAMS:
+        chart = diagram(name)
+        assert chart.count("-->") < 20, name
+        assert f"<!-- diagram:{name}:begin -->\n```mermaid\n{chart}\n```" in doc, name
