@@ -46,7 +46,7 @@ from sansio_signal.actions import (
     SendToServer,
     ServerErrorReceived,
 )
-from sansio_signal.client import ClientMachine, ClientState
+from sansio_signal.client import ClientMachine
 from sansio_signal.events import (
     ChatRequested,
     ClientEvent,
@@ -199,8 +199,8 @@ class Client:
         if self._closing:
             return
         self._closing = True
-        if self._ws is not None and self.machine.state is ClientState.JOINED:
-            self._feed(LeaveRequested())
+        self._feed(LeaveRequested())  # what leaving means now is the machine's call
+        if self._ws is not None:
             with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
                 await asyncio.wait_for(self._drain(), 2.0)
         for task in self._tasks:
@@ -395,6 +395,7 @@ class Client:
         delay = 0.25
         while not self._closing:
             close_code: int | None = None
+            opened = False
             try:
                 # No permessage-deflate: signaling frames are small, and compressing
                 # them costs both ends CPU for nothing on the latency path.
@@ -403,6 +404,7 @@ class Client:
                     delay = 0.25
                     self.server_connected_at = asyncio.get_running_loop().time()
                     self._feed(ServerConnected())
+                    opened = True
                     writer = asyncio.get_running_loop().create_task(self._write(ws))
                     try:
                         async for data in ws:
@@ -419,7 +421,7 @@ class Client:
             while not self._outbox.empty():
                 self._outbox.get_nowait()
                 self._outbox.task_done()
-            if self.machine.state is not ClientState.OFFLINE:
+            if opened:
                 self._feed(ServerDisconnected(close_code=close_code))
             self._ws = None
             if not self.reconnect or self._closing:

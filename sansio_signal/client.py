@@ -7,11 +7,20 @@ peer connections. It is fed :data:`~.events.ClientEvent` values with ``now`` and
 with :data:`~.actions.ClientAction` values to run in order: frames for the server,
 operations on peer connections, and notifications for the application.
 
-Its own state (:class:`ClientState`) is about the server::
+Its own state (:class:`ClientState`) is about the server and the room, and the whole
+machine is one table, :data:`TRANSITIONS`: for each ``(state, input)`` the handler and
+the states it may lead to (every step is checked against it, and the diagram in
+docs/architecture.md is drawn from it). A pair missing from the table is our caller's
+error (:class:`~.errors.LocalProtocolError`): a frame while offline, chat outside a
+room. Inputs are the events, with server frames sorted by what they mean (our own
+``user-joined-room``, an error, a frame of the room, an unreadable one) and the timers
+by what they end (the resume window, the wait for absent peers, a peer's deadline)::
 
-    OFFLINE ──ServerConnected──▶ LOBBY ──join──▶ JOINING ──own user-joined-room──▶ JOINED
-       ▲                           ▲                │ error (taken, full, ...)      │
-       └──ServerDisconnected───────┴────────────────┴───────── leave ───────────────┘
+    OFFLINE ──connected──▶ LOBBY ──join──▶ JOINING ──own join──▶ JOINED
+       ▲                     ▲                │ refused             │ │
+       └──disconnected───────┴────────────────┴────── leave ────────┘ │ dropped (resumable)
+                                                                      ▼
+                              JOINED ◀──own join── REJOINING ◀──connected── RESUMING
 
 A join asked for while in a room keeps the current room (and its peers) until the
 server confirms the new one with our own ``user-joined-room``; if the server refuses
@@ -61,7 +70,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 from .actions import (
     ChatReceived,
@@ -101,19 +110,16 @@ from .timers import Timers
 from .trace import fields_of
 from .wire import (
     DEFAULT_LIMITS,
-    Answer,
     Channel,
     ChatMessage,
     CloseCode,
     Error,
     ErrorCode,
-    Ice,
     JoinRoom,
     JSONValue,
     LeaveRoom,
     Limits,
-    Offer,
-    Renegotiate,
+    ServerMessage,
     UserJoinedRoom,
     UserLeftRoom,
     parse_server_frame,
@@ -127,23 +133,62 @@ _JOIN_REFUSALS = frozenset(
 
 
 class ClientState(Enum):
-    """The client's standing with the relay server."""
+    """The client's standing with the relay server (see the module docstring)."""
 
     OFFLINE = "offline"
+    """No server connection, no room held."""
     LOBBY = "lobby"
+    """Connected, in no room."""
     JOINING = "joining"
+    """Connected, a ``join-room`` on its way (a room we are in stays ours until the
+    answer)."""
     JOINED = "joined"
+    """In a room."""
+    RESUMING = "resuming"
+    """The server connection was lost while in a room: the room and its peers are kept
+    for ``resume_window``, waiting for a connection."""
+    REJOINING = "rejoining"
+    """Connected again while resuming: the ``join-room`` with our ``resumeToken`` is on
+    its way."""
 
 
-_RESUME_KEY = " resume"
-"""The timer key of the resume window (peer ids cannot contain a space)."""
+class ClientInput(Enum):
+    """Everything that can happen to a client machine (the keys of :data:`TRANSITIONS`)."""
+
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    JOIN = "join"
+    LEAVE = "leave"
+    CHAT = "chat"
+    RENEGOTIATE = "renegotiate"
+    PEER_CONNECTION = "peer-connection"
+    """A result of a peer-connection operation."""
+    OWN_JOIN = "own-join"
+    """Our own ``user-joined-room``: the answer to a join."""
+    SERVER_ERROR = "server-error"
+    ROOM_FRAME = "room-frame"
+    """Membership, chat or signaling (dropped when not for our room)."""
+    UNREADABLE = "unreadable"
+    """A server frame the codec refused."""
+    RESUME_ENDED = "resume-ended"
+    """The resume window passed."""
+    ABSENT_ENDED = "absent-ended"
+    """The wait for members missing after a rejoin passed."""
+    PEER_DEADLINE = "peer-deadline"
+
+
+class ClientTimer(Enum):
+    """The machine's own deadlines (a peer's deadline is keyed by its id)."""
+
+    RESUME = "resume"
+    ABSENT = "absent"
+
+
 _RESUMABLE_CLOSES = frozenset(
     {None, CloseCode.GOING_AWAY, CloseCode.ABNORMAL, CloseCode.SERVICE_RESTART}
 )
 """Ends of the server connection after which our place may still be ours: a drop (no
 close frame; 1006 is how libraries report it), a server going away or restarting."""
-_ABSENT_KEY = " absent"
-"""The timer key of the wait for absent peers after a rejoin."""
 
 
 class ClientMachine:
@@ -190,8 +235,6 @@ class ClientMachine:
         self.resume_window = resume_window
         self._resume_token: str | None = None
         """The token of our last ``user-joined-room`` (for the room in ``self.room``)."""
-        self.resuming = False
-        """The server connection was lost while in a room; we hope to take it back."""
         self._held_out: list[SendToServer] = []
         self._reconciled_added: set[str] = set()
         self.absent: set[str] = set()
@@ -203,22 +246,26 @@ class ClientMachine:
         """When :meth:`handle_timer` must next be called, or ``None``."""
         return self._timers.next_deadline()
 
+    @property
+    def resuming(self) -> bool:
+        """Whether we hold a room for a resume (``RESUMING`` or ``REJOINING``)."""
+        return self.state in (ClientState.RESUMING, ClientState.REJOINING)
+
     def handle_timer(self, now: float) -> list[ClientAction]:
-        """Run every peer deadline that is due."""
+        """Run every deadline that is due."""
         actions: list[ClientAction] = []
         for key in self._timers.pop_due(now):
-            if key == _RESUME_KEY:
-                actions += self._give_up_resume(now)
+            if key is ClientTimer.RESUME:
+                actions += self._dispatch(ClientInput.RESUME_ENDED, now, None)
                 continue
-            if key == _ABSENT_KEY:
-                for peer_id in sorted(self.absent):
-                    actions += self._remove_peer(self.peers[peer_id], now)
+            if key is ClientTimer.ABSENT:
+                actions += self._dispatch(ClientInput.ABSENT_ENDED, now, None)
                 continue
             peer = self.peers.get(str(key))
             if peer is None:
                 continue
             before = (peer.state.value, peer.epoch)
-            out = self._run(peer, peer.on_timer(now))
+            out = self._dispatch(ClientInput.PEER_DEADLINE, now, peer)
             self._record(now, "in", "TimerFired", {}, peer, before)
             actions += out
         self._record_out(now, actions)
@@ -241,100 +288,139 @@ class ClientMachine:
 
     def _handle(self, event: ClientEvent, now: float) -> list[ClientAction]:
         if isinstance(event, ServerFrameReceived):
-            if self.state is ClientState.OFFLINE:
-                raise LocalProtocolError("a server frame while offline (no ServerConnected)")
-            return self._on_frame(event.text, now)
-        if isinstance(
-            event,
-            LocalDescriptionCreated
-            | RemoteDescriptionApplied
-            | IceCandidateGathered
-            | ConnectionStateChanged
-            | OperationFailed,
-        ):
-            return self._on_pc_event(event, now)
-        if isinstance(event, ServerConnected):
-            if self.state is not ClientState.OFFLINE:
-                raise LocalProtocolError(f"ServerConnected in state {self.state.value}")
-            self.state = ClientState.LOBBY
-            return self._send_join() if self.room_id is not None else []
-        if isinstance(event, ServerDisconnected):
-            if self.state is ClientState.OFFLINE:
-                raise LocalProtocolError("ServerDisconnected while offline")
-            self._joins_in_flight = 0  # their answers went with the connection
-            if self.resuming:  # lost again before the resume went through: keep trying
-                self.state = ClientState.OFFLINE
-                return []
-            resumable = (
-                event.close_code in _RESUMABLE_CLOSES
-                and self.state is ClientState.JOINED
-                and self.room is not None
-                and self.room.room_id == self.room_id
-                and self._resume_token is not None
-                and self.resume_window > 0
+            kind, payload = self._classify(event.text)
+            return self._dispatch(kind, now, payload)
+        event_input = _EVENT_INPUTS.get(type(event))
+        if event_input is None:
+            raise LocalProtocolError(f"ClientMachine cannot handle {type(event).__name__}")
+        return self._dispatch(event_input, now, event)
+
+    def _classify(self, text: str) -> tuple[ClientInput, Any]:
+        """What a server frame means (the codec's verdict included)."""
+        try:
+            message = parse_server_frame(text, self.limits)
+        except WireError as exc:
+            return ClientInput.UNREADABLE, exc
+        if isinstance(message, Error):
+            return ClientInput.SERVER_ERROR, message
+        if isinstance(message, UserJoinedRoom) and message.user_id == self.user_id:
+            return ClientInput.OWN_JOIN, message
+        return ClientInput.ROOM_FRAME, message
+
+    def _dispatch(self, kind: ClientInput, now: float, payload: Any) -> list[ClientAction]:
+        entry = TRANSITIONS.get((self.state, kind))
+        if entry is None:
+            raise LocalProtocolError(
+                f"input {kind.value} is not allowed in state {self.state.value}"
             )
-            if resumable:
-                self.state, self.resuming = ClientState.OFFLINE, True
-                self._timers.schedule(_RESUME_KEY, now + self.resume_window)
-                return [
-                    Log(
-                        level=LogLevel.INFO,
-                        message="server connection lost; keeping room %s for %gs to resume",
-                        args=(self.room_id, self.resume_window),
-                    )
-                ]
-            actions = self._give_up_resume(now) + self._leave_room(now)
-            self.state = ClientState.OFFLINE
-            return actions
-        if isinstance(event, JoinRequested):
-            if not self.limits.valid_id(event.room_id):
-                raise LocalProtocolError(
-                    f"room id {event.room_id!r} does not match {self.limits.id_pattern}"
+        before = self.state
+        actions = entry.handler(self, now, payload)
+        if self.state not in entry.next_states:
+            raise LocalProtocolError(  # the table is wrong: a bug here, not a caller's
+                f"{kind.value} in {before.value} led to {self.state.value}, which the "
+                "transition table does not list"
+            )
+        return actions
+
+    # ------------------------------------------------------------------ handlers
+
+    def _on_connected(self, now: float, _: ServerConnected) -> list[ClientAction]:
+        if self.state is ClientState.RESUMING:
+            return self._send_join()  # with our resume token
+        self.state = ClientState.LOBBY
+        return self._send_join() if self.room_id is not None else []
+
+    def _on_disconnected(self, now: float, event: ServerDisconnected) -> list[ClientAction]:
+        self._joins_in_flight = 0  # their answers went with the connection
+        if self.state is ClientState.REJOINING:  # lost again before the resume went through
+            self.state = ClientState.RESUMING
+            return []
+        resumable = (
+            event.close_code in _RESUMABLE_CLOSES
+            and self.state is ClientState.JOINED
+            and self.room is not None
+            and self.room.room_id == self.room_id
+            and self._resume_token is not None
+            and self.resume_window > 0
+        )
+        if resumable:
+            self.state = ClientState.RESUMING
+            self._timers.schedule(ClientTimer.RESUME, now + self.resume_window)
+            return [
+                Log(
+                    level=LogLevel.INFO,
+                    message="server connection lost; keeping room %s for %gs to resume",
+                    args=(self.room_id, self.resume_window),
                 )
-            # The current room (if any) stays ours until the server confirms the new
-            # one: a refused join leaves us where we were, on the server too.
-            self.room_id, self._token = event.room_id, event.token
-            if self.state is ClientState.OFFLINE:
-                return []
-            return self._send_join()
-        if isinstance(event, LeaveRequested):
-            # A resume in progress ends here: its peers go. Offline, nobody needs telling
-            # (the server's grace will end); with the resuming join on its way, the
-            # leave-room below follows it.
-            given_up = self._give_up_resume(now)
-            target, self.room_id = self.room_id, None
-            if self.state in (ClientState.OFFLINE, ClientState.LOBBY) or target is None:
-                return given_up
-            # While a join is pending we cannot know which room the server will have us
-            # in, so we leave both; one of the two answers not-in-room, harmlessly.
-            rooms = [target]
-            if self.room is not None and self.room.room_id != target:
-                rooms.insert(0, self.room.room_id)
-            actions = self._leave_room(now)
-            self.state = ClientState.LOBBY
-            frames: list[ClientAction] = [
-                SendToServer(message=LeaveRoom(room_id=room)) for room in rooms
             ]
-            return given_up + frames + actions
-        if isinstance(event, ChatRequested):
-            if self.state is not ClientState.JOINED:
-                raise LocalProtocolError(f"chat needs a room (state {self.state.value})")
-            if len(event.text) > self.limits.max_text_chars:
-                raise LocalProtocolError(
-                    f"chat text is {len(event.text)} characters; the limit is "
-                    f"{self.limits.max_text_chars}"
-                )
-            return [SendToServer(message=ChatMessage(text=event.text))]
-        if isinstance(event, RenegotiationRequested):
-            peer = self.peers.get(event.peer_id)
-            if peer is None:
-                raise LocalProtocolError(f"no peer {event.peer_id!r} in our room")
-            return self._run(peer, peer.request_renegotiation(now))
-        raise LocalProtocolError(f"ClientMachine cannot handle {type(event).__name__}")
+        actions = self._leave_room(now)
+        self.state = ClientState.OFFLINE
+        return actions
+
+    def _on_join(self, now: float, event: JoinRequested) -> list[ClientAction]:
+        if not self.limits.valid_id(event.room_id):
+            raise LocalProtocolError(
+                f"room id {event.room_id!r} does not match {self.limits.id_pattern}"
+            )
+        # The current room (if any) stays ours until the server confirms the new one: a
+        # refused join leaves us where we were, on the server too.
+        self.room_id, self._token = event.room_id, event.token
+        if self.state in (ClientState.OFFLINE, ClientState.RESUMING):
+            return []
+        return self._send_join()
+
+    def _on_leave(self, now: float, _: LeaveRequested) -> list[ClientAction]:
+        # A resume in progress ends here: its peers go. Offline, nobody needs telling
+        # (the server's grace will end); with the resuming join on its way, the
+        # leave-room below follows it.
+        given_up = self._give_up_resume(now)
+        target, self.room_id = self.room_id, None
+        if self.state in (ClientState.OFFLINE, ClientState.LOBBY) or target is None:
+            return given_up
+        # While a join is pending we cannot know which room the server will have us
+        # in, so we leave both; one of the two answers not-in-room, harmlessly.
+        rooms = [target]
+        if self.room is not None and self.room.room_id != target:
+            rooms.insert(0, self.room.room_id)
+        actions = self._leave_room(now)
+        self.state = ClientState.LOBBY
+        frames: list[ClientAction] = [
+            SendToServer(message=LeaveRoom(room_id=room)) for room in rooms
+        ]
+        return given_up + frames + actions
+
+    def _on_chat(self, now: float, event: ChatRequested) -> list[ClientAction]:
+        if len(event.text) > self.limits.max_text_chars:
+            raise LocalProtocolError(
+                f"chat text is {len(event.text)} characters; the limit is "
+                f"{self.limits.max_text_chars}"
+            )
+        return [SendToServer(message=ChatMessage(text=event.text))]
+
+    def _on_renegotiate(self, now: float, event: RenegotiationRequested) -> list[ClientAction]:
+        peer = self.peers.get(event.peer_id)
+        if peer is None:
+            raise LocalProtocolError(f"no peer {event.peer_id!r} in our room")
+        return self._run(peer, peer.request_renegotiation(now))
+
+    def _on_resume_ended(self, now: float, _: None) -> list[ClientAction]:
+        return self._give_up_resume(now)
+
+    def _on_absent_ended(self, now: float, _: None) -> list[ClientAction]:
+        actions: list[ClientAction] = []
+        for peer_id in sorted(self.absent):
+            actions += self._remove_peer(self.peers[peer_id], now)
+        return actions
+
+    def _on_peer_deadline(self, now: float, peer: PeerNegotiation) -> list[ClientAction]:
+        return self._run(peer, peer.on_timer(now))
+
+    def _on_unreadable(self, now: float, error: WireError) -> list[ClientAction]:
+        return [ProtocolViolation(peer_id=None, detail=f"unreadable server frame: {error}")]
 
     def _send_join(self) -> list[ClientAction]:
         assert self.room_id is not None
-        self.state = ClientState.JOINING
+        self.state = ClientState.REJOINING if self.resuming else ClientState.JOINING
         self._joins_in_flight += 1
         same_room = self.room is not None and self.room.room_id == self.room_id
         resume = self._resume_token if self.resuming and same_room else None
@@ -370,14 +456,13 @@ class ClientMachine:
         """No resume after all: the room and its peers go (the next join is fresh)."""
         if not self.resuming:
             return []
-        self.resuming = False
+        after = ClientState.OFFLINE if self.state is ClientState.RESUMING else ClientState.JOINING
         self._held_out = []
-        self._timers.cancel(_RESUME_KEY)
-        self._timers.cancel(_ABSENT_KEY)
+        self._timers.cancel(ClientTimer.RESUME)
+        self._timers.cancel(ClientTimer.ABSENT)
         self.absent.clear()
-        state = self.state
         actions = self._leave_room(now)
-        self.state = state
+        self.state = after
         return actions
 
     def _leave_room(self, now: float) -> list[ClientAction]:
@@ -448,12 +533,12 @@ class ClientMachine:
         if peer.peer_id in self.absent:
             self.absent.discard(peer.peer_id)
             if not self.absent:
-                self._timers.cancel(_ABSENT_KEY)
+                self._timers.cancel(ClientTimer.ABSENT)
         actions = self._run(peer, peer.close(now))  # a closed peer has no deadline left
         del self.peers[peer.peer_id]
         return [*actions, PeerLeft(peer_id=peer.peer_id)]
 
-    def _on_pc_event(self, event: PeerConnectionEvent, now: float) -> list[ClientAction]:
+    def _on_pc_event(self, now: float, event: PeerConnectionEvent) -> list[ClientAction]:
         owner = self._pcs.get(event.pc)
         peer = None if owner is None else self.peers.get(owner)
         if peer is None or peer.pc != event.pc:
@@ -478,17 +563,11 @@ class ClientMachine:
 
     # ------------------------------------------------------------------ server frames
 
-    def _on_frame(self, text: str, now: float) -> list[ClientAction]:
-        try:
-            message = parse_server_frame(text, self.limits)
-        except WireError as exc:
-            return [ProtocolViolation(peer_id=None, detail=f"unreadable server frame: {exc}")]
-        if isinstance(message, Error):
-            return self._on_error(message, now)
-        if isinstance(message, UserJoinedRoom) and message.user_id == self.user_id:
-            return self._on_own_join(message, now)
-        # Everything else belongs to the room we are in; frames of a room we already
-        # left (we asked for another while they were on the way) are dropped quietly.
+    def _on_room_frame(self, now: float, message: ServerMessage) -> list[ClientAction]:
+        # Everything but our own join and errors belongs to the room we are in; frames of
+        # a room we already left (we asked for another while they were on the way) are
+        # dropped quietly.
+        assert not isinstance(message, Error)
         if self.room is None or message.room_id != self.room.room_id:
             return [
                 Log(
@@ -507,7 +586,6 @@ class ClientMachine:
                         from_user_id=message.from_user_id, text=message.text, ts=message.ts
                     )
                 ]
-            assert isinstance(message, Offer | Answer | Ice | Renegotiate)
             assert message.from_user_id is not None
             peer = self.peers.get(message.from_user_id)
             if peer is None:
@@ -519,7 +597,7 @@ class ClientMachine:
             peer_id = getattr(message, "from_user_id", None) or getattr(message, "user_id", None)
             return [ProtocolViolation(peer_id=peer_id, detail=str(exc))]
 
-    def _on_error(self, error: Error, now: float) -> list[ClientAction]:
+    def _on_error(self, now: float, error: Error) -> list[ClientAction]:
         actions: list[ClientAction] = [
             ServerErrorReceived(channel=error.channel, code=error.code.value, message=error.message)
         ]
@@ -540,13 +618,14 @@ class ClientMachine:
                 self.state, self.room_id = ClientState.LOBBY, None
         return actions
 
-    def _on_own_join(self, joined: UserJoinedRoom, now: float) -> list[ClientAction]:
+    def _on_own_join(self, now: float, joined: UserJoinedRoom) -> list[ClientAction]:
         # The server answers every join-room we sent, in order; only the answer to the
         # last one describes the room as it is now (a join, leave, join sequence gets
         # two of them, and the first one's participants are out of date).
         self._joins_in_flight = max(0, self._joins_in_flight - 1)
         superseded = self._joins_in_flight > 0
-        if superseded or self.state is not ClientState.JOINING or joined.room_id != self.room_id:
+        pending = self.state in (ClientState.JOINING, ClientState.REJOINING)
+        if superseded or not pending or joined.room_id != self.room_id:
             return [
                 Log(
                     level=LogLevel.DEBUG,
@@ -567,7 +646,7 @@ class ClientMachine:
         self.state = ClientState.JOINED
         self._reconciled_added.clear()
         self.absent.clear()
-        self._timers.cancel(_ABSENT_KEY)
+        self._timers.cancel(ClientTimer.ABSENT)
         actions.append(RoomJoined(room_id=joined.room_id, participants=room.members))
         for peer_id in self.room.members:
             actions += self._add_peer(peer_id, now)
@@ -581,15 +660,14 @@ class ClientMachine:
         and their established connections should survive); then send what the
         negotiations held back. A resume replays the membership frames we missed right
         after this; the first one that repeats a change made here is skipped."""
-        self.resuming = False
-        self._timers.cancel(_RESUME_KEY)
+        self._timers.cancel(ClientTimer.RESUME)
         self.room, self.state = room, ClientState.JOINED
         now_members = set(room.members)
         actions: list[ClientAction] = []
         self._reconciled_added.clear()
         self.absent = {p for p in self.peers if p not in now_members}
         if self.absent:
-            self._timers.schedule(_ABSENT_KEY, now + max(self.resume_window, 1.0))
+            self._timers.schedule(ClientTimer.ABSENT, now + max(self.resume_window, 1.0))
         held, self._held_out = self._held_out, []
         actions += [a for a in held if a.peer_id is None or a.peer_id in now_members]
         actions.append(RoomResumed(room_id=room.room_id, participants=room.members))
@@ -616,7 +694,7 @@ class ClientMachine:
                 return self._remove_peer(self.peers[user_id], now)
             self.absent.discard(user_id)
             if not self.absent:
-                self._timers.cancel(_ABSENT_KEY)
+                self._timers.cancel(ClientTimer.ABSENT)
             self.room.apply(frame)  # back: its negotiation (and connection) carry on
             return [Log(level=LogLevel.INFO, message="%s is back in the room", args=(user_id,))]
         self._reconciled_added.discard(user_id)
@@ -668,3 +746,102 @@ class ClientMachine:
             if isinstance(peer_id, str) and peer_id in self.peers:
                 record["epoch"] = self.peers[peer_id].epoch
             self._trace(record)
+
+
+# --------------------------------------------------------------------------- the table
+
+
+class Transition(NamedTuple):
+    """One entry of :data:`TRANSITIONS`: what runs, and where it may lead."""
+
+    handler: Callable[[ClientMachine, float, Any], list[ClientAction]]
+    next_states: frozenset[ClientState]
+
+
+_EVENT_INPUTS: dict[type, ClientInput] = {
+    ServerConnected: ClientInput.CONNECTED,
+    ServerDisconnected: ClientInput.DISCONNECTED,
+    JoinRequested: ClientInput.JOIN,
+    LeaveRequested: ClientInput.LEAVE,
+    ChatRequested: ClientInput.CHAT,
+    RenegotiationRequested: ClientInput.RENEGOTIATE,
+    LocalDescriptionCreated: ClientInput.PEER_CONNECTION,
+    RemoteDescriptionApplied: ClientInput.PEER_CONNECTION,
+    IceCandidateGathered: ClientInput.PEER_CONNECTION,
+    ConnectionStateChanged: ClientInput.PEER_CONNECTION,
+    OperationFailed: ClientInput.PEER_CONNECTION,
+}
+
+_S = ClientState
+_I = ClientInput
+_M = ClientMachine
+_ONLINE = (_S.LOBBY, _S.JOINING, _S.JOINED, _S.REJOINING)
+
+
+def _to(*states: ClientState) -> frozenset[ClientState]:
+    return frozenset(states)
+
+
+def _stays(
+    kind: ClientInput,
+    handler: Callable[[ClientMachine, float, Any], list[ClientAction]],
+    states: tuple[ClientState, ...] = tuple(ClientState),
+) -> dict[tuple[ClientState, ClientInput], Transition]:
+    """Entries for an input that never changes the state, in each of ``states``."""
+    return {(state, kind): Transition(handler, _to(state)) for state in states}
+
+
+TRANSITIONS: dict[tuple[ClientState, ClientInput], Transition] = {
+    # the server connection
+    (_S.OFFLINE, _I.CONNECTED): Transition(_M._on_connected, _to(_S.LOBBY, _S.JOINING)),
+    (_S.RESUMING, _I.CONNECTED): Transition(_M._on_connected, _to(_S.REJOINING)),
+    (_S.LOBBY, _I.DISCONNECTED): Transition(_M._on_disconnected, _to(_S.OFFLINE)),
+    (_S.JOINING, _I.DISCONNECTED): Transition(_M._on_disconnected, _to(_S.OFFLINE)),
+    (_S.JOINED, _I.DISCONNECTED): Transition(_M._on_disconnected, _to(_S.OFFLINE, _S.RESUMING)),
+    (_S.REJOINING, _I.DISCONNECTED): Transition(_M._on_disconnected, _to(_S.RESUMING)),
+    (_S.RESUMING, _I.RESUME_ENDED): Transition(_M._on_resume_ended, _to(_S.OFFLINE)),
+    (_S.REJOINING, _I.RESUME_ENDED): Transition(_M._on_resume_ended, _to(_S.JOINING)),
+    # what the application asks for
+    (_S.OFFLINE, _I.JOIN): Transition(_M._on_join, _to(_S.OFFLINE)),
+    (_S.RESUMING, _I.JOIN): Transition(_M._on_join, _to(_S.RESUMING)),
+    (_S.LOBBY, _I.JOIN): Transition(_M._on_join, _to(_S.JOINING)),
+    (_S.JOINING, _I.JOIN): Transition(_M._on_join, _to(_S.JOINING)),
+    (_S.JOINED, _I.JOIN): Transition(_M._on_join, _to(_S.JOINING)),
+    (_S.REJOINING, _I.JOIN): Transition(_M._on_join, _to(_S.REJOINING)),
+    (_S.OFFLINE, _I.LEAVE): Transition(_M._on_leave, _to(_S.OFFLINE)),
+    (_S.RESUMING, _I.LEAVE): Transition(_M._on_leave, _to(_S.OFFLINE)),
+    (_S.LOBBY, _I.LEAVE): Transition(_M._on_leave, _to(_S.LOBBY)),
+    (_S.JOINING, _I.LEAVE): Transition(_M._on_leave, _to(_S.LOBBY)),
+    (_S.JOINED, _I.LEAVE): Transition(_M._on_leave, _to(_S.LOBBY)),
+    (_S.REJOINING, _I.LEAVE): Transition(_M._on_leave, _to(_S.LOBBY)),
+    (_S.JOINED, _I.CHAT): Transition(_M._on_chat, _to(_S.JOINED)),
+    **_stays(_I.RENEGOTIATE, _M._on_renegotiate),
+    # the server's answers
+    (_S.JOINING, _I.OWN_JOIN): Transition(_M._on_own_join, _to(_S.JOINING, _S.JOINED)),
+    (_S.REJOINING, _I.OWN_JOIN): Transition(_M._on_own_join, _to(_S.REJOINING, _S.JOINED)),
+    **_stays(_I.OWN_JOIN, _M._on_own_join, (_S.LOBBY, _S.JOINED)),  # not ours to take
+    (_S.JOINING, _I.SERVER_ERROR): Transition(_M._on_error, _to(_S.JOINING, _S.LOBBY, _S.JOINED)),
+    (_S.REJOINING, _I.SERVER_ERROR): Transition(_M._on_error, _to(_S.REJOINING, _S.LOBBY)),
+    **_stays(_I.SERVER_ERROR, _M._on_error, (_S.LOBBY, _S.JOINED)),
+    # the room, the peers and their deadlines
+    **_stays(_I.ROOM_FRAME, _M._on_room_frame, _ONLINE),
+    **_stays(_I.UNREADABLE, _M._on_unreadable, _ONLINE),
+    **_stays(_I.PEER_CONNECTION, _M._on_pc_event),
+    **_stays(_I.PEER_DEADLINE, _M._on_peer_deadline),
+    **_stays(_I.ABSENT_ENDED, _M._on_absent_ended),
+}
+"""``(state, input) → Transition(handler, next states)``; a pair not listed is our
+caller's error. Every step is checked against it, and :func:`diagram` draws it."""
+
+
+def diagram() -> str:
+    """The state changes of :data:`TRANSITIONS` as a Mermaid state diagram (inputs that
+    never change the state are left out; docs/architecture.md embeds it)."""
+    edges: dict[tuple[str, str], list[str]] = {}
+    for (source, kind), entry in TRANSITIONS.items():
+        for target in entry.next_states - {source}:
+            edges.setdefault((source.name, target.name), []).append(kind.value)
+    lines = ["stateDiagram-v2", "    [*] --> OFFLINE"]
+    for (source_name, target_name), kinds in sorted(edges.items()):
+        lines.append(f"    {source_name} --> {target_name}: {', '.join(sorted(kinds))}")
+    return "\n".join(lines)

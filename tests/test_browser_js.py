@@ -68,3 +68,30 @@ def test_js_transition_table_matches_python() -> None:
     }
     difference = {"only in JS": js_keys - py_keys, "only in Python": py_keys - js_keys}
     assert js_keys == py_keys, difference
+
+
+def test_js_client_table_matches_python() -> None:
+    """The client machine's table: the same (state, input) pairs leading to the same
+    states in both languages."""
+    from sansio_signal.client import TRANSITIONS as CLIENT_TRANSITIONS
+
+    script = (
+        f"import({json.dumps(MODULE.as_uri())})"
+        ".then(m => console.log(JSON.stringify(m.clientTransitions())))"
+    )
+    out = subprocess.run(
+        [_node(), "--input-type=module", "-e", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    js_rows = {(state, kind, tuple(targets)) for state, kind, targets in json.loads(out)}
+    py_rows = {
+        (state.value, kind.value, tuple(sorted(s.value for s in entry.next_states)))
+        for (state, kind), entry in CLIENT_TRANSITIONS.items()
+    }
+    assert js_rows == py_rows, {
+        "only in JS": js_rows - py_rows,
+        "only in Python": py_rows - js_rows,
+    }

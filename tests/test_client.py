@@ -687,12 +687,12 @@ def test_misuse_raises_local_protocol_errors() -> None:
         offline.handle(joined("alice"), 0.0)
     with pytest.raises(LocalProtocolError, match="offline"):
         offline.handle(ServerDisconnected(), 0.0)
-    with pytest.raises(LocalProtocolError, match="chat needs a room"):
+    with pytest.raises(LocalProtocolError, match="input chat is not allowed in state offline"):
         offline.handle(ChatRequested(text="hi"), 0.0)
     offline.handle(ServerConnected(), 0.0)
-    with pytest.raises(LocalProtocolError, match="ServerConnected in state lobby"):
+    with pytest.raises(LocalProtocolError, match="input connected is not allowed in state lobby"):
         offline.handle(ServerConnected(), 0.0)
-    with pytest.raises(LocalProtocolError, match="chat needs a room"):
+    with pytest.raises(LocalProtocolError, match="input chat is not allowed in state lobby"):
         offline.handle(ChatRequested(text="hi"), 0.0)
     with pytest.raises(LocalProtocolError, match="room id"):
         offline.handle(JoinRequested(room_id="no spaces allowed"), 0.0)

@@ -54,13 +54,35 @@ export const ClientState = Object.freeze({
   LOBBY: "lobby",
   JOINING: "joining",
   JOINED: "joined",
+  RESUMING: "resuming",
+  REJOINING: "rejoining",
+});
+
+/** Everything that can happen to a client machine (mirrors `client.ClientInput`). */
+export const ClientInput = Object.freeze({
+  CONNECTED: "connected",
+  DISCONNECTED: "disconnected",
+  JOIN: "join",
+  LEAVE: "leave",
+  CHAT: "chat",
+  RENEGOTIATE: "renegotiate",
+  PEER_CONNECTION: "peer-connection",
+  OWN_JOIN: "own-join",
+  SERVER_ERROR: "server-error",
+  ROOM_FRAME: "room-frame",
+  UNREADABLE: "unreadable",
+  RESUME_ENDED: "resume-ended",
+  ABSENT_ENDED: "absent-ended",
+  PEER_DEADLINE: "peer-deadline",
 });
 
 const JOIN_REFUSALS = new Set(["user-id-taken", "room-full", "invalid-id", "unauthorized"]);
 /** Ends of the server connection after which our place may still be ours (mirrors
  * `client._RESUMABLE_CLOSES`; null: the socket dropped without a close frame). */
 const RESUMABLE_CLOSES = new Set([null, CloseCode.GOING_AWAY, CloseCode.ABNORMAL, CloseCode.SERVICE_RESTART]);
-const RESUME_KEY = " resume"; // peer ids cannot contain a space
+/** The machine's own deadlines; a peer's deadline is keyed by its id (mirrors
+ * `client.ClientTimer`; peer ids cannot contain a space). */
+const RESUME_KEY = " resume";
 const ABSENT_KEY = " absent";
 
 /** Our own id in a room's member list, a duplicate, ...: the view cannot be built
@@ -122,7 +144,6 @@ export class ClientMachine {
     this._timers = new Timers();
     this.resumeWindow = resumeWindow;
     this._resumeToken = null;
-    this.resuming = false;
     this._heldOut = [];
     this._reconciledAdded = new Set();
     this.absent = new Set();
@@ -133,92 +154,128 @@ export class ClientMachine {
   /** When handleTimer must next be called, or null. */
   nextDeadline() { return this._timers.nextDeadline(); }
 
+  /** Whether we hold a room for a resume (mirrors `resuming`). */
+  get resuming() { return this.state === ClientState.RESUMING || this.state === ClientState.REJOINING; }
+
   /** Run every deadline that is due (mirrors `handle_timer`). */
   handleTimer(now) {
     const actions = [];
     for (const key of this._timers.popDue(now)) {
       if (key === RESUME_KEY) {
-        actions.push(...this._giveUpResume(now));
+        actions.push(...this._dispatch(ClientInput.RESUME_ENDED, now, null));
         continue;
       }
       if (key === ABSENT_KEY) {
-        for (const peerId of [...this.absent].sort()) actions.push(...this._removePeer(this.peers.get(peerId), now));
+        actions.push(...this._dispatch(ClientInput.ABSENT_ENDED, now, null));
         continue;
       }
       const peer = this.peers.get(key);
       if (peer === undefined) continue;
-      actions.push(...this._run(peer, peer.onTimer(now)));
+      actions.push(...this._dispatch(ClientInput.PEER_DEADLINE, now, peer));
     }
     return actions;
   }
 
   /** Feed one event; returns the actions to run, in order (mirrors `handle`). */
   handle(event, now) {
-    switch (event.type) {
-      case "ServerFrameReceived":
-        if (this.state === ClientState.OFFLINE) throw new LocalProtocolError("a server frame while offline (no ServerConnected)");
-        return this._onFrame(event.text, now);
-      case "LocalDescriptionCreated":
-      case "RemoteDescriptionApplied":
-      case "IceCandidateGathered":
-      case "ConnectionStateChanged":
-      case "OperationFailed":
-        return this._onPcEvent(event, now);
-      case "ServerConnected":
-        if (this.state !== ClientState.OFFLINE) throw new LocalProtocolError(`ServerConnected in state ${this.state}`);
-        this.state = ClientState.LOBBY;
-        return this.roomId !== null ? this._sendJoin() : [];
-      case "ServerDisconnected":
-        return this._onServerDisconnected(event.closeCode ?? null, now);
-      case "JoinRequested": {
-        if (!validId(event.roomId)) throw new LocalProtocolError(`room id ${JSON.stringify(event.roomId)} does not match ${ID_PATTERN}`);
-        // The current room (if any) stays ours until the server confirms the new one.
-        this.roomId = event.roomId;
-        this._token = event.token ?? null;
-        if (this.state === ClientState.OFFLINE) return [];
-        return this._sendJoin();
-      }
-      case "LeaveRequested":
-        return this._onLeave(now);
-      case "ChatRequested": {
-        if (this.state !== ClientState.JOINED) throw new LocalProtocolError(`chat needs a room (state ${this.state})`);
-        const length = codePoints(event.text);
-        if (length > MAX_TEXT_CHARS) {
-          throw new LocalProtocolError(`chat text is ${length} characters; the limit is ${MAX_TEXT_CHARS}`);
-        }
-        return [this._toServer({ channel: Channel.CHAT, type: "chat-message", text: event.text })];
-      }
-      case "RenegotiationRequested": {
-        const peer = this.peers.get(event.peerId);
-        if (peer === undefined) throw new LocalProtocolError(`no peer ${event.peerId} in our room`);
-        return this._run(peer, peer.requestRenegotiation(now));
-      }
-      default:
-        throw new LocalProtocolError(`ClientMachine cannot handle ${event.type}`);
+    if (event.type === "ServerFrameReceived") {
+      const [input, payload] = this._classify(event.text);
+      return this._dispatch(input, now, payload);
     }
+    const input = EVENT_INPUTS[event.type];
+    if (input === undefined) throw new LocalProtocolError(`ClientMachine cannot handle ${event.type}`);
+    return this._dispatch(input, now, event);
+  }
+
+  /** What a server frame means, the codec's verdict included (mirrors `_classify`). */
+  _classify(text) {
+    let message;
+    try {
+      message = parseServerFrame(text);
+    } catch (error) {
+      if (!(error instanceof WireError)) throw error;
+      return [ClientInput.UNREADABLE, error];
+    }
+    if (message.type === "error") return [ClientInput.SERVER_ERROR, message];
+    if (message.type === "user-joined-room" && message.userId === this.userId) return [ClientInput.OWN_JOIN, message];
+    return [ClientInput.ROOM_FRAME, message];
+  }
+
+  /** Mirrors `_dispatch`: the table says what runs and where it may lead. */
+  _dispatch(input, now, payload) {
+    const entry = TRANSITIONS.get(`${this.state}|${input}`);
+    if (entry === undefined) throw new LocalProtocolError(`input ${input} is not allowed in state ${this.state}`);
+    const before = this.state;
+    const actions = entry.handler.call(this, now, payload);
+    if (!entry.nextStates.includes(this.state)) {
+      throw new LocalProtocolError(`${input} in ${before} led to ${this.state}, which the transition table does not list`);
+    }
+    return actions;
+  }
+
+  // ---------------------------------------------------------------- handlers
+
+  _onConnected(now) {
+    if (this.state === ClientState.RESUMING) return this._sendJoin(); // with our resume token
+    this.state = ClientState.LOBBY;
+    return this.roomId !== null ? this._sendJoin() : [];
+  }
+
+  _onJoin(now, event) {
+    if (!validId(event.roomId)) throw new LocalProtocolError(`room id ${JSON.stringify(event.roomId)} does not match ${ID_PATTERN}`);
+    // The current room (if any) stays ours until the server confirms the new one.
+    this.roomId = event.roomId;
+    this._token = event.token ?? null;
+    if (this.state === ClientState.OFFLINE || this.state === ClientState.RESUMING) return [];
+    return this._sendJoin();
+  }
+
+  _onChat(now, event) {
+    const length = codePoints(event.text);
+    if (length > MAX_TEXT_CHARS) throw new LocalProtocolError(`chat text is ${length} characters; the limit is ${MAX_TEXT_CHARS}`);
+    return [this._toServer({ channel: Channel.CHAT, type: "chat-message", text: event.text })];
+  }
+
+  _onRenegotiate(now, event) {
+    const peer = this.peers.get(event.peerId);
+    if (peer === undefined) throw new LocalProtocolError(`no peer ${event.peerId} in our room`);
+    return this._run(peer, peer.requestRenegotiation(now));
+  }
+
+  _onResumeEnded(now) { return this._giveUpResume(now); }
+
+  _onAbsentEnded(now) {
+    const actions = [];
+    for (const peerId of [...this.absent].sort()) actions.push(...this._removePeer(this.peers.get(peerId), now));
+    return actions;
+  }
+
+  _onPeerDeadline(now, peer) { return this._run(peer, peer.onTimer(now)); }
+
+  _onUnreadable(now, error) {
+    return [{ kind: "ProtocolViolation", peerId: null, detail: `unreadable server frame: ${error.message}` }];
   }
 
   // ---------------------------------------------------------------- the server
 
   _toServer(frame, peerId = null) { return { kind: "SendToServer", frame, peerId }; }
 
-  _onServerDisconnected(closeCode, now) {
-    if (this.state === ClientState.OFFLINE) throw new LocalProtocolError("ServerDisconnected while offline");
+  _onDisconnected(now, event) {
+    const closeCode = event.closeCode ?? null;
     this._joinsInFlight = 0; // their answers went with the connection
-    if (this.resuming) { // lost again before the resume went through: keep trying
-      this.state = ClientState.OFFLINE;
+    if (this.state === ClientState.REJOINING) { // lost again before the resume went through
+      this.state = ClientState.RESUMING;
       return [];
     }
     const resumable = RESUMABLE_CLOSES.has(closeCode) && this.state === ClientState.JOINED
       && this.room !== null && this.room.roomId === this.roomId
       && this._resumeToken !== null && this.resumeWindow > 0;
     if (resumable) {
-      this.state = ClientState.OFFLINE;
-      this.resuming = true;
+      this.state = ClientState.RESUMING;
       this._timers.schedule(RESUME_KEY, now + this.resumeWindow);
       return [log("info", `server connection lost; keeping room ${this.roomId} for ${this.resumeWindow}s to resume`)];
     }
-    const actions = this._giveUpResume(now).concat(this._leaveRoom(now));
+    const actions = this._leaveRoom(now);
     this.state = ClientState.OFFLINE;
     return actions;
   }
@@ -238,7 +295,7 @@ export class ClientMachine {
   }
 
   _sendJoin() {
-    this.state = ClientState.JOINING;
+    this.state = this.resuming ? ClientState.REJOINING : ClientState.JOINING;
     this._joinsInFlight += 1;
     const sameRoom = this.room !== null && this.room.roomId === this.roomId;
     const resume = this.resuming && sameRoom ? this._resumeToken : null;
@@ -268,14 +325,13 @@ export class ClientMachine {
   /** No resume after all: the room and its peers go (mirrors `_give_up_resume`). */
   _giveUpResume(now) {
     if (!this.resuming) return [];
-    this.resuming = false;
+    const after = this.state === ClientState.RESUMING ? ClientState.OFFLINE : ClientState.JOINING;
     this._heldOut = [];
     this._timers.cancel(RESUME_KEY);
     this._timers.cancel(ABSENT_KEY);
     this.absent.clear();
-    const state = this.state;
     const actions = this._leaveRoom(now);
-    this.state = state;
+    this.state = after;
     return actions;
   }
 
@@ -347,7 +403,7 @@ export class ClientMachine {
   }
 
   /** Mirrors `_on_pc_event`. */
-  _onPcEvent(event, now) {
+  _onPcEvent(now, event) {
     const owner = this._pcs.get(event.pc);
     const peer = owner === undefined ? undefined : this.peers.get(owner);
     if (peer === undefined || peer.pc !== event.pc) return [log("debug", `dropped ${event.type} for closed connection ${event.pc}`)];
@@ -364,17 +420,8 @@ export class ClientMachine {
 
   // ---------------------------------------------------------------- server frames
 
-  /** Mirrors `_on_frame`. */
-  _onFrame(text, now) {
-    let message;
-    try {
-      message = parseServerFrame(text);
-    } catch (error) {
-      if (!(error instanceof WireError)) throw error;
-      return [{ kind: "ProtocolViolation", peerId: null, detail: `unreadable server frame: ${error.message}` }];
-    }
-    if (message.type === "error") return this._onError(message, now);
-    if (message.type === "user-joined-room" && message.userId === this.userId) return this._onOwnJoin(message, now);
+  /** Membership, chat or signaling of our room (mirrors `_on_room_frame`). */
+  _onRoomFrame(now, message) {
     if (this.room === null || message.roomId !== this.room.roomId) return [log("debug", `dropped ${message.type}: not for our room`)];
     try {
       if (message.type === "user-joined-room" || message.type === "user-left-room") return this._onMembership(message, now);
@@ -391,7 +438,7 @@ export class ClientMachine {
   }
 
   /** Mirrors `_on_error`. */
-  _onError(error, now) {
+  _onError(now, error) {
     const actions = [{ kind: "ServerErrorReceived", channel: error.channel, code: error.code, message: error.message }];
     const refused = error.channel === Channel.ROOMS && JOIN_REFUSALS.has(error.code);
     if (refused) this._joinsInFlight = Math.max(0, this._joinsInFlight - 1);
@@ -410,10 +457,11 @@ export class ClientMachine {
   }
 
   /** Only the answer to our last join counts (mirrors `_on_own_join`). */
-  _onOwnJoin(joined, now) {
+  _onOwnJoin(now, joined) {
     this._joinsInFlight = Math.max(0, this._joinsInFlight - 1);
     const superseded = this._joinsInFlight > 0;
-    if (superseded || this.state !== ClientState.JOINING || joined.roomId !== this.roomId) {
+    const pending = this.state === ClientState.JOINING || this.state === ClientState.REJOINING;
+    if (superseded || !pending || joined.roomId !== this.roomId) {
       return [log("debug", `dropped our join of room ${joined.roomId}: superseded`)];
     }
     let room;
@@ -440,7 +488,6 @@ export class ClientMachine {
   /** In our room again after a resume or a fresh join we cannot tell from one: reconcile
    * (mirrors `_on_resumed`). */
   _onResumed(room, now) {
-    this.resuming = false;
     this._timers.cancel(RESUME_KEY);
     this.room = room;
     this.state = ClientState.JOINED;
@@ -481,4 +528,74 @@ export class ClientMachine {
     if (frame.type === "user-joined-room") return this._addPeer(userId, now);
     return this._removePeer(this.peers.get(userId), now);
   }
+}
+
+// ------------------------------------------------------------------ the table
+
+const EVENT_INPUTS = {
+  ServerConnected: ClientInput.CONNECTED,
+  ServerDisconnected: ClientInput.DISCONNECTED,
+  JoinRequested: ClientInput.JOIN,
+  LeaveRequested: ClientInput.LEAVE,
+  ChatRequested: ClientInput.CHAT,
+  RenegotiationRequested: ClientInput.RENEGOTIATE,
+  LocalDescriptionCreated: ClientInput.PEER_CONNECTION,
+  RemoteDescriptionApplied: ClientInput.PEER_CONNECTION,
+  IceCandidateGathered: ClientInput.PEER_CONNECTION,
+  ConnectionStateChanged: ClientInput.PEER_CONNECTION,
+  OperationFailed: ClientInput.PEER_CONNECTION,
+};
+
+const C = ClientState;
+const I = ClientInput;
+const M = ClientMachine.prototype;
+const ONLINE = [C.LOBBY, C.JOINING, C.JOINED, C.REJOINING];
+const entry = (state, input, handler, nextStates) => [`${state}|${input}`, { handler, nextStates }];
+const stays = (input, handler, states = Object.values(C)) => states.map((s) => entry(s, input, handler, [s]));
+
+/** `(state, input) → {handler, nextStates}` (mirrors `client.TRANSITIONS`; a Python test
+ * compares the two). */
+const TRANSITIONS = new Map([
+  // the server connection
+  entry(C.OFFLINE, I.CONNECTED, M._onConnected, [C.LOBBY, C.JOINING]),
+  entry(C.RESUMING, I.CONNECTED, M._onConnected, [C.REJOINING]),
+  entry(C.LOBBY, I.DISCONNECTED, M._onDisconnected, [C.OFFLINE]),
+  entry(C.JOINING, I.DISCONNECTED, M._onDisconnected, [C.OFFLINE]),
+  entry(C.JOINED, I.DISCONNECTED, M._onDisconnected, [C.OFFLINE, C.RESUMING]),
+  entry(C.REJOINING, I.DISCONNECTED, M._onDisconnected, [C.RESUMING]),
+  entry(C.RESUMING, I.RESUME_ENDED, M._onResumeEnded, [C.OFFLINE]),
+  entry(C.REJOINING, I.RESUME_ENDED, M._onResumeEnded, [C.JOINING]),
+  // what the application asks for
+  entry(C.OFFLINE, I.JOIN, M._onJoin, [C.OFFLINE]),
+  entry(C.RESUMING, I.JOIN, M._onJoin, [C.RESUMING]),
+  entry(C.LOBBY, I.JOIN, M._onJoin, [C.JOINING]),
+  entry(C.JOINING, I.JOIN, M._onJoin, [C.JOINING]),
+  entry(C.JOINED, I.JOIN, M._onJoin, [C.JOINING]),
+  entry(C.REJOINING, I.JOIN, M._onJoin, [C.REJOINING]),
+  entry(C.OFFLINE, I.LEAVE, M._onLeave, [C.OFFLINE]),
+  entry(C.RESUMING, I.LEAVE, M._onLeave, [C.OFFLINE]),
+  entry(C.LOBBY, I.LEAVE, M._onLeave, [C.LOBBY]),
+  entry(C.JOINING, I.LEAVE, M._onLeave, [C.LOBBY]),
+  entry(C.JOINED, I.LEAVE, M._onLeave, [C.LOBBY]),
+  entry(C.REJOINING, I.LEAVE, M._onLeave, [C.LOBBY]),
+  entry(C.JOINED, I.CHAT, M._onChat, [C.JOINED]),
+  ...stays(I.RENEGOTIATE, M._onRenegotiate),
+  // the server's answers
+  entry(C.JOINING, I.OWN_JOIN, M._onOwnJoin, [C.JOINING, C.JOINED]),
+  entry(C.REJOINING, I.OWN_JOIN, M._onOwnJoin, [C.REJOINING, C.JOINED]),
+  ...stays(I.OWN_JOIN, M._onOwnJoin, [C.LOBBY, C.JOINED]),
+  entry(C.JOINING, I.SERVER_ERROR, M._onError, [C.JOINING, C.LOBBY, C.JOINED]),
+  entry(C.REJOINING, I.SERVER_ERROR, M._onError, [C.REJOINING, C.LOBBY]),
+  ...stays(I.SERVER_ERROR, M._onError, [C.LOBBY, C.JOINED]),
+  // the room, the peers and their deadlines
+  ...stays(I.ROOM_FRAME, M._onRoomFrame, ONLINE),
+  ...stays(I.UNREADABLE, M._onUnreadable, ONLINE),
+  ...stays(I.PEER_CONNECTION, M._onPcEvent),
+  ...stays(I.PEER_DEADLINE, M._onPeerDeadline),
+  ...stays(I.ABSENT_ENDED, M._onAbsentEnded),
+]);
+
+/** The table as sorted `[state, input, [next states]]` rows (for the Python test). */
+export function clientTransitions() {
+  return [...TRANSITIONS].map(([k, v]) => [...k.split("|"), [...v.nextStates].sort()]).sort();
 }

@@ -124,7 +124,7 @@ export class SignalingClient extends EventTarget {
   /** Leave the room, close every peer connection and the WebSocket (no reconnect). */
   close() {
     this._closed = true;
-    if (this.machine.state !== "offline") this.feed({ type: "LeaveRequested" });
+    this.feed({ type: "LeaveRequested" }); // what leaving means now is the machine's call
     if (this._ws !== null) this._ws.close(1000, "bye");
     clearTimeout(this._timer);
     for (const conn of this._conns.values()) conn.pc.close();
