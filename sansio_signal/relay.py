@@ -772,3 +772,84 @@ _TRANSITIONS: dict[tuple[Phase, str], _Handler] = {
 """``(phase, message type) → handler``. A missing pair is answered with ``not-in-room``
 (every message except ``join-room`` needs a room); ``CLOSED`` connections never reach
 the table."""
+
+
+# --------------------------------------------------------------------------- the diagram
+#
+# Drawn from the table (:func:`diagram`): the phase each accepted frame leads to, the
+# types a phase refuses because its pairs are missing from the table, and, around the
+# table, the machine's own closes and the end of every connection (``Disconnected``, in
+# any phase: one edge from ``ANY``). Frame types that lead to the same place share one
+# edge, so the picture stays small however many types there are.
+
+_LEADS_TO: dict[_Handler, Phase] = {
+    RelayMachine._on_join: Phase.JOINED,
+    RelayMachine._on_leave: Phase.LOBBY,
+    RelayMachine._on_signal: Phase.JOINED,
+    RelayMachine._on_chat: Phase.JOINED,
+}
+"""Where each handler of the table leaves the connection when it accepts the frame."""
+
+NEXT_PHASE: dict[tuple[Phase, str], Phase] = {
+    key: _LEADS_TO[handler] for key, handler in _TRANSITIONS.items() if handler in _LEADS_TO
+}
+"""``(phase, message type) → phase`` once the frame is accepted: the keys of the relay's
+table and where their handlers lead (a test checks that every key is here, and that the
+machine goes where this says). A refused frame (an error reply) keeps the phase, unless
+the abuse rule closes the connection; a pair missing from the table is refused with
+``not-in-room``. Read-only."""
+
+_OPEN = (Phase.LOBBY, Phase.JOINED)
+
+_CLOSES: tuple[tuple[int, str, tuple[Phase, ...]], ...] = (
+    (CloseCode.GOING_AWAY, "idle", _OPEN),
+    (CloseCode.POLICY, "abuse", _OPEN),
+    (CloseCode.TOO_BIG, "too large", _OPEN),
+    (CloseCode.REPLACED, "replaced", (Phase.JOINED,)),
+)
+"""The machine's own closes, around the table: ``(close code, why, from phases)``. The
+idle deadline, the abuse rule and the size check close any open connection; a resume
+elsewhere closes the member's old connection if it is still open."""
+
+
+def _frame_types(types: set[str]) -> str:
+    """``types`` in the codec's order (rooms, signaling, chat), all the signaling types
+    together written ``webrtc-*``."""
+    names: list[str] = []
+    for channel, allowed in CLIENT_TYPES.items():
+        present = sorted(allowed & types)
+        if channel == Channel.SIGNALING and present and len(present) == len(allowed):
+            present = ["webrtc-*"]
+        names += present
+    return ", ".join(names)
+
+
+def diagram() -> str:
+    """The relay's phases as a Mermaid state diagram, drawn from :data:`NEXT_PHASE` (the
+    table) and the machine's own closes. docs/architecture.md embeds it between
+    ``<!-- diagram:relay:begin -->`` and ``<!-- diagram:relay:end -->``; ``python
+    docs/update_diagram.py`` rewrites it, and a test fails when it is stale."""
+    every_type = {type_ for types in CLIENT_TYPES.values() for type_ in types}
+    accepted: dict[tuple[Phase, Phase], set[str]] = {}
+    for (phase, type_), target in NEXT_PHASE.items():
+        accepted.setdefault((phase, target), set()).add(type_)
+    lines = [
+        "stateDiagram-v2",
+        "    direction LR",
+        '    state "any phase" as ANY',
+        f"    [*] --> {Phase.LOBBY.name}: Connected",
+    ]
+    for phase in _OPEN:
+        for target in _OPEN:
+            if (phase, target) in accepted:
+                types = _frame_types(accepted[phase, target])
+                lines.append(f"    {phase.name} --> {target.name}: {types}")
+        refused = every_type - {type_ for (p, type_) in NEXT_PHASE if p is phase}
+        if refused:
+            types = _frame_types(refused)
+            lines.append(f"    {phase.name} --> {phase.name}: {types} → not-in-room")
+    for phase in _OPEN:
+        closes = ", ".join(f"{code} {why}" for code, why, phases in _CLOSES if phase in phases)
+        lines.append(f"    {phase.name} --> {Phase.CLOSED.name}: {closes}")
+    lines.append("    ANY --> [*]: Disconnected")
+    return "\n".join(lines)
