@@ -1,6 +1,17 @@
 // negotiation.js — the negotiation with one remote peer: a port of
 // `sansio_signal.negotiation` (its module docstring is the theory of operation). Pure;
 // see machine.js.
+//
+// As in Python, the table decides: everything that can happen to a pair is an `Input`,
+// and the table at the end of this module says, for each (role, state, input), which
+// handler runs and every state the pair may be in afterwards. `_dispatch` looks the key
+// up, runs the handler and checks the state reached against the entry (a mismatch is a
+// LocalProtocolError: the table is wrong). A missing key is a RemoteProtocolError when
+// the input came from the peer, a LocalProtocolError when it came from our own side.
+// Handlers never ask which state or role they run in; a step that is two transitions
+// raises its follow-up input (`_raise`), which runs through the table right after it.
+// `negotiationTransitions()` lists the table; a Python test compares it with
+// `negotiation.TRANSITIONS`.
 
 import {
   CHANNEL_LABEL,
@@ -80,30 +91,93 @@ export const NegState = Object.freeze({
   CLOSED: "closed",
 });
 
-/** Everything that can happen to a pair (mirrors `negotiation.Input`; same values). */
+/** Our side of a pair (mirrors `negotiation.Role`; same values). */
+export const Role = Object.freeze({ INITIATOR: "initiator", POLITE: "polite" });
+
+/** The current peer connection's `connectionState`, as far as we care (mirrors
+ * `negotiation.Link`; same values). */
+export const Link = Object.freeze({
+  NEW: "new",
+  CONNECTING: "connecting",
+  CONNECTED: "connected",
+  DISCONNECTED: "disconnected",
+  FAILED: "failed",
+});
+
+/** Everything that can happen to a pair: one input of the table each (mirrors
+ * `negotiation.Input`; same values). */
 export const Input = Object.freeze({
+  // our side
   START: "start",
-  REMOTE_OFFER: "remote-offer",
-  REMOTE_ANSWER: "remote-answer",
-  REMOTE_CANDIDATE: "remote-candidate",
-  REMOTE_RENEGOTIATE: "remote-renegotiate",
+  CLOSE: "close",
+  RENEGOTIATE_REQUESTED: "renegotiate-requested",
+  // results from our peer connection
   LOCAL_DESCRIPTION: "local-description",
   REMOTE_APPLIED: "remote-applied",
   CANDIDATE_GATHERED: "candidate-gathered",
   CONNECTION_STATE: "connection-state",
   OPERATION_FAILED: "operation-failed",
-  RENEGOTIATE_REQUESTED: "renegotiate-requested",
+  // frames from the peer
+  REMOTE_OFFER: "remote-offer",
+  REMOTE_ANSWER: "remote-answer",
+  REMOTE_CANDIDATE: "remote-candidate",
+  REMOTE_RENEGOTIATE: "remote-renegotiate",
+  PEER_RESTARTED: "peer-restarted", // a frame from a new session of the peer that names none of ours
+  NEWER_EPOCH: "newer-epoch", // an offer of an epoch after ours: the initiator started over
+  // the clock: `timer` when nothing is due, else the due deadline's own input
   TIMER: "timer",
-  CLOSE: "close",
+  NEGOTIATION_TIMEOUT: "negotiation-timeout",
+  CONNECT_TIMEOUT: "connect-timeout",
+  OFFER_WAIT_TIMEOUT: "offer-wait-timeout",
+  RECOVERY_TIMEOUT: "recovery-timeout",
+  BACKOFF_TIMEOUT: "backoff-timeout",
+  DISCONNECTED_TIMEOUT: "disconnected-timeout",
+  // raised by a handler, never fed from outside
+  ATTEMPT_FAILED: "attempt-failed", // one attempt failed (its payload says why)
 });
 
+/** The inputs that come from the peer (a frame) rather than our side (mirrors
+ * `Input.remote`). */
 const REMOTE_INPUTS = new Set([
   Input.REMOTE_OFFER,
   Input.REMOTE_ANSWER,
   Input.REMOTE_CANDIDATE,
   Input.REMOTE_RENEGOTIATE,
+  Input.PEER_RESTARTED,
+  Input.NEWER_EPOCH,
 ]);
-const HOLD_LOCAL = new Set([NegState.MAKING_OFFER, NegState.APPLYING_OFFER, NegState.MAKING_ANSWER]);
+
+/** What a pair's one deadline is for (mirrors `negotiation.Deadline`; same values). */
+export const Deadline = Object.freeze({
+  NEGOTIATION: "negotiation", // an exchange started must be stable by then
+  CONNECT: "connect", // stable, the connection must be connected by then
+  OFFER_WAIT: "offer-wait", // polite side: the initiator's offer is due by then
+  RECOVERY: "recovery", // polite side, after reporting a failure: the new offer is due by then
+  BACKOFF: "backoff", // initiator: the back-off before a fresh connection ends then
+  DISCONNECTED: "disconnected", // a disconnected connection must be back by then
+});
+
+/** The input dispatched when a deadline passes (mirrors `Deadline.expired`). */
+const EXPIRED = Object.freeze({
+  [Deadline.NEGOTIATION]: Input.NEGOTIATION_TIMEOUT,
+  [Deadline.CONNECT]: Input.CONNECT_TIMEOUT,
+  [Deadline.OFFER_WAIT]: Input.OFFER_WAIT_TIMEOUT,
+  [Deadline.RECOVERY]: Input.RECOVERY_TIMEOUT,
+  [Deadline.BACKOFF]: Input.BACKOFF_TIMEOUT,
+  [Deadline.DISCONNECTED]: Input.DISCONNECTED_TIMEOUT,
+});
+
+/** The deadlines that a `connected` connection makes moot. */
+const ENDED_BY_CONNECTING = new Set([Deadline.CONNECT, Deadline.DISCONNECTED, Deadline.RECOVERY]);
+
+/** Why some inputs are missing from the table for a whole role, for the error message
+ * (mirrors `_WHY_REFUSED`). */
+const WHY_REFUSED = new Map([
+  [`${Role.POLITE}|${Input.REMOTE_RENEGOTIATE}`, () => "webrtc-renegotiate from the initiator: only the polite side asks for offers"],
+  [`${Role.INITIATOR}|${Input.NEWER_EPOCH}`, (epoch) => (
+    `an offer of epoch ${epoch}, ahead of the initiator's own: only the initiator moves the epoch on`
+  )],
+]);
 
 
 // ------------------------------------------------------------------ PeerNegotiation
@@ -117,7 +191,7 @@ export class PeerNegotiation {
     if (ourId === peerId) throw new LocalProtocolError(`a peer negotiation with ourselves (${ourId})`);
     this.ourId = ourId;
     this.peerId = peerId;
-    this.isInitiator = initiatorOf(ourId, peerId) === ourId;
+    this.role = initiatorOf(ourId, peerId) === ourId ? Role.INITIATOR : Role.POLITE;
     this.capabilities = capabilities;
     this.remoteCapabilities = NO_CAPABILITIES;
     this.session = session;
@@ -129,13 +203,14 @@ export class PeerNegotiation {
     this.state = NegState.IDLE;
     this.epoch = 0;
     this.pc = null;
-    this.link = "new";
+    this.link = Link.NEW;
     this.attempts = 0;
     this.deadline = null;
     this.deadlineKind = null;
     this.pendingRenegotiation = false;
     this.remoteBuffer = [];
     this.offersSent = 0; // offers sent in this session; each carries its number as `seq`
+    this._raised = null;
     this._resetConnectionState();
   }
 
@@ -152,35 +227,49 @@ export class PeerNegotiation {
 
   // ---------------------------------------------------------------- inputs
 
+  /** Whether we make the offers for this pair. */
+  get isInitiator() { return this.role === Role.INITIATOR; }
+
   start(now) { return this._dispatch(Input.START, now, null); }
   close(now) { return this._dispatch(Input.CLOSE, now, null); }
   requestRenegotiation(now) { return this._dispatch(Input.RENEGOTIATE_REQUESTED, now, null); }
-  onTimer(now) { return this._dispatch(Input.TIMER, now, null); }
+
+  /** The clock says `now`: our deadline's own input if it is due, else `timer` (mirrors
+   * `on_timer`). */
+  onTimer(now) {
+    const kind = this.deadlineKind;
+    const when = this.deadline;
+    if (kind !== null && when !== null && now >= when) return this._dispatch(EXPIRED[kind], now, null);
+    return this._dispatch(Input.TIMER, now, null);
+  }
+
   onLocalDescription(description, now) { return this._dispatch(Input.LOCAL_DESCRIPTION, now, description); }
   onRemoteApplied(now) { return this._dispatch(Input.REMOTE_APPLIED, now, null); }
   onCandidateGathered(candidate, now) { return this._dispatch(Input.CANDIDATE_GATHERED, now, candidate); }
   onConnectionState(state, now) { return this._dispatch(Input.CONNECTION_STATE, now, state); }
   onOperationFailed(operation, error, now) { return this._dispatch(Input.OPERATION_FAILED, now, [operation, error]); }
 
-  /** A parsed signaling frame from the peer (mirrors `PeerNegotiation.on_signal`). */
+  /** A parsed signaling frame from the peer (mirrors `PeerNegotiation.on_signal`): frames
+   * of another session or epoch are dropped first; a new session of the peer is the input
+   * `peer-restarted`, an offer of a newer epoch `newer-epoch`; then the frame itself is
+   * the input of its type. */
   onSignal(message, now) {
     const { pair } = message;
-    if (message.epochless) this.remoteEpochless = true;
+    if (message.epochless) this.remoteEpochless = true; // absent or null: a peer without epochs
     const stale = this._stale(message, pair);
     if (stale !== null) return [this._log("debug", `dropped ${message.type}: ${stale}`)];
-    let actions = [];
-    const { sid, epoch } = pair;
-    if (sid !== null && sid !== this.remoteSession) {
-      const restarted = this.remoteSession !== null;
-      this.remoteSession = sid;
-      if (restarted) actions = this._startOver(epoch, now); // a new session of theirs
-    }
     const isOffer = message.type === "webrtc-offer";
+    let actions = [];
+    if (pair.sid !== null && this.remoteSession !== null && this.remoteSession !== pair.sid) {
+      actions = this._dispatch(Input.PEER_RESTARTED, now, pair.epoch);
+    } else if (isOffer && pair.epoch > this.epoch) {
+      actions = this._dispatch(Input.NEWER_EPOCH, now, pair.epoch);
+    }
+    if (pair.sid !== null) this.remoteSession = pair.sid;
     if ((isOffer || message.type === "webrtc-answer") && pair.caps !== null) {
       this.remoteCapabilities = capsFromWire(pair.caps);
     }
     if (isOffer) {
-      if (epoch > this.epoch) actions.push(...this._follow(epoch, `epoch ${epoch}`));
       // Duplicates are told apart by the sender's offer number when it sends one: aiortc
       // makes byte-equal offers when renegotiating without a change (mirrors `RemoteOffer`).
       const key = pair.seq !== null ? `#${pair.seq}` : message.description.sdp;
@@ -195,38 +284,67 @@ export class PeerNegotiation {
   _stale(message, pair) {
     const { rsid, sid, epoch } = pair;
     if (rsid !== null && rsid !== this.session) return `addressed to our earlier session ${rsid}`;
-    const newSession = sid !== null && sid !== this.remoteSession;
-    if (newSession && this.remoteSession !== null) {
-      if (rsid === null) return null; // their side started the pair over: so do we (_startOver)
+    if (sid !== null && this.remoteSession !== null && this.remoteSession !== sid) {
+      if (rsid === null) return null; // their side started the pair over: so do we (peer-restarted)
       return `from their earlier session ${sid}`;
     }
     if (epoch < this.epoch) return `stale epoch ${epoch} (ours is ${this.epoch})`;
-    if (epoch > this.epoch) {
-      if (message.type !== "webrtc-offer") return `future epoch ${epoch} (ours is ${this.epoch})`;
-      if (this.isInitiator) {
-        throw new RemoteProtocolError(
-          `offer of epoch ${epoch} from ${this.peerId}, ahead of the initiator's epoch ${this.epoch}`,
-        );
-      }
-    }
-    return null;
+    if (epoch > this.epoch && message.type !== "webrtc-offer") return `future epoch ${epoch} (ours is ${this.epoch})`;
+    return null; // a newer offer is the table's to judge (newer-epoch)
   }
 
   // ---------------------------------------------------------------- dispatch
 
+  /** Run `input` through the table, then each input its handler raised (mirrors
+   * `_dispatch`). */
   _dispatch(input, now, payload) {
-    const handler = TABLE.get(key(this.state, input));
-    if (handler === undefined) {
-      const detail = `peer ${this.peerId}: input ${input} is not allowed in state ${this.state}`;
+    let step = [input, payload];
+    const actions = [];
+    try {
+      while (step !== null) {
+        actions.push(...this._transition(step[0], now, step[1]));
+        step = this._raised;
+        this._raised = null;
+      }
+    } finally {
+      this._raised = null;
+    }
+    return actions;
+  }
+
+  /** One entry of the table: refuse a missing key, run the handler, check where it led
+   * (mirrors `_transition`). */
+  _transition(input, now, payload) {
+    const before = this.state;
+    const entry = TRANSITIONS.get(`${this.role}|${before}|${input}`);
+    if (entry === undefined) {
+      let detail = `peer ${this.peerId}: input ${input} is not allowed in state ${before} on the ${this.role} side`;
+      const why = WHY_REFUSED.get(`${this.role}|${input}`);
+      if (why !== undefined) detail += ` (${why(payload)})`;
       throw REMOTE_INPUTS.has(input) ? new RemoteProtocolError(detail) : new LocalProtocolError(detail);
     }
-    return handler.call(this, now, payload);
+    const actions = entry.handler.call(this, now, payload);
+    if (!entry.nextStates.has(this.state)) {
+      // the table below is wrong: a bug here, not a caller's
+      throw new LocalProtocolError(
+        `peer ${this.peerId}: ${input} in ${before} on the ${this.role} side led to ${this.state}, `
+        + "which the transition table does not list",
+      );
+    }
+    return actions;
+  }
+
+  /** Have `input` run through the table right after the current one (mirrors `_raise`). */
+  _raise(input, payload = null) {
+    if (this._raised !== null) throw new Error("one follow-up input per step");
+    this._raised = [input, payload];
   }
 
   // ---------------------------------------------------------------- helpers
 
   _log(level, text) { return log(level, `[${this.peerId}] ${text}`); }
-  _setDeadline(when, kind) { this.deadline = when; this.deadlineKind = kind; }
+  _arm(kind, when) { this.deadline = when; this.deadlineKind = kind; }
+  _disarm() { this.deadline = null; this.deadlineKind = null; }
   _send(type, fields) {
     return { kind: "SendToServer", frame: { channel: Channel.SIGNALING, type, toUserId: this.peerId, ...fields }, peerId: this.peerId };
   }
@@ -240,13 +358,18 @@ export class PeerNegotiation {
 
   /** Mirrors `_next_epoch`: a peer that sends no epochs keeps every connection at 0. */
   _nextEpoch() { this.epoch = this.remoteEpochless ? 0 : this.epoch + 1; }
-  _bothRestart() { return this.capabilities.iceRestart && this.remoteCapabilities.iceRestart; }
-  _mayOffer() { return this.isInitiator || this.capabilities.rollback; }
+
+  /** Whether a failure can be repaired on this connection by an ICE restart (mirrors
+   * `_can_restart_ice`). */
+  _canRestartIce() {
+    const both = this.capabilities.iceRestart && this.remoteCapabilities.iceRestart;
+    return this.pc !== null && this.hasRemote && both;
+  }
 
   /** A fresh peer connection for the current epoch (mirrors `_open_pc`). */
   _openPc() {
     this.pc = this._newPc();
-    this.link = "new";
+    this.link = Link.NEW;
     this._resetConnectionState();
     return [
       { kind: "CreatePeer", peerId: this.peerId, pc: this.pc, initiator: this.isInitiator },
@@ -254,7 +377,7 @@ export class PeerNegotiation {
     ];
   }
 
-  /** Mirrors `_close_pc`. */
+  /** Close the current connection; candidates held for it go with it (mirrors `_close_pc`). */
   _closePc() {
     const pc = this.pc;
     this.pc = null;
@@ -263,35 +386,12 @@ export class PeerNegotiation {
     return pc === null ? [] : [{ kind: "ClosePeer", peerId: this.peerId, pc }];
   }
 
-  /** The peer started our pair over: drop the connection and begin again as on start,
-   * at their epoch (mirrors `_start_over`). */
-  _startOver(epoch, now) {
-    const actions = this._closePc();
-    this.epoch = epoch;
-    this.attempts = 0;
-    this.pendingRenegotiation = false;
-    this.state = NegState.IDLE;
-    this._setDeadline(null, null);
-    actions.push(this._log("info", "the peer started our pair over"));
-    return actions.concat(this._dispatch(Input.START, now, null));
-  }
-
-  /** Polite side: the initiator started over with a fresh connection (mirrors `_follow`). */
-  _follow(epoch, why) {
-    const actions = this._closePc();
-    this.epoch = epoch;
-    if (this.state === NegState.FAILED) this.attempts = 0;
-    this.state = NegState.IDLE;
-    actions.push(this._log("info", `following the initiator to ${why}`));
-    return actions;
-  }
-
   /** Mirrors `_make_offer`. */
   _makeOffer(now, iceRestart = false) {
     const actions = this.pc === null ? this._openPc() : [];
     this.pendingRenegotiation = false;
     this.state = NegState.MAKING_OFFER;
-    this._setDeadline(now + this.config.negotiationTimeout, "negotiation");
+    this._arm(Deadline.NEGOTIATION, now + this.config.negotiationTimeout);
     actions.push({ kind: "CreateOffer", peerId: this.peerId, pc: this.pc, iceRestart });
     actions.push(this._log("info", `Creating offer for peer: ${this.peerId} (epoch ${this.epoch}${iceRestart ? ", ICE restart" : ""})`));
     return actions;
@@ -328,73 +428,72 @@ export class PeerNegotiation {
     return this._send("webrtc-ice", this._signalFields({ candidate: candidate === null ? null : candidateToWire(candidate) }));
   }
 
-  /** Reached STABLE: arm the connect deadline and run what was put off (mirrors `_after_stable`). */
-  _afterStable(now) {
+  /** Reached STABLE: arm the connect deadline and raise what was put off (the offer that
+   * waited for our answer to be applied, or a renegotiation) (mirrors `_settle`). */
+  _settle(now) {
     this.state = NegState.STABLE;
-    if (this.link === "connected") this._setDeadline(null, null);
-    else this._setDeadline(now + this.config.connectTimeout, "connect");
+    if (this.link === Link.CONNECTED) this._disarm();
+    else this._arm(Deadline.CONNECT, now + this.config.connectTimeout);
     if (this.queuedOffer !== null) {
       const offer = this.queuedOffer;
       this.queuedOffer = null;
-      return this._onRemoteOffer(now, offer);
+      this._raise(Input.REMOTE_OFFER, offer);
+    } else if (this.pendingRenegotiation) {
+      this._raise(Input.RENEGOTIATE_REQUESTED);
     }
-    if (!this.pendingRenegotiation) return [];
-    if (this._mayOffer()) return this._makeOffer(now);
-    this.pendingRenegotiation = false;
-    return [this._askForOffer("renegotiate")];
   }
 
-  /** One attempt failed: retry (restart, recreate or ask) or give up (mirrors `_failure`). */
-  _failure(now, reason) {
+  _countFailure(reason) {
     this.attempts += 1;
-    const actions = [this._log("warning", `attempt ${this.attempts} failed: ${reason}`)];
-    if (this.attempts > this.config.maxRetries) return actions.concat(this._giveUp(reason));
-    const keepPc = this.state === NegState.STABLE && this.pc !== null && this.hasRemote && this._bothRestart();
-    if (this.isInitiator) {
-      if (keepPc) return actions.concat(this._makeOffer(now, true));
-      actions.push(...this._closePc());
-      this.state = NegState.WAITING;
-      this._setDeadline(now + backoff(this.config, this.attempts, this._jitter()), "backoff");
-      return actions;
-    }
-    if (!keepPc) {
-      actions.push(...this._closePc());
-      this.state = NegState.IDLE;
-    }
-    actions.push(this._askForOffer("failed"));
-    const wait = this.config.offerWait + backoff(this.config, this.attempts, this._jitter());
-    this._setDeadline(now + wait, "recovery");
-    return actions;
+    return [this._log("warning", `attempt ${this.attempts} failed: ${reason}`)];
   }
 
   _giveUp(reason) {
     const actions = this._closePc();
     this.state = NegState.FAILED;
-    this._setDeadline(null, null);
+    this._disarm();
     return [...actions, { kind: "PeerFailed", peerId: this.peerId, reason }];
   }
 
-  /** From FAILED, on a fresh request: start over with a full budget (mirrors `_revive`). */
-  _revive(now) {
-    this.attempts = 0;
-    if (this.isInitiator) {
-      this._nextEpoch();
-      return this._makeOffer(now);
-    }
-    this.state = NegState.IDLE;
-    this._setDeadline(now + this.config.offerWait, "offer-wait");
-    return [this._askForOffer("renegotiate")];
+  /** Initiator: close the connection; a fresh one follows the back-off (mirrors
+   * `_close_and_back_off`). */
+  _closeAndBackOff(now) {
+    const actions = this._closePc();
+    this.state = NegState.WAITING;
+    this._arm(Deadline.BACKOFF, now + backoff(this.config, this.attempts, this._jitter()));
+    return actions;
+  }
+
+  /** Polite side: tell the initiator, and wait a while for its new offer (mirrors
+   * `_report_failure`). */
+  _reportFailure(now) {
+    const wait = this.config.offerWait + backoff(this.config, this.attempts, this._jitter());
+    this._arm(Deadline.RECOVERY, now + wait);
+    return [this._askForOffer("failed")];
   }
 
   // ---------------------------------------------------------------- handlers
+  // Each takes `(now, payload)`; the table says where each may lead.
 
-  _onStart(now) {
-    if (this.isInitiator) return this._makeOffer(now);
-    this._setDeadline(now + this.config.offerWait, "offer-wait");
+  _startOffering(now) { return this._makeOffer(now); }
+
+  _startWaiting(now) {
+    this._arm(Deadline.OFFER_WAIT, now + this.config.offerWait);
     return [];
   }
 
-  _onLocalOffer(now, description) {
+  _close() {
+    const actions = this._closePc();
+    this.state = NegState.CLOSED;
+    this._disarm();
+    return actions;
+  }
+
+  _nothingDue() { return []; }
+
+  // our own descriptions
+
+  _sendOffer(now, description) {
     this.state = NegState.HAVE_LOCAL_OFFER;
     this.offersSent += 1;
     const offer = this._send("webrtc-offer", this._signalFields({
@@ -403,15 +502,17 @@ export class PeerNegotiation {
     return [offer, ...this._flushLocal()];
   }
 
-  _onLocalAnswer(now, description) {
+  _sendAnswer(now, description) {
     const answer = this._send("webrtc-answer", this._signalFields({
       answer: { type: description.type, sdp: description.sdp }, caps: capsToWire(this.capabilities),
     }));
-    return [answer, ...this._flushLocal(), ...this._afterStable(now)];
+    const actions = [answer, ...this._flushLocal()];
+    this._settle(now);
+    return actions;
   }
 
   /** The result of an offer we rolled back: it no longer matters. */
-  _onAbandonedResult() {
+  _dropAbandonedOffer() {
     if (this.abandonedOffers === 0) {
       throw new LocalProtocolError(`peer ${this.peerId}: input local-description is not allowed in state ${this.state}`);
     }
@@ -419,7 +520,9 @@ export class PeerNegotiation {
     return [];
   }
 
-  _onRemoteAnswer(now, description) {
+  // the peer's descriptions
+
+  _applyAnswer(now, description) {
     this.state = NegState.APPLYING_ANSWER;
     return [
       { kind: "SetRemoteDescription", peerId: this.peerId, pc: this.pc, description },
@@ -427,97 +530,149 @@ export class PeerNegotiation {
     ];
   }
 
-  _onAnswerApplied(now) { return this._flushRemote().concat(this._afterStable(now)); }
+  _answerApplied(now) {
+    const actions = this._flushRemote();
+    this._settle(now);
+    return actions;
+  }
 
-  _onRemoteOffer(now, offer) {
-    const { description } = offer;
+  _applyOffer(now, offer) {
     if (offer.key === this.lastRemoteOffer) return [this._log("debug", "dropped a duplicate offer")];
-    const actions = [];
-    if (this.state === NegState.FAILED) this.attempts = 0;
-    if (this.pc === null) actions.push(...this._openPc());
+    const actions = this.pc === null ? this._openPc() : [];
     this.lastRemoteOffer = offer.key;
     this.state = NegState.APPLYING_OFFER;
-    this._setDeadline(now + this.config.negotiationTimeout, "negotiation");
-    actions.push({ kind: "SetRemoteDescription", peerId: this.peerId, pc: this.pc, description });
+    this._arm(Deadline.NEGOTIATION, now + this.config.negotiationTimeout);
+    actions.push({ kind: "SetRemoteDescription", peerId: this.peerId, pc: this.pc, description: offer.description });
     actions.push(this._log("info", `Received offer from: ${this.peerId} (epoch ${this.epoch})`));
     return actions;
   }
 
-  /** Offers crossed: the initiator ignores theirs, the polite side yields (mirrors `_on_glare`). */
-  _onGlare(now, offer) {
-    if (this.isInitiator) return [this._log("info", "glare: ignoring the polite side's offer")];
-    if (this.state === NegState.MAKING_OFFER) this.abandonedOffers += 1;
+  /** Offers crossed: the initiator's goes on. */
+  _ignorePoliteOffer() { return [this._log("info", "glare: ignoring the polite side's offer")]; }
+
+  /** Offers crossed: the polite side yields, and takes theirs once stable. */
+  _rollBackSentOffer(now, offer) {
     this.pendingRenegotiation = true; // our own change still needs an exchange
-    const rollback = { kind: "RollbackLocalDescription", peerId: this.peerId, pc: this.pc };
     this.localBuffer = [];
     this.state = NegState.STABLE;
-    return [rollback, this._log("info", "glare: rolling back our offer"), ...this._onRemoteOffer(now, offer)];
+    this._raise(Input.REMOTE_OFFER, offer);
+    return [
+      { kind: "RollbackLocalDescription", peerId: this.peerId, pc: this.pc },
+      this._log("info", "glare: rolling back our offer"),
+    ];
   }
 
-  /** Mirrors `_on_offer_while_busy`. */
-  _onOfferWhileBusy(now, offer) {
+  /** As `_rollBackSentOffer`, while our CreateOffer is still running: its result, when it
+   * comes, is ignored. */
+  _rollBackUnfinishedOffer(now, offer) {
+    this.abandonedOffers += 1;
+    return this._rollBackSentOffer(now, offer);
+  }
+
+  /** An offer while we apply an answer (the peer answered, then offered at once): it is
+   * applied as soon as we are stable. Only one can wait. */
+  _queueOffer(now, offer) {
     const queued = this.queuedOffer === null ? null : this.queuedOffer.key;
-    if (offer.key === this.lastRemoteOffer || offer.key === queued) {
-      return [this._log("debug", "dropped a duplicate offer")];
-    }
-    if (this.state !== NegState.APPLYING_ANSWER || this.queuedOffer !== null) {
+    if (offer.key === this.lastRemoteOffer || offer.key === queued) return [this._log("debug", "dropped a duplicate offer")];
+    if (this.queuedOffer !== null) {
       throw new RemoteProtocolError(`peer ${this.peerId}: input remote-offer is not allowed in state ${this.state}`);
     }
     this.queuedOffer = offer;
     return [];
   }
 
-  _onOfferApplied(now) {
+  /** An offer while we answer theirs: a duplicate, or an error. */
+  _refuseSecondOffer(now, offer) {
+    const queued = this.queuedOffer === null ? null : this.queuedOffer.key;
+    if (offer.key === this.lastRemoteOffer || offer.key === queued) return [this._log("debug", "dropped a duplicate offer")];
+    throw new RemoteProtocolError(`peer ${this.peerId}: input remote-offer is not allowed in state ${this.state}`);
+  }
+
+  _offerApplied() {
     const actions = this._flushRemote();
     this.state = NegState.MAKING_ANSWER;
     actions.push({ kind: "CreateAnswer", peerId: this.peerId, pc: this.pc });
     return actions;
   }
 
-  /** Mirrors `_on_remote_candidate`: apply, or buffer until a remote description is in place. */
-  _onRemoteCandidate(now, candidate) {
-    const ready = this.pc !== null && this.hasRemote
-      && this.state !== NegState.APPLYING_OFFER && this.state !== NegState.APPLYING_ANSWER;
-    if (ready) return this._addRemote(this.pc, candidate);
-    if (this.state === NegState.WAITING || this.state === NegState.FAILED) {
-      return [this._log("debug", "dropped a candidate: no connection")];
-    }
+  // candidates
+
+  /** No remote description is in place (or one is being applied): keep it. */
+  _bufferCandidate(now, candidate) {
     this.remoteBuffer.push(candidate);
     if (this.remoteBuffer.length > MAX_BUFFERED_CANDIDATES) this.remoteBuffer.shift();
     return [];
   }
 
-  /** Mirrors `_on_remote_renegotiate`. */
-  _onRemoteRenegotiate(now, reason) {
-    if (!this.isInitiator) {
-      throw new RemoteProtocolError(`peer ${this.peerId}: webrtc-renegotiate from the initiator (state ${this.state})`);
-    }
-    if (this.state === NegState.FAILED) return this._revive(now);
-    if (this.state === NegState.WAITING) return [];
-    if (this.state === NegState.STABLE) {
-      if (reason === "failed") return this._failure(now, "the peer reported its connection failed");
-      if (reason === "no-offer" && this.link === "connected") return [];
-      return this._makeOffer(now);
-    }
+  /** Apply it if the remote description is in place, else keep it. */
+  _takeCandidate(now, candidate) {
+    if (this.pc !== null && this.hasRemote) return this._addRemote(this.pc, candidate);
+    return this._bufferCandidate(now, candidate);
+  }
+
+  _dropCandidate() { return [this._log("debug", "dropped a candidate: no connection")]; }
+
+  /** Our offer or answer is not out yet: the candidate follows it. */
+  _holdGathered(now, candidate) {
+    this.localBuffer.push(candidate);
+    return [];
+  }
+
+  _sendGathered(now, candidate) { return [this._sendCandidate(candidate)]; }
+
+  // requests for a new exchange
+
+  /** An exchange is under way (or none can start yet): renegotiate once stable. */
+  _putOff() {
+    this.pendingRenegotiation = true;
+    return [];
+  }
+
+  /** The peer's request during an exchange: a failure report is answered by the exchange
+   * itself; other requests run once it is done. */
+  _putOffUnlessFailed(now, reason) {
     if (reason !== "failed") this.pendingRenegotiation = true;
     return [];
   }
 
-  _onGathered(now, candidate) {
-    if (HOLD_LOCAL.has(this.state)) {
-      this.localBuffer.push(candidate);
-      return [];
-    }
-    return [this._sendCandidate(candidate)];
+  /** A fresh connection is on its way and negotiates everything anyway. */
+  _moot() { return []; }
+
+  _renegotiate(now) { return this._makeOffer(now); }
+
+  /** Polite side: offer if we can roll back in glare, else ask the initiator. */
+  _offerOrAsk(now) {
+    if (this.capabilities.rollback) return this._makeOffer(now);
+    this.pendingRenegotiation = false;
+    return [this._askForOffer("renegotiate")];
   }
 
-  /** Mirrors `_on_connection_state`. */
-  _onConnectionState(now, state) {
+  /** The polite side asks for an offer: a failure it reports costs an attempt; a missing
+   * offer it reports crossed ours if we are connected. */
+  _renegotiateForPeer(now, reason) {
+    if (reason === "failed") {
+      this._raise(Input.ATTEMPT_FAILED, "the peer reported its connection failed");
+      return [];
+    }
+    if (reason === "no-offer" && this.link === Link.CONNECTED) return [];
+    return this._makeOffer(now);
+  }
+
+  // the connection
+
+  _linkChanged(now, state) { return this._trackLink(now, state, false); }
+
+  /** As `_linkChanged`; `disconnected` arms the grace deadline (during an exchange the
+   * negotiation deadline runs anyway). */
+  _linkChangedWhenStable(now, state) { return this._trackLink(now, state, true); }
+
+  /** Mirrors `_track_link`. */
+  _trackLink(now, state, grace) {
     if (state === "connected" || state === "completed") {
-      this.link = "connected";
+      this.link = Link.CONNECTED;
       this.attempts = 0;
       const actions = [];
-      if (["connect", "disconnected", "recovery"].includes(this.deadlineKind)) this._setDeadline(null, null);
+      if (ENDED_BY_CONNECTING.has(this.deadlineKind)) this._disarm();
       if (!this.notifiedConnected) {
         this.notifiedConnected = true;
         actions.push({ kind: "PeerConnected", peerId: this.peerId, epoch: this.epoch });
@@ -526,112 +681,338 @@ export class PeerNegotiation {
       return actions;
     }
     if (state === "new" || state === "connecting" || state === "checking") {
-      this.link = "connecting";
+      this.link = Link.CONNECTING;
       return [];
     }
     if (state === "disconnected") {
-      this.link = "disconnected";
-      if (this.state === NegState.STABLE) this._setDeadline(now + this.config.disconnectedGrace, "disconnected");
+      this.link = Link.DISCONNECTED;
+      if (grace) this._arm(Deadline.DISCONNECTED, now + this.config.disconnectedGrace);
       return [];
     }
-    this.link = "failed"; // "failed", or "closed" by the remote side
+    this.link = Link.FAILED; // "failed", or "closed" by the remote side
     this.notifiedConnected = false;
-    return this._failure(now, `connection ${state}`);
+    this._raise(Input.ATTEMPT_FAILED, `connection ${state}`);
+    return [];
   }
 
-  /** Mirrors `_on_operation_failed`. */
-  _onOperationFailed(now, [operation, error]) {
+  /** Mirrors `_operation_failed`. */
+  _operationFailed(now, [operation, error]) {
     if (operation === "AddIceCandidate") {
       // One candidate that cannot be added (a peer's malformed line, an mDNS name that
       // does not resolve) loses only itself: the others may still connect.
       return [this._log("warning", `candidate not added: ${error}`)];
     }
-    const detail = `${operation}: ${error}`;
-    if (this.abandonedOffers && this.state === NegState.APPLYING_OFFER) {
-      this.abandonedOffers -= 1; // the offer we rolled back failed; irrelevant
-      return [];
-    }
-    return this._failure(now, `operation failed (${detail})`);
-  }
-
-  _onRenegotiateRequested(now) {
-    if (this.state === NegState.FAILED) return this._revive(now);
-    if (this.state === NegState.WAITING) return [];
-    if (this.state === NegState.STABLE) {
-      if (this._mayOffer()) return this._makeOffer(now);
-      return [this._askForOffer("renegotiate")];
-    }
-    this.pendingRenegotiation = true;
+    this._raise(Input.ATTEMPT_FAILED, `operation failed (${operation}: ${error})`);
     return [];
   }
 
-  /** Mirrors `_on_timer`. */
-  _onTimer(now) {
-    const kind = this.deadlineKind;
-    if (this.deadline === null || now < this.deadline) return [];
-    this._setDeadline(null, null);
-    if (kind === "backoff") {
-      this._nextEpoch();
-      return this._makeOffer(now);
+  /** As `_operationFailed`, but the failure may be the offer we rolled back (its
+   * CreateOffer was still running), which no longer matters. */
+  _operationFailedAfterRollback(now, failure) {
+    if (this.abandonedOffers && failure[0] !== "AddIceCandidate") {
+      this.abandonedOffers -= 1;
+      return [];
     }
-    if (kind === "offer-wait" || kind === "recovery") {
-      this.attempts += 1;
-      if (this.attempts > this.config.maxRetries) return this._giveUp("no offer from the initiator");
-      this._setDeadline(now + (this.config.offerWait + backoff(this.config, this.attempts, this._jitter())), kind);
-      return [this._askForOffer(kind === "offer-wait" ? "no-offer" : "failed")];
-    }
-    if (kind === "negotiation") return this._failure(now, `negotiation timed out in ${this.state}`);
-    if (kind === "connect") return this._failure(now, "not connected in time");
-    if (kind === "disconnected") return this._failure(now, "disconnected for too long");
-    throw new LocalProtocolError(`peer ${this.peerId}: unknown deadline ${kind}`);
+    return this._operationFailed(now, failure);
   }
 
-  _onClose() {
+  // deadlines
+
+  _negotiationTimedOut() {
+    this._disarm();
+    this._raise(Input.ATTEMPT_FAILED, `negotiation timed out in ${this.state}`);
+    return [];
+  }
+
+  _notConnectedInTime() {
+    this._disarm();
+    this._raise(Input.ATTEMPT_FAILED, "not connected in time");
+    return [];
+  }
+
+  _disconnectedTooLong() {
+    this._disarm();
+    this._raise(Input.ATTEMPT_FAILED, "disconnected for too long");
+    return [];
+  }
+
+  /** The back-off is over: a fresh connection at the next epoch. */
+  _offerOnFreshConnection(now) {
+    this._disarm();
+    this._nextEpoch();
+    return this._makeOffer(now);
+  }
+
+  _askForOfferAgain(now) { return this._askAgain(now, Deadline.OFFER_WAIT, "no-offer"); }
+  _reportFailureAgain(now) { return this._askAgain(now, Deadline.RECOVERY, "failed"); }
+
+  /** Polite side: no offer came in time. Each unanswered request is an attempt (mirrors
+   * `_ask_again`). */
+  _askAgain(now, kind, reason) {
+    this._disarm();
+    this.attempts += 1;
+    if (this.attempts > this.config.maxRetries) return this._giveUp("no offer from the initiator");
+    const wait = this.config.offerWait + backoff(this.config, this.attempts, this._jitter());
+    this._arm(kind, now + wait);
+    return [this._askForOffer(reason)];
+  }
+
+  // recovery: one attempt failed (the payload says why)
+
+  /** Initiator, during an exchange: close, back off, then a fresh connection. */
+  _recreate(now, reason) {
+    const actions = this._countFailure(reason);
+    if (this.attempts > this.config.maxRetries) return actions.concat(this._giveUp(reason));
+    return actions.concat(this._closeAndBackOff(now));
+  }
+
+  /** Initiator, stable: restart ICE on this connection when both sides can, else as
+   * `_recreate`. */
+  _restartOrRecreate(now, reason) {
+    const actions = this._countFailure(reason);
+    if (this.attempts > this.config.maxRetries) return actions.concat(this._giveUp(reason));
+    if (this._canRestartIce()) return actions.concat(this._makeOffer(now, true));
+    return actions.concat(this._closeAndBackOff(now));
+  }
+
+  /** Polite side, during an exchange: close, report, wait for a fresh offer. */
+  _askAfresh(now, reason) {
+    const actions = this._countFailure(reason);
+    if (this.attempts > this.config.maxRetries) return actions.concat(this._giveUp(reason));
+    actions.push(...this._closePc());
+    this.state = NegState.IDLE;
+    return actions.concat(this._reportFailure(now));
+  }
+
+  /** Polite side, stable: keep the connection for an ICE restart when both sides can,
+   * else as `_askAfresh`. */
+  _askInPlaceOrAfresh(now, reason) {
+    if (!this._canRestartIce()) return this._askAfresh(now, reason);
+    const actions = this._countFailure(reason);
+    if (this.attempts > this.config.maxRetries) return actions.concat(this._giveUp(reason));
+    return actions.concat(this._reportFailure(now));
+  }
+
+  // giving up, reviving, starting over
+
+  /** Initiator, given up: a fresh request starts over with a full retry budget. */
+  _reviveOffering(now) {
+    this.attempts = 0;
+    this._nextEpoch();
+    return this._makeOffer(now);
+  }
+
+  /** Polite side, given up: ask the initiator, with a full retry budget. */
+  _reviveAsking(now) {
+    this.attempts = 0;
+    this.state = NegState.IDLE;
+    this._arm(Deadline.OFFER_WAIT, now + this.config.offerWait);
+    return [this._askForOffer("renegotiate")];
+  }
+
+  /** Given up, an offer came: take it, with a full retry budget. */
+  _reviveAnswering(now, offer) {
+    this.attempts = 0;
+    return this._applyOffer(now, offer);
+  }
+
+  /** The peer started our pair over (a new session of theirs): drop the connection and
+   * begin again as on `start`, at their epoch (mirrors `_start_over`). */
+  _startOver(now, epoch) {
     const actions = this._closePc();
-    this.state = NegState.CLOSED;
-    this._setDeadline(null, null);
-    return actions;
+    this.epoch = epoch;
+    this.attempts = 0;
+    this.pendingRenegotiation = false;
+    this.state = NegState.IDLE;
+    this._disarm();
+    this._raise(Input.START);
+    return [...actions, this._log("info", "the peer started our pair over")];
+  }
+
+  /** Polite side: the initiator started over on a fresh connection; its offer comes next
+   * (mirrors `_follow`). */
+  _follow(now, epoch) {
+    const actions = this._closePc();
+    this.epoch = epoch;
+    this.state = NegState.IDLE;
+    return [...actions, this._log("info", `following the initiator to epoch ${epoch}`)];
+  }
+
+  /** As `_follow`, with a full retry budget: the initiator started over, so do we. */
+  _followAfterGivingUp(now, epoch) {
+    this.attempts = 0;
+    return this._follow(now, epoch);
   }
 }
 
-// The transition table (mirrors `negotiation._TABLE`).
-function key(state, input) { return `${state}|${input}`; }
-const S = NegState;
-const P = PeerNegotiation.prototype;
-const WITH_PC = [S.MAKING_OFFER, S.HAVE_LOCAL_OFFER, S.APPLYING_ANSWER, S.APPLYING_OFFER, S.MAKING_ANSWER, S.STABLE];
-const ALIVE = [S.IDLE, ...WITH_PC, S.WAITING, S.FAILED];
-const TABLE = new Map([
-  [key(S.IDLE, Input.START), P._onStart],
-  // our own descriptions
-  [key(S.MAKING_OFFER, Input.LOCAL_DESCRIPTION), P._onLocalOffer],
-  [key(S.MAKING_ANSWER, Input.LOCAL_DESCRIPTION), P._onLocalAnswer],
-  [key(S.APPLYING_OFFER, Input.LOCAL_DESCRIPTION), P._onAbandonedResult],
-  [key(S.APPLYING_ANSWER, Input.REMOTE_APPLIED), P._onAnswerApplied],
-  [key(S.APPLYING_OFFER, Input.REMOTE_APPLIED), P._onOfferApplied],
-  // the peer's descriptions
-  [key(S.HAVE_LOCAL_OFFER, Input.REMOTE_ANSWER), P._onRemoteAnswer],
-  [key(S.IDLE, Input.REMOTE_OFFER), P._onRemoteOffer],
-  [key(S.STABLE, Input.REMOTE_OFFER), P._onRemoteOffer],
-  [key(S.FAILED, Input.REMOTE_OFFER), P._onRemoteOffer],
-  [key(S.MAKING_OFFER, Input.REMOTE_OFFER), P._onGlare],
-  [key(S.HAVE_LOCAL_OFFER, Input.REMOTE_OFFER), P._onGlare],
-  [key(S.APPLYING_ANSWER, Input.REMOTE_OFFER), P._onOfferWhileBusy],
-  [key(S.APPLYING_OFFER, Input.REMOTE_OFFER), P._onOfferWhileBusy],
-  [key(S.MAKING_ANSWER, Input.REMOTE_OFFER), P._onOfferWhileBusy],
-  // requests for a new exchange
-  ...ALIVE.map((s) => [key(s, Input.REMOTE_RENEGOTIATE), P._onRemoteRenegotiate]),
-  ...ALIVE.map((s) => [key(s, Input.RENEGOTIATE_REQUESTED), P._onRenegotiateRequested]),
-  // candidates, connection state, failures
-  ...ALIVE.map((s) => [key(s, Input.REMOTE_CANDIDATE), P._onRemoteCandidate]),
-  ...WITH_PC.map((s) => [key(s, Input.CANDIDATE_GATHERED), P._onGathered]),
-  ...WITH_PC.map((s) => [key(s, Input.CONNECTION_STATE), P._onConnectionState]),
-  ...WITH_PC.map((s) => [key(s, Input.OPERATION_FAILED), P._onOperationFailed]),
-  // time and the end
-  ...ALIVE.map((s) => [key(s, Input.TIMER), P._onTimer]),
-  ...ALIVE.map((s) => [key(s, Input.CLOSE), P._onClose]),
-]);
 
-/** The (state, input) pairs of the table, as "state|input" strings (for tests). */
-export function transitionKeys() {
-  return [...TABLE.keys()].sort();
+// ------------------------------------------------------------------ the table
+//
+// State by state, each input the state takes: `[handler, [next states]]` when both roles
+// do the same, else `{initiator: ..., polite: ...}` with one entry per role that takes it.
+// What is not listed is refused. Two templates stand for what many states share. (Mirrors
+// `negotiation._TABLE`, entry for entry; a Python test compares the flattened tables.)
+
+const S = NegState;
+const I = Input;
+const P = PeerNegotiation.prototype;
+const INITIATOR = Role.INITIATOR;
+const POLITE = Role.POLITE;
+
+/** What every live state takes alike. */
+function anywhere(state) {
+  return {
+    [I.CLOSE]: [P._close, [S.CLOSED]],
+    [I.PEER_RESTARTED]: [P._startOver, [S.IDLE]], // raises start
+    [I.TIMER]: [P._nothingDue, [state]],
+  };
+}
+
+/** What every state with an offer or answer under way takes alike. */
+function duringAnExchange(state) {
+  return {
+    [I.CONNECTION_STATE]: [P._linkChanged, [state]], // failed: raises attempt-failed
+    [I.OPERATION_FAILED]: [P._operationFailed, [state]], // raises attempt-failed
+    [I.NEGOTIATION_TIMEOUT]: [P._negotiationTimedOut, [state]], // raises attempt-failed
+    [I.ATTEMPT_FAILED]: {
+      [INITIATOR]: [P._recreate, [S.WAITING, S.FAILED]],
+      [POLITE]: [P._askAfresh, [S.IDLE, S.FAILED]],
+    },
+    [I.RENEGOTIATE_REQUESTED]: [P._putOff, [state]],
+    [I.REMOTE_RENEGOTIATE]: { [INITIATOR]: [P._putOffUnlessFailed, [state]] },
+    [I.NEWER_EPOCH]: { [POLITE]: [P._follow, [S.IDLE]] },
+    ...anywhere(state),
+  };
+}
+
+const TABLE = {
+  [S.IDLE]: {
+    [I.START]: {
+      [INITIATOR]: [P._startOffering, [S.MAKING_OFFER]],
+      [POLITE]: [P._startWaiting, [S.IDLE]],
+    },
+    [I.REMOTE_OFFER]: [P._applyOffer, [S.APPLYING_OFFER]],
+    [I.REMOTE_CANDIDATE]: [P._bufferCandidate, [S.IDLE]],
+    [I.RENEGOTIATE_REQUESTED]: [P._putOff, [S.IDLE]],
+    [I.REMOTE_RENEGOTIATE]: { [INITIATOR]: [P._putOffUnlessFailed, [S.IDLE]] },
+    [I.NEWER_EPOCH]: { [POLITE]: [P._follow, [S.IDLE]] },
+    [I.OFFER_WAIT_TIMEOUT]: { [POLITE]: [P._askForOfferAgain, [S.IDLE, S.FAILED]] },
+    [I.RECOVERY_TIMEOUT]: { [POLITE]: [P._reportFailureAgain, [S.IDLE, S.FAILED]] },
+    ...anywhere(S.IDLE),
+  },
+  [S.MAKING_OFFER]: {
+    [I.LOCAL_DESCRIPTION]: [P._sendOffer, [S.HAVE_LOCAL_OFFER]],
+    [I.REMOTE_OFFER]: { // glare
+      [INITIATOR]: [P._ignorePoliteOffer, [S.MAKING_OFFER]],
+      [POLITE]: [P._rollBackUnfinishedOffer, [S.STABLE]], // raises remote-offer
+    },
+    [I.REMOTE_CANDIDATE]: [P._takeCandidate, [S.MAKING_OFFER]],
+    [I.CANDIDATE_GATHERED]: [P._holdGathered, [S.MAKING_OFFER]],
+    ...duringAnExchange(S.MAKING_OFFER),
+  },
+  [S.HAVE_LOCAL_OFFER]: {
+    [I.REMOTE_ANSWER]: [P._applyAnswer, [S.APPLYING_ANSWER]],
+    [I.REMOTE_OFFER]: { // glare
+      [INITIATOR]: [P._ignorePoliteOffer, [S.HAVE_LOCAL_OFFER]],
+      [POLITE]: [P._rollBackSentOffer, [S.STABLE]], // raises remote-offer
+    },
+    [I.REMOTE_CANDIDATE]: [P._takeCandidate, [S.HAVE_LOCAL_OFFER]],
+    [I.CANDIDATE_GATHERED]: [P._sendGathered, [S.HAVE_LOCAL_OFFER]],
+    ...duringAnExchange(S.HAVE_LOCAL_OFFER),
+  },
+  [S.APPLYING_ANSWER]: {
+    [I.REMOTE_APPLIED]: [P._answerApplied, [S.STABLE]], // raises what was put off
+    [I.REMOTE_OFFER]: [P._queueOffer, [S.APPLYING_ANSWER]],
+    [I.REMOTE_CANDIDATE]: [P._bufferCandidate, [S.APPLYING_ANSWER]],
+    [I.CANDIDATE_GATHERED]: [P._sendGathered, [S.APPLYING_ANSWER]],
+    ...duringAnExchange(S.APPLYING_ANSWER),
+  },
+  [S.APPLYING_OFFER]: {
+    [I.REMOTE_APPLIED]: [P._offerApplied, [S.MAKING_ANSWER]],
+    [I.REMOTE_OFFER]: [P._refuseSecondOffer, [S.APPLYING_OFFER]],
+    [I.LOCAL_DESCRIPTION]: { [POLITE]: [P._dropAbandonedOffer, [S.APPLYING_OFFER]] },
+    [I.REMOTE_CANDIDATE]: [P._bufferCandidate, [S.APPLYING_OFFER]],
+    [I.CANDIDATE_GATHERED]: [P._holdGathered, [S.APPLYING_OFFER]],
+    ...duringAnExchange(S.APPLYING_OFFER),
+    [I.OPERATION_FAILED]: { // instead of the template's: the failure may be moot
+      [INITIATOR]: [P._operationFailed, [S.APPLYING_OFFER]],
+      [POLITE]: [P._operationFailedAfterRollback, [S.APPLYING_OFFER]],
+    },
+  },
+  [S.MAKING_ANSWER]: {
+    [I.LOCAL_DESCRIPTION]: [P._sendAnswer, [S.STABLE]], // raises what was put off
+    [I.REMOTE_OFFER]: [P._refuseSecondOffer, [S.MAKING_ANSWER]],
+    [I.REMOTE_CANDIDATE]: [P._takeCandidate, [S.MAKING_ANSWER]],
+    [I.CANDIDATE_GATHERED]: [P._holdGathered, [S.MAKING_ANSWER]],
+    ...duringAnExchange(S.MAKING_ANSWER),
+  },
+  [S.STABLE]: {
+    [I.REMOTE_OFFER]: [P._applyOffer, [S.APPLYING_OFFER, S.STABLE]], // or a duplicate
+    [I.RENEGOTIATE_REQUESTED]: {
+      [INITIATOR]: [P._renegotiate, [S.MAKING_OFFER]],
+      [POLITE]: [P._offerOrAsk, [S.MAKING_OFFER, S.STABLE]],
+    },
+    [I.REMOTE_RENEGOTIATE]: {
+      [INITIATOR]: [P._renegotiateForPeer, [S.MAKING_OFFER, S.STABLE]],
+    },
+    [I.REMOTE_CANDIDATE]: [P._takeCandidate, [S.STABLE]],
+    [I.CANDIDATE_GATHERED]: [P._sendGathered, [S.STABLE]],
+    [I.CONNECTION_STATE]: [P._linkChangedWhenStable, [S.STABLE]],
+    [I.OPERATION_FAILED]: [P._operationFailed, [S.STABLE]],
+    [I.CONNECT_TIMEOUT]: [P._notConnectedInTime, [S.STABLE]],
+    [I.DISCONNECTED_TIMEOUT]: [P._disconnectedTooLong, [S.STABLE]],
+    // a polite side that rolled back for a duplicate offer still has its deadline
+    [I.NEGOTIATION_TIMEOUT]: { [POLITE]: [P._negotiationTimedOut, [S.STABLE]] },
+    [I.RECOVERY_TIMEOUT]: { [POLITE]: [P._reportFailureAgain, [S.STABLE, S.FAILED]] },
+    [I.ATTEMPT_FAILED]: {
+      [INITIATOR]: [P._restartOrRecreate, [S.MAKING_OFFER, S.WAITING, S.FAILED]],
+      [POLITE]: [P._askInPlaceOrAfresh, [S.STABLE, S.IDLE, S.FAILED]],
+    },
+    [I.NEWER_EPOCH]: { [POLITE]: [P._follow, [S.IDLE]] },
+    ...anywhere(S.STABLE),
+  },
+  [S.WAITING]: { // the initiator's only
+    [I.BACKOFF_TIMEOUT]: { [INITIATOR]: [P._offerOnFreshConnection, [S.MAKING_OFFER]] },
+    [I.RENEGOTIATE_REQUESTED]: { [INITIATOR]: [P._moot, [S.WAITING]] },
+    [I.REMOTE_RENEGOTIATE]: { [INITIATOR]: [P._moot, [S.WAITING]] },
+    [I.REMOTE_CANDIDATE]: { [INITIATOR]: [P._dropCandidate, [S.WAITING]] },
+    [I.CLOSE]: { [INITIATOR]: [P._close, [S.CLOSED]] },
+    [I.PEER_RESTARTED]: { [INITIATOR]: [P._startOver, [S.IDLE]] },
+    [I.TIMER]: { [INITIATOR]: [P._nothingDue, [S.WAITING]] },
+  },
+  [S.FAILED]: {
+    [I.REMOTE_OFFER]: [P._reviveAnswering, [S.APPLYING_OFFER]],
+    [I.RENEGOTIATE_REQUESTED]: {
+      [INITIATOR]: [P._reviveOffering, [S.MAKING_OFFER]],
+      [POLITE]: [P._reviveAsking, [S.IDLE]],
+    },
+    [I.REMOTE_RENEGOTIATE]: { [INITIATOR]: [P._reviveOffering, [S.MAKING_OFFER]] },
+    [I.REMOTE_CANDIDATE]: [P._dropCandidate, [S.FAILED]],
+    [I.NEWER_EPOCH]: { [POLITE]: [P._followAfterGivingUp, [S.IDLE]] },
+    ...anywhere(S.FAILED),
+  },
+  [S.CLOSED]: {},
+};
+
+/** `(role, state, input) → {handler, nextStates}`, keyed `role|state|input`: the table,
+ * one entry per role (mirrors `negotiation.TRANSITIONS`, flattened as `_flatten` does).
+ * The handler does the side effects; the pair must be in one of the next states once it
+ * returned. Every key not listed is a protocol error. */
+const TRANSITIONS = new Map();
+for (const [state, entries] of Object.entries(TABLE)) {
+  for (const [input, entry] of Object.entries(entries)) {
+    const perRole = Array.isArray(entry) ? { [INITIATOR]: entry, [POLITE]: entry } : entry;
+    for (const [role, [handler, nextStates]] of Object.entries(perRole)) {
+      if (typeof handler !== "function") throw new Error(`no handler for ${role}|${state}|${input}`);
+      TRANSITIONS.set(`${role}|${state}|${input}`, Object.freeze({ handler, nextStates: new Set(nextStates) }));
+    }
+  }
+}
+
+/** The table as sorted `[role, state, input, [sorted next states]]` rows (for the Python
+ * test that compares it with `negotiation.TRANSITIONS`). */
+export function negotiationTransitions() {
+  const rows = [...TRANSITIONS].map(([k, { nextStates }]) => [...k.split("|"), [...nextStates].sort()]);
+  const order = (a, b) => (a < b ? -1 : a > b ? 1 : 0);
+  return rows.sort((a, b) => order(a[0], b[0]) || order(a[1], b[1]) || order(a[2], b[2]));
 }

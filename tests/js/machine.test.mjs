@@ -6,10 +6,15 @@ import { test } from "node:test";
 
 import {
   ClientMachine,
+  Deadline,
+  Input,
   LocalProtocolError,
+  PeerNegotiation,
+  RemoteProtocolError,
   Timers,
   WireError,
   initiatorOf,
+  negotiationTransitions,
   parseServerFrame,
   readPairFields,
   wireInt,
@@ -66,4 +71,69 @@ test("the driver holds no state of its own: its views are the machine's", () => 
   assert.equal(client.state, "offline");
   assert.equal(client.peers, client.machine.peers);
   assert.equal(client.room, null);
+});
+
+// ------------------------------------------------------------------ the negotiation's table
+
+function negotiation(ourId, peerId) {
+  let pcs = 0;
+  return new PeerNegotiation({ ourId, peerId, newPc: () => pcs++, jitter: () => 0.5, session: `${ourId}.1` });
+}
+
+function signal(type, extra) {
+  return parseServerFrame(JSON.stringify({
+    channel: "webrtc-signaling", type, toUserId: "alice", fromUserId: "bob", roomId: "r", ...extra,
+  }));
+}
+
+test("the negotiation's table: sorted (role, state, input) rows, every input and deadline in it", () => {
+  const rows = negotiationTransitions();
+  const keys = rows.map(([role, state, input]) => `${role}|${state}|${input}`);
+  assert.equal(new Set(keys).size, keys.length);
+  const byKey = (a, b) => (a < b ? -1 : a > b ? 1 : 0);
+  assert.deepEqual(rows.map(([r, s, i]) => [r, s, i]), rows.map(([r, s, i]) => [r, s, i]).sort(
+    (a, b) => byKey(a[0], b[0]) || byKey(a[1], b[1]) || byKey(a[2], b[2]),
+  ));
+  const inputs = new Set(rows.map((row) => row[2]));
+  for (const input of Object.values(Input)) assert.ok(inputs.has(input), input);
+  for (const deadline of Object.values(Deadline)) assert.ok(inputs.has(`${deadline}-timeout`), deadline);
+  for (const [, , , next] of rows) assert.deepEqual(next, [...next].sort());
+});
+
+test("a key missing from the table: the peer's error for a frame, ours for our own input", () => {
+  const alice = negotiation("alice", "bob"); // the initiator
+  alice.start(0);
+  assert.throws(
+    () => alice.onSignal(signal("webrtc-offer", { offer: { type: "offer", sdp: "v=0" }, epoch: 3, sid: "b" }), 1),
+    (e) => e instanceof RemoteProtocolError && /newer-epoch/.test(e.message) && /initiator/.test(e.message),
+  );
+  assert.throws(
+    () => alice.onRemoteApplied(1),
+    (e) => e instanceof LocalProtocolError && /remote-applied/.test(e.message) && /making-offer/.test(e.message),
+  );
+});
+
+test("a deadline expires as its own input; before it, the clock is the input timer", () => {
+  const bob = negotiation("bob", "alice"); // the polite side
+  bob.start(0);
+  assert.equal(bob.deadlineKind, "offer-wait");
+  assert.deepEqual(bob.onTimer(1), []);
+  const [ask] = bob.onTimer(bob.deadline);
+  assert.equal(ask.kind, "SendToServer");
+  assert.equal(ask.frame.type, "webrtc-renegotiate");
+  assert.equal(ask.frame.reason, "no-offer");
+  assert.equal(bob.attempts, 1);
+});
+
+test("every step is checked against the next states of its entry", () => {
+  const alice = negotiation("alice", "bob");
+  // A state that moves behind the handler's back: the entry (timer in idle) allows only
+  // idle, so reaching anything else is the table's error, named in full.
+  let reads = 0;
+  Object.defineProperty(alice, "state", { get: () => (reads++ === 0 ? "idle" : "stable"), set() {} });
+  assert.throws(
+    () => alice.onTimer(0),
+    (e) => e instanceof LocalProtocolError
+      && e.message.includes("timer in idle on the initiator side led to stable"),
+  );
 });
