@@ -33,10 +33,11 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from sansio_signal.actions import (
     ChatReceived,
     ClientAction,
+    ConnectToServer,
+    DisconnectFromServer,
     JoinRefused,
     Log,
     PeerConnected,
-    PeerConnecting,
     PeerConnectionAction,
     PeerFailed,
     PeerJoined,
@@ -46,14 +47,16 @@ from sansio_signal.actions import (
     SendToServer,
     ServerErrorReceived,
 )
-from sansio_signal.client import ClientMachine
+from sansio_signal.client import ClientMachine, ReconnectPolicy
 from sansio_signal.events import (
     ChatRequested,
     ClientEvent,
+    CloseRequested,
+    ConnectRequested,
     JoinRequested,
-    LeaveRequested,
     RenegotiationRequested,
     ServerConnected,
+    ServerConnectFailed,
     ServerDisconnected,
     ServerFrameReceived,
 )
@@ -100,9 +103,6 @@ class PeerInfo:
     """What the client knows of one peer."""
 
     peer_id: str
-    state: str = "joined"
-    """``joined``, ``connecting``, ``connected``, ``failed``."""
-    epoch: int = 0
     channel: RTCDataChannel | None = None
     connected_at: float | None = None
     """``loop.time()`` when the peer connection first reported ``connected``."""
@@ -155,6 +155,7 @@ class Client:
             config=config,
             trace=self._write_trace if trace is not None else None,
             resume_window=resume_window if reconnect else 0.0,
+            reconnect=ReconnectPolicy() if reconnect else None,
         )
         self._ws: ClientConnection | None = None
         self._outbox: asyncio.Queue[str] = asyncio.Queue()
@@ -167,6 +168,7 @@ class Client:
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._hang_up: asyncio.Task[None] | None = None
         self.server_connected_at: float | None = None
         """``loop.time()`` when the WebSocket last opened (the join goes out then)."""
 
@@ -184,7 +186,7 @@ class Client:
     async def start(self, timeout: float = 10.0) -> None:
         """Connect, join the room, and return once the server confirmed the join."""
         self._feed(JoinRequested(room_id=self.room_id, token=self.token))
-        self._tasks.append(asyncio.get_running_loop().create_task(self._run()))
+        self._feed(ConnectRequested())
         try:
             await asyncio.wait_for(self._joined.wait(), timeout)
         except TimeoutError:
@@ -199,10 +201,9 @@ class Client:
         if self._closing:
             return
         self._closing = True
-        self._feed(LeaveRequested())  # what leaving means now is the machine's call
-        if self._ws is not None:
-            with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
-                await asyncio.wait_for(self._drain(), 2.0)
+        self._feed(CloseRequested())  # leave-room if in a room, then DisconnectFromServer
+        if self._hang_up is not None:
+            await self._hang_up
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -318,7 +319,11 @@ class Client:
 
     def _execute(self, actions: list[ClientAction]) -> None:
         for action in actions:
-            if isinstance(action, SendToServer):
+            if isinstance(action, ConnectToServer):
+                self._tasks.append(asyncio.get_running_loop().create_task(self._connection()))
+            elif isinstance(action, DisconnectFromServer):
+                self._hang_up = asyncio.get_running_loop().create_task(self._disconnect())
+            elif isinstance(action, SendToServer):
                 info = None if action.peer_id is None else self.peers.get(action.peer_id)
                 if info is not None:
                     info.frames_sent += 1
@@ -341,17 +346,10 @@ class Client:
             self.peers.clear()
         elif isinstance(action, PeerJoined):
             self.peers[action.peer_id] = PeerInfo(peer_id=action.peer_id)
-        elif isinstance(action, PeerConnecting):
-            if action.peer_id in self.peers:
-                info = self.peers[action.peer_id]
-                info.state, info.epoch = "connecting", action.epoch
         elif isinstance(action, PeerConnected):
             if action.peer_id in self.peers:
-                info = self.peers[action.peer_id]
-                info.state, info.epoch, info.connected_at = "connected", action.epoch, loop.time()
+                self.peers[action.peer_id].connected_at = loop.time()
         elif isinstance(action, PeerFailed):
-            if action.peer_id in self.peers:
-                self.peers[action.peer_id].state = "failed"
             logger.warning("gave up on %s: %s", action.peer_id, action.reason)
         elif isinstance(action, PeerLeft):
             self.peers.pop(action.peer_id, None)
@@ -391,43 +389,47 @@ class Client:
 
     # ------------------------------------------------------------------ the WebSocket
 
-    async def _run(self) -> None:
-        delay = 0.25
-        while not self._closing:
-            close_code: int | None = None
-            opened = False
-            try:
-                # No permessage-deflate: signaling frames are small, and compressing
-                # them costs both ends CPU for nothing on the latency path.
-                async with ws_connect(self.url, open_timeout=10, compression=None) as ws:
-                    self._ws = ws
-                    delay = 0.25
-                    self.server_connected_at = asyncio.get_running_loop().time()
-                    self._feed(ServerConnected())
-                    opened = True
-                    writer = asyncio.get_running_loop().create_task(self._write(ws))
-                    try:
-                        async for data in ws:
-                            if isinstance(data, str):
-                                self._feed(ServerFrameReceived(text=data))
-                    finally:
-                        writer.cancel()
-                        received = ws.protocol.close_rcvd
-                        close_code = None if received is None else received.code
-            except (OSError, ConnectionClosed, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-                logger.info("connection to %s lost: %r", self.url, exc)
-            # Frames not yet written belong to the lost connection: the new one starts
-            # with its join (a resume sends what the machine held back after it).
-            while not self._outbox.empty():
-                self._outbox.get_nowait()
-                self._outbox.task_done()
-            if opened:
-                self._feed(ServerDisconnected(close_code=close_code))
-            self._ws = None
-            if not self.reconnect or self._closing:
-                return
-            await asyncio.sleep(delay)  # back-off before reconnecting, not synchronisation
-            delay = min(5.0, delay * 2)
+    async def _connection(self) -> None:
+        """One WebSocket, opened because the machine asked (``ConnectToServer``); when
+        and how often to try again is the machine's call."""
+        loop = asyncio.get_running_loop()
+        try:
+            # No permessage-deflate: signaling frames are small, and compressing them
+            # costs both ends CPU for nothing on the latency path.
+            ws = await ws_connect(self.url, open_timeout=10, compression=None)
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            logger.info("cannot connect to %s: %r", self.url, exc)
+            self._feed(ServerConnectFailed(reason=repr(exc)))
+            return
+        self._ws = ws
+        self.server_connected_at = loop.time()
+        self._feed(ServerConnected())
+        writer = loop.create_task(self._write(ws))
+        try:
+            async for data in ws:
+                if isinstance(data, str):
+                    self._feed(ServerFrameReceived(text=data))
+        except ConnectionClosed as exc:
+            logger.info("connection to %s lost: %r", self.url, exc)
+        finally:
+            writer.cancel()
+        received = ws.protocol.close_rcvd
+        # Frames not yet written belong to the lost connection: the new one starts with
+        # its join (a resume sends what the machine held back after it).
+        while not self._outbox.empty():
+            self._outbox.get_nowait()
+            self._outbox.task_done()
+        self._ws = None
+        self._feed(ServerDisconnected(close_code=None if received is None else received.code))
+
+    async def _disconnect(self) -> None:
+        """The machine is done with the server: send what is queued (the leave), close."""
+        ws = self._ws
+        if ws is None:
+            return
+        with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
+            await asyncio.wait_for(self._drain(), 2.0)
+        await ws.close()
 
     async def _write(self, ws: ClientConnection) -> None:
         while True:

@@ -21,9 +21,11 @@ from .actions import (
     ClientAction,
     CloseConnection,
     ClosePeer,
+    ConnectToServer,
     CreateAnswer,
     CreateOffer,
     CreatePeer,
+    DisconnectFromServer,
     JoinRefused,
     Log,
     LogLevel,
@@ -44,15 +46,17 @@ from .actions import (
     ServerErrorReceived,
     SetRemoteDescription,
 )
-from .client import ClientMachine, ClientState
+from .client import ClientMachine, ClientState, ReconnectPolicy
 from .codes import Channel, CloseCode, ErrorCode
 from .directory import Directory, MemoryDirectory
 from .errors import LocalProtocolError, RemoteProtocolError, SignalError, WireError
 from .events import (
     ChatRequested,
     ClientEvent,
+    CloseRequested,
     Connected,
     ConnectionStateChanged,
+    ConnectRequested,
     ConnId,
     Disconnected,
     FrameReceived,
@@ -66,6 +70,7 @@ from .events import (
     RemoteDescriptionApplied,
     RenegotiationRequested,
     ServerConnected,
+    ServerConnectFailed,
     ServerDisconnected,
     ServerFrameReceived,
 )
@@ -132,7 +137,10 @@ __all__ = [
     "CloseCode",
     "CloseConnection",
     "ClosePeer",
+    "CloseRequested",
     "ConnId",
+    "ConnectRequested",
+    "ConnectToServer",
     "Connected",
     "ConnectionStateChanged",
     "CreateAnswer",
@@ -140,6 +148,7 @@ __all__ = [
     "CreatePeer",
     "Deadline",
     "Directory",
+    "DisconnectFromServer",
     "Disconnected",
     "Error",
     "ErrorCode",
@@ -176,6 +185,7 @@ __all__ = [
     "PeerNegotiation",
     "Phase",
     "ProtocolViolation",
+    "ReconnectPolicy",
     "RelayAction",
     "RelayEvent",
     "RelayMachine",
@@ -192,6 +202,7 @@ __all__ = [
     "RoomView",
     "SendFrame",
     "SendToServer",
+    "ServerConnectFailed",
     "ServerConnected",
     "ServerDisconnected",
     "ServerErrorReceived",

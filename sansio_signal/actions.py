@@ -73,6 +73,18 @@ RelayAction: TypeAlias = SendFrame | CloseConnection | Log
 
 
 @attrs.frozen(kw_only=True)
+class ConnectToServer:
+    """Open a WebSocket to the relay server now; report ``ServerConnected`` when it
+    opens or ``ServerConnectFailed`` when it cannot. When and how often is the
+    machine's call (its reconnect policy), never the adapter's."""
+
+
+@attrs.frozen(kw_only=True)
+class DisconnectFromServer:
+    """Close the WebSocket to the relay server (the application closed the client)."""
+
+
+@attrs.frozen(kw_only=True)
 class SendToServer:
     """Send ``message`` as one text frame to the relay server. ``peer_id`` names the peer
     a signaling frame is for (``None`` for room and chat frames), so that an adapter can
@@ -266,7 +278,9 @@ class ProtocolViolation:
 
 
 ClientAction: TypeAlias = (
-    SendToServer
+    ConnectToServer
+    | DisconnectFromServer
+    | SendToServer
     | CreatePeer
     | CreateOffer
     | CreateAnswer

@@ -72,9 +72,13 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any, NamedTuple
 
+import attrs
+
 from .actions import (
     ChatReceived,
     ClientAction,
+    ConnectToServer,
+    DisconnectFromServer,
     JoinRefused,
     Log,
     LogLevel,
@@ -91,7 +95,9 @@ from .errors import LocalProtocolError, RemoteProtocolError, WireError
 from .events import (
     ChatRequested,
     ClientEvent,
+    CloseRequested,
     ConnectionStateChanged,
+    ConnectRequested,
     IceCandidateGathered,
     JoinRequested,
     LeaveRequested,
@@ -101,6 +107,7 @@ from .events import (
     RemoteDescriptionApplied,
     RenegotiationRequested,
     ServerConnected,
+    ServerConnectFailed,
     ServerDisconnected,
     ServerFrameReceived,
 )
@@ -150,11 +157,17 @@ class ClientState(Enum):
     REJOINING = "rejoining"
     """Connected again while resuming: the ``join-room`` with our ``resumeToken`` is on
     its way."""
+    CLOSED = "closed"
+    """The application closed the client: no room, no connection, no reconnect."""
 
 
 class ClientInput(Enum):
     """Everything that can happen to a client machine (the keys of :data:`TRANSITIONS`)."""
 
+    CONNECT = "connect"
+    """The application wants the server."""
+    CONNECT_FAILED = "connect-failed"
+    CLOSE = "close"
     CONNECTED = "connected"
     DISCONNECTED = "disconnected"
     JOIN = "join"
@@ -174,6 +187,8 @@ class ClientInput(Enum):
     """The resume window passed."""
     ABSENT_ENDED = "absent-ended"
     """The wait for members missing after a rejoin passed."""
+    RECONNECT_DUE = "reconnect-due"
+    """The back-off before the next connection attempt passed."""
     PEER_DEADLINE = "peer-deadline"
 
 
@@ -182,6 +197,27 @@ class ClientTimer(Enum):
 
     RESUME = "resume"
     ABSENT = "absent"
+    RECONNECT = "reconnect"
+
+
+@attrs.frozen(kw_only=True)
+class ReconnectPolicy:
+    """When to try the server again: the first attempt after a loss waits
+    ``delay(1)``, each failed attempt in a row doubles it up to ``maximum``; every
+    delay is jittered into [0.5, 1] of itself so that the clients of a restarting server
+    do not all come back at once."""
+
+    base: float = 0.25
+    maximum: float = 5.0
+
+    def delay(self, attempt: int, jitter: float) -> float:
+        """The wait before attempt number ``attempt`` (1-based); ``jitter`` in [0, 1)."""
+        raw = min(self.maximum, self.base * 2.0 ** max(0, attempt - 1))
+        return float(raw * (0.5 + jitter / 2))
+
+
+DEFAULT_RECONNECT = ReconnectPolicy()
+"""0.25 s after a loss, doubling to 5 s, jittered."""
 
 
 _RESUMABLE_CLOSES = frozenset(
@@ -210,6 +246,7 @@ class ClientMachine:
         limits: Limits = DEFAULT_LIMITS,
         trace: TraceSink | None = None,
         resume_window: float = 8.0,
+        reconnect: ReconnectPolicy | None = DEFAULT_RECONNECT,
     ) -> None:
         if not limits.valid_id(user_id):
             raise LocalProtocolError(f"user id {user_id!r} does not match {limits.id_pattern}")
@@ -235,6 +272,12 @@ class ClientMachine:
         self.resume_window = resume_window
         self._resume_token: str | None = None
         """The token of our last ``user-joined-room`` (for the room in ``self.room``)."""
+        self.reconnect = reconnect
+        """The reconnect policy (``None``: the adapter connects only when asked, once)."""
+        self._wants_server = False
+        self._attempts = 0
+        """Connection attempts since the last one that opened (the one in flight
+        included)."""
         self._held_out: list[SendToServer] = []
         self._reconciled_added: set[str] = set()
         self.absent: set[str] = set()
@@ -260,6 +303,9 @@ class ClientMachine:
                 continue
             if key is ClientTimer.ABSENT:
                 actions += self._dispatch(ClientInput.ABSENT_ENDED, now, None)
+                continue
+            if key is ClientTimer.RECONNECT:
+                actions += self._dispatch(ClientInput.RECONNECT_DUE, now, None)
                 continue
             peer = self.peers.get(str(key))
             if peer is None:
@@ -324,13 +370,65 @@ class ClientMachine:
 
     # ------------------------------------------------------------------ handlers
 
+    def _want_server(self, now: float, _: ConnectRequested) -> list[ClientAction]:
+        self._wants_server = True  # connected already: this matters when it is lost
+        return []
+
+    def _on_connect(self, now: float, _: ConnectRequested) -> list[ClientAction]:
+        self._wants_server = True
+        if self._attempts or self._timers.deadline_of(ClientTimer.RECONNECT) is not None:
+            return []  # an attempt is on its way or due
+        return self._attempt()
+
+    def _attempt(self) -> list[ClientAction]:
+        self._attempts += 1
+        return [ConnectToServer()]
+
+    def _on_reconnect_due(self, now: float, _: None) -> list[ClientAction]:
+        return self._attempt()
+
+    def _on_connect_failed(self, now: float, event: ServerConnectFailed) -> list[ClientAction]:
+        return [
+            Log(level=LogLevel.INFO, message="cannot reach the server: %s", args=(event.reason,)),
+            *self._retry_later(now),
+        ]
+
+    def _retry_later(self, now: float) -> list[ClientAction]:
+        """Schedule the next attempt (the policy permitting)."""
+        if self.reconnect is None or not self._wants_server:
+            self._attempts = 0
+            return []
+        delay = self.reconnect.delay(self._attempts + 1, self._jitter())
+        self._timers.schedule(ClientTimer.RECONNECT, now + delay)
+        return [Log(level=LogLevel.INFO, message="reconnecting in %.2fs", args=(delay,))]
+
+    def _on_close(self, now: float, _: CloseRequested) -> list[ClientAction]:
+        online = self.state not in (ClientState.OFFLINE, ClientState.RESUMING)
+        actions = self._on_leave(now, LeaveRequested())
+        self._wants_server = False
+        self._attempts = 0
+        self._timers.cancel(ClientTimer.RECONNECT)
+        self.state = ClientState.CLOSED
+        return [*actions, DisconnectFromServer()] if online else actions
+
+    def _ignore(self, now: float, _: object) -> list[ClientAction]:
+        return []
+
+    def _on_connected_after_close(self, now: float, _: ServerConnected) -> list[ClientAction]:
+        return [DisconnectFromServer()]  # an attempt that was on its way when we closed
+
     def _on_connected(self, now: float, _: ServerConnected) -> list[ClientAction]:
+        self._attempts = 0
+        self._timers.cancel(ClientTimer.RECONNECT)
         if self.state is ClientState.RESUMING:
             return self._send_join()  # with our resume token
         self.state = ClientState.LOBBY
         return self._send_join() if self.room_id is not None else []
 
     def _on_disconnected(self, now: float, event: ServerDisconnected) -> list[ClientAction]:
+        return self._lose_server(now, event) + self._retry_later(now)
+
+    def _lose_server(self, now: float, event: ServerDisconnected) -> list[ClientAction]:
         self._joins_in_flight = 0  # their answers went with the connection
         if self.state is ClientState.REJOINING:  # lost again before the resume went through
             self.state = ClientState.RESUMING
@@ -427,7 +525,10 @@ class ClientMachine:
         join = JoinRoom(
             room_id=self.room_id, user_id=self.user_id, token=self._token, resume_token=resume
         )
-        return [SendToServer(message=join)]
+        joining = Log(
+            level=LogLevel.INFO, message="Joining room: %s as %s", args=(self.room_id, self.user_id)
+        )
+        return [SendToServer(message=join), joining]
 
     def _hold_back(self, actions: list[ClientAction]) -> list[ClientAction]:
         """While resuming, frames for the server wait until the room is ours again (the
@@ -759,6 +860,9 @@ class Transition(NamedTuple):
 
 
 _EVENT_INPUTS: dict[type, ClientInput] = {
+    ConnectRequested: ClientInput.CONNECT,
+    ServerConnectFailed: ClientInput.CONNECT_FAILED,
+    CloseRequested: ClientInput.CLOSE,
     ServerConnected: ClientInput.CONNECTED,
     ServerDisconnected: ClientInput.DISCONNECTED,
     JoinRequested: ClientInput.JOIN,
@@ -776,6 +880,7 @@ _S = ClientState
 _I = ClientInput
 _M = ClientMachine
 _ONLINE = (_S.LOBBY, _S.JOINING, _S.JOINED, _S.REJOINING)
+_FRAMES = (_I.OWN_JOIN, _I.SERVER_ERROR, _I.ROOM_FRAME, _I.UNREADABLE)
 
 
 def _to(*states: ClientState) -> frozenset[ClientState]:
@@ -791,8 +896,23 @@ def _stays(
     return {(state, kind): Transition(handler, _to(state)) for state in states}
 
 
+_OFFLINE = (_S.OFFLINE, _S.RESUMING)
+
 TRANSITIONS: dict[tuple[ClientState, ClientInput], Transition] = {
-    # the server connection
+    # the server connection: attempts, the reconnect policy, closing
+    **_stays(_I.CONNECT, _M._on_connect, _OFFLINE),
+    **_stays(_I.CONNECT, _M._want_server, _ONLINE),
+    **_stays(_I.RECONNECT_DUE, _M._on_reconnect_due, _OFFLINE),
+    **_stays(_I.CONNECT_FAILED, _M._on_connect_failed, _OFFLINE),
+    **{
+        (state, _I.CLOSE): Transition(_M._on_close, _to(_S.CLOSED))
+        for state in (*_OFFLINE, *_ONLINE)
+    },
+    (_S.CLOSED, _I.CONNECTED): Transition(_M._on_connected_after_close, _to(_S.CLOSED)),
+    **_stays(_I.DISCONNECTED, _M._ignore, (_S.CLOSED,)),
+    **_stays(_I.CONNECT_FAILED, _M._ignore, (_S.CLOSED,)),
+    **{(_S.CLOSED, kind): Transition(_M._ignore, _to(_S.CLOSED)) for kind in _FRAMES},
+    # connected, lost
     (_S.OFFLINE, _I.CONNECTED): Transition(_M._on_connected, _to(_S.LOBBY, _S.JOINING)),
     (_S.RESUMING, _I.CONNECTED): Transition(_M._on_connected, _to(_S.REJOINING)),
     (_S.LOBBY, _I.DISCONNECTED): Transition(_M._on_disconnected, _to(_S.OFFLINE)),
@@ -836,10 +956,18 @@ caller's error. Every step is checked against it, and :func:`diagram` draws it."
 
 def diagram() -> str:
     """The state changes of :data:`TRANSITIONS` as a Mermaid state diagram (inputs that
-    never change the state are left out; docs/architecture.md embeds it)."""
-    edges: dict[tuple[str, str], list[str]] = {}
+    never change the state are left out, and one that leads every other state to the
+    same place is drawn once, from ``ANY``; docs/architecture.md embeds it)."""
+    sources: dict[tuple[ClientInput, ClientState], set[ClientState]] = {}
     for (source, kind), entry in TRANSITIONS.items():
         for target in entry.next_states - {source}:
+            sources.setdefault((kind, target), set()).add(source)
+    edges: dict[tuple[str, str], list[str]] = {}
+    for (kind, target), states in sources.items():
+        if states == set(ClientState) - {target}:  # from everywhere: one edge
+            edges.setdefault(("ANY", target.name), []).append(kind.value)
+            continue
+        for source in states:
             edges.setdefault((source.name, target.name), []).append(kind.value)
     lines = ["stateDiagram-v2", "    [*] --> OFFLINE"]
     for (source_name, target_name), kinds in sorted(edges.items()):

@@ -63,6 +63,26 @@ class ServerConnected:
 
 
 @attrs.frozen(kw_only=True)
+class ConnectRequested:
+    """The application wants the relay server: the machine asks for a connection
+    (:class:`~.actions.ConnectToServer`) and, when it is lost, for new ones."""
+
+
+@attrs.frozen(kw_only=True)
+class ServerConnectFailed:
+    """A connection attempt the machine asked for failed before it opened (refused,
+    timed out, an HTTP error); ``reason`` says how, for logs."""
+
+    reason: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class CloseRequested:
+    """The application is done: leave the room, close the server connection and never
+    reconnect (the machine is ``CLOSED`` for good)."""
+
+
+@attrs.frozen(kw_only=True)
 class ServerDisconnected:
     """The client's WebSocket to the relay is gone.
 
@@ -155,7 +175,10 @@ class OperationFailed:
 
 
 ClientEvent: TypeAlias = (
-    ServerConnected
+    ConnectRequested
+    | ServerConnectFailed
+    | CloseRequested
+    | ServerConnected
     | ServerDisconnected
     | ServerFrameReceived
     | JoinRequested

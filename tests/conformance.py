@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 
 from sansio_signal.actions import ClientAction, Log, ProtocolViolation, SendToServer
-from sansio_signal.client import ClientMachine
+from sansio_signal.client import DEFAULT_RECONNECT, ClientMachine, ReconnectPolicy
 from sansio_signal.errors import LocalProtocolError, RemoteProtocolError
 from sansio_signal.events import ClientEvent
 from sansio_signal.negotiation import Capabilities, NegotiationConfig, PeerNegotiation
@@ -200,6 +200,7 @@ def client_init(
     config: NegotiationConfig,
     resume_window: float,
     jitter: list[float],
+    reconnect: ReconnectPolicy | None = DEFAULT_RECONNECT,
 ) -> dict[str, Json]:
     """How to build the JS twin of a client machine."""
     return {
@@ -207,6 +208,7 @@ def client_init(
         "capabilities": capabilities_json(capabilities),
         "config": config_json(config),
         "resumeWindow": resume_window,
+        "reconnect": None if reconnect is None else _fields(reconnect),
         "jitter": jitter,
     }
 

@@ -144,6 +144,7 @@ class Recorder(_Labels):
                 machine.config,
                 machine.resume_window,
                 jitter.values,
+                machine.reconnect,
             )
         return self.vectors
 

@@ -476,14 +476,6 @@ def lint_file(path: Path) -> list[Finding]:
 
 
 ALLOWED: list[Allowed] = [
-    # ---- adapters/client.py
-    Allowed(
-        "adapters/client.py",
-        "retry-policy",
-        "delay = min(5.0, delay * 2)",
-        "_run() reconnects the WebSocket on its own back-off (0.25 s doubling to 5 s): the "
-        "machine should say when to reconnect (a deadline), for both clients alike",
-    ),
     # ---- adapters/cli.py
     Allowed(
         "adapters/cli.py",
@@ -553,26 +545,6 @@ ALLOWED: list[Allowed] = [
         "_count_library_close(): a 1009 sent by websockets, counted under that label",
     ),
     # ---- adapters/static/sansio-signal.js (the browser driver)
-    Allowed(
-        "adapters/static/sansio-signal.js",
-        "retry-policy",
-        "this._retry += 1;",
-        "_scheduleReconnect(): the driver counts reconnect attempts itself",
-    ),
-    Allowed(
-        "adapters/static/sansio-signal.js",
-        "retry-policy",
-        "const delay = backoff({ ...DEFAULT_CONFIG, backoffBase: 0.5, backoffMax: 10 }",
-        "_scheduleReconnect(): the driver picks the reconnect back-off (its own base and "
-        "cap); the machine should ask for reconnects",
-    ),
-    Allowed(
-        "adapters/static/sansio-signal.js",
-        "message-type",
-        'if (action.frame.type === "join-room") this._log(',
-        "the driver reads the frame it sends to log 'Joining room'; the machine could "
-        "log that line itself (a Log action)",
-    ),
     Allowed(
         "adapters/static/sansio-signal.js",
         "state-name",

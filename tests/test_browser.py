@@ -259,7 +259,8 @@ def test_two_browsers_and_two_python_peers_mesh_and_heal_after_a_reload(relay: s
             )
             await pages["br-3"].evaluate(BOOT, [relay, "br-3", room])
             await full_mesh_talks("second")
-            assert py2.peers["br-3"].epoch == 0  # a rejoin is a new pair session, not a bump
+            # a rejoin is a new pair session, not a bump
+            assert py2.machine.peers["br-3"].epoch == 0
 
     run(scenario)
 
@@ -598,7 +599,7 @@ def test_a_browser_and_aiortc_recover_from_failed_on_a_fresh_connection(relay: s
             )
             assert await page.evaluate("window.c.peerConnection('z-py') !== window.pcBefore")
             await py.wait_until(
-                lambda: py.peers["m-web"].epoch == 1 and "m-web" in py.connected_peers(),
+                lambda: py.machine.peers["m-web"].epoch == 1 and "m-web" in py.connected_peers(),
                 TIMEOUT,
             )
             assert py.peer_connection("m-web") is not py_before

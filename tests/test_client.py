@@ -20,9 +20,11 @@ from sansio_signal.actions import (
     ChatReceived,
     ClientAction,
     ClosePeer,
+    ConnectToServer,
     CreateAnswer,
     CreateOffer,
     CreatePeer,
+    DisconnectFromServer,
     JoinRefused,
     Log,
     PeerConnected,
@@ -42,7 +44,9 @@ from sansio_signal.errors import LocalProtocolError
 from sansio_signal.events import (
     ChatRequested,
     ClientEvent,
+    CloseRequested,
     ConnectionStateChanged,
+    ConnectRequested,
     IceCandidateGathered,
     JoinRequested,
     LeaveRequested,
@@ -51,6 +55,7 @@ from sansio_signal.events import (
     RemoteDescriptionApplied,
     RenegotiationRequested,
     ServerConnected,
+    ServerConnectFailed,
     ServerDisconnected,
     ServerFrameReceived,
 )
@@ -727,6 +732,7 @@ def test_trace_records_events_and_actions() -> None:
     assert [(r["dir"], r["kind"]) for r in records] == [
         ("in", "JoinRequested"),
         ("out", "SendToServer"),
+        ("out", "Log"),  # Joining room: ...
     ]
     assert records[0]["room_id"] == ROOM
     m.handle(joined("alice", "bob"), 1.0)
@@ -818,3 +824,69 @@ def test_a_refused_first_join_does_not_undo_a_later_one() -> None:
     assert m.state is ClientState.JOINING
     m.handle(joined("alice", "bob"), 0.5)
     assert (m.state, list(m.peers)) == (ClientState.JOINED, ["bob"])
+
+
+# ----------------------------------------------------------------------- the server connection
+
+
+def test_the_machine_decides_when_to_connect_and_backs_off_with_jitter() -> None:
+    """Attempts are the machine's: ConnectToServer, and after each failure in a row a
+    doubled, jittered wait (jitter 0 here: half of base * 2^(n-1), at most half of max)."""
+    m = machine("alice")
+    assert m.handle(ConnectRequested(), 0.0) == [ConnectToServer()]
+    assert m.handle(ConnectRequested(), 0.1) == []  # one attempt at a time
+    waits = []
+    now = 1.0
+    for _ in range(6):
+        m.handle(ServerConnectFailed(reason="refused"), now)
+        deadline = m.next_deadline()
+        assert deadline is not None
+        waits.append(round(deadline - now, 6))
+        now = deadline
+        assert m.handle_timer(now) == [ConnectToServer()]
+    assert waits == [0.25, 0.5, 1.0, 2.0, 2.5, 2.5]
+    m.handle(ServerConnected(), now)
+    assert m.next_deadline() is None and m.state is ClientState.LOBBY
+
+
+def test_a_lost_server_is_tried_again_soon_and_the_room_resumed() -> None:
+    m = machine("alice")
+    m.handle(ServerConnected(), 0.0)
+    m.handle(JoinRequested(room_id=ROOM), 0.0)
+    own = UserJoinedRoom(
+        room_id=ROOM, user_id="alice", existing_participants=("bob",), resume_token="t1"
+    )
+    m.handle(server(own), 0.5)
+    m.handle(ConnectRequested(), 1.0)  # connected already: it matters once it is lost
+    out = m.handle(ServerDisconnected(close_code=None), 2.0)
+    assert m.state is ClientState.RESUMING and not any(isinstance(a, ClosePeer) for a in out)
+    assert m.handle_timer(2.125) == [ConnectToServer()]  # delay(1) with jitter 0
+    out = m.handle(ServerConnected(), 2.2)
+    assert m.state is ClientState.REJOINING
+    join = [a.message for a in out if isinstance(a, SendToServer)]
+    assert [type(j).__name__ for j in join] == ["JoinRoom"] and join[0].resume_token is not None
+
+
+def test_without_a_policy_a_failed_attempt_is_not_retried() -> None:
+    m = ClientMachine("alice", capabilities=AIORTC, jitter=lambda: 0.0, reconnect=None)
+    assert m.handle(ConnectRequested(), 0.0) == [ConnectToServer()]
+    m.handle(ServerConnectFailed(reason="refused"), 1.0)
+    assert m.next_deadline() is None
+    assert m.handle(ConnectRequested(), 2.0) == [ConnectToServer()]  # when asked again
+
+
+def test_close_leaves_the_room_hangs_up_and_never_reconnects() -> None:
+    m = in_room("alice", "bob")
+    m.handle(ConnectRequested(), 1.0)
+    out = m.handle(CloseRequested(), 2.0)
+    kinds = [type(a).__name__ for a in out]
+    assert kinds[0] == "SendToServer" and kinds[-1] == "DisconnectFromServer", kinds
+    assert "ClosePeer" in kinds and "RoomLeft" in kinds
+    assert m.state is ClientState.CLOSED and m.peers == {}
+    assert m.handle(ServerDisconnected(close_code=1000), 2.1) == []
+    assert m.next_deadline() is None
+    assert m.handle(ServerConnected(), 2.2) == [DisconnectFromServer()]  # a late attempt
+    with pytest.raises(LocalProtocolError, match="input connect is not allowed in state closed"):
+        m.handle(ConnectRequested(), 3.0)
+    offline = machine("bob")
+    assert offline.handle(CloseRequested(), 0.0) == []  # nothing to leave, nothing to close

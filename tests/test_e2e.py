@@ -20,7 +20,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from websockets.asyncio.client import connect as ws_connect
 from wsutil import run
 
-from sansio_signal import Limits
+from sansio_signal import Limits, Link
 from sansio_signal.adapters.aiortc_peer import loopback_only
 from sansio_signal.adapters.client import Client, ClientError, connect
 from sansio_signal.adapters.server import RelayServer
@@ -55,7 +55,7 @@ def test_two_peers_talk_over_the_data_channel_and_the_chat() -> None:
         ):
             await alice.wait_connected("bob", timeout=TIMEOUT)
             await bob.wait_connected("alice", timeout=TIMEOUT)
-            assert alice.peers["bob"].state == "connected"
+            assert alice.machine.peers["bob"].link is Link.CONNECTED
             # alice is the lower id: she offered; each side used one frame for it
             assert (alice.peers["bob"].frames_sent, bob.peers["alice"].frames_sent) == (1, 1)
             alice.send("bob", "hi bob")
@@ -168,11 +168,11 @@ def test_a_broken_peer_connection_is_replaced_with_a_new_epoch() -> None:
             await alice.wait_connected("bob", timeout=TIMEOUT)
             await bob.wait_connected("alice", timeout=TIMEOUT)
             broken = alice.peer_connection("bob")
-            assert broken is not None and alice.peers["bob"].epoch == 0
+            assert broken is not None and alice.machine.peers["bob"].epoch == 0
             await broken.close()
-            await alice.wait_until(lambda: alice.peers["bob"].epoch == 1, timeout=TIMEOUT)
+            await alice.wait_until(lambda: alice.machine.peers["bob"].epoch == 1, timeout=TIMEOUT)
             await alice.wait_connected("bob", timeout=TIMEOUT)
-            await bob.wait_until(lambda: bob.peers["alice"].epoch == 1, timeout=TIMEOUT)
+            await bob.wait_until(lambda: bob.machine.peers["alice"].epoch == 1, timeout=TIMEOUT)
             await bob.wait_connected("alice", timeout=TIMEOUT)
             assert alice.peer_connection("bob") is not broken
             alice.send("bob", "after the repair")

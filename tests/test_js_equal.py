@@ -32,7 +32,9 @@ from sansio_signal.client import ClientMachine, ClientState
 from sansio_signal.events import (
     ChatRequested,
     ClientEvent,
+    CloseRequested,
     ConnectionStateChanged,
+    ConnectRequested,
     IceCandidateGathered,
     JoinRequested,
     LeaveRequested,
@@ -41,6 +43,7 @@ from sansio_signal.events import (
     RemoteDescriptionApplied,
     RenegotiationRequested,
     ServerConnected,
+    ServerConnectFailed,
     ServerDisconnected,
     ServerFrameReceived,
 )
@@ -230,7 +233,10 @@ def _pc_event(draw: Callable[..., Any], machine: ClientMachine) -> ClientEvent:
 def _event(draw: Callable[..., Any], machine: ClientMachine) -> ClientEvent:
     online = machine.state is not ClientState.OFFLINE
     if not online and draw(st.integers(0, 2)) > 0:
-        return ServerConnected()
+        attempt: ClientEvent = draw(
+            st.sampled_from([ServerConnected(), ServerConnectFailed(reason="refused")])
+        )
+        return attempt
     if machine.state is ClientState.JOINING and draw(st.booleans()):  # the server answers
         own = {
             "channel": "webrtc-dashboard-rooms",
@@ -247,9 +253,14 @@ def _event(draw: Callable[..., Any], machine: ClientMachine) -> ClientEvent:
         st.sampled_from(
             ["frame"] * 10
             + ["pc"] * 12
-            + ["connect", "disconnect", "join", "leave", "chat", "reneg"]
+            + ["connect", "disconnect", "join", "leave", "chat", "reneg", "want"]
+            + ["close"] * (draw(st.integers(0, 3)) == 0)
         )
     )
+    if kind == "want":
+        return ConnectRequested()
+    if kind == "close":
+        return CloseRequested()
     if kind == "frame":
         return ServerFrameReceived(text=_server_frame(draw, machine))
     if kind == "pc":

@@ -51,6 +51,7 @@ KEPT_IN_THEIR_MODULE = {
     # The transition table's vocabulary and its rendering (docs/update_diagram.py).
     "negotiation": {"Input", "RemoteOffer", "diagram"},
     "client": {"ClientInput", "ClientTimer", "Transition", "diagram"},
+    "relay": {"diagram"},
 }
 """Public names that stay importable from their module only."""
 

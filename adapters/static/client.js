@@ -56,10 +56,14 @@ export const ClientState = Object.freeze({
   JOINED: "joined",
   RESUMING: "resuming",
   REJOINING: "rejoining",
+  CLOSED: "closed",
 });
 
 /** Everything that can happen to a client machine (mirrors `client.ClientInput`). */
 export const ClientInput = Object.freeze({
+  CONNECT: "connect",
+  CONNECT_FAILED: "connect-failed",
+  CLOSE: "close",
   CONNECTED: "connected",
   DISCONNECTED: "disconnected",
   JOIN: "join",
@@ -74,7 +78,19 @@ export const ClientInput = Object.freeze({
   RESUME_ENDED: "resume-ended",
   ABSENT_ENDED: "absent-ended",
   PEER_DEADLINE: "peer-deadline",
+  RECONNECT_DUE: "reconnect-due",
 });
+
+/** When to try the server again (mirrors `client.ReconnectPolicy`): the first attempt
+ * after a loss waits `delay(1)`, each failure in a row doubles it up to `maximum`,
+ * jittered into [0.5, 1] of itself. */
+export const DEFAULT_RECONNECT = Object.freeze({ base: 0.25, maximum: 5.0 });
+
+/** Mirrors `ReconnectPolicy.delay`. */
+export function reconnectDelay(policy, attempt, jitter) {
+  const raw = Math.min(policy.maximum, policy.base * 2 ** Math.max(0, attempt - 1));
+  return raw * (0.5 + jitter / 2);
+}
 
 const JOIN_REFUSALS = new Set(["user-id-taken", "room-full", "invalid-id", "unauthorized"]);
 /** Ends of the server connection after which our place may still be ours (mirrors
@@ -84,6 +100,7 @@ const RESUMABLE_CLOSES = new Set([null, CloseCode.GOING_AWAY, CloseCode.ABNORMAL
  * `client.ClientTimer`; peer ids cannot contain a space). */
 const RESUME_KEY = " resume";
 const ABSENT_KEY = " absent";
+const RECONNECT_KEY = " reconnect";
 
 /** Our own id in a room's member list, a duplicate, ...: the view cannot be built
  * (mirrors `room.RoomView`). */
@@ -125,7 +142,7 @@ function codePoints(text) {
  * docstring is the theory of operation). `jitter` returns floats in [0, 1).
  */
 export class ClientMachine {
-  constructor(userId, { capabilities = BROWSER, jitter, config = DEFAULT_CONFIG, resumeWindow = 8.0 } = {}) {
+  constructor(userId, { capabilities = BROWSER, jitter, config = DEFAULT_CONFIG, resumeWindow = 8.0, reconnect = DEFAULT_RECONNECT } = {}) {
     if (!validId(userId)) throw new LocalProtocolError(`user id ${JSON.stringify(userId)} does not match ${ID_PATTERN}`);
     this.userId = userId;
     this.capabilities = capabilities;
@@ -144,6 +161,9 @@ export class ClientMachine {
     this._timers = new Timers();
     this.resumeWindow = resumeWindow;
     this._resumeToken = null;
+    this.reconnect = reconnect; // the reconnect policy (null: connect only when asked, once)
+    this._wantsServer = false;
+    this._attempts = 0; // connection attempts since the last one that opened
     this._heldOut = [];
     this._reconciledAdded = new Set();
     this.absent = new Set();
@@ -167,6 +187,10 @@ export class ClientMachine {
       }
       if (key === ABSENT_KEY) {
         actions.push(...this._dispatch(ClientInput.ABSENT_ENDED, now, null));
+        continue;
+      }
+      if (key === RECONNECT_KEY) {
+        actions.push(...this._dispatch(ClientInput.RECONNECT_DUE, now, null));
         continue;
       }
       const peer = this.peers.get(key);
@@ -215,7 +239,56 @@ export class ClientMachine {
 
   // ---------------------------------------------------------------- handlers
 
+  _wantServer() {
+    this._wantsServer = true; // connected already: this matters when it is lost
+    return [];
+  }
+
+  _onConnect(now) {
+    this._wantsServer = true;
+    if (this._attempts || this._timers.deadlineOf(RECONNECT_KEY) !== null) return []; // on its way or due
+    return this._attempt();
+  }
+
+  _attempt() {
+    this._attempts += 1;
+    return [{ kind: "ConnectToServer" }];
+  }
+
+  _onReconnectDue() { return this._attempt(); }
+
+  _onConnectFailed(now, event) {
+    return [log("info", `cannot reach the server: ${event.reason ?? ""}`), ...this._retryLater(now)];
+  }
+
+  /** Schedule the next attempt, the policy permitting (mirrors `_retry_later`). */
+  _retryLater(now) {
+    if (this.reconnect === null || !this._wantsServer) {
+      this._attempts = 0;
+      return [];
+    }
+    const delay = reconnectDelay(this.reconnect, this._attempts + 1, this._jitter());
+    this._timers.schedule(RECONNECT_KEY, now + delay);
+    return [log("info", `reconnecting in ${delay.toFixed(2)}s`)];
+  }
+
+  _onClose(now) {
+    const online = this.state !== ClientState.OFFLINE && this.state !== ClientState.RESUMING;
+    const actions = this._onLeave(now);
+    this._wantsServer = false;
+    this._attempts = 0;
+    this._timers.cancel(RECONNECT_KEY);
+    this.state = ClientState.CLOSED;
+    return online ? [...actions, { kind: "DisconnectFromServer" }] : actions;
+  }
+
+  _ignore() { return []; }
+
+  _onConnectedAfterClose() { return [{ kind: "DisconnectFromServer" }]; } // an attempt on its way when we closed
+
   _onConnected(now) {
+    this._attempts = 0;
+    this._timers.cancel(RECONNECT_KEY);
     if (this.state === ClientState.RESUMING) return this._sendJoin(); // with our resume token
     this.state = ClientState.LOBBY;
     return this.roomId !== null ? this._sendJoin() : [];
@@ -261,6 +334,10 @@ export class ClientMachine {
   _toServer(frame, peerId = null) { return { kind: "SendToServer", frame, peerId }; }
 
   _onDisconnected(now, event) {
+    return this._loseServer(now, event).concat(this._retryLater(now));
+  }
+
+  _loseServer(now, event) {
     const closeCode = event.closeCode ?? null;
     this._joinsInFlight = 0; // their answers went with the connection
     if (this.state === ClientState.REJOINING) { // lost again before the resume went through
@@ -302,7 +379,7 @@ export class ClientMachine {
     const frame = { channel: Channel.ROOMS, type: "join-room", roomId: this.roomId, userId: this.userId };
     if (this._token !== null) frame.token = this._token;
     if (resume !== null) frame.resumeToken = resume;
-    return [this._toServer(frame)];
+    return [this._toServer(frame), log("info", `Joining room: ${this.roomId} as ${this.userId}`)];
   }
 
   /** While resuming, frames for the server wait until the room is ours again (mirrors
@@ -533,6 +610,9 @@ export class ClientMachine {
 // ------------------------------------------------------------------ the table
 
 const EVENT_INPUTS = {
+  ConnectRequested: ClientInput.CONNECT,
+  ServerConnectFailed: ClientInput.CONNECT_FAILED,
+  CloseRequested: ClientInput.CLOSE,
   ServerConnected: ClientInput.CONNECTED,
   ServerDisconnected: ClientInput.DISCONNECTED,
   JoinRequested: ClientInput.JOIN,
@@ -550,13 +630,25 @@ const C = ClientState;
 const I = ClientInput;
 const M = ClientMachine.prototype;
 const ONLINE = [C.LOBBY, C.JOINING, C.JOINED, C.REJOINING];
+const OFFLINE = [C.OFFLINE, C.RESUMING];
+const FRAMES = [I.OWN_JOIN, I.SERVER_ERROR, I.ROOM_FRAME, I.UNREADABLE];
 const entry = (state, input, handler, nextStates) => [`${state}|${input}`, { handler, nextStates }];
 const stays = (input, handler, states = Object.values(C)) => states.map((s) => entry(s, input, handler, [s]));
 
 /** `(state, input) → {handler, nextStates}` (mirrors `client.TRANSITIONS`; a Python test
  * compares the two). */
 const TRANSITIONS = new Map([
-  // the server connection
+  // the server connection: attempts, the reconnect policy, closing
+  ...stays(I.CONNECT, M._onConnect, OFFLINE),
+  ...stays(I.CONNECT, M._wantServer, ONLINE),
+  ...stays(I.RECONNECT_DUE, M._onReconnectDue, OFFLINE),
+  ...stays(I.CONNECT_FAILED, M._onConnectFailed, OFFLINE),
+  ...[...OFFLINE, ...ONLINE].map((s) => entry(s, I.CLOSE, M._onClose, [C.CLOSED])),
+  entry(C.CLOSED, I.CONNECTED, M._onConnectedAfterClose, [C.CLOSED]),
+  ...stays(I.DISCONNECTED, M._ignore, [C.CLOSED]),
+  ...stays(I.CONNECT_FAILED, M._ignore, [C.CLOSED]),
+  ...FRAMES.map((input) => entry(C.CLOSED, input, M._ignore, [C.CLOSED])),
+  // connected, lost
   entry(C.OFFLINE, I.CONNECTED, M._onConnected, [C.LOBBY, C.JOINING]),
   entry(C.RESUMING, I.CONNECTED, M._onConnected, [C.REJOINING]),
   entry(C.LOBBY, I.DISCONNECTED, M._onDisconnected, [C.OFFLINE]),

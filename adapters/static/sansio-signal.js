@@ -22,7 +22,7 @@
 // The rules that make peers interoperate are PROTOCOL.md's "Peer conventions"; see
 // docs/negotiation.md and docs/browser.md.
 
-import { BROWSER, CHANNEL_LABEL, ClientMachine, DEFAULT_CONFIG, backoff } from "./machine.js";
+import { BROWSER, CHANNEL_LABEL, ClientMachine, DEFAULT_CONFIG, DEFAULT_RECONNECT } from "./machine.js";
 
 export * from "./machine.js";
 
@@ -67,13 +67,13 @@ export class SignalingClient extends EventTarget {
       jitter,
       config,
       resumeWindow: reconnect ? resumeWindow : 0,
+      reconnect: reconnect ? DEFAULT_RECONNECT : null,
     });
     this._conns = new Map(); // pc handle → {peerId, pc, chain, channel, exchanged}
     this._shown = new Map(); // peerId → the last "peer-state" detail, as JSON
     this._ws = null;
     this._timer = null;
-    this._closed = false;
-    this._retry = 0;
+    this._first = null; // the promise of connect(), settled by the first attempt
   }
 
   // ---------------------------------------------------------------- the machine's view
@@ -87,29 +87,13 @@ export class SignalingClient extends EventTarget {
 
   // ---------------------------------------------------------------- public API
 
-  /** Open the WebSocket (resolves when open; reconnects on its own afterwards). */
+  /** Ask for the server: resolves when the first connection opens, rejects if that
+   * attempt fails. When to try (again) is the machine's call: it reconnects on its own,
+   * with a jittered back-off, until close(). */
   connect() {
-    this._closed = false;
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(this.url);
-      this._ws = ws;
-      let opened = false;
-      ws.onopen = () => {
-        opened = true;
-        this._retry = 0;
-        this._emit("open", {});
-        this.feed({ type: "ServerConnected" });
-        resolve();
-      };
-      ws.onmessage = (event) => this.feed({ type: "ServerFrameReceived", text: String(event.data) });
-      ws.onclose = (event) => {
-        if (this._ws !== ws) return;
-        this._ws = null;
-        this._emit("close", { code: event.code });
-        if (opened) this.feed({ type: "ServerDisconnected", closeCode: event.code });
-        if (!opened) reject(new Error(`cannot connect to ${this.url} (close ${event.code})`));
-        if (!this._closed && this.reconnect) this._scheduleReconnect();
-      };
+      this._first = { resolve, reject };
+      this.feed({ type: "ConnectRequested" });
     });
   }
 
@@ -123,9 +107,7 @@ export class SignalingClient extends EventTarget {
 
   /** Leave the room, close every peer connection and the WebSocket (no reconnect). */
   close() {
-    this._closed = true;
-    this.feed({ type: "LeaveRequested" }); // what leaving means now is the machine's call
-    if (this._ws !== null) this._ws.close(1000, "bye");
+    this.feed({ type: "CloseRequested" }); // leave-room if in a room, then DisconnectFromServer
     clearTimeout(this._timer);
     for (const conn of this._conns.values()) conn.pc.close();
     this._conns.clear();
@@ -185,11 +167,34 @@ export class SignalingClient extends EventTarget {
   _emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
   _log(level, text) { this._emit("log", { level, text }); }
 
-  _scheduleReconnect() {
-    this._retry += 1;
-    const delay = backoff({ ...DEFAULT_CONFIG, backoffBase: 0.5, backoffMax: 10 }, this._retry, this._jitter());
-    this._log("info", `Reconnecting in ${delay.toFixed(1)} s`);
-    setTimeout(() => { if (!this._closed) this.connect().catch(() => {}); }, delay * 1000);
+  /** One WebSocket, opened because the machine asked (`ConnectToServer`). */
+  _open() {
+    const ws = new WebSocket(this.url);
+    this._ws = ws;
+    let opened = false;
+    const settle = (ok, value) => {
+      const first = this._first;
+      this._first = null;
+      if (first !== null) (ok ? first.resolve : first.reject)(value);
+    };
+    ws.onopen = () => {
+      opened = true;
+      this._emit("open", {});
+      this.feed({ type: "ServerConnected" });
+      settle(true);
+    };
+    ws.onmessage = (event) => this.feed({ type: "ServerFrameReceived", text: String(event.data) });
+    ws.onclose = (event) => {
+      if (this._ws !== ws) return;
+      this._ws = null;
+      this._emit("close", { code: event.code });
+      if (opened) {
+        this.feed({ type: "ServerDisconnected", closeCode: event.code });
+      } else {
+        this.feed({ type: "ServerConnectFailed", reason: `close ${event.code}` });
+        settle(false, new Error(`cannot connect to ${this.url} (close ${event.code})`));
+      }
+    };
   }
 
   _execute(actions) {
@@ -208,9 +213,12 @@ export class SignalingClient extends EventTarget {
 
   _run(action) {
     switch (action.kind) {
+      case "ConnectToServer": return this._open();
+      case "DisconnectFromServer":
+        if (this._ws !== null) this._ws.close(1000, "bye"); // after what is queued (the leave)
+        return undefined;
       case "SendToServer":
         if (this._ws !== null && this._ws.readyState === WebSocket.OPEN) this._ws.send(JSON.stringify(action.frame));
-        if (action.frame.type === "join-room") this._log("info", `Joining room: ${action.frame.roomId} as ${this.userId}`);
         return;
       case "Log": return this._log(action.level, action.text);
       case "RoomJoined":

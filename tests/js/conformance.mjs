@@ -29,6 +29,7 @@ export function newClient(init) {
     capabilities: init.capabilities,
     config: init.config,
     resumeWindow: init.resumeWindow,
+    reconnect: init.reconnect,
     jitter,
   });
   machine.jitterUsed = jitter.used;
