@@ -514,7 +514,8 @@ class ClientMachine:
         return self._run(peer, peer.on_timer(now))
 
     def _on_unreadable(self, now: float, error: WireError) -> list[ClientAction]:
-        return [ProtocolViolation(peer_id=None, detail=f"unreadable server frame: {error}")]
+        detail = f"unreadable server frame: {error}"
+        return [ProtocolViolation(peer_id=error.sender, detail=detail)]
 
     def _send_join(self) -> list[ClientAction]:
         assert self.room_id is not None

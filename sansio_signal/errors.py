@@ -28,7 +28,10 @@ class WireError(RemoteProtocolError):
     """One frame could not be accepted.
 
     ``code`` is the protocol error code, ``channel`` the channel the error reply goes on
-    (the bad frame's channel when it is a known one, else ``"system"``).
+    (the bad frame's channel when it is a known one, else ``"system"``). ``sender`` is
+    who sent a frame a client refused, when the frame names it (the relay stamps
+    ``fromUserId``, so it can be trusted): the client reports the violation against
+    that member.
     """
 
     def __init__(self, code: ErrorCode, message: str, channel: str = "system") -> None:
@@ -36,6 +39,7 @@ class WireError(RemoteProtocolError):
         self.code = code
         self.message = message
         self.channel = channel
+        self.sender: str | None = None
 
     def __repr__(self) -> str:
         return f"WireError({self.code.value!r}, {self.message!r}, channel={self.channel!r})"

@@ -626,6 +626,15 @@ def parse_server_frame(
     :func:`_check_tree` and :func:`read_pair_fields`."""
     obj = decode_object(data)
     _check_tree(obj)
+    try:
+        return _parse_server_object(obj, limits)
+    except WireError as exc:
+        sender = obj.get("fromUserId")
+        exc.sender = sender if isinstance(sender, str) and limits.valid_id(sender) else None
+        raise
+
+
+def _parse_server_object(obj: dict[str, JSONValue], limits: WireLimits) -> ServerMessage:
     type_ = obj.get("type")
     if type_ == Error.TYPE:
         code = _str(obj, "code", "system")

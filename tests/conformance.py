@@ -255,6 +255,17 @@ def step_input(step: dict[str, Json]) -> dict[str, Json]:
     return {k: v for k, v in step.items() if not k.startswith("_")}
 
 
+def key_paths(value: Json, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every key path of a frame (nested objects included), for tests that put junk
+    into any field."""
+    out: list[tuple[str, ...]] = []
+    if isinstance(value, dict):
+        for key, child in value.items():
+            out.append((*prefix, key))
+            out += key_paths(child, (*prefix, key))
+    return out
+
+
 def iter_vectors(path: Path) -> Iterator[dict[str, Json]]:
     """The vectors of one JSON-lines file."""
     with path.open() as lines:

@@ -24,6 +24,7 @@ from conformance import (
     ListJitter,
     client_init,
     event_json,
+    key_paths,
     run_step,
 )
 from hypothesis import HealthCheck, given, settings
@@ -183,9 +184,16 @@ def _server_frame(draw: Callable[..., Any], machine: ClientMachine) -> str:
         }
     else:
         frame = _signal_frame(draw, machine, room)
-    if kind == "junk":
-        key = draw(st.sampled_from(sorted(frame)))
-        frame[key] = draw(junk)
+    if kind == "junk":  # any field, nested ones included, replaced or removed
+        paths = key_paths(frame)
+        path = draw(st.sampled_from(paths))
+        target: Any = frame
+        for key in path[:-1]:
+            target = target[key]
+        if draw(st.integers(0, 4)) == 0:
+            del target[path[-1]]
+        else:
+            target[path[-1]] = draw(junk)
     return json.dumps(frame)
 
 

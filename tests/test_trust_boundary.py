@@ -13,6 +13,7 @@ from typing import Any
 
 import hypothesis.strategies as st
 import pytest
+from conformance import key_paths
 from hypothesis import HealthCheck, given, settings
 
 from sansio_signal.actions import (
@@ -120,16 +121,6 @@ json_values: st.SearchStrategy[JSONValue] = st.recursive(
 )
 
 
-def _paths(value: JSONValue, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    """Every key path of a frame template (nested objects included)."""
-    out: list[tuple[str, ...]] = []
-    if isinstance(value, dict):
-        for key, child in value.items():
-            out.append((*prefix, key))
-            out += _paths(child, (*prefix, key))
-    return out
-
-
 def _replace(frame: dict[str, JSONValue], path: tuple[str, ...], junk: Any) -> None:
     target: Any = frame
     for key in path[:-1]:
@@ -186,7 +177,7 @@ def test_junk_in_any_field_never_escapes_and_spares_other_peers(data: st.DataObj
     for _ in range(data.draw(st.integers(min_value=1, max_value=3))):
         name = data.draw(st.sampled_from(sorted(TEMPLATES)))
         frame = json.loads(json.dumps(TEMPLATES[name]))
-        path = data.draw(st.sampled_from(_paths(frame)))
+        path = data.draw(st.sampled_from(key_paths(frame)))
         junk = data.draw(st.just(_DELETE) | json_values)
         _replace(frame, path, junk)
         client.handle(ServerFrameReceived(text=json.dumps(frame)), 0.5)  # must not raise
@@ -219,6 +210,7 @@ def test_a_malformed_pair_field_is_a_violation_for_that_frame(field: str, value:
     out = client.handle(ServerFrameReceived(text=json.dumps(frame)), 0.5)
     assert len(out) == 1 and isinstance(out[0], ProtocolViolation), out
     assert field in out[0].detail
+    assert out[0].peer_id == "bob"  # the relay's stamp says who sent it
     _carol_still_works(client, pcs)
 
 

@@ -326,7 +326,7 @@ export class ClientMachine {
   _onPeerDeadline(now, peer) { return this._run(peer, peer.onTimer(now)); }
 
   _onUnreadable(now, error) {
-    return [{ kind: "ProtocolViolation", peerId: null, detail: `unreadable server frame: ${error.message}` }];
+    return [{ kind: "ProtocolViolation", peerId: error.sender, detail: `unreadable server frame: ${error.message}` }];
   }
 
   // ---------------------------------------------------------------- the server

@@ -61,6 +61,7 @@ export class WireError extends RemoteProtocolError {
   constructor(code, message) {
     super(message);
     this.code = code;
+    this.sender = null; // who sent a refused frame, when it names a valid fromUserId
   }
 }
 /** Our caller used a machine out of order: a bug (mirrors `errors.LocalProtocolError`). */
@@ -218,6 +219,15 @@ const KNOWN_CHANNELS = new Set([Channel.ROOMS, Channel.SIGNALING, Channel.CHAT])
  */
 export function parseServerFrame(text) {
   const obj = decodeObject(text);
+  try {
+    return parseServerObject(obj);
+  } catch (error) {
+    if (error instanceof WireError) error.sender = validId(obj.fromUserId) ? obj.fromUserId : null;
+    throw error;
+  }
+}
+
+function parseServerObject(obj) {
   if (obj.type === "error") {
     const code = str(obj, "code");
     if (!ERROR_CODES.includes(code)) throw badFrame(`unknown error code ${code.slice(0, 80)}`);
