@@ -434,7 +434,9 @@ def _read_description(obj: Mapping[str, JSONValue], key: str) -> SessionDescript
     )
 
 
-def _read_candidate(obj: Mapping[str, JSONValue]) -> IceCandidate | None:
+def _candidate_fields(obj: Mapping[str, JSONValue]) -> dict[str, JSONValue] | None:
+    """The checked ``candidate`` object of a ``webrtc-ice`` frame (``None``: end of
+    candidates), or ``WireError``. The relay stops here (no object per frame)."""
     if "candidate" not in obj:
         raise WireError(
             ErrorCode.BAD_FRAME,
@@ -450,6 +452,9 @@ def _read_candidate(obj: Mapping[str, JSONValue]) -> IceCandidate | None:
             f"field 'candidate' must be an object or null, not {_kind(value)}",
             Channel.SIGNALING,
         )
+    _str(value, "candidate", Channel.SIGNALING)
+    _opt_str(value, "sdpMid", Channel.SIGNALING)
+    _opt_str(value, "usernameFragment", Channel.SIGNALING)
     index = value.get("sdpMLineIndex")
     if index is not None and wire_int(index) is None:
         raise WireError(
@@ -457,11 +462,19 @@ def _read_candidate(obj: Mapping[str, JSONValue]) -> IceCandidate | None:
             "field 'candidate.sdpMLineIndex' must be a non-negative integer or null",
             Channel.SIGNALING,
         )
+    return value
+
+
+def _read_candidate(obj: Mapping[str, JSONValue]) -> IceCandidate | None:
+    value = _candidate_fields(obj)
+    if value is None:
+        return None
+    sdp_mid, fragment = value.get("sdpMid"), value.get("usernameFragment")
     return IceCandidate(
-        candidate=_str(value, "candidate", Channel.SIGNALING),
-        sdp_mid=_opt_str(value, "sdpMid", Channel.SIGNALING),
-        sdp_mline_index=None if index is None else wire_int(index),
-        username_fragment=_opt_str(value, "usernameFragment", Channel.SIGNALING),
+        candidate=str(value["candidate"]),
+        sdp_mid=sdp_mid if isinstance(sdp_mid, str) else None,
+        sdp_mline_index=wire_int(value.get("sdpMLineIndex")),
+        username_fragment=fragment if isinstance(fragment, str) else None,
     )
 
 
@@ -511,7 +524,7 @@ def check_signal(obj: Mapping[str, JSONValue], type_: str, limits: WireLimits) -
     channel = Channel.SIGNALING.value
     to_user_id = _id(obj, "toUserId", channel, limits)
     if type_ == Ice.TYPE:
-        _read_candidate(obj)
+        _candidate_fields(obj)
     elif type_ == Offer.TYPE:
         _read_description(obj, "offer")
     elif type_ == Answer.TYPE:
