@@ -57,6 +57,30 @@ SCRIPTED = ["test_client.py", "test_client_resume.py", "test_trust_boundary.py"]
 SIM_SEEDS = range(20)
 
 
+def _recorded(
+    step: dict[str, Any],
+    call: Callable[[], list[ClientAction]],
+    after: Callable[[], dict[str, Any]],
+    steps: list[dict[str, Any]],
+) -> list[ClientAction]:
+    """Run ``call`` and append ``step`` with what came of it (the actions, the error
+    class it raised — raised again — and the snapshot ``after`` takes) to ``steps``."""
+    raised = None
+    actions: list[ClientAction] = []
+    try:
+        actions = call()
+    except LocalProtocolError:
+        raised = "LocalProtocolError"
+        raise
+    except RemoteProtocolError:
+        raised = "RemoteProtocolError"
+        raise
+    finally:
+        step["expect"] = {"actions": actions_json(actions), "raised": raised, "snapshot": after()}
+        steps.append(step)
+    return actions
+
+
 class _Labels:
     """Names recorded machines after the test (or run) that made them."""
 
@@ -99,24 +123,7 @@ class Recorder(_Labels):
             machine: ClientMachine, step: dict[str, Any], call: Callable[[], list[ClientAction]]
         ) -> list[ClientAction]:
             vector, _ = machine._conformance  # type: ignore[attr-defined]
-            raised = None
-            actions: list[ClientAction] = []
-            try:
-                actions = call()
-            except LocalProtocolError:
-                raised = "LocalProtocolError"
-                raise
-            except RemoteProtocolError:
-                raised = "RemoteProtocolError"
-                raise
-            finally:
-                step["expect"] = {
-                    "actions": actions_json(actions),
-                    "raised": raised,
-                    "snapshot": snapshot(machine),
-                }
-                vector["steps"].append(step)
-            return actions
+            return _recorded(step, call, lambda: snapshot(machine), vector["steps"])
 
         def handle(machine: ClientMachine, event: ClientEvent, now: float) -> list[ClientAction]:
             step = {"event": event_json(event), "now": now}
@@ -202,25 +209,13 @@ class NegotiationRecorder(_Labels):
 
         def wrap(name: str) -> Callable[..., list[ClientAction]]:
             def method(peer: PeerNegotiation, *args: Any) -> list[ClientAction]:
-                step = call_json(name, args)
-                raised = None
-                actions: list[ClientAction] = []
-                try:
-                    actions = originals[name](peer, *args)
-                except LocalProtocolError:
-                    raised = "LocalProtocolError"
-                    raise
-                except RemoteProtocolError:
-                    raised = "RemoteProtocolError"
-                    raise
-                finally:
-                    step["expect"] = {
-                        "actions": actions_json(actions),
-                        "raised": raised,
-                        "snapshot": negotiation_snapshot(peer),
-                    }
-                    peer._conformance["steps"].append(step)  # type: ignore[attr-defined]
-                return actions
+                steps = peer._conformance["steps"]  # type: ignore[attr-defined]
+                return _recorded(
+                    call_json(name, args),
+                    lambda: originals[name](peer, *args),
+                    lambda: negotiation_snapshot(peer),
+                    steps,
+                )
 
             return method
 

@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from sansio_signal.negotiation import TRANSITIONS
 
@@ -37,12 +38,11 @@ def test_js_unit_tests_pass() -> None:
     assert "# fail 0" in result.stdout
 
 
-def test_js_transition_table_matches_python() -> None:
-    """The negotiation's table: the same (role, state, input) keys leading to the same
-    states in both languages."""
+def _js_export(call: str) -> Any:
+    """What ``call`` (a function the JS machines export, called without arguments)
+    returns, as JSON."""
     script = (
-        f"import({json.dumps(MODULE.as_uri())})"
-        ".then(m => console.log(JSON.stringify(m.negotiationTransitions())))"
+        f"import({json.dumps(MODULE.as_uri())}).then(m => console.log(JSON.stringify(m.{call}())))"
     )
     out = subprocess.run(
         [_node(), "--input-type=module", "-e", script],
@@ -51,7 +51,13 @@ def test_js_transition_table_matches_python() -> None:
         timeout=30,
         check=True,
     ).stdout
-    js_list = json.loads(out)
+    return json.loads(out)
+
+
+def test_js_transition_table_matches_python() -> None:
+    """The negotiation's table: the same (role, state, input) keys leading to the same
+    states in both languages."""
+    js_list = _js_export("negotiationTransitions")
     js_rows = {(role, state, kind, tuple(targets)) for role, state, kind, targets in js_list}
     assert len(js_rows) == len(js_list), "a key listed twice in the JS table"
     py_rows = {
@@ -69,18 +75,7 @@ def test_js_client_table_matches_python() -> None:
     states in both languages."""
     from sansio_signal.client import TRANSITIONS as CLIENT_TRANSITIONS
 
-    script = (
-        f"import({json.dumps(MODULE.as_uri())})"
-        ".then(m => console.log(JSON.stringify(m.clientTransitions())))"
-    )
-    out = subprocess.run(
-        [_node(), "--input-type=module", "-e", script],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
-    js_rows = {(state, kind, tuple(targets)) for state, kind, targets in json.loads(out)}
+    js_rows = {(state, kind, tuple(t)) for state, kind, t in _js_export("clientTransitions")}
     py_rows = {
         (state.value, kind.value, tuple(sorted(s.value for s in entry.next_states)))
         for (state, kind), entry in CLIENT_TRANSITIONS.items()
