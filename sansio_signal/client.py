@@ -22,6 +22,15 @@ by what they end (the resume window, the wait for absent peers, a peer's deadlin
                                                                       ▼
                               JOINED ◀──own join── REJOINING ◀──connected── RESUMING
 
+    and from anywhere, ``close`` ──▶ CLOSED (for good).
+
+**Connecting** is decided here too: :class:`~.events.ConnectRequested` makes the machine
+ask for a socket (:class:`~.actions.ConnectToServer`); after a lost connection, or an
+attempt the adapter reports as :class:`~.events.ServerConnectFailed`, it asks again when
+a deadline of its :class:`ReconnectPolicy` passes (jittered, doubling while attempts
+keep failing). :class:`~.events.CloseRequested` leaves the room and asks for
+:class:`~.actions.DisconnectFromServer`. No adapter keeps a reconnect policy.
+
 A join asked for while in a room keeps the current room (and its peers) until the
 server confirms the new one with our own ``user-joined-room``; if the server refuses
 it, we are still where we were, as the server says. The room it wants (``room_id`` of
