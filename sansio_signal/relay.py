@@ -581,7 +581,11 @@ class RelayMachine:
         else:
             live = self._conns.get(holder)
             expected = None if live is None else live.resume_token
-        return expected is not None and hmac.compare_digest(expected, token)
+        # compare_digest takes str only when both are ASCII: compare bytes, so that any
+        # token a client sends (non-ASCII, a lone surrogate) is simply a wrong one.
+        return expected is not None and hmac.compare_digest(
+            expected.encode("utf-8", "surrogatepass"), token.encode("utf-8", "surrogatepass")
+        )
 
     def _resume(
         self, c: _Conn, conn: ConnId, holder: ConnId, room_id: str, user_id: str

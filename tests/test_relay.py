@@ -239,6 +239,26 @@ def test_user_id_taken(harness: RelayHarness) -> None:
     assert harness.machine.directory.lookup("demo", "a") == a
 
 
+@pytest.mark.parametrize(
+    "token", ["tök1", "\u00e9", "\ud800", "tok1\u0000", "", "t" * 4096, "\U0001f600"]
+)
+@pytest.mark.parametrize("clean", [True, False])
+def test_malformed_resume_token_is_user_id_taken(token: str, clean: bool) -> None:
+    """Issue 11: a non-ASCII resumeToken crashed the token comparison (TypeError in
+    hmac.compare_digest); any token but the right one is a wrong one: user-id-taken."""
+    h = make_harness(Limits(resume_grace=10.0))
+    a, b = in_room(h, "demo", "a", "b")  # a's token is tok1
+    if not clean:
+        h.disconnect(a, clean=False)  # held: the token is compared with the held one
+    c = h.connect()
+    h.join(c, "demo", "a", resume_token=token)
+    assert take(h, c) == [error_frame(ROOMS, "user-id-taken")]
+    assert all_quiet(h, b)
+    assert h.machine.member(c) is None
+    h.join(c, "demo", "a", resume_token="tok1")  # the right one still works
+    assert take_joined(h, c)[0] == joined("demo", "a", ["b"])
+
+
 def test_user_id_is_free_again_after_leave_and_disconnect(harness: RelayHarness) -> None:
     a, b = in_room(harness, "demo", "a", "b")
     harness.send(a, leave_frame("demo"))
