@@ -121,7 +121,7 @@ from .events import (
     ServerFrameReceived,
 )
 from .negotiation import Capabilities, NegotiationConfig, PeerNegotiation
-from .room import RoomView
+from .room import DEFAULT_MAX_MEMBERS, RoomView
 from .timers import Timers
 from .trace import fields_of
 from .wire import (
@@ -256,6 +256,7 @@ class ClientMachine:
         trace: TraceSink | None = None,
         resume_window: float = 8.0,
         reconnect: ReconnectPolicy | None = DEFAULT_RECONNECT,
+        max_peers: int = DEFAULT_MAX_MEMBERS,
     ) -> None:
         if not limits.valid_id(user_id):
             raise LocalProtocolError(f"user id {user_id!r} does not match {limits.id_pattern}")
@@ -281,6 +282,9 @@ class ClientMachine:
         self.resume_window = resume_window
         self._resume_token: str | None = None
         """The token of our last ``user-joined-room`` (for the room in ``self.room``)."""
+        self.max_peers = max_peers
+        """The most other members we take in a room: a server that lists more is refused
+        (a ``ProtocolViolation``), since each costs a peer connection."""
         self.reconnect = reconnect
         """The reconnect policy (``None``: the adapter connects only when asked, once)."""
         self._wants_server = False
@@ -745,7 +749,7 @@ class ClientMachine:
                 )
             ]
         try:
-            room = RoomView(self.user_id, joined)
+            room = RoomView(self.user_id, joined, self.max_peers)
         except RemoteProtocolError as exc:
             return [ProtocolViolation(peer_id=None, detail=str(exc))]
         self._resume_token = joined.resume_token

@@ -11,11 +11,17 @@ from __future__ import annotations
 from .errors import RemoteProtocolError
 from .wire import UserJoinedRoom, UserLeftRoom
 
+DEFAULT_MAX_MEMBERS = 64
+"""The most other members a room view takes (the server's default room size is 32):
+a server that lists more is lying, and every member costs a peer connection."""
+
 
 class RoomView:
-    """Who else is in our room (we are not listed)."""
+    """Who else is in our room (we are not listed), at most ``max_members`` of them."""
 
-    def __init__(self, our_id: str, joined: UserJoinedRoom) -> None:
+    def __init__(
+        self, our_id: str, joined: UserJoinedRoom, max_members: int = DEFAULT_MAX_MEMBERS
+    ) -> None:
         if joined.user_id != our_id:
             raise RemoteProtocolError(
                 f"a room view starts from our own join, not {joined.user_id!r}'s"
@@ -24,6 +30,12 @@ class RoomView:
             raise RemoteProtocolError("existingParticipants lists the joiner itself")
         if len(set(joined.existing_participants)) != len(joined.existing_participants):
             raise RemoteProtocolError("existingParticipants lists a member twice")
+        if len(joined.existing_participants) > max_members:
+            raise RemoteProtocolError(
+                f"existingParticipants lists {len(joined.existing_participants)} members; "
+                f"we take at most {max_members}"
+            )
+        self.max_members = max_members
         self.our_id = our_id
         self.room_id = joined.room_id
         self._members = list(joined.existing_participants)
@@ -45,6 +57,11 @@ class RoomView:
         if isinstance(frame, UserJoinedRoom):
             if frame.user_id == self.our_id or frame.user_id in self._members:
                 raise RemoteProtocolError(f"{frame.user_id!r} joined twice")
+            if len(self._members) >= self.max_members:
+                raise RemoteProtocolError(
+                    f"{frame.user_id!r} would be member {len(self._members) + 1}; we take "
+                    f"at most {self.max_members}"
+                )
             self._members.append(frame.user_id)
         else:
             if frame.user_id not in self._members:

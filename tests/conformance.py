@@ -25,6 +25,7 @@ from sansio_signal.client import DEFAULT_RECONNECT, ClientMachine, ReconnectPoli
 from sansio_signal.errors import LocalProtocolError, RemoteProtocolError
 from sansio_signal.events import ClientEvent
 from sansio_signal.negotiation import Capabilities, NegotiationConfig, PeerNegotiation
+from sansio_signal.room import DEFAULT_MAX_MEMBERS
 from sansio_signal.wire import (
     Answer,
     Ice,
@@ -201,9 +202,11 @@ def client_init(
     resume_window: float,
     jitter: list[float],
     reconnect: ReconnectPolicy | None = DEFAULT_RECONNECT,
+    max_peers: int = DEFAULT_MAX_MEMBERS,
 ) -> dict[str, Json]:
     """How to build the JS twin of a client machine."""
     return {
+        "maxPeers": max_peers,
         "userId": user_id,
         "capabilities": capabilities_json(capabilities),
         "config": config_json(config),

@@ -152,6 +152,7 @@ class Recorder(_Labels):
                 machine.resume_window,
                 jitter.values,
                 machine.reconnect,
+                machine.max_peers,
             )
         return self.vectors
 

@@ -305,6 +305,7 @@ def test_python_and_js_client_machines_agree(js: JsMachine, data: st.DataObject)
     user = data.draw(st.sampled_from(["alice", "bob", "carol"]), label="user")
     caps = data.draw(st.sampled_from([BROWSER, AIORTC]), label="caps")
     window = data.draw(st.sampled_from([0.0, 8.0]), label="resume window")
+    max_peers = data.draw(st.sampled_from([64, 2]), label="max peers")
     jitter_values = [((i * 7919) % 1000) / 1000 for i in range(1, 400)]
     python = ClientMachine(
         user,
@@ -312,8 +313,10 @@ def test_python_and_js_client_machines_agree(js: JsMachine, data: st.DataObject)
         jitter=ListJitter(jitter_values),
         config=CONFIG,
         resume_window=window,
+        max_peers=max_peers,
     )
-    js.send({"init": client_init(user, caps, CONFIG, window, jitter_values)})
+    init = client_init(user, caps, CONFIG, window, jitter_values, max_peers=max_peers)
+    js.send({"init": init})
     now = 0.0
     history: list[dict[str, Any]] = []
     prefix: list[ClientEvent] = [ServerConnected(), JoinRequested(room_id="r1")]

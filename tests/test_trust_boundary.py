@@ -292,3 +292,24 @@ def test_frames_a_browser_could_not_read_as_we_do_are_unreadable(text: str) -> N
     assert len(out) == 1 and isinstance(out[0], ProtocolViolation), out
     assert "unreadable" in out[0].detail
     _carol_still_works(client, pcs)
+
+
+def test_a_server_cannot_make_us_build_more_peers_than_we_take() -> None:
+    """A lying server listing 500 members, or adding one past the cap, is refused (a
+    ProtocolViolation) before a single peer connection is made for it."""
+    client = ClientMachine("alice", capabilities=BROWSER, jitter=lambda: 0.25, max_peers=3)
+    client.handle(ServerConnected(), 0.0)
+    client.handle(JoinRequested(room_id=ROOM), 0.0)
+    crowd = dict(TEMPLATES["own-join"], existingParticipants=[f"u{i}" for i in range(500)])
+    out = client.handle(ServerFrameReceived(text=json.dumps(crowd)), 0.1)
+    assert [type(a) for a in out] == [ProtocolViolation] and client.peers == {}
+    ok = dict(TEMPLATES["own-join"], existingParticipants=["bob", "carol", "dave"])
+    client.handle(ServerFrameReceived(text=json.dumps(ok)), 0.2)
+    assert sorted(client.peers) == ["bob", "carol", "dave"]
+    one_more = dict(TEMPLATES["joined"], userId="erin")
+    out = client.handle(ServerFrameReceived(text=json.dumps(one_more)), 0.3)
+    assert [type(a) for a in out] == [ProtocolViolation] and "erin" not in client.peers
+    left = dict(TEMPLATES["left"], userId="dave")
+    client.handle(ServerFrameReceived(text=json.dumps(left)), 0.4)
+    out = client.handle(ServerFrameReceived(text=json.dumps(one_more)), 0.5)
+    assert "erin" in client.peers  # room again for one

@@ -104,13 +104,20 @@ const RECONNECT_KEY = " reconnect";
 
 /** Our own id in a room's member list, a duplicate, ...: the view cannot be built
  * (mirrors `room.RoomView`). */
+/** The most other members a room view takes (mirrors `room.DEFAULT_MAX_MEMBERS`). */
+export const DEFAULT_MAX_MEMBERS = 64;
+
 class RoomView {
-  constructor(ourId, joined) {
+  constructor(ourId, joined, maxMembers = DEFAULT_MAX_MEMBERS) {
     if (joined.userId !== ourId) throw new RemoteProtocolError(`a room view starts from our own join, not ${joined.userId}'s`);
     if (joined.existingParticipants.includes(ourId)) throw new RemoteProtocolError("existingParticipants lists the joiner itself");
     if (new Set(joined.existingParticipants).size !== joined.existingParticipants.length) {
       throw new RemoteProtocolError("existingParticipants lists a member twice");
     }
+    if (joined.existingParticipants.length > maxMembers) {
+      throw new RemoteProtocolError(`existingParticipants lists ${joined.existingParticipants.length} members; we take at most ${maxMembers}`);
+    }
+    this.maxMembers = maxMembers;
     this.ourId = ourId;
     this.roomId = joined.roomId;
     this.members = [...joined.existingParticipants];
@@ -122,6 +129,7 @@ class RoomView {
     if (frame.roomId !== this.roomId) throw new RemoteProtocolError(`membership frame for room ${frame.roomId} while in ${this.roomId}`);
     if (frame.type === "user-joined-room") {
       if (frame.userId === this.ourId || this.members.includes(frame.userId)) throw new RemoteProtocolError(`${frame.userId} joined twice`);
+      if (this.members.length >= this.maxMembers) throw new RemoteProtocolError(`${frame.userId} would be member ${this.members.length + 1}; we take at most ${this.maxMembers}`);
       this.members.push(frame.userId);
     } else {
       if (!this.members.includes(frame.userId)) throw new RemoteProtocolError(`${frame.userId} left but was not here`);
@@ -142,7 +150,7 @@ function codePoints(text) {
  * docstring is the theory of operation). `jitter` returns floats in [0, 1).
  */
 export class ClientMachine {
-  constructor(userId, { capabilities = BROWSER, jitter, config = DEFAULT_CONFIG, resumeWindow = 8.0, reconnect = DEFAULT_RECONNECT } = {}) {
+  constructor(userId, { capabilities = BROWSER, jitter, config = DEFAULT_CONFIG, resumeWindow = 8.0, reconnect = DEFAULT_RECONNECT, maxPeers = DEFAULT_MAX_MEMBERS } = {}) {
     if (!validId(userId)) throw new LocalProtocolError(`user id ${JSON.stringify(userId)} does not match ${ID_PATTERN}`);
     this.userId = userId;
     this.capabilities = capabilities;
@@ -161,6 +169,7 @@ export class ClientMachine {
     this._timers = new Timers();
     this.resumeWindow = resumeWindow;
     this._resumeToken = null;
+    this.maxPeers = maxPeers; // the most other members we take in a room
     this.reconnect = reconnect; // the reconnect policy (null: connect only when asked, once)
     this._wantsServer = false;
     this._attempts = 0; // connection attempts since the last one that opened
@@ -543,7 +552,7 @@ export class ClientMachine {
     }
     let room;
     try {
-      room = new RoomView(this.userId, joined);
+      room = new RoomView(this.userId, joined, this.maxPeers);
     } catch (error) {
       if (!(error instanceof RemoteProtocolError)) throw error;
       return [{ kind: "ProtocolViolation", peerId: null, detail: error.message }];

@@ -30,6 +30,7 @@ export function newClient(init) {
     config: init.config,
     resumeWindow: init.resumeWindow,
     reconnect: init.reconnect,
+    maxPeers: init.maxPeers,
     jitter,
   });
   machine.jitterUsed = jitter.used;
