@@ -70,6 +70,7 @@ member before any later frame of that room.
 from __future__ import annotations
 
 import hmac
+import math
 from collections import Counter, deque
 from collections.abc import Callable
 from enum import Enum
@@ -514,17 +515,13 @@ class RelayMachine:
             error = WireError(
                 ErrorCode.UNAUTHORIZED, "join refused: missing or invalid token", Channel.ROOMS
             )
-            return self._reply_error(c, conn, error, now)
+            return self._refuse_join(c, conn, msg, error, now)
         holder = self.directory.lookup(room_id, user_id)
         if holder is not None and holder != conn:
             if msg.resume_token is not None and self._resumable(holder, msg.resume_token):
                 return self._resume(c, conn, holder, room_id, user_id)
-            error = WireError(
-                ErrorCode.USER_ID_TAKEN,
-                f"user id {user_id!r} is taken in room {room_id!r}",
-                Channel.ROOMS,
-            )
-            return self._reply_error(c, conn, error, now)
+            error = WireError(ErrorCode.USER_ID_TAKEN, self._taken(holder, msg, now), Channel.ROOMS)
+            return self._refuse_join(c, conn, msg, error, now)
         size = self.directory.size(room_id) - (1 if c.room_id == room_id else 0)
         if size >= self.limits.max_room_size:
             error = WireError(
@@ -532,7 +529,7 @@ class RelayMachine:
                 f"room {room_id!r} is full ({self.limits.max_room_size} members)",
                 Channel.ROOMS,
             )
-            return self._reply_error(c, conn, error, now)
+            return self._refuse_join(c, conn, msg, error, now)
         if size == 0 and c.room_id != room_id and self._rooms_exhausted(c):
             self.stats.rooms_limit_refusals += 1
             error = WireError(
@@ -540,7 +537,7 @@ class RelayMachine:
                 f"the server's room limit ({self.limits.max_rooms} rooms) is reached",
                 Channel.ROOMS,
             )
-            return self._reply_error(c, conn, error, now)
+            return self._refuse_join(c, conn, msg, error, now)
 
         actions: list[RelayAction] = []
         if c.phase is Phase.JOINED:
@@ -564,6 +561,30 @@ class RelayMachine:
             )
         )
         return actions
+
+    def _taken(self, holder: ConnId, msg: JoinRoom, now: float) -> str:
+        """The ``user-id-taken`` message: a member held for a resume says so, and for how
+        many seconds more (whole seconds, rounded up) the id stays held."""
+        deadline = self._timers.deadline_of((_HELD, holder)) if holder in self._held else None
+        if deadline is None:
+            return f"user id {msg.user_id!r} is taken in room {msg.room_id!r}"
+        more = max(1, math.ceil(deadline - now))
+        return (
+            f"user id {msg.user_id!r} is held for a resume in room {msg.room_id!r}"
+            f" for {more} s more"
+        )
+
+    def _refuse_join(
+        self, c: _Conn, conn: ConnId, msg: JoinRoom, error: WireError, now: float
+    ) -> list[RelayAction]:
+        """The error reply to a join refused by a rule, and its INFO log line (an operator
+        sees who could not join, and why)."""
+        refused = Log(
+            level=LogLevel.INFO,
+            message='Join of user "%s" to room "%s" refused (%s): %s',
+            args=(msg.user_id, msg.room_id, error.code.value, error.message),
+        )
+        return [refused, *self._reply_error(c, conn, error, now)]
 
     def _rooms_exhausted(self, c: _Conn) -> bool:
         """Whether opening one more room would pass ``max_rooms`` (the joiner's own room

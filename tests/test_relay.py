@@ -259,6 +259,48 @@ def test_malformed_resume_token_is_user_id_taken(token: str, clean: bool) -> Non
     assert take_joined(h, c)[0] == joined("demo", "a", ["b"])
 
 
+def test_user_id_taken_by_a_held_member_says_held_and_for_how_long() -> None:
+    """Issue 11: a peer killed cannot rejoin under its name during the resume grace; the
+    refusal says the id is held for a resume and how many seconds remain (rounded up)."""
+    h = make_harness(Limits(resume_grace=10.0))
+    a, _b = in_room(h, "demo", "alice", "b")
+    h.disconnect(a, clean=False)
+    h.advance(2.5)
+    c = h.connect()
+    h.join(c, "demo", "alice")
+    [error] = h.take(c)
+    assert (error["code"], error["message"]) == (
+        "user-id-taken",
+        "user id 'alice' is held for a resume in room 'demo' for 8 s more",
+    )
+    h.advance(7.9)
+    h.join(c, "demo", "alice", resume_token="wrong")
+    assert h.take(c)[0]["message"].endswith("is held for a resume in room 'demo' for 1 s more")
+    h.advance(0.1)
+    h.fire_timers()  # the grace passed: the id is free
+    h.join(c, "demo", "alice")
+    assert take_joined(h, c) == [joined("demo", "alice", ["b"])]
+
+
+def test_refused_joins_are_logged_at_info_with_the_code() -> None:
+    h = make_harness(Limits(max_room_size=2), authorize=_deny_room_other)
+    in_room(h, "demo", "a", "b")
+    c = h.connect()
+    h.logs.clear()
+    start = len(h.actions)
+    h.join(c, "demo", "a")
+    h.join(c, "demo", "c")
+    h.join(c, "other", "c")
+    infos = [x.text() for x in h.actions[start:] if isinstance(x, Log) and x.level is LogLevel.INFO]
+    assert infos == [
+        'Join of user "a" to room "demo" refused (user-id-taken):'
+        " user id 'a' is taken in room 'demo'",
+        'Join of user "c" to room "demo" refused (room-full): room \'demo\' is full (2 members)',
+        'Join of user "c" to room "other" refused (unauthorized):'
+        " join refused: missing or invalid token",
+    ]
+
+
 def test_user_id_is_free_again_after_leave_and_disconnect(harness: RelayHarness) -> None:
     a, b = in_room(harness, "demo", "a", "b")
     harness.send(a, leave_frame("demo"))
