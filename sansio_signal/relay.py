@@ -689,13 +689,9 @@ class RelayMachine:
         obj["roomId"] = room_id
         if target in self._held:
             self._queue(target, dumps(obj), type_)
-            return [_RELAYING[type_], _RELAYED_TO_ONE]
+            return [_RELAYED_TO_ONE[type_]]
         self.stats.frames_out[type_] += 1
-        return [
-            _RELAYING[type_],
-            SendFrame(conn=target, text=dumps(obj), frame_type=type_),
-            _RELAYED_TO_ONE,
-        ]
+        return [SendFrame(conn=target, text=dumps(obj), frame_type=type_), _RELAYED_TO_ONE[type_]]
 
     def _on_chat(
         self,
@@ -711,15 +707,8 @@ class RelayMachine:
         assert room_id is not None and user_id is not None
         ts = _wall_time(wall_time, "a chat-message (its ts)")
         text = encode(ChatMessage(text=msg.text, room_id=room_id, from_user_id=user_id, ts=ts))
-        actions: list[RelayAction] = [_RELAYING[ChatMessage.TYPE]]
-        actions += self._to_room(room_id, text, ChatMessage.TYPE)
-        actions.append(
-            Log(
-                level=LogLevel.INFO,
-                message="Message relayed to %d clients",
-                args=(self.directory.size(room_id),),
-            )
-        )
+        actions = self._to_room(room_id, text, ChatMessage.TYPE)
+        actions.append(_relayed(ChatMessage.TYPE, Channel.CHAT.value, self.directory.size(room_id)))
         return actions
 
 
@@ -766,18 +755,21 @@ def _channel_hint(data: str | bytes) -> str:
     return channel if isinstance(channel, str) and channel in CLIENT_TYPES else "system"
 
 
-def _relaying(type_: str, channel: str) -> Log:
+def _relayed(type_: str, channel: str, clients: int) -> Log:
+    """The one INFO line of a relayed frame: the seed's two lines (``Relaying message
+    type ...`` and ``Message relayed to N clients``) as one record."""
     return Log(
         level=LogLevel.INFO,
-        message='Relaying message type "%s" on channel "%s"',
-        args=(type_, channel),
+        message='Relaying message type "%s" on channel "%s". Message relayed to %d clients',
+        args=(type_, channel, clients),
     )
 
 
-# The seed's log lines, built once: a relayed frame costs no log formatting unless the
-# adapter emits the record.
-_RELAYING = {t: _relaying(t, ch) for ch, types in CLIENT_TYPES.items() for t in types}
-_RELAYED_TO_ONE = Log(level=LogLevel.INFO, message="Message relayed to %d clients", args=(1,))
+# A signaling frame's line, built once per type: a relayed frame costs no log formatting
+# unless the adapter emits the record.
+_RELAYED_TO_ONE = {
+    t: _relayed(t, Channel.SIGNALING.value, 1) for t in CLIENT_TYPES[Channel.SIGNALING.value]
+}
 
 _Handler = Callable[
     ["RelayMachine", _Conn, ConnId, dict[str, JSONValue], str, float, float | None],

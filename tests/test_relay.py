@@ -533,11 +533,12 @@ def test_signal_log_records(harness: RelayHarness) -> None:
     a, _b = in_room(harness, "demo", "a", "b")
     harness.logs.clear()
     actions = harness.send(a, offer_frame("b"))
+    # One line per relayed frame (issue 11: there were two), in the seed's words.
     assert harness.logs == [
-        'Relaying message type "webrtc-offer" on channel "webrtc-signaling"',
-        "Message relayed to 1 clients",
+        'Relaying message type "webrtc-offer" on channel "webrtc-signaling".'
+        " Message relayed to 1 clients",
     ]
-    assert [type(x) for x in actions] == [Log, SendFrame, Log]
+    assert [type(x) for x in actions] == [SendFrame, Log]
     assert all(x.level is LogLevel.INFO for x in actions if isinstance(x, Log))
 
 
@@ -606,9 +607,30 @@ def test_chat_log_records(harness: RelayHarness) -> None:
     harness.logs.clear()
     harness.send(a, chat_frame("hi"))
     assert harness.logs == [
-        'Relaying message type "chat-message" on channel "webrtc-dashboard-chat"',
-        "Message relayed to 2 clients",
+        'Relaying message type "chat-message" on channel "webrtc-dashboard-chat".'
+        " Message relayed to 2 clients",
     ]
+
+
+def test_one_info_line_per_relayed_frame() -> None:
+    """Issue 11: at INFO, every relayed frame (signaling, to a live or a held member,
+    and chat) writes exactly one line, and nothing else is logged while relaying."""
+    h = make_harness(Limits(resume_grace=10.0))
+    a, b, c = in_room(h, "demo", "a", "b", "c")
+    h.disconnect(c, clean=False)  # held: frames for it are queued, and logged alike
+    h.logs.clear()
+    start = len(h.actions)
+    frames = [offer_frame("b"), answer_frame("b"), ice_frame("c", None), renegotiate_frame("b")]
+    for frame in frames:
+        h.send(a, frame)
+    h.send(b, chat_frame("hi"))
+    infos = [x.text() for x in h.actions[start:] if isinstance(x, Log) and x.level >= LogLevel.INFO]
+    assert len(infos) == len(frames) + 1
+    assert all(line.startswith("Relaying message type ") for line in infos)
+    assert infos[2] == (
+        'Relaying message type "webrtc-ice" on channel "webrtc-signaling".'
+        " Message relayed to 1 clients"
+    )
 
 
 # --------------------------------------------------------------------------- bad input

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import io
 import json
+import logging
 import random
 import socket
 import time
@@ -141,6 +142,43 @@ def test_join_relay_chat_leave() -> None:
         await bob.close()
 
     run(scenario)
+
+
+def test_one_info_log_line_per_relayed_frame(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 11: serve at INFO wrote two lines per relayed frame; operations.md says one,
+    in the seed's words."""
+    offers = 10
+
+    async def scenario(server: RelayServer) -> None:
+        alice, bob = await joined(server, "demo", "alice", "bob")
+        caplog.clear()
+        for n in range(offers):
+            await send(
+                alice,
+                {
+                    "channel": SIGNALING,
+                    "type": "webrtc-offer",
+                    "toUserId": "bob",
+                    "offer": {"type": "offer", "sdp": f"v={n}"},
+                },
+            )
+        await send(bob, {"channel": CHAT, "type": "chat-message", "text": "hi"})
+        for _ in range(offers + 1):
+            await recv(bob)
+        await recv(alice)  # the chat
+        lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+        assert lines == [
+            'Relaying message type "webrtc-offer" on channel "webrtc-signaling".'
+            " Message relayed to 1 clients"
+        ] * offers + [
+            'Relaying message type "chat-message" on channel "webrtc-dashboard-chat".'
+            " Message relayed to 2 clients"
+        ]
+        await alice.close()
+        await bob.close()
+
+    with caplog.at_level(logging.INFO):
+        run(scenario)
 
 
 def test_disconnect_leaves_at_once_and_rooms_are_isolated() -> None:
