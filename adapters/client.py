@@ -17,12 +17,13 @@ after a drop; the machine then joins its room again.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from types import TracebackType
-from typing import TextIO
+from typing import Any, Generic, TextIO, TypeVar
 
 import attrs
 from aiortc import RTCDataChannel, RTCPeerConnection
@@ -61,6 +62,7 @@ from sansio_signal.events import (
     ServerFrameReceived,
 )
 from sansio_signal.negotiation import NegotiationConfig
+from sansio_signal.room import DEFAULT_MAX_MEMBERS
 from sansio_signal.wire import JSONValue, dumps
 
 from .aiortc_peer import AiortcPeers, IceServer
@@ -113,11 +115,73 @@ class PeerInfo:
 
 
 class ClientError(Exception):
-    """The server refused us (``code`` is the protocol's error code)."""
+    """Something the client could not do; ``code`` says what (a protocol error code for
+    a refusal by the server)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
+        self.message = message
+
+
+class JoinRefusedError(ClientError):
+    """The server refused our join (``code``: ``user-id-taken``, ``room-full``,
+    ``invalid-id``, ``unauthorized``; ``message`` says more, e.g. how long a held id
+    stays held)."""
+
+
+class ServerUnreachableError(ClientError, TimeoutError):
+    """The first connection to the server failed (refused, no such host, an HTTP error
+    such as 403, 404 or 429, a timeout); ``message`` says how. A ``TimeoutError`` too,
+    for code written against earlier versions."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("unreachable", message)
+
+
+QUEUE_BOUND = 1024
+"""How many undelivered messages, chats or events a :class:`Client` keeps per stream;
+past that the oldest is dropped and counted in :attr:`Client.dropped`."""
+
+T = TypeVar("T")
+
+
+class _Stream(Generic[T]):
+    """A bounded queue the application reads with ``async for``: when full, the oldest
+    item goes (counted); after :meth:`close` the iterator ends."""
+
+    def __init__(self, name: str, dropped: dict[str, int]) -> None:
+        self._items: collections.deque[T] = collections.deque()
+        self._ready = asyncio.Event()
+        self._closed = False
+        self._name = name
+        self._dropped = dropped
+
+    def put(self, item: T) -> None:
+        if len(self._items) >= QUEUE_BOUND:
+            self._items.popleft()
+            self._dropped[self._name] = self._dropped.get(self._name, 0) + 1
+        self._items.append(item)
+        self._ready.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    async def get(self) -> T:
+        """The next item, or ``StopAsyncIteration`` once closed and empty."""
+        while not self._items:
+            if self._closed:
+                raise StopAsyncIteration
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+    def __aiter__(self) -> _Stream[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        return await self.get()
 
 
 class Client:
@@ -135,6 +199,7 @@ class Client:
         reconnect: bool = True,
         token: str | None = None,
         resume_window: float = 8.0,
+        max_peers: int = DEFAULT_MAX_MEMBERS,
     ) -> None:
         self.url = url
         self.token = token
@@ -156,12 +221,17 @@ class Client:
             trace=self._write_trace if trace is not None else None,
             resume_window=resume_window if reconnect else 0.0,
             reconnect=ReconnectPolicy() if reconnect else None,
+            max_peers=max_peers,
         )
         self._ws: ClientConnection | None = None
         self._outbox: asyncio.Queue[str] = asyncio.Queue()
-        self._messages: asyncio.Queue[Message] = asyncio.Queue()
-        self._chats: asyncio.Queue[Chat] = asyncio.Queue()
-        self._events: asyncio.Queue[ClientNotice] = asyncio.Queue()
+        self.dropped: dict[str, int] = {}
+        """Items dropped from full streams, by stream (``messages``, ``chats``,
+        ``events``): a reader that falls :data:`QUEUE_BOUND` behind loses the oldest."""
+        self._messages: _Stream[Message] = _Stream("messages", self.dropped)
+        self._chats: _Stream[Chat] = _Stream("chats", self.dropped)
+        self._events: _Stream[ClientNotice] = _Stream("events", self.dropped)
+        self._ever_connected = False
         self._changed = asyncio.Event()
         self._joined = asyncio.Event()
         self._error: ClientError | None = None
@@ -178,13 +248,25 @@ class Client:
         await self.start()
         return self
 
+    def __await__(self) -> Generator[Any, None, Client]:
+        """``client = await connect(...)``: started; call :meth:`close` when done."""
+        return self._started().__await__()
+
+    async def _started(self) -> Client:
+        await self.start()
+        return self
+
     async def __aexit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
 
     async def start(self, timeout: float = 10.0) -> None:
-        """Connect, join the room, and return once the server confirmed the join."""
+        """Connect, join the room, and return once the server confirmed the join.
+
+        Raises :class:`ServerUnreachableError` at once when the first connection fails,
+        :class:`JoinRefusedError` when the server refuses the join, ``TimeoutError`` when
+        the server does not answer within ``timeout``; the client is closed then."""
         self._feed(JoinRequested(room_id=self.room_id, token=self.token))
         self._feed(ConnectRequested())
         try:
@@ -214,6 +296,8 @@ class Client:
         if self._timer is not None:
             self._timer.cancel()
         await self._rtc.close()
+        for stream in (self._messages, self._chats, self._events):
+            stream.close()
         if self._trace_file is not None:
             self._trace_file.flush()
 
@@ -259,22 +343,20 @@ class Client:
             self.send(peer_id, text)
         return targets
 
-    async def messages(self) -> AsyncIterator[Message]:
-        """Data-channel messages from any peer, as they arrive."""
-        while True:
-            yield await self._messages.get()
+    def messages(self) -> AsyncIterator[Message]:
+        """Data-channel messages from any peer, as they arrive; ends when the client
+        closes (at most :data:`QUEUE_BOUND` wait unread: see :attr:`dropped`)."""
+        return self._messages
 
-    async def events(self) -> AsyncIterator[ClientNotice]:
+    def events(self) -> AsyncIterator[ClientNotice]:
         """What the machine told the application (``RoomJoined``, ``PeerJoined``,
-        ``PeerConnected``, ``PeerLeft``, ``PeerFailed``, ...) and
-        :class:`DataChannelOpened`, in order."""
-        while True:
-            yield await self._events.get()
+        ``PeerConnected``, ``PeerLeft``, ``PeerFailed``, ``ProtocolViolation``, ...) and
+        :class:`DataChannelOpened`, in order; ends when the client closes."""
+        return self._events
 
-    async def chats(self) -> AsyncIterator[Chat]:
-        """The room's server-relayed chat."""
-        while True:
-            yield await self._chats.get()
+    def chats(self) -> AsyncIterator[Chat]:
+        """The room's server-relayed chat; ends when the client closes."""
+        return self._chats
 
     def chat(self, text: str) -> None:
         """Send ``text`` on the room's chat channel (relayed by the server)."""
@@ -339,7 +421,7 @@ class Client:
 
     def _notify(self, action: ClientAction) -> None:
         loop = asyncio.get_running_loop()
-        self._events.put_nowait(action)
+        self._events.put(action)
         if isinstance(action, RoomJoined):
             self._joined.set()
         elif isinstance(action, RoomLeft):
@@ -354,9 +436,9 @@ class Client:
         elif isinstance(action, PeerLeft):
             self.peers.pop(action.peer_id, None)
         elif isinstance(action, ChatReceived):
-            self._chats.put_nowait(Chat(action.from_user_id, action.text, action.ts))
+            self._chats.put(Chat(action.from_user_id, action.text, action.ts))
         elif isinstance(action, JoinRefused):
-            self._error = ClientError(action.code, action.message)
+            self._error = JoinRefusedError(action.code, action.message)
             self._joined.set()  # start() raises it
         elif isinstance(action, ServerErrorReceived):
             logger.warning("server error %s: %s", action.code, action.message)
@@ -370,12 +452,13 @@ class Client:
         info.channel = channel
         if info.channel_at is None:
             info.channel_at = asyncio.get_running_loop().time()
-        self._events.put_nowait(DataChannelOpened(peer_id))
+        self._events.put(DataChannelOpened(peer_id))
 
         @channel.on("message")
         def on_message(message: str | bytes) -> None:
             text = message if isinstance(message, str) else message.decode("utf-8", "replace")
-            self._messages.put_nowait(Message(peer_id, text))
+            self._messages.put(Message(peer_id, text))
+            self._changed.set()
 
         self._changed.set()
 
@@ -399,8 +482,12 @@ class Client:
             ws = await ws_connect(self.url, open_timeout=10, compression=None)
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             logger.info("cannot connect to %s: %r", self.url, exc)
+            if not self._ever_connected and self._error is None:  # start() fails fast
+                self._error = ServerUnreachableError(f"cannot connect to {self.url}: {exc}")
+                self._joined.set()
             self._feed(ServerConnectFailed(reason=repr(exc)))
             return
+        self._ever_connected = True
         self._ws = ws
         self.server_connected_at = loop.time()
         self._feed(ServerConnected())

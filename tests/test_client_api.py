@@ -1,0 +1,148 @@
+"""The asyncio ``Client`` as an application sees it: how it starts, what it raises, how
+its streams end and stay bounded. Real relay on loopback, real aiortc peers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+from websockets.asyncio.client import connect as ws_connect
+from wsutil import free_port, run
+
+from sansio_signal import ProtocolViolation
+from sansio_signal.adapters import client as client_module
+from sansio_signal.adapters.aiortc_peer import loopback_only
+from sansio_signal.adapters.client import (
+    Client,
+    JoinRefusedError,
+    ServerUnreachableError,
+    connect,
+)
+from sansio_signal.adapters.server import RelayServer
+
+TIMEOUT = 20.0
+
+
+@pytest.fixture(autouse=True)
+def _loopback() -> Iterator[None]:
+    with loopback_only():
+        yield
+
+
+def test_await_connect_and_every_stream_ends_on_close() -> None:
+    async def scenario(server: RelayServer) -> None:
+        alice = await connect(server.url, room_id="demo", user_id="alice")
+        ended: list[str] = []
+
+        async def drain(name: str, stream: object) -> None:
+            async for _ in stream:  # type: ignore[attr-defined]
+                pass
+            ended.append(name)
+
+        readers = [
+            asyncio.get_running_loop().create_task(drain(name, stream))
+            for name, stream in (
+                ("messages", alice.messages()),
+                ("chats", alice.chats()),
+                ("events", alice.events()),
+            )
+        ]
+        await alice.close()
+        await asyncio.wait_for(asyncio.gather(*readers), TIMEOUT)
+        assert sorted(ended) == ["chats", "events", "messages"]
+
+    run(scenario)
+
+
+def test_an_unreachable_server_fails_fast_with_its_own_exception() -> None:
+    async def scenario() -> None:
+        url = f"ws://127.0.0.1:{free_port()}/"  # nothing listens there
+        started = time.monotonic()
+        with pytest.raises(ServerUnreachableError) as info:
+            await Client(url, room_id="demo", user_id="alice").start(timeout=TIMEOUT)
+        assert time.monotonic() - started < 2.0
+        assert isinstance(info.value, TimeoutError)  # what earlier versions raised
+        assert "cannot connect" in info.value.message
+
+    asyncio.run(scenario())
+
+
+def test_a_wrong_path_is_reported_with_its_http_status() -> None:
+    async def scenario(server: RelayServer) -> None:
+        started = time.monotonic()
+        with pytest.raises(ServerUnreachableError) as info:
+            await Client(server.url + "nope", room_id="demo", user_id="alice").start()
+        assert time.monotonic() - started < 2.0
+        assert "404" in info.value.message
+
+    run(scenario)
+
+
+def test_a_refused_join_is_a_join_refused_error_with_its_code() -> None:
+    async def scenario(server: RelayServer) -> None:
+        async with connect(server.url, room_id="demo", user_id="alice"):
+            with pytest.raises(JoinRefusedError) as info:
+                await connect(server.url, room_id="demo", user_id="alice", reconnect=False)
+            assert info.value.code == "user-id-taken"
+
+    run(scenario)
+
+
+def test_a_reader_that_falls_behind_loses_the_oldest_and_is_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(client_module, "QUEUE_BOUND", 3)
+
+    async def scenario(server: RelayServer) -> None:
+        async with (
+            connect(server.url, room_id="demo", user_id="alice") as alice,
+            connect(server.url, room_id="demo", user_id="bob") as bob,
+        ):
+            await alice.wait_connected("bob", timeout=TIMEOUT)
+            await bob.wait_connected("alice", timeout=TIMEOUT)
+            for i in range(10):
+                alice.send("bob", f"m{i}")
+            await bob.wait_until(lambda: bob.dropped.get("messages") == 7, TIMEOUT)
+            got = []
+            async for message in bob.messages():
+                got.append(message.text)
+                if len(got) == 3:
+                    break
+            assert got == ["m7", "m8", "m9"]
+
+    run(scenario)
+
+
+def test_violations_reach_the_application_as_events() -> None:
+    """A member's malformed frame is a ProtocolViolation event naming that member."""
+
+    async def scenario(server: RelayServer) -> None:
+        offer = {
+            "channel": "webrtc-signaling",
+            "type": "webrtc-offer",
+            "toUserId": "bob",
+            "offer": {"type": "offer", "sdp": "v=0"},
+            "caps": [[]],
+        }
+
+        async def violation(bob: Client) -> ProtocolViolation:
+            async for event in bob.events():
+                if isinstance(event, ProtocolViolation):
+                    return event
+            raise AssertionError("the stream ended")
+
+        async with (
+            connect(server.url, room_id="demo", user_id="bob") as bob,
+            ws_connect(server.url) as raw,
+        ):
+            join = {"channel": "webrtc-dashboard-rooms", "type": "join-room"}
+            await raw.send(json.dumps({**join, "roomId": "demo", "userId": "alice"}))
+            await raw.recv()
+            await raw.send(json.dumps(offer))
+            seen = await asyncio.wait_for(violation(bob), TIMEOUT)
+            assert seen.peer_id == "alice" and "caps" in seen.detail
+
+    run(scenario)
