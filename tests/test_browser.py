@@ -276,6 +276,29 @@ async def join_by_form(page: Page, relay: str, room: str, name: str) -> None:
     await page.wait_for_selector("#status.joined", timeout=TIMEOUT * 1000)
 
 
+def test_the_demo_page_shows_a_refused_join_and_returns_to_the_lobby(relay: str) -> None:
+    async def scenario(browser: Browser) -> None:
+        first = await browser.new_page()
+        second = await browser.new_page()
+        await join_by_form(first, relay, "refusals", "alice")
+        await second.goto(http_url(relay))
+        await second.fill("#room", "refusals")
+        await second.fill("#name", "alice")  # the same name
+        await second.click("#join")
+        await second.wait_for_function(
+            "() => document.querySelector('#join-error').textContent.includes('user-id-taken')",
+            timeout=TIMEOUT * 1000,
+        )
+        assert await second.inner_text("#status") == "offline"
+        assert await second.is_enabled("#join") and not await second.is_enabled("#leave")
+        await second.fill("#name", "bob")  # and it can try again, from the same page
+        await second.click("#join")
+        await second.wait_for_selector("#status.joined", timeout=TIMEOUT * 1000)
+        assert await second.inner_text("#join-error") == ""
+
+    run(scenario)
+
+
 def test_the_demo_page_joins_shows_states_and_chats(relay: str) -> None:
     room = "demo-page"
 

@@ -79,6 +79,7 @@ async function join(event) {
   const name = $("name").value.trim();
   const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`;
   if (client !== null) client.close();
+  $("join-error").textContent = "";
   client = new SignalingClient({ url, userId: name, iceServers: await iceServers() });
   window.sansioClient = client; // for the browser tests and the curious
   const on = (type, handler) => client.addEventListener(type, (e) => { handler(e.detail); render(); });
@@ -87,7 +88,14 @@ async function join(event) {
   on("close", ({ code }) => log("warning", `Disconnected from the relay (close ${code})`));
   on("room-joined", ({ roomId, participants: others }) => log("info", `Room ${roomId}: ${others.length ? others.join(", ") : "nobody else yet"}`));
   on("room-resumed", ({ roomId }) => log("info", `Back in ${roomId}: peer connections kept`));
-  on("join-refused", ({ code, message }) => log("error", `Join refused (${code}): ${message}`));
+  on("join-refused", ({ code, message }) => {
+    // Back to the lobby: the error stays on screen until the next try.
+    log("error", `Join refused (${code}): ${message}`);
+    $("join-error").textContent = `Join refused (${code}): ${message}`;
+    client.close();
+    client = null;
+    $("leave").disabled = true;
+  });
   // The participant list is drawn from the client itself after each of these.
   for (const type of ["peer-joined", "peer-state", "channel-open", "peer-left", "room-left"]) on(type, () => {});
   on("peer-failed", ({ peerId, reason }) => log("error", `Giving up on ${peerId}: ${reason}`));
