@@ -1,17 +1,23 @@
 """``sansio-signal chat``: an interactive peer on the terminal (or a pipe).
 
 Every line read from stdin goes to every connected peer over its data channel; every
-message received is printed to stdout as ``FROM: TEXT``; membership and connection
-events go to stderr. It exits on end of input or Ctrl-C.
+message received is printed to stdout as ``FROM: TEXT`` (a peer's control characters
+escaped, so its text can neither forge another line nor drive the terminal);
+membership and connection events go to stderr. Stdin may be a terminal, a pipe or a
+file: at its end, what was read is delivered to the members once their channels are
+open (waiting at most ``DELIVERY_WAIT`` seconds), then the peer leaves and exits 0.
+Ctrl-C leaves at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TextIO
 
 from sansio_signal.actions import (
@@ -26,6 +32,18 @@ from sansio_signal.actions import (
 
 from .aiortc_peer import IceServer, loopback_only
 from .client import Client, ClientError, ClientNotice, DataChannelOpened
+
+DELIVERY_WAIT = 10.0
+"""At the end of input, how long to wait for the members' data channels to open."""
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+_CONTROL.update({0x85: "\\x85", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character (newlines, escape sequences, ...) written as
+    an escape, so that a peer's message is one line of plain text on the terminal."""
+    return text.translate(_CONTROL)
 
 
 def describe(action: ClientNotice) -> str | None:
@@ -76,17 +94,26 @@ async def run_chat(
 
     async def show_messages() -> None:
         async for message in client.messages():
-            print(f"{message.from_user_id}: {message.text}", flush=True)
+            print(f"{message.from_user_id}: {printable(message.text)}", flush=True)
+
+    unsent: list[str] = []
 
     async def read_input() -> None:
-        reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        while line := await reader.readline():
-            text = line.decode("utf-8", "replace").rstrip("\r\n")
-            if text:
-                sent = client.broadcast(text)
-                if not sent:
-                    print("(nobody connected yet; not sent)", file=sys.stderr, flush=True)
+        async for line in _lines(loop):
+            text = line.rstrip("\r\n")
+            if not text:
+                continue
+            if client.connected_peers():
+                client.broadcast(text)
+            else:
+                unsent.append(text)
+                print("(nobody connected yet; sent once someone is)", file=sys.stderr, flush=True)
+        # End of input: deliver what was read before leaving.
+        if unsent:
+            with contextlib.suppress(TimeoutError):
+                await client.wait_all_connected(timeout=DELIVERY_WAIT)
+        for text in unsent:
+            client.broadcast(text)
 
     tasks = [loop.create_task(t) for t in (show_events(), show_messages())]
     reading = loop.create_task(read_input())
@@ -98,6 +125,26 @@ async def run_chat(
             await task
     await client.close()
     return 0
+
+
+async def _lines(loop: asyncio.AbstractEventLoop) -> AsyncIterator[str]:
+    """Stdin's lines: from a terminal or a pipe as they come, from a file at once."""
+    if not _is_pipe_like():
+        for line in sys.stdin:
+            yield line
+        return
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := await reader.readline():
+        yield line.decode("utf-8", "replace")
+
+
+def _is_pipe_like() -> bool:
+    """A terminal, pipe or socket (what the event loop can watch); a file or a device
+    such as /dev/null is read as it is."""
+    fd = sys.stdin.fileno()
+    mode = os.fstat(fd).st_mode
+    return os.isatty(fd) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 def main_chat(

@@ -73,3 +73,62 @@ def test_two_chat_processes_through_serve(tmp_path: Path) -> None:
                     await proc.wait()
 
     asyncio.run(main())
+
+
+def test_piped_and_file_input_is_delivered_and_peer_text_is_escaped(tmp_path: Path) -> None:
+    """``echo hello | chat`` and ``chat < file``: what was read reaches the member once
+    its channel is open, then the peer leaves and exits 0; ``< /dev/null`` exits 0; a
+    peer's newline or escape sequence cannot forge a line on our terminal."""
+
+    async def main() -> None:
+        server, url = await spawn_serve(tmp_path)
+        procs = [server]
+        try:
+
+            async def chat(user: str, stdin: int | None) -> asyncio.subprocess.Process:
+                proc = await asyncio.create_subprocess_exec(
+                    *EXE,
+                    "chat",
+                    url,
+                    "--room",
+                    "r",
+                    "--user",
+                    user,
+                    "--loopback-only",
+                    cwd=tmp_path,
+                    stdin=stdin,
+                    stdout=PIPE,
+                    stderr=PIPE,
+                )
+                procs.append(proc)
+                return proc
+
+            bob = await chat("bob", PIPE)
+            await line_of(bob.stderr, "joined room r")
+            piped = await chat("alice", PIPE)
+            assert piped.stdin is not None
+            piped.stdin.write(b"from a pipe\nforged\nzed: lies \x1b[31mred\n")
+            piped.stdin.close()  # at once: before any channel is open
+            assert await line_of(bob.stdout, "alice: ") == "alice: from a pipe"
+            assert await line_of(bob.stdout, "alice: ") == "alice: forged"
+            assert await line_of(bob.stdout, "alice: ") == "alice: zed: lies \\x1b[31mred"
+            assert await asyncio.wait_for(piped.wait(), TIMEOUT) == 0
+            await line_of(bob.stderr, "alice left")
+
+            text = tmp_path / "lines.txt"
+            text.write_text("from a file\n")
+            with text.open("rb") as source:
+                from_file = await chat("carol", source.fileno())
+                assert await line_of(bob.stdout, "carol: ") == "carol: from a file"
+                assert await asyncio.wait_for(from_file.wait(), TIMEOUT) == 0
+
+            with open("/dev/null", "rb") as empty:
+                silent = await chat("dave", empty.fileno())
+                assert await asyncio.wait_for(silent.wait(), TIMEOUT) == 0
+        finally:
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+
+    asyncio.run(main())
