@@ -4,25 +4,39 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 SOURCES := $(shell find sansio_signal adapters -type f -not -path '*/__pycache__/*') pyproject.toml
 
-.PHONY: demo serve test lint typecheck install bench
+# One stamp per install: the demo's (the package with the `rtc` extra: aiortc) and the
+# developer's (the `dev` extra: that plus the test and lint toolchain). Both are strict
+# editable installs, which link each file that exists at install time (mypy sees it), so
+# each is redone whenever a source file is added or changed. The dev install contains
+# the demo's, so it refreshes the demo stamp too.
+DEMO_STAMP := $(VENV)/.installed-demo
+DEV_STAMP := $(VENV)/.installed-dev
 
-# A strict editable install links each file that exists at install time (mypy sees it),
-# so the install is redone whenever a source file is added or changed.
-$(VENV)/.installed: $(SOURCES)
+.PHONY: demo serve test lint typecheck install install-demo bench
+
+$(DEMO_STAMP): $(SOURCES)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[rtc]' --config-settings editable_mode=strict
+	touch $@
+
+$(DEV_STAMP): $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]' --config-settings editable_mode=strict
-	touch $@
+	touch $@ $(DEMO_STAMP)
 
-install: $(VENV)/.installed
+install-demo: $(DEMO_STAMP)
+
+install: $(DEV_STAMP)
 
 # The main job on an embedded default: a relay on a free loopback port and 4 aiortc
 # peers in one room; the full mesh forms and every pair exchanges a message.
-demo: install
+demo: install-demo
 	$(BIN)/sansio-signal demo
 
 # The relay server alone, on ws://127.0.0.1:8765/ until Ctrl-C.
-serve: install
+serve: install-demo
 	$(BIN)/sansio-signal serve
 
 lint: install

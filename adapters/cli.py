@@ -492,6 +492,22 @@ def run_diagnose(paths: Sequence[str], out: TextIO = sys.stdout) -> int:
     return 0 if all(f.connected for f in findings) else 1
 
 
+_RTC_MODULES = frozenset({"aiortc", "aioice", "av", "pylibsrtp"})
+"""Top-level modules of the ``rtc`` extra: aiortc and its native libraries."""
+
+
+def _without_rtc(command: str, exc: ModuleNotFoundError) -> int:
+    """Exit status 2 and one line naming the extra, for ``chat``/``demo`` without aiortc."""
+    if (exc.name or "").split(".")[0] not in _RTC_MODULES:
+        raise exc
+    print(
+        f"sansio-signal {command}: needs aiortc (no module named {exc.name!r}); "
+        "install it with: pip install 'sansio-signal[rtc]'",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sansio-signal`` console script."""
     args = build_parser().parse_args(argv)
@@ -518,8 +534,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("sansio-signal demo: --peers must be at least 2", file=sys.stderr)
             return 2
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-        from .demo import main_demo  # aiortc is needed for this command only
-
+        try:
+            from .demo import main_demo  # aiortc is needed for this command only
+        except ModuleNotFoundError as exc:
+            return _without_rtc("demo", exc)
         return main_demo(args.peers, args.json, args.trace, args.timeout)
     if args.command == "token":
         try:
@@ -542,8 +560,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_diagnose(args.traces)
     if args.command == "chat":
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-        from .chat import main_chat  # aiortc is needed for this command only
-
+        try:
+            from .chat import main_chat  # aiortc is needed for this command only
+        except ModuleNotFoundError as exc:
+            return _without_rtc("chat", exc)
         return main_chat(
             args.url, args.room, args.user, args.ice_server, args.trace, args.loopback_only
         )

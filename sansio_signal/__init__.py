@@ -117,6 +117,47 @@ from .wire import (
 __version__ = "0.1.0"
 """The package's version."""
 
+
+def _find_adapters_in_the_checkout() -> None:
+    """Let ``sansio_signal.adapters`` resolve when this package is the checkout's folder.
+
+    Installed (wheel or editable), ``adapters/`` is inside the package (setuptools'
+    package-dir mapping). A script or ``python -m sansio_signal`` run from the repository
+    root imports the checkout's ``sansio_signal/`` instead (the current directory comes
+    first on ``sys.path``), which has no ``adapters`` folder: a finder answering for that
+    one name then loads the top-level ``adapters/`` beside it, lazily, as the subpackage.
+    """
+    import importlib.abc
+    import importlib.util
+    import os
+    import sys
+    from importlib.machinery import ModuleSpec
+
+    if any(os.path.isdir(os.path.join(entry, "adapters")) for entry in __path__):
+        return  # an installed layout
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "adapters")
+    init = os.path.join(folder, "__init__.py")
+    name = f"{__name__}.adapters"
+    if not os.path.isfile(init) or any(getattr(f, "answers", "") == name for f in sys.meta_path):
+        return  # no checkout beside us, or already done (a reload)
+
+    class Finder(importlib.abc.MetaPathFinder):
+        answers = name
+
+        def find_spec(
+            self, fullname: str, path: object, target: object = None
+        ) -> ModuleSpec | None:
+            if fullname != name:
+                return None
+            return importlib.util.spec_from_file_location(
+                fullname, init, submodule_search_locations=[folder]
+            )
+
+    sys.meta_path.append(Finder())
+
+
+_find_adapters_in_the_checkout()
+
 __all__ = [
     "AIORTC",
     "BROWSER",
