@@ -80,8 +80,18 @@ async def run_chat(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     client = Client(url, room_id=room, user_id=user, ice_servers=ice_servers, trace=trace)
+    starting = loop.create_task(client.start())
+    interrupted = loop.create_task(stop.wait())
+    await asyncio.wait({starting, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():  # Ctrl-C while connecting or joining
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        await client.close()
+        return 130
+    interrupted.cancel()
     try:
-        await client.start()
+        starting.result()
     except (ClientError, TimeoutError) as exc:
         print(f"sansio-signal chat: {exc or 'no answer from the server'}", file=sys.stderr)
         return 1

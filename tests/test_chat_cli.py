@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from pathlib import Path
 
@@ -130,5 +131,45 @@ def test_piped_and_file_input_is_delivered_and_peer_text_is_escaped(tmp_path: Pa
                 if proc.returncode is None:
                     proc.kill()
                     await proc.wait()
+
+    asyncio.run(main())
+
+
+def test_ctrl_c_works_while_the_server_does_not_answer(tmp_path: Path) -> None:
+    """A relay that accepts the TCP connection but never answers the handshake: the
+    chat is still connecting when SIGINT comes, and it exits at once."""
+
+    async def main() -> None:
+        accepted = asyncio.Event()
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.set()
+            await reader.read()  # never answers
+            writer.close()
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            *EXE,
+            "chat",
+            f"ws://127.0.0.1:{port}/",
+            "--room",
+            "r",
+            "--user",
+            "alice",
+            cwd=tmp_path,
+            stdin=PIPE,
+            stdout=PIPE,
+            stderr=PIPE,
+        )
+        try:
+            await asyncio.wait_for(accepted.wait(), TIMEOUT)
+            proc.send_signal(signal.SIGINT)
+            assert await asyncio.wait_for(proc.wait(), 5.0) == 130
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            server.close()
 
     asyncio.run(main())
