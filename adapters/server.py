@@ -167,6 +167,14 @@ class _Connection(ServerConnection):
     relay: ClassVar[RelayServer]
     address: str | None = None
     """Set while this connection counts against its address's limit."""
+    conn: ConnId | None = None
+    """The machine's id of this connection, once its handler runs."""
+    close_held: bool = False
+    """A close frame from the client arrived and its answer is not sent yet: the relay
+    first handles every frame received before it, then the close
+    (:meth:`RelayServer._finish_close`), so a client that saw its close answered finds
+    its id free at once."""
+    _receiving: bool = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -183,7 +191,45 @@ class _Connection(ServerConnection):
         finally:
             self.relay._opening.discard(self)
 
+    def data_received(self, data: bytes) -> None:
+        # websockets answers a close frame as it parses it, before the frames ahead of it
+        # reach the reader: send_data() below keeps that answer back (close_held).
+        self._receiving = self.protocol.close_rcvd is None
+        try:
+            super().data_received(data)
+        finally:
+            self._receiving = False
+        if self.close_held:  # the frames ahead of the close are queued now
+            self.relay._finish_close(self)
+
+    def send_data(self) -> None:
+        protocol = self.protocol
+        if (
+            self._receiving
+            and protocol.close_rcvd is not None
+            and protocol.close_rcvd_then_sent
+            and self.relay._holds_close(self)
+        ):
+            self.close_held = True
+        if not self.close_held:
+            super().send_data()
+
+    def pending_frames(self) -> int:
+        """Frames received and not read by the handler yet."""
+        return len(self.recv_messages.frames)
+
+    def release_close(self) -> None:
+        """Send the answer to the client's close (and what else waits behind it)."""
+        if not self.close_held:
+            return
+        self.close_held = False
+        try:
+            super().send_data()
+        except Exception as exc:  # as websockets' data_received() treats it
+            self.set_connection_exc(exc)
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self.close_held = False
         super().connection_lost(exc)
         self.relay._opening.discard(self)
         if self.address is not None:
@@ -445,6 +491,24 @@ class RelayServer:
         self.refusals[reason] += 1
         logger.info("Refused (%s) %s", reason, _peer(address))
 
+    def _holds_close(self, ws: _Connection) -> bool:
+        """Whether a close frame arriving now on ``ws`` waits for the frames ahead of it:
+        yes while its handler feeds the machine and nobody is closing it yet."""
+        link = self._links.get(ws.conn) if ws.conn is not None else None
+        return link is not None and link.known_to_machine and not link.closing
+
+    def _finish_close(self, ws: _Connection) -> None:
+        """Once every frame received before the client's close has been fed to the
+        machine, the close is: the member leaves (or is held) before the client sees its
+        close answered, and a rejoin under the same id can never race the leave."""
+        if not ws.close_held or ws.pending_frames():
+            return
+        link = self._links.get(ws.conn) if ws.conn is not None else None
+        if link is not None and link.known_to_machine and ws.conn is not None:
+            link.known_to_machine = False
+            self._feed(Disconnected(conn=ws.conn, clean=self._clean(link)))
+        ws.release_close()
+
     def _release(self, address: str) -> None:
         left = self._per_address[address] - 1
         if left > 0:
@@ -522,6 +586,9 @@ class RelayServer:
         self._links[conn] = link
         self._feed(Connected(conn=conn))
         writer = asyncio.create_task(self._write(conn, link))
+        own = ws if isinstance(ws, _Connection) else None
+        if own is not None:
+            own.conn = conn
         received = 0
         try:
             async for data in ws:
@@ -532,6 +599,8 @@ class RelayServer:
                     break
                 if link.known_to_machine:  # false once dropped as a slow consumer
                     self._feed(FrameReceived(conn=conn, data=data, wall_time=time.time()))
+                if own is not None and own.close_held:
+                    self._finish_close(own)  # the client's close, after this frame
                 received += 1
                 if received % FAIR_SHARE == 0:
                     # websockets hands out frames already read without suspending: let
@@ -540,6 +609,8 @@ class RelayServer:
         except ConnectionClosed:
             pass
         finally:
+            if own is not None:
+                own.release_close()
             if link.closing and not writer.done():
                 # let the writer flush what the machine queued and close (bounded)
                 with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
