@@ -158,6 +158,10 @@ _STATIC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 _ICE_KEYS = frozenset({"urls", "username", "credential"})
 
+HTTP_METHODS = ("GET", "HEAD")
+"""The HTTP methods served (a WebSocket upgrade is a GET); any other is answered 405
+with ``Allow: GET, HEAD``."""
+
 
 class _Connection(ServerConnection):
     """A ``ServerConnection`` that reports to its :class:`RelayServer` what websockets
@@ -520,7 +524,19 @@ class RelayServer:
 
     def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
-        upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+        if request.method not in HTTP_METHODS:
+            response = _text_response(http.HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed")
+            response.headers["Allow"] = ", ".join(HTTP_METHODS)
+            return response
+        upgrades = request.headers.get_all("Upgrade")
+        if len(upgrades) > 1:
+            # websockets reads headers with headers[name], which raises on a repeated one
+            # (and answered 500 with a traceback): a repeated Upgrade is a malformed request.
+            logger.debug("Bad request from %s: repeated Upgrade header", _peer(ws.remote_address))
+            return _text_response(http.HTTPStatus.BAD_REQUEST, "bad request")
+        if request.method == "HEAD":
+            return _head(self._http_get(path))
+        upgrade = bool(upgrades) and upgrades[0].strip().lower() == "websocket"
         if not upgrade:
             return self._http_get(path)
         if path != "/":
@@ -772,6 +788,12 @@ def _peer(remote: object) -> str:
     if isinstance(remote, tuple) and len(remote) >= 2:
         return f"{remote[0]}:{remote[1]}"
     return str(remote)
+
+
+def _head(response: Response) -> Response:
+    """The answer to a HEAD: the GET's status and headers (``Content-Length`` included),
+    no body."""
+    return Response(response.status_code, response.reason_phrase, response.headers, b"")
 
 
 def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
