@@ -57,7 +57,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidMessage
 from websockets.http11 import Request, Response
 
 from sansio_signal import (
@@ -179,6 +179,7 @@ class _Connection(ServerConnection):
     (:meth:`RelayServer._finish_close`), so a client that saw its close answered finds
     its id free at once."""
     _receiving: bool = False
+    _bad_request: bool = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -208,6 +209,16 @@ class _Connection(ServerConnection):
 
     def send_data(self) -> None:
         protocol = self.protocol
+        if (
+            self.request is None
+            and not self._bad_request
+            and isinstance(protocol.handshake_exc, InvalidMessage)
+        ):
+            # websockets closes on a request it cannot parse without a word; it is a 400
+            # (unless the client left before sending one).
+            self._bad_request = True
+            if not isinstance(protocol.handshake_exc.__cause__, EOFError):
+                self.transport.write(_BAD_REQUEST)
         if (
             self._receiving
             and protocol.close_rcvd is not None
@@ -788,6 +799,13 @@ def _peer(remote: object) -> str:
     if isinstance(remote, tuple) and len(remote) >= 2:
         return f"{remote[0]}:{remote[1]}"
     return str(remote)
+
+
+_BAD_REQUEST = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 12\r\nConnection: close\r\n\r\nbad request\n"
+)
+"""The answer to a request websockets could not parse (it would close without one)."""
 
 
 def _head(response: Response) -> Response:

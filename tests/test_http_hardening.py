@@ -86,6 +86,48 @@ def test_repeated_upgrade_header_is_400_without_a_traceback(
     no_errors_logged(caplog)
 
 
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"G\xffT / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /\xff HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/2\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nNo colon here\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+        b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ],
+)
+def test_unparseable_request_is_400(request_bytes: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """websockets closed such a connection without an answer."""
+
+    async def scenario(server: RelayServer) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(request_bytes)
+        try:
+            answer = await asyncio.wait_for(reader.read(), TIMEOUT)
+        finally:
+            writer.close()
+        status, headers, body = parse(answer)
+        assert (status, body) == (400, b"bad request\n")
+        assert int(headers["content-length"]) == len(body)
+
+    with caplog.at_level(logging.DEBUG, logger="sansio_signal"):
+        run(scenario)
+    no_errors_logged(caplog)
+
+
+def test_a_client_that_leaves_before_its_request_gets_nothing() -> None:
+    async def scenario(server: RelayServer) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HT")
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
+        writer.close()
+
+    run(scenario)
+
+
 # --------------------------------------------------------------------------- methods
 
 
