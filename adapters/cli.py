@@ -315,7 +315,24 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--secret-file", required=True, metavar="PATH")
     token.add_argument("--user", required=True)
     token.add_argument("--room", required=True, help="a room id, or a pattern like 'team-*'")
-    token.add_argument("--ttl", type=_positive_float, required=True, metavar="SECONDS")
+
+    def finite_ttl(text: str) -> float:
+        # float() reads "inf" and "nan": a token must expire.
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text}")
+        return value
+
+    token.add_argument(
+        "--ttl",
+        type=finite_ttl,
+        required=True,
+        metavar="SECONDS",
+        help="how long the token is valid (finite, > 0); checked with 30 s of clock skew",
+    )
     token.add_argument(
         "--max-room-size",
         type=_positive_int,
