@@ -332,6 +332,39 @@ def test_not_in_room_and_taken_id() -> None:
     run(scenario)
 
 
+def test_non_ascii_resume_token_is_user_id_taken_and_the_connection_lives(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 11: a non-ASCII resumeToken raised TypeError in compare_digest: close 1011
+    and a traceback. It is a wrong token; the refusal is logged at INFO, and for a held
+    id says for how long it is held."""
+
+    async def scenario(server: RelayServer) -> None:
+        (alice,) = await joined(server, "demo", "alice")
+        other = await connect(server.url)
+        join = {"channel": ROOMS, "type": "join-room", "roomId": "demo", "userId": "alice"}
+        for token in ("tök", "\ud800", "😀" * 100):
+            await send(other, {**join, "resumeToken": token})
+            assert (await recv(other))["code"] == "user-id-taken"
+        alice.transport.abort()  # dropped: held for a resume
+        await server.wait_until(lambda: server.machine.held_count == 1)
+        await send(other, {**join, "resumeToken": "tök"})
+        error = await recv(other)
+        assert error["code"] == "user-id-taken"
+        assert "is held for a resume in room 'demo' for " in error["message"]
+        await send(other, {"channel": CHAT, "type": "chat-message", "text": "still here"})
+        assert (await recv(other))["code"] == "not-in-room"  # open, in no room
+        await other.close()
+
+    with caplog.at_level(logging.INFO):
+        run(scenario, limits=Limits(resume_grace=10.0))
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    refused = [
+        r.getMessage() for r in caplog.records if "refused (user-id-taken)" in r.getMessage()
+    ]
+    assert len(refused) == 4 and "held for a resume" in refused[-1]
+
+
 def test_room_full() -> None:
     async def scenario(server: RelayServer) -> None:
         clients = await joined(server, "small", "a", "b")
