@@ -73,13 +73,16 @@ async def run_chat(
     user: str,
     ice_servers: Sequence[IceServer],
     trace: TextIO | None,
+    token: str | None = None,
 ) -> int:
     """Run one chat peer until end of input or a signal."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    client = Client(url, room_id=room, user_id=user, ice_servers=ice_servers, trace=trace)
+    client = Client(
+        url, room_id=room, user_id=user, ice_servers=ice_servers, trace=trace, token=token
+    )
     starting = loop.create_task(client.start())
     interrupted = loop.create_task(stop.wait())
     await asyncio.wait({starting, interrupted}, return_when=asyncio.FIRST_COMPLETED)
@@ -158,7 +161,14 @@ def _is_pipe_like() -> bool:
 
 
 def main_chat(
-    url: str, room: str, user: str, ice_servers: Sequence[str], trace: str | None, on_loopback: bool
+    url: str,
+    room: str,
+    user: str,
+    ice_servers: Sequence[str],
+    trace: str | None,
+    on_loopback: bool,
+    *,
+    token: str | None = None,
 ) -> int:
     """Entry point of ``sansio-signal chat``."""
     for stream in (sys.stdout, sys.stderr):  # messages are UTF-8, whatever the locale
@@ -169,4 +179,4 @@ def main_chat(
         if on_loopback:
             stack.enter_context(loopback_only())
         trace_file = stack.enter_context(open(trace, "w", encoding="utf-8")) if trace else None
-        return asyncio.run(run_chat(url, room, user, servers, trace_file))
+        return asyncio.run(run_chat(url, room, user, servers, trace_file, token))

@@ -379,6 +379,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="a STUN/TURN server, repeatable (default: none)",
     )
     chat.add_argument("--trace", metavar="FILE", help="write the client trace to FILE")
+    chat_token = chat.add_mutually_exclusive_group()
+    chat_token.add_argument("--token", help="a join token, for a server started with --secret-file")
+    chat_token.add_argument(
+        "--token-file", metavar="PATH", help="read the join token from PATH (keeps it off ps)"
+    )
+    chat.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="INFO shows the negotiation step by step (Creating offer for peer: ..., "
+        "Received answer from: ..., Connection established with: ...); default %(default)s",
+    )
     chat.add_argument(
         "--loopback-only",
         action="store_true",
@@ -576,12 +588,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "diagnose":
         return run_diagnose(args.traces)
     if args.command == "chat":
-        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        logging.basicConfig(
+            level=args.log_level, stream=sys.stderr, format=f"[{args.user}] %(message)s"
+        )
+        token = args.token
+        if args.token_file is not None:
+            try:
+                token = Path(args.token_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                print(f"sansio-signal chat: cannot read {args.token_file}: {exc}", file=sys.stderr)
+                return 1
         try:
             from .chat import main_chat  # aiortc is needed for this command only
         except ModuleNotFoundError as exc:
             return _without_rtc("chat", exc)
         return main_chat(
-            args.url, args.room, args.user, args.ice_server, args.trace, args.loopback_only
+            args.url,
+            args.room,
+            args.user,
+            args.ice_server,
+            args.trace,
+            args.loopback_only,
+            token=token,
         )
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse prevents this

@@ -173,3 +173,58 @@ def test_ctrl_c_works_while_the_server_does_not_answer(tmp_path: Path) -> None:
             server.close()
 
     asyncio.run(main())
+
+
+def test_chat_with_tokens_and_the_negotiation_at_info(tmp_path: Path) -> None:
+    """Against a server that requires join tokens: ``--token`` and ``--token-file``
+    join, no token is refused at once (exit 1, the code named); ``--log-level INFO``
+    shows the negotiation step by step, each line prefixed with our user id."""
+
+    async def main() -> None:
+        secret = tmp_path / "secret"
+        secret.write_text("a" * 40)
+        server, url = await spawn_serve(tmp_path, "--secret-file", str(secret))
+        procs = [server]
+
+        async def mint(user: str) -> str:
+            proc = await asyncio.create_subprocess_exec(
+                *EXE, "token", "--secret-file", str(secret), "--user", user, "--room", "r",
+                "--ttl", "600", cwd=tmp_path, stdout=PIPE, stderr=PIPE,
+            )  # fmt: skip
+            out, _ = await proc.communicate()
+            assert proc.returncode == 0
+            return out.decode().strip()
+
+        async def chat(user: str, *flags: str) -> asyncio.subprocess.Process:
+            proc = await asyncio.create_subprocess_exec(
+                *EXE, "chat", url, "--room", "r", "--user", user, "--loopback-only", *flags,
+                cwd=tmp_path, stdin=PIPE, stdout=PIPE, stderr=PIPE,
+            )  # fmt: skip
+            procs.append(proc)
+            return proc
+
+        try:
+            anonymous = await chat("zed")
+            assert "unauthorized" in await line_of(anonymous.stderr, "sansio-signal chat:")
+            assert await asyncio.wait_for(anonymous.wait(), TIMEOUT) == 1
+
+            alice = await chat("alice", "--token", await mint("alice"), "--log-level", "INFO")
+            await line_of(alice.stderr, "joined room r")
+            token_file = tmp_path / "bob.token"
+            token_file.write_text(await mint("bob") + "\n")
+            bob = await chat("bob", "--token-file", str(token_file))
+            await line_of(bob.stderr, "connected to alice")
+            assert await line_of(alice.stderr, "Creating offer for peer: bob")
+            line = await line_of(alice.stderr, "Connection established with: bob")
+            assert line.startswith("[alice] ")
+            for proc in (alice, bob):
+                assert proc.stdin is not None
+                proc.stdin.close()
+                assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
+        finally:
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+
+    asyncio.run(main())
