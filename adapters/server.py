@@ -6,7 +6,9 @@ module only moves bytes and time:
 - one task per connection reads frames and feeds them to the machine with ``now =
   loop.time()`` (monotonic, as every machine's ``now``) and each frame's
   ``wall_time = time.time()`` (for chat ``ts`` and token expiry only); the machine's
-  actions are executed at once;
+  actions are executed at once; a close frame from the client is handled after every
+  frame received before it (the member leaves), and only then answered, so a client that
+  closed cleanly and rejoins at once never finds its id taken;
 - each connection has an outgoing queue bounded in bytes, drained by its own writer
   task, so a client that stops reading fills its own queue and is closed (1013) instead of
   growing server memory or slowing anybody else;
@@ -14,7 +16,8 @@ module only moves bytes and time:
   re-armed after every call into the machine;
 - HTTP: ``GET /healthz`` (JSON), ``GET /metrics`` (Prometheus text), ``GET
   /config.json`` (the ICE servers for the browser page), ``GET /`` and ``GET /NAME`` (the
-  files of the static directory); a WebSocket upgrade is accepted on ``/`` only.
+  files of the static directory); a WebSocket upgrade is accepted on ``/`` only. ``HEAD``
+  gets the ``GET``'s headers and no body, other methods 405, a malformed request 400.
 
 Transport-level abuse limits live here, because they are about sockets rather than
 frames: the ``Origin`` allow-list (403) and the per-address connection limit (429) at the
