@@ -205,9 +205,15 @@ def test_an_aiortc_peer_that_cannot_roll_back_asks_the_browser_to_offer(relay: s
                 "(p) => window.seen.logs"
                 ".filter((x) => x.includes('Creating offer for peer: ' + p)).length"
             )
-            assert await page.evaluate(offers, "b-py") == 1
+            # Usually 1; more when a first connection failed and the browser recreated
+            # it (seen once under load: aiortc reported the first ICE attempt failed).
+            await py.wait_until(lambda: py.machine.peers["a-web"].state is NegState.STABLE, TIMEOUT)
+            before = await page.evaluate(offers, "b-py")
+            assert before >= 1
             py.renegotiate("a-web")
-            await page.wait_for_function(f"() => ({offers})('b-py') === 2", timeout=TIMEOUT * 1000)
+            await page.wait_for_function(
+                f"() => ({offers})('b-py') === {before + 1}", timeout=TIMEOUT * 1000
+            )
             await py.wait_until(lambda: py.machine.peers["a-web"].state is NegState.STABLE, TIMEOUT)
             assert py.machine.peers["a-web"].offers_sent == 0  # it asked; it never offered
             await page.evaluate("window.c.send('b-py', 'after')")
