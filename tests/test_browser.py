@@ -180,7 +180,7 @@ def test_browser_and_aiortc_talk_both_ways(relay: str, browser_id: str, python_i
             await wait_message(page, python_id, "hello browser")
             # The lower id made the offer, on each side of the language barrier.
             lines = await logs(page)
-            offered = f"Creating offer for peer: {python_id} (epoch 0)" in " ".join(lines)
+            offered = f"Creating offer for peer: {python_id} (epoch " in " ".join(lines)
             assert offered == (browser_id < python_id), lines
             assert any(f"Connection established with: {python_id}" in x for x in lines)
             if browser_id > python_id:
@@ -256,6 +256,7 @@ def test_two_browsers_and_two_python_peers_mesh_and_heal_after_a_reload(relay: s
                     await asyncio.wait_for(heard_from_all(py, user, round_), TIMEOUT)
 
             await full_mesh_talks("first")
+            first_session = py2.machine.peers["br-3"].session
 
             # br-3 reloads: its socket closes (the others see it leave), and the new
             # page joins again under the same id; the mesh heals with fresh connections.
@@ -265,8 +266,10 @@ def test_two_browsers_and_two_python_peers_mesh_and_heal_after_a_reload(relay: s
             )
             await pages["br-3"].evaluate(BOOT, [relay, "br-3", room])
             await full_mesh_talks("second")
-            # a rejoin is a new pair session, not a bump
-            assert py2.machine.peers["br-3"].epoch == 0
+            # a rejoin is a new pair session (its epochs start over), not a bump of the
+            # old one; a first ICE attempt that failed and was recreated (seen under load)
+            # would be a bump within the new session, which is recovery working
+            assert py2.machine.peers["br-3"].session != first_session
 
     run(scenario)
 
@@ -620,15 +623,20 @@ def test_a_browser_and_aiortc_recover_from_failed_on_a_fresh_connection(relay: s
             await wait_open(page, "z-py")
             await py.wait_connected("m-web", timeout=TIMEOUT)
             py_before = py.peer_connection("m-web")
+            # 0 unless a first ICE attempt failed and was already recreated (seen under load)
+            epoch = await page.evaluate("window.c.peers.get('z-py').epoch")
             await page.evaluate("window.pcBefore = window.c.peerConnection('z-py')")
             await page.evaluate(FAIL, "z-py")
             await page.wait_for_function(
-                "() => window.c.peers.get('z-py').epoch === 1 && window.c.channel('z-py') !== null",
+                f"() => window.c.peers.get('z-py').epoch === {epoch + 1}"
+                " && window.c.channel('z-py') !== null",
                 timeout=TIMEOUT * 1000,
             )
             assert await page.evaluate("window.c.peerConnection('z-py') !== window.pcBefore")
             await py.wait_until(
-                lambda: py.machine.peers["m-web"].epoch == 1 and "m-web" in py.connected_peers(),
+                lambda: (
+                    py.machine.peers["m-web"].epoch == epoch + 1 and "m-web" in py.connected_peers()
+                ),
                 TIMEOUT,
             )
             assert py.peer_connection("m-web") is not py_before
