@@ -924,6 +924,7 @@ TRANSITIONS: dict[tuple[ClientState, ClientInput], Transition] = {
     },
     (_S.CLOSED, _I.CONNECTED): Transition(_M._on_connected_after_close, _to(_S.CLOSED)),
     **_stays(_I.DISCONNECTED, _M._ignore, (_S.CLOSED,)),
+    **_stays(_I.CLOSE, _M._ignore, (_S.CLOSED,)),  # closing twice is harmless
     **_stays(_I.CONNECT_FAILED, _M._ignore, (_S.CLOSED,)),
     **{(_S.CLOSED, kind): Transition(_M._ignore, _to(_S.CLOSED)) for kind in _FRAMES},
     # connected, lost

@@ -886,6 +886,7 @@ def test_close_leaves_the_room_hangs_up_and_never_reconnects() -> None:
     assert m.handle(ServerDisconnected(close_code=1000), 2.1) == []
     assert m.next_deadline() is None
     assert m.handle(ServerConnected(), 2.2) == [DisconnectFromServer()]  # a late attempt
+    assert m.handle(CloseRequested(), 2.3) == []  # closing twice is harmless
     with pytest.raises(LocalProtocolError, match="input connect is not allowed in state closed"):
         m.handle(ConnectRequested(), 3.0)
     offline = machine("bob")

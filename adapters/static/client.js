@@ -655,6 +655,7 @@ const TRANSITIONS = new Map([
   ...[...OFFLINE, ...ONLINE].map((s) => entry(s, I.CLOSE, M._onClose, [C.CLOSED])),
   entry(C.CLOSED, I.CONNECTED, M._onConnectedAfterClose, [C.CLOSED]),
   ...stays(I.DISCONNECTED, M._ignore, [C.CLOSED]),
+  ...stays(I.CLOSE, M._ignore, [C.CLOSED]), // closing twice is harmless
   ...stays(I.CONNECT_FAILED, M._ignore, [C.CLOSED]),
   ...FRAMES.map((input) => entry(C.CLOSED, input, M._ignore, [C.CLOSED])),
   // connected, lost
