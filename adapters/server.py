@@ -20,11 +20,13 @@ module only moves bytes and time:
   gets the ``GET``'s headers and no body, other methods 405, a malformed request 400.
 
 Transport-level abuse limits live here, because they are about sockets rather than
-frames: the ``Origin`` allow-list (403) and the per-address connection limit (429) at the
-HTTP handshake, the handshake timeout, WebSocket ping keep-alive and the bounded send
-queue (1013). Limits on frames and time between them (size, rate, idle timeout) are the
-machine's. Every refusal, here or in the machine, is counted in
-``sansio_signal_refusals_total{reason=...}`` (see :data:`REFUSAL_REASONS`).
+frames: the ``Origin`` allow-list (403) at the HTTP handshake, the per-address connection
+limit (429, counted from accept), the handshake timeout, WebSocket ping keep-alive and the
+bounded send queue (1013); pings and closes never wait behind data a client does not read
+(past :data:`CLOSE_DRAIN_TIMEOUT` such a connection is aborted). Limits on frames and
+time between them (size, rate, idle timeout) are the machine's. Every refusal, here or
+in the machine, is counted in ``sansio_signal_refusals_total{reason=...}`` (see
+:data:`REFUSAL_REASONS`).
 
 Use it as ``async with RelayServer(port=0) as server: ...`` or through
 ``sansio-signal serve``.
@@ -46,7 +48,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import resources
 from importlib.resources.abc import Traversable
 from types import TracebackType
-from typing import Any, ClassVar, TextIO
+from typing import Any, ClassVar, TextIO, cast
 
 import attrs
 from prometheus_client import (
@@ -62,6 +64,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidMessage
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from sansio_signal import (
     CloseCode,
@@ -122,6 +125,11 @@ DEFAULT_PING_INTERVAL = 20.0
 
 DEFAULT_PING_TIMEOUT = 20.0
 """Seconds to wait for a pong before dropping the connection (close 1011)."""
+
+CLOSE_DRAIN_TIMEOUT = 2.0
+"""Seconds a close may wait behind data the client has not read (or the server's own
+``close_timeout`` if shorter). A client that stops reading would otherwise hold its
+close, and its memory, forever: past this bound the TCP connection is aborted."""
 
 REFUSAL_REASONS = (
     "rate-limited",
@@ -184,9 +192,63 @@ class _Connection(ServerConnection):
     _receiving: bool = False
     _bad_request: bool = False
 
+    _ping_now: bool = False
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.relay._opening.add(self)
+        relay = self.relay
+        relay._opening.add(self)
+        if relay.max_connections_per_ip:
+            # Counted from accept (a socket that never sends its request counts too),
+            # released when the TCP connection ends (connection_lost).
+            peer = transport.get_extra_info("peername")
+            address = _address(peer)
+            if relay._per_address[address] >= relay.max_connections_per_ip:
+                # Refused at once: a 429 (read by a client that sends a request) and the
+                # socket closed, so many half-open sockets cost no file descriptors.
+                relay._refuse("per-ip-limit", peer)
+                cast(asyncio.WriteTransport, transport).write(_TOO_MANY)
+                transport.close()
+                return
+            relay._per_address[address] += 1
+            self.address = address
+
+    async def ping(self, data: Any = None) -> Any:
+        # A keep-alive ping goes out behind whatever the client has not read yet, and its
+        # pong timeout runs from now: it does not wait for that data to drain (a client
+        # that stopped reading would hold it there forever, and never time out).
+        self._ping_now = True
+        try:
+            return await super().ping(data)
+        finally:
+            self._ping_now = False
+
+    async def drain(self) -> None:
+        if self._ping_now and self.protocol.state is State.OPEN:
+            return
+        if self.protocol.state is State.OPEN or not self.paused:
+            await super().drain()
+            return
+        # A close (ours, the keep-alive's 1011, the server stopping) behind unsent data:
+        # waited for a short while only, then the connection is aborted.
+        bound = min(self.close_timeout or CLOSE_DRAIN_TIMEOUT, CLOSE_DRAIN_TIMEOUT)
+        try:
+            async with asyncio.timeout(bound):
+                await super().drain()
+        except TimeoutError:
+            self.abort_stalled()
+
+    def abort_stalled(self) -> None:
+        """Abort a connection whose client does not read (its close cannot be sent)."""
+        if self.transport.is_closing() and self.protocol.state is State.CLOSED:
+            return
+        logger.info(
+            "Aborting connection %s from %s: the client does not read",
+            self.conn,
+            _peer(self.remote_address),
+        )
+        self.set_connection_exc(TimeoutError("the client does not read: close not sent"))
+        self.transport.abort()
 
     async def handshake(self, *args: Any, **kwargs: Any) -> None:
         try:
@@ -303,11 +365,12 @@ class RelayServer:
     ``port=0`` binds any free port; read :attr:`port` / :attr:`url` after start.
     ``trace`` receives one JSON line per event in and action out.
 
-    Transport limits: ``max_connections_per_ip`` (0 = unlimited) refuses further
-    upgrades from one address with HTTP 429; ``allowed_origins`` (empty = any) refuses an
-    upgrade whose ``Origin`` is not listed with HTTP 403 (no ``Origin`` is allowed: not a
-    browser); ``open_timeout`` drops a connection that has not sent its request in time;
-    ``ping_interval`` / ``ping_timeout`` are websockets' keep-alive (``None`` = off).
+    Transport limits: ``max_connections_per_ip`` (0 = unlimited) refuses further TCP
+    connections from one address as they are accepted (HTTP 429, then closed);
+    ``allowed_origins`` (empty = any) refuses an upgrade whose ``Origin`` is not listed
+    with HTTP 403 (no ``Origin`` is allowed: not a browser); ``open_timeout`` drops a
+    connection that has not sent its request in time; ``ping_interval`` /
+    ``ping_timeout`` are websockets' keep-alive (``None`` = off).
     The idle timeout is the machine's (``Limits.idle_timeout``).
 
     HTTP: ``static_dir`` (default: the package's ``static/``) is served at ``/NAME``
@@ -564,16 +627,7 @@ class RelayServer:
             ):
                 self._refuse("bad-origin", ws.remote_address)
                 return _text_response(http.HTTPStatus.FORBIDDEN, "origin not allowed")
-        if self.max_connections_per_ip and isinstance(ws, _Connection):
-            address = _address(ws.remote_address)
-            if self._per_address[address] >= self.max_connections_per_ip:
-                self._refuse("per-ip-limit", ws.remote_address)
-                return _text_response(
-                    http.HTTPStatus.TOO_MANY_REQUESTS, "too many connections from your address"
-                )
-            # Counted from here, released when the TCP connection ends (_Connection).
-            self._per_address[address] += 1
-            ws.address = address
+        # The per-address limit is counted from accept (_Connection.connection_made).
         return None
 
     def _http_get(self, path: str) -> Response:
@@ -769,8 +823,23 @@ class RelayServer:
         self.closes[code] = self.closes.get(code, 0) + 1
         if flush:
             link.queue.put_nowait(_Close(code, reason))
+            # The close waits for the frames queued before it, but not for long: a
+            # client that stopped reading would keep it (and its memory) forever.
+            bound = min(self.close_timeout, CLOSE_DRAIN_TIMEOUT)
+            asyncio.get_running_loop().call_later(bound, self._close_stalled, link, code, reason)
         else:
             asyncio.get_running_loop().create_task(link.ws.close(code, reason))
+
+    def _close_stalled(self, link: _Link, code: int, reason: str) -> None:
+        """The close decided a while ago is still behind queued frames: if the client
+        is not taking them (its socket's buffer is full), abort; else close now."""
+        ws = link.ws
+        if ws.protocol.state is not State.OPEN:
+            return  # sent (or the connection is gone)
+        if ws.paused and isinstance(ws, _Connection):
+            ws.abort_stalled()
+        else:
+            asyncio.get_running_loop().create_task(ws.close(code, reason))
 
 
 def normalize_origin(origin: str) -> str:
@@ -803,6 +872,13 @@ def _peer(remote: object) -> str:
         return f"{remote[0]}:{remote[1]}"
     return str(remote)
 
+
+_TOO_MANY_BODY = b"too many connections from your address\n"
+_TOO_MANY = (
+    b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_TOO_MANY_BODY), _TOO_MANY_BODY)
+)
+"""The answer to a connection over the per-address limit, written as it is accepted."""
 
 _BAD_REQUEST = (
     b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"

@@ -1,0 +1,178 @@
+"""Attacks on the transport, as regression tests on a real server on loopback.
+
+- A client that stops reading while its queue stays under ``--send-buffer``: its close
+  (idle timeout, ping timeout) must not wait behind the data it does not read; the
+  connection is aborted and its memory reclaimed within the timeout's bound.
+- Slowloris: half-open sockets count against their address from accept, the ones over
+  ``--max-connections-per-ip`` are refused at once (no traceback), the handshake timeout
+  frees the others, and a client from another address connects meanwhile.
+
+Times are printed (``pytest -s``): they are the figures docs/security.md quotes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+
+import pytest
+from conftest import join_frame
+from test_server_limits import Bystander, incompressible, joined, refusals
+from websockets.asyncio.client import ClientConnection, connect
+from wsutil import recv, run, send
+
+from sansio_signal import Limits
+from sansio_signal.adapters.server import RelayServer
+
+SIGNALING = "webrtc-signaling"
+
+
+async def stalled_reader(server: RelayServer, room: str) -> tuple[ClientConnection, int]:
+    """A member of ``room`` that reads nothing once joined (a tiny receive window, a
+    one-frame queue, no pings of its own), and its server-side connection id."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.setblocking(False)
+    before = set(server._links)
+    slow = await connect(server.url, sock=sock, max_queue=1, ping_interval=None)
+    (conn,) = set(server._links) - before
+    await send(slow, join_frame(room, "slow"))
+    assert (await recv(slow))["userId"] == "slow"
+    return slow, conn
+
+
+async def flood_until_stalled(server: RelayServer, sender: ClientConnection, conn: int) -> None:
+    """Send offers to ``slow`` until the server cannot write to it any more (its socket
+    buffer is full), while its queue stays well under the send buffer."""
+    big = {
+        "channel": SIGNALING,
+        "type": "webrtc-offer",
+        "toUserId": "slow",
+        "offer": {"type": "offer", "sdp": incompressible(45_000)},
+    }
+    link = server._links[conn]
+    deadline = time.perf_counter() + 20
+    started = time.perf_counter()
+    # Until the socket takes no more and frames wait in the queue (or the close does).
+    while not (link.ws.paused and (link.queued_bytes > 100_000 or link.closing)):
+        if conn not in server._links:
+            return  # closed before it stalled (a very slow machine): nothing to test
+        assert time.perf_counter() < deadline, "the server never stalled on the slow reader"
+        await send(sender, big)
+        await asyncio.sleep(0.01)
+    assert link.queued_bytes < server.send_buffer // 2  # not a slow-consumer close
+    print(f"\nstalled after {time.perf_counter() - started:.2f} s of flood", end="")
+
+
+async def gone(server: RelayServer, conn: int, bound: float) -> float:
+    """Seconds until connection ``conn`` is gone from the server (at most ``bound``)."""
+    started = time.perf_counter()
+    await server.wait_until(lambda: conn not in server._links, bound)
+    return time.perf_counter() - started
+
+
+def test_a_reader_that_stops_is_reclaimed_by_the_idle_timeout() -> None:
+    async def scenario(server: RelayServer) -> None:
+        async with Bystander(server, "stalled reader, idle timeout"):
+            (sender,) = await joined(server, "demo", "sender")
+            slow, conn = await stalled_reader(server, "demo")
+            assert (await recv(sender))["userId"] == "slow"
+            await flood_until_stalled(server, sender, conn)
+            # Idle close decided 3 s after slow's join (the flood stalls it in about 1 s),
+            # sent or aborted ≤ 1 s later.
+            took = await gone(server, conn, 6.0)
+            print(f"\nstalled reader reclaimed {took:.2f} s after the flood (idle 3 s)")
+            slow.transport.abort()
+            await sender.close()
+        counts = await refusals(server)
+        assert counts["idle-timeout"] >= 1  # slow (the sender may go idle too)
+        assert counts["slow-consumer"] == 0
+
+    run(
+        scenario,
+        limits=Limits(rate_limit=0, abuse_errors=100_000, idle_timeout=3.0),
+        ping_interval=None,
+        close_timeout=1.0,
+    )
+
+
+def test_a_reader_that_stops_is_reclaimed_by_the_ping_timeout() -> None:
+    async def scenario(server: RelayServer) -> None:
+        async with Bystander(server, "stalled reader, ping timeout"):
+            (sender,) = await joined(server, "demo", "sender")
+            slow, conn = await stalled_reader(server, "demo")
+            assert (await recv(sender))["userId"] == "slow"
+            await flood_until_stalled(server, sender, conn)
+            # Next ping ≤ 0.5 s, its timeout 1 s, the close's bound 1 s.
+            took = await gone(server, conn, 6.0)
+            print(f"\nstalled reader reclaimed {took:.2f} s after the flood (ping 0.5 + 1 s)")
+            left = await recv(sender)
+            assert (left["type"], left["userId"]) == ("user-left-room", "slow")
+            slow.transport.abort()
+            await sender.close()
+        counts = await refusals(server)
+        assert counts["ping-timeout"] == 1
+        assert counts["slow-consumer"] == 0
+        assert sum(counts.values()) == 1
+
+    run(
+        scenario,
+        limits=Limits(rate_limit=0, abuse_errors=100_000),
+        ping_interval=0.5,
+        ping_timeout=1.0,
+        close_timeout=1.0,
+    )
+
+
+def test_slowloris_is_refused_at_accept_and_others_still_connect(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)  # what ``serve`` logs by default
+
+    async def scenario(server: RelayServer) -> None:
+        half_open = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(50)]
+        await server.wait_until(lambda: server._per_address.get("127.0.0.1") == 5, 2)
+
+        # A client from another loopback address is counted apart and gets in at once.
+        started = time.perf_counter()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.2", 0))
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+        legit = await asyncio.wait_for(connect(server.url, sock=sock), 2)
+        await send(legit, join_frame("room", "legit"))
+        assert (await asyncio.wait_for(recv(legit), 2))["type"] == "user-joined-room"
+        print(f"\nlegit client joined in {time.perf_counter() - started:.3f} s")
+        assert time.perf_counter() - started < 2
+        assert server._per_address["127.0.0.2"] == 1
+        assert server._per_address["127.0.0.1"] == 5
+
+        async def closed(reader: asyncio.StreamReader) -> float:
+            with contextlib.suppress(ConnectionResetError):
+                data = await asyncio.wait_for(reader.read(), 5)
+                assert data == b"" or data.startswith(b"HTTP/1.1 429 "), data
+            return time.perf_counter() - started
+
+        times = sorted(await asyncio.gather(*(closed(r) for r, _ in half_open)))
+        print(f"45 refused within {times[44]:.2f} s, 5 dropped within {times[-1]:.2f} s")
+        assert times[44] < 1.0  # refused at accept, not after the handshake timeout
+        assert times[-1] < 3.0  # the handshake timeout (1 s) frees the rest
+        for _, writer in half_open:
+            writer.close()
+        await server.wait_until(lambda: "127.0.0.1" not in server._per_address, 2)
+
+        await send(
+            legit, {"channel": "webrtc-dashboard-chat", "type": "chat-message", "text": "hi"}
+        )
+        await legit.close()
+        counts = await refusals(server)
+        assert counts["per-ip-limit"] == 45
+        assert counts["handshake-timeout"] == 5
+        assert sum(counts.values()) == 50
+
+    run(scenario, max_connections_per_ip=5, open_timeout=1.0)
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
