@@ -14,6 +14,16 @@ EXE = [sys.executable, "-m", "sansio_signal"]
 PIPE = asyncio.subprocess.PIPE
 
 
+async def spawn_chat(
+    cwd: Path, url: str, user: str, *flags: str, stdin: int | None = PIPE
+) -> asyncio.subprocess.Process:
+    """``sansio-signal chat URL --room r --user USER --loopback-only FLAGS...``."""
+    return await asyncio.create_subprocess_exec(
+        *EXE, "chat", url, "--room", "r", "--user", user, "--loopback-only", *flags,
+        cwd=cwd, stdin=stdin, stdout=PIPE, stderr=PIPE,
+    )  # fmt: skip
+
+
 async def line_of(stream: asyncio.StreamReader | None, wanted: str) -> str:
     """Read lines until one contains ``wanted``."""
     assert stream is not None
@@ -31,20 +41,7 @@ def test_two_chat_processes_through_serve(tmp_path: Path) -> None:
         try:
 
             async def chat(user: str) -> asyncio.subprocess.Process:
-                proc = await asyncio.create_subprocess_exec(
-                    *EXE,
-                    "chat",
-                    url,
-                    "--room",
-                    "r",
-                    "--user",
-                    user,
-                    "--loopback-only",
-                    cwd=tmp_path,
-                    stdin=PIPE,
-                    stdout=PIPE,
-                    stderr=PIPE,
-                )
+                proc = await spawn_chat(tmp_path, url, user)
                 procs.append(proc)
                 return proc
 
@@ -87,20 +84,7 @@ def test_piped_and_file_input_is_delivered_and_peer_text_is_escaped(tmp_path: Pa
         try:
 
             async def chat(user: str, stdin: int | None) -> asyncio.subprocess.Process:
-                proc = await asyncio.create_subprocess_exec(
-                    *EXE,
-                    "chat",
-                    url,
-                    "--room",
-                    "r",
-                    "--user",
-                    user,
-                    "--loopback-only",
-                    cwd=tmp_path,
-                    stdin=stdin,
-                    stdout=PIPE,
-                    stderr=PIPE,
-                )
+                proc = await spawn_chat(tmp_path, url, user, stdin=stdin)
                 procs.append(proc)
                 return proc
 
@@ -196,10 +180,7 @@ def test_chat_with_tokens_and_the_negotiation_at_info(tmp_path: Path) -> None:
             return out.decode().strip()
 
         async def chat(user: str, *flags: str) -> asyncio.subprocess.Process:
-            proc = await asyncio.create_subprocess_exec(
-                *EXE, "chat", url, "--room", "r", "--user", user, "--loopback-only", *flags,
-                cwd=tmp_path, stdin=PIPE, stdout=PIPE, stderr=PIPE,
-            )  # fmt: skip
+            proc = await spawn_chat(tmp_path, url, user, *flags)
             procs.append(proc)
             return proc
 
