@@ -453,7 +453,7 @@ class PeerNegotiation:
         is the input ``peer-restarted``, an offer of a newer epoch ``newer-epoch``; then
         the frame itself is the input of its type."""
         pair = message.pair  # a malformed field raises WireError, a RemoteProtocolError
-        if message.fields.get("epoch") is None:  # absent or null: a peer without epochs
+        if not pair.epoch_given:
             self.remote_epochless = True
         stale = self._stale(message, pair)
         if stale is not None:

@@ -173,6 +173,9 @@ class PairFields:
     """
 
     epoch: int = 0
+    epoch_given: bool = False
+    """Whether the sender numbers its connections at all (``epoch`` present and not
+    ``null``): a peer that does not could never follow a bump."""
     sid: str | None = None
     rsid: str | None = None
     seq: int | None = None
@@ -211,6 +214,7 @@ def read_pair_fields(fields: Mapping[str, JSONValue]) -> PairFields:
         raise _pair_error("caps", "an array of strings", caps)
     return PairFields(
         epoch=0 if epoch is None else wire_int(epoch) or 0,
+        epoch_given=epoch is not None,
         sid=strings["sid"],
         rsid=strings["rsid"],
         seq=None if seq is None else wire_int(seq),

@@ -229,7 +229,10 @@ def test_integral_numbers_are_integers_whatever_their_spelling() -> None:
     bad_values: list[JSONValue] = [True, False, -1, 0.5, "1", None, [], 2**53, float(2**60)]
     for bad in bad_values:
         assert wire_int(bad) is None, bad
-    assert read_pair_fields({"epoch": 1.0, "seq": 2.0}) == PairFields(epoch=1, seq=2)
+    assert read_pair_fields({"epoch": 1.0, "seq": 2.0}) == PairFields(
+        epoch=1, epoch_given=True, seq=2
+    )
+    assert read_pair_fields({"epoch": None}) == PairFields()  # null counts as absent
     assert read_pair_fields({}) == PairFields()
     assert read_pair_fields({"rsid": None, "caps": ["x", "rollback"]}) == PairFields(
         caps=("x", "rollback")

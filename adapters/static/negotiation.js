@@ -255,7 +255,7 @@ export class PeerNegotiation {
    * the input of its type. */
   onSignal(message, now) {
     const { pair } = message;
-    if (message.epochless) this.remoteEpochless = true; // absent or null: a peer without epochs
+    if (!message.pair.epochGiven) this.remoteEpochless = true;
     const stale = this._stale(message, pair);
     if (stale !== null) return [this._log("debug", `dropped ${message.type}: ${stale}`)];
     const isOffer = message.type === "webrtc-offer";

@@ -161,6 +161,7 @@ export function readPairFields(fields) {
   }
   return {
     epoch: epoch === null ? 0 : epoch,
+    epochGiven: epoch !== null, // the sender numbers its connections at all
     sid: strings.sid,
     rsid: strings.rsid,
     seq,
@@ -246,7 +247,6 @@ function parseServerObject(obj) {
     else if (type === "webrtc-answer") message.description = readDescription(obj, "answer");
     else if (type === "webrtc-ice") message.candidate = readCandidate(obj);
     message.pair = readPairFields(obj);
-    message.epochless = obj.epoch == null;
     message.fromUserId = id(obj, "fromUserId");
     message.roomId = id(obj, "roomId");
     return message;

@@ -30,7 +30,7 @@ test("integers: integral numbers whatever their spelling, within the safe range"
   assert.equal(wireInt(JSON.parse("1.0")), 1);
   for (const bad of [true, -1, 0.5, "1", null, 2 ** 53]) assert.equal(wireInt(bad), null, String(bad));
   assert.deepEqual(readPairFields({ epoch: 2.0, rsid: null }), {
-    epoch: 2, sid: null, rsid: null, seq: null, caps: null, reason: "",
+    epoch: 2, epochGiven: true, sid: null, rsid: null, seq: null, caps: null, reason: "",
   });
   assert.throws(() => readPairFields({ caps: [{}] }), WireError);
 });
