@@ -205,7 +205,6 @@ class Client:
         self.token = token
         self.room_id = room_id
         self.user_id = user_id
-        self.reconnect = reconnect
         servers = [s if isinstance(s, IceServer) else IceServer(urls=s) for s in ice_servers]
         self._trace_file = trace
         self.peers: dict[str, PeerInfo] = {}
@@ -231,7 +230,6 @@ class Client:
         self._messages: _Stream[Message] = _Stream("messages", self.dropped)
         self._chats: _Stream[Chat] = _Stream("chats", self.dropped)
         self._events: _Stream[ClientNotice] = _Stream("events", self.dropped)
-        self._ever_connected = False
         self._changed = asyncio.Event()
         self._joined = asyncio.Event()
         self._error: ClientError | None = None
@@ -482,12 +480,11 @@ class Client:
             ws = await ws_connect(self.url, open_timeout=10, compression=None)
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             logger.info("cannot connect to %s: %r", self.url, exc)
-            if not self._ever_connected and self._error is None:  # start() fails fast
+            if self.server_connected_at is None and self._error is None:  # start() fails fast
                 self._error = ServerUnreachableError(f"cannot connect to {self.url}: {exc}")
                 self._joined.set()
             self._feed(ServerConnectFailed(reason=repr(exc)))
             return
-        self._ever_connected = True
         self._ws = ws
         self.server_connected_at = loop.time()
         self._feed(ServerConnected())

@@ -60,7 +60,6 @@ export class SignalingClient extends EventTarget {
     this.url = url;
     this.userId = userId;
     this.iceServers = iceServers;
-    this.reconnect = reconnect;
     this._jitter = jitter;
     this.machine = new ClientMachine(userId, {
       capabilities: BROWSER,
