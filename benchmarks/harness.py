@@ -46,10 +46,12 @@ from typing import Any, TextIO
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Data
 
+from sansio_signal import Channel, JoinRoom, encode
+
 HOST = "127.0.0.1"
-ROOMS_CHANNEL = "webrtc-dashboard-rooms"
-SIGNALING_CHANNEL = "webrtc-signaling"
-CHAT_CHANNEL = "webrtc-dashboard-chat"
+ROOMS_CHANNEL = Channel.ROOMS.value
+SIGNALING_CHANNEL = Channel.SIGNALING.value
+CHAT_CHANNEL = Channel.CHAT.value
 
 ICE_CANDIDATE: dict[str, Any] = {
     "candidate": (
@@ -284,9 +286,7 @@ def connect_client(url: str, **options: Any) -> connect:
 
 def join_frame(room: str, user: str) -> str:
     """The protocol's ``join-room`` frame."""
-    return json.dumps(
-        {"channel": ROOMS_CHANNEL, "type": "join-room", "roomId": room, "userId": user}
-    )
+    return encode(JoinRoom(room_id=room, user_id=user))
 
 
 class Member:
