@@ -24,7 +24,7 @@ from typing import TextIO
 
 from sansio_signal import CloseCode, Limits, MemoryDirectory, RelayMachine, __version__
 from sansio_signal.diagnose import diagnose
-from sansio_signal.tokens import TokenAuthority, issue_token, load_secret
+from sansio_signal.tokens import TokenAuthority, issue_token, load_secret, valid_ttl
 
 from .server import (
     DEFAULT_OPEN_TIMEOUT,
@@ -317,12 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--room", required=True, help="a room id, or a pattern like 'team-*'")
 
     def finite_ttl(text: str) -> float:
-        # float() reads "inf" and "nan": a token must expire.
         try:
-            value = float(text)
+            value = float(text)  # reads "inf" and "nan" too: valid_ttl refuses them
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-        if not 0 < value < float("inf"):
+        if not valid_ttl(value):
             raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text}")
         return value
 

@@ -130,7 +130,9 @@ class Claims:
         return user_id == self.user_id and room_matches(self.room, room_id)
 
 
-def _finite_positive(ttl: float) -> bool:
+def valid_ttl(ttl: float) -> bool:
+    """Whether ``ttl`` is a lifetime a token may have: a finite number of seconds > 0
+    (a token must expire)."""
     return isinstance(ttl, int | float) and not isinstance(ttl, bool) and 0 < ttl < math.inf
 
 
@@ -147,7 +149,7 @@ def issue_token(
     ``wall_time + ttl`` (``wall_time``: now, in Unix seconds; ``ttl`` finite and
     positive). ``iat`` is ``wall_time`` rounded down and ``exp`` ``wall_time + ttl``
     rounded up, both whole seconds as most JWT libraries write them."""
-    if not _finite_positive(ttl):
+    if not valid_ttl(ttl):
         raise ValueError(f"ttl must be a finite number of seconds > 0, got {ttl!r}")
     if not math.isfinite(wall_time):
         raise ValueError(f"wall_time must be finite, got {wall_time!r}")
