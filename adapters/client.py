@@ -248,11 +248,7 @@ class Client:
 
     def __await__(self) -> Generator[Any, None, Client]:
         """``client = await connect(...)``: started; call :meth:`close` when done."""
-        return self._started().__await__()
-
-    async def _started(self) -> Client:
-        await self.start()
-        return self
+        return self.__aenter__().__await__()
 
     async def __aexit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None

@@ -873,18 +873,12 @@ def _peer(remote: object) -> str:
     return str(remote)
 
 
-_TOO_MANY_BODY = b"too many connections from your address\n"
-_TOO_MANY = (
-    b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\n"
-    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_TOO_MANY_BODY), _TOO_MANY_BODY)
-)
-"""The answer to a connection over the per-address limit, written as it is accepted."""
-
-_BAD_REQUEST = (
-    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
-    b"Content-Length: 12\r\nConnection: close\r\n\r\nbad request\n"
-)
-"""The answer to a request websockets could not parse (it would close without one)."""
+def _closing_response(status: http.HTTPStatus, text: str) -> bytes:
+    """A plain-text answer written straight to a socket we close at once (before, or
+    instead of, websockets' own request handling)."""
+    response = _text_response(status, text)
+    response.headers["Connection"] = "close"
+    return response.serialize()
 
 
 def _head(response: Response) -> Response:
@@ -904,3 +898,11 @@ def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Respon
 
 def _text_response(status: http.HTTPStatus, text: str) -> Response:
     return _response(status, f"{text}\n".encode(), "text/plain; charset=utf-8")
+
+
+_TOO_MANY = _closing_response(
+    http.HTTPStatus.TOO_MANY_REQUESTS, "too many connections from your address"
+)
+"""The answer to a connection over the per-address limit, written as it is accepted."""
+_BAD_REQUEST = _closing_response(http.HTTPStatus.BAD_REQUEST, "bad request")
+"""The answer to a request websockets could not parse (it would close without one)."""

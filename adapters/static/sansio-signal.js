@@ -60,7 +60,6 @@ export class SignalingClient extends EventTarget {
     this.url = url;
     this.userId = userId;
     this.iceServers = iceServers;
-    this._jitter = jitter;
     this.machine = new ClientMachine(userId, {
       capabilities: BROWSER,
       jitter,
@@ -150,7 +149,7 @@ export class SignalingClient extends EventTarget {
   /** {peerId: {state, link, epoch}} for every member of the room. */
   peerStates() {
     const out = {};
-    for (const [peerId, peer] of this.peers) out[peerId] = { state: peer.state, link: peer.link, epoch: peer.epoch };
+    for (const [peerId, peer] of this.peers) out[peerId] = peerState(peer);
     return out;
   }
 
@@ -199,7 +198,7 @@ export class SignalingClient extends EventTarget {
   _execute(actions) {
     for (const action of actions) this._run(action);
     for (const [peerId, peer] of this.peers) {
-      const detail = { peerId, state: peer.state, link: peer.link, epoch: peer.epoch };
+      const detail = { peerId, ...peerState(peer) };
       const shown = JSON.stringify(detail);
       if (this._shown.get(peerId) !== shown) {
         this._shown.set(peerId, shown);
@@ -353,6 +352,11 @@ export class SignalingClient extends EventTarget {
         throw new Error(`unexpected action ${action.kind}`);
     }
   }
+}
+
+/** What a UI shows of one pair: its negotiation's state, link and epoch. */
+function peerState(peer) {
+  return { state: peer.state, link: peer.link, epoch: peer.epoch };
 }
 
 function now() {
