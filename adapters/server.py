@@ -231,9 +231,8 @@ class _Connection(ServerConnection):
             return
         # A close (ours, the keep-alive's 1011, the server stopping) behind unsent data:
         # waited for a short while only, then the connection is aborted.
-        bound = min(self.close_timeout or CLOSE_DRAIN_TIMEOUT, CLOSE_DRAIN_TIMEOUT)
         try:
-            async with asyncio.timeout(bound):
+            async with asyncio.timeout(_close_bound(self.close_timeout)):
                 await super().drain()
         except TimeoutError:
             self.abort_stalled()
@@ -825,8 +824,9 @@ class RelayServer:
             link.queue.put_nowait(_Close(code, reason))
             # The close waits for the frames queued before it, but not for long: a
             # client that stopped reading would keep it (and its memory) forever.
-            bound = min(self.close_timeout, CLOSE_DRAIN_TIMEOUT)
-            asyncio.get_running_loop().call_later(bound, self._close_stalled, link, code, reason)
+            asyncio.get_running_loop().call_later(
+                _close_bound(self.close_timeout), self._close_stalled, link, code, reason
+            )
         else:
             asyncio.get_running_loop().create_task(link.ws.close(code, reason))
 
@@ -840,6 +840,11 @@ class RelayServer:
             ws.abort_stalled()
         else:
             asyncio.get_running_loop().create_task(ws.close(code, reason))
+
+
+def _close_bound(close_timeout: float | None) -> float:
+    """How long a close may wait behind frames the client has not read."""
+    return min(close_timeout or CLOSE_DRAIN_TIMEOUT, CLOSE_DRAIN_TIMEOUT)
 
 
 def normalize_origin(origin: str) -> str:
