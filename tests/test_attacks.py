@@ -13,7 +13,6 @@ Times are printed (``pytest -s``): they are the figures docs/security.md quotes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
@@ -60,7 +59,10 @@ async def flood_until_stalled(server: RelayServer, sender: ClientConnection, con
     # Until the socket takes no more and frames wait in the queue (or the close does).
     while not (link.ws.paused and (link.queued_bytes > 100_000 or link.closing)):
         if conn not in server._links:
-            return  # closed before it stalled (a very slow machine): nothing to test
+            pytest.fail(
+                f"the slow reader's connection closed after {time.perf_counter() - started:.2f} s"
+                " of flood, before the server stalled on it: nothing was tested"
+            )
         assert time.perf_counter() < deadline, "the server never stalled on the slow reader"
         await send(sender, big)
         await asyncio.sleep(0.01)
@@ -134,33 +136,47 @@ def test_slowloris_is_refused_at_accept_and_others_still_connect(
     caplog.set_level(logging.INFO)  # what ``serve`` logs by default
 
     async def scenario(server: RelayServer) -> None:
+        opened = time.perf_counter()
         half_open = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(50)]
         await server.wait_until(lambda: server._per_address.get("127.0.0.1") == 5, 2)
 
-        # A client from another loopback address is counted apart and gets in at once.
+        async def received(reader: asyncio.StreamReader) -> tuple[bytes, float]:
+            """All a half-open socket received until the server closed it, and when."""
+            try:
+                data = await reader.read()
+            except ConnectionResetError:
+                data = b"<reset>"
+            return data, time.perf_counter() - opened
+
+        # Read them from now on: the refusals come while the next client joins.
+        reading = asyncio.gather(*(received(r) for r, _ in half_open))
+
+        # A client from another loopback address is counted apart and gets in meanwhile.
         started = time.perf_counter()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.2", 0))
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
-        legit = await asyncio.wait_for(connect(server.url, sock=sock), 2)
+        legit = await asyncio.wait_for(connect(server.url, sock=sock), 5)
         await send(legit, join_frame("room", "legit"))
-        assert (await asyncio.wait_for(recv(legit), 2))["type"] == "user-joined-room"
+        assert (await asyncio.wait_for(recv(legit), 5))["type"] == "user-joined-room"
         print(f"\nlegit client joined in {time.perf_counter() - started:.3f} s")
-        assert time.perf_counter() - started < 2
         assert server._per_address["127.0.0.2"] == 1
-        assert server._per_address["127.0.0.1"] == 5
+        assert server._per_address.get("127.0.0.1", 0) <= 5  # never over the limit
 
-        async def closed(reader: asyncio.StreamReader) -> float:
-            with contextlib.suppress(ConnectionResetError):
-                data = await asyncio.wait_for(reader.read(), 5)
-                assert data == b"" or data.startswith(b"HTTP/1.1 429 "), data
-            return time.perf_counter() - started
-
-        times = sorted(await asyncio.gather(*(closed(r) for r, _ in half_open)))
-        print(f"45 refused within {times[44]:.2f} s, 5 dropped within {times[-1]:.2f} s")
-        assert times[44] < 1.0  # refused at accept, not after the handshake timeout
-        assert times[-1] < 3.0  # the handshake timeout (1 s) frees the rest
+        # Refused at accept (429) or freed by the handshake timeout (1 s): all closed
+        # within a generous bound of opening them.
+        try:
+            outcomes = await asyncio.wait_for(reading, opened + 6.0 - time.perf_counter())
+        except TimeoutError:
+            pytest.fail("the 50 half-open sockets were not all closed 6 s after opening them")
+        refused = [t for data, t in outcomes if data.startswith(b"HTTP/1.1 429 ")]
+        dropped = [t for data, t in outcomes if data == b""]
+        print(
+            f"{len(refused)} refused within {max(refused, default=0):.2f} s,"
+            f" {len(dropped)} dropped within {max(dropped, default=0):.2f} s"
+        )
+        assert (len(refused), len(dropped)) == (45, 5), [data[:40] for data, _ in outcomes]
         for _, writer in half_open:
             writer.close()
         await server.wait_until(lambda: "127.0.0.1" not in server._per_address, 2)

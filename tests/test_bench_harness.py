@@ -87,7 +87,10 @@ def test_members_join_and_relay_through_a_server_process() -> None:
             relayed = await bob.recv()
             assert isinstance(relayed, str) and '"fromUserId":"alice"' in relayed
             cpu = CpuTimes.now(server) - cpu0
-            assert cpu.processes[0] >= 0 and cpu.own >= 0 and cpu.other >= 0
+            # The server's start (a Python interpreter importing the package) took CPU;
+            # /proc counts in clock ticks, too coarse for the few frames since cpu0, but
+            # this process's clients used some (process_time is fine-grained).
+            assert cpu0.processes[0] > 0 and len(cpu.processes) == 1 and cpu.own > 0
             metrics = await asyncio.to_thread(scrape_metrics, server.url)
             assert metrics["sansio_signal_connections"] == 2.0
             assert metrics['sansio_signal_frames_in_total{type="webrtc-ice"}'] >= 1.0

@@ -26,6 +26,7 @@ from conformance import (
     event_json,
     key_paths,
     run_step,
+    step_input,
 )
 from hypothesis import HealthCheck, given, settings
 
@@ -40,6 +41,7 @@ from sansio_signal.events import (
     JoinRequested,
     LeaveRequested,
     LocalDescriptionCreated,
+    NegotiationNeeded,
     OperationFailed,
     RemoteDescriptionApplied,
     RenegotiationRequested,
@@ -211,7 +213,7 @@ def _pc_event(draw: Callable[..., Any], machine: ClientMachine) -> ClientEvent:
     waiting = [(pc, state) for pc, state in live if state in _AWAITED]
     pc, neg_state = draw(st.sampled_from([*live, *waiting * 4, (99, NegState.IDLE)]))
     awaited, sdp_type = _AWAITED.get(neg_state, ("", ""))
-    kinds = ["local", "applied", "gathered", "state", "failed"]
+    kinds = ["local", "applied", "gathered", "state", "failed", "needed"]
     kind = draw(st.sampled_from(kinds + [awaited] * 15 if awaited else kinds))
     if kind == "state" and awaited == "state" and draw(st.booleans()):
         return ConnectionStateChanged(pc=pc, state="connected")
@@ -222,6 +224,8 @@ def _pc_event(draw: Callable[..., Any], machine: ClientMachine) -> ClientEvent:
         )
     if kind == "applied":
         return RemoteDescriptionApplied(pc=pc)
+    if kind == "needed":
+        return NegotiationNeeded(pc=pc)
     if kind == "gathered":
         candidate = draw(
             st.sampled_from(
@@ -307,10 +311,11 @@ def test_python_and_js_client_machines_agree(js: JsMachine, data: st.DataObject)
     window = data.draw(st.sampled_from([0.0, 8.0]), label="resume window")
     max_peers = data.draw(st.sampled_from([64, 2]), label="max peers")
     jitter_values = [((i * 7919) % 1000) / 1000 for i in range(1, 400)]
+    jitter = ListJitter(jitter_values)
     python = ClientMachine(
         user,
         capabilities=caps,
-        jitter=ListJitter(jitter_values),
+        jitter=jitter,
         config=CONFIG,
         resume_window=window,
         max_peers=max_peers,
@@ -329,7 +334,11 @@ def test_python_and_js_client_machines_agree(js: JsMachine, data: st.DataObject)
             now += data.draw(st.sampled_from([0.0, 0.01, 0.5, 2.0]))
             event = prefix.pop(0) if prefix else _event(data.draw, python)
             step = {"event": event_json(event), "now": now, "_event": event}
-        history.append({k: v for k, v in step.items() if k != "_event"})
+        history.append(step_input(step))
         py_out = run_step(python, step)
         js_out = js.send(history[-1])
         _compare(py_out, js_out, history)
+        assert js_out["jitterUsed"] == jitter.used, (
+            f"Python and JS drew jitter {jitter.used} and {js_out['jitterUsed']} times"
+            f" after {json.dumps(history[-3:])}"
+        )

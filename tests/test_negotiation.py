@@ -1527,13 +1527,13 @@ def test_an_offer_of_a_newer_epoch_in_every_polite_state() -> None:
         if state is S.WAITING:
             continue  # the polite side never waits
         neg = reach(state, Role.POLITE)
-        pc, epoch = neg.pc, neg.epoch
+        pc, epoch, attempts = neg.pc, neg.epoch, neg.attempts
         out = neg.on_signal(offer(neg, "fresh", epoch=epoch + 1), 50.0)
         closed = [] if pc is None else [ClosePeer(peer_id=ALICE, pc=pc)]
         assert ops(out)[: len(closed)] == closed, state
         assert f"following the initiator to epoch {epoch + 1}" in logs(out)
         assert (neg.state, neg.epoch) == (S.APPLYING_OFFER, epoch + 1), state
-        assert neg.attempts == (0 if state is S.FAILED else neg.attempts)
+        assert neg.attempts == (0 if state is S.FAILED else attempts), state
 
 
 def test_requests_and_offers_before_the_initiator_started() -> None:

@@ -314,5 +314,5 @@ def test_a_server_cannot_make_us_build_more_peers_than_we_take() -> None:
     assert [type(a) for a in out] == [ProtocolViolation] and "erin" not in client.peers
     left = dict(TEMPLATES["left"], userId="dave")
     client.handle(ServerFrameReceived(text=json.dumps(left)), 0.4)
-    out = client.handle(ServerFrameReceived(text=json.dumps(one_more)), 0.5)
+    client.handle(ServerFrameReceived(text=json.dumps(one_more)), 0.5)
     assert "erin" in client.peers  # room again for one
