@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -183,13 +183,14 @@ class ListJitter:
 
 
 class RecordingJitter:
-    """Wraps a jitter source and records what it handed out."""
+    """Wraps a value source (a jitter source, a ``new_pc``) and records what it handed
+    out."""
 
-    def __init__(self, source: Callable[[], float]) -> None:
+    def __init__(self, source: Callable[[], Any]) -> None:
         self.source = source
-        self.values: list[float] = []
+        self.values: list[Any] = []
 
-    def __call__(self) -> float:
+    def __call__(self) -> Any:
         value = self.source()
         self.values.append(value)
         return value
@@ -267,11 +268,3 @@ def key_paths(value: Json, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]
             out.append((*prefix, key))
             out += key_paths(child, (*prefix, key))
     return out
-
-
-def iter_vectors(path: Path) -> Iterator[dict[str, Json]]:
-    """The vectors of one JSON-lines file."""
-    with path.open() as lines:
-        for line in lines:
-            if line.strip():
-                yield json.loads(line)

@@ -172,19 +172,6 @@ NEGOTIATION_INPUTS = (
 """The input methods of ``PeerNegotiation`` (each takes ``now`` last)."""
 
 
-class _Recording:
-    """A value source that records what it hands out."""
-
-    def __init__(self, source: Callable[[], Any]) -> None:
-        self.source = source
-        self.values: list[Any] = []
-
-    def __call__(self) -> Any:
-        value = self.source()
-        self.values.append(value)
-        return value
-
-
 class NegotiationRecorder(_Labels):
     """Patches ``PeerNegotiation`` so that every negotiation the scripted negotiation
     tests make is recorded call by call (those a client machine makes are recorded
@@ -192,7 +179,9 @@ class NegotiationRecorder(_Labels):
 
     def __init__(self) -> None:
         super().__init__()
-        self.records: list[tuple[dict[str, Any], PeerNegotiation, _Recording, _Recording]] = []
+        self.records: list[
+            tuple[dict[str, Any], PeerNegotiation, RecordingJitter, RecordingJitter]
+        ] = []
 
     @contextmanager
     def active(self) -> Iterator[None]:
@@ -202,7 +191,7 @@ class NegotiationRecorder(_Labels):
         recorder = self
 
         def init(peer: PeerNegotiation, **kwargs: Any) -> None:
-            new_pc, jitter = _Recording(kwargs["new_pc"]), _Recording(kwargs["jitter"])
+            new_pc, jitter = RecordingJitter(kwargs["new_pc"]), RecordingJitter(kwargs["jitter"])
             originals["__init__"](peer, **{**kwargs, "new_pc": new_pc, "jitter": jitter})
             vector: dict[str, Any] = {"name": recorder.name(), "steps": []}
             peer._conformance = vector  # type: ignore[attr-defined]

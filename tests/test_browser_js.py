@@ -9,10 +9,11 @@ two implementations cannot drift apart silently.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from conformance import node
 
 from sansio_signal.negotiation import TRANSITIONS
 
@@ -20,15 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULE = ROOT / "adapters" / "static" / "machine.js"
 
 
-def _node() -> str:
-    node = shutil.which("node") or shutil.which("nodejs")
-    assert node is not None, "node is needed for the JS client's tests (.ci/run installs it)"
-    return node
-
-
 def test_js_unit_tests_pass() -> None:
     result = subprocess.run(
-        [_node(), "--test", str(ROOT / "tests" / "js")],
+        [node(), "--test", str(ROOT / "tests" / "js")],
         capture_output=True,
         text=True,
         timeout=60,
@@ -45,7 +40,7 @@ def _js_export(call: str) -> Any:
         f"import({json.dumps(MODULE.as_uri())}).then(m => console.log(JSON.stringify(m.{call}())))"
     )
     out = subprocess.run(
-        [_node(), "--input-type=module", "-e", script],
+        [node(), "--input-type=module", "-e", script],
         capture_output=True,
         text=True,
         timeout=30,

@@ -286,7 +286,6 @@ def test_refused_joins_are_logged_at_info_with_the_code() -> None:
     h = make_harness(Limits(max_room_size=2), authorize=_deny_room_other)
     in_room(h, "demo", "a", "b")
     c = h.connect()
-    h.logs.clear()
     start = len(h.actions)
     h.join(c, "demo", "a")
     h.join(c, "demo", "c")
@@ -618,7 +617,6 @@ def test_one_info_line_per_relayed_frame() -> None:
     h = make_harness(Limits(resume_grace=10.0))
     a, b, c = in_room(h, "demo", "a", "b", "c")
     h.disconnect(c, clean=False)  # held: frames for it are queued, and logged alike
-    h.logs.clear()
     start = len(h.actions)
     frames = [offer_frame("b"), answer_frame("b"), ice_frame("c", None), renegotiate_frame("b")]
     for frame in frames:
