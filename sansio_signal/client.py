@@ -111,6 +111,7 @@ from .events import (
     JoinRequested,
     LeaveRequested,
     LocalDescriptionCreated,
+    NegotiationNeeded,
     OperationFailed,
     PeerConnectionEvent,
     RemoteDescriptionApplied,
@@ -672,6 +673,8 @@ class ClientMachine:
             out = peer.on_candidate_gathered(event.candidate, now)
         elif isinstance(event, ConnectionStateChanged):
             out = peer.on_connection_state(event.state, now)
+        elif isinstance(event, NegotiationNeeded):
+            out = peer.on_negotiation_needed(now)
         else:
             out = peer.on_operation_failed(event.operation, event.error, now)
         return self._run(peer, out)
@@ -887,6 +890,7 @@ _EVENT_INPUTS: dict[type, ClientInput] = {
     RemoteDescriptionApplied: ClientInput.PEER_CONNECTION,
     IceCandidateGathered: ClientInput.PEER_CONNECTION,
     ConnectionStateChanged: ClientInput.PEER_CONNECTION,
+    NegotiationNeeded: ClientInput.PEER_CONNECTION,
     OperationFailed: ClientInput.PEER_CONNECTION,
 }
 

@@ -157,6 +157,16 @@ class IceCandidateGathered:
 
 
 @attrs.frozen(kw_only=True)
+class NegotiationNeeded:
+    """``pc`` says it needs a new offer/answer exchange (a browser's
+    ``negotiationneeded``: a track or data channel was added). Whether that calls for
+    one is the machine's call: before the connection's first exchange it is the first
+    offer itself being prepared, and is ignored."""
+
+    pc: int
+
+
+@attrs.frozen(kw_only=True)
 class ConnectionStateChanged:
     """``pc``'s ``connectionState`` changed (``new``, ``connecting``, ``connected``,
     ``disconnected``, ``failed``, ``closed``)."""
@@ -189,6 +199,7 @@ ClientEvent: TypeAlias = (
     | RemoteDescriptionApplied
     | IceCandidateGathered
     | ConnectionStateChanged
+    | NegotiationNeeded
     | OperationFailed
 )
 """Every event :meth:`~sansio_signal.ClientMachine.handle` takes."""
@@ -197,6 +208,7 @@ PeerConnectionEvent: TypeAlias = (
     | RemoteDescriptionApplied
     | IceCandidateGathered
     | ConnectionStateChanged
+    | NegotiationNeeded
     | OperationFailed
 )
 """The results of peer-connection operations, reported by the adapter that ran them."""

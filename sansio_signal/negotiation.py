@@ -399,6 +399,8 @@ class PeerNegotiation:
         self.last_remote_offer: str | None = None
         self.queued_offer: RemoteOffer | None = None
         self.notified_connected = False
+        self.exchanged = False
+        """An offer/answer exchange completed on this connection (STABLE reached)."""
 
     # ------------------------------------------------------------------ inputs
 
@@ -418,6 +420,15 @@ class PeerNegotiation:
     def request_renegotiation(self, now: float) -> Actions:
         """The application changed what it sends to this peer."""
         return self._dispatch(Input.RENEGOTIATE_REQUESTED, now, None)
+
+    def on_negotiation_needed(self, now: float) -> Actions:
+        """The current connection asks for a new exchange (a browser's
+        ``negotiationneeded``). Before its first exchange completed, that is the first
+        offer itself (the initiator's data channel) and nothing more is needed; after
+        it, the application changed what it sends: a renegotiation."""
+        if not self.exchanged:
+            return []
+        return self.request_renegotiation(now)
 
     def on_timer(self, now: float) -> Actions:
         """The clock says ``now``: our deadline's own input if it is due, else ``timer``."""
@@ -642,6 +653,7 @@ class PeerNegotiation:
         """Reached STABLE: arm the connect deadline and raise what was put off (the offer
         that waited for our answer to be applied, or a renegotiation)."""
         self.state = NegState.STABLE
+        self.exchanged = True
         if self.link is Link.CONNECTED:
             self._disarm()
         else:

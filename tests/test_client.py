@@ -51,6 +51,7 @@ from sansio_signal.events import (
     JoinRequested,
     LeaveRequested,
     LocalDescriptionCreated,
+    NegotiationNeeded,
     OperationFailed,
     RemoteDescriptionApplied,
     RenegotiationRequested,
@@ -891,3 +892,20 @@ def test_close_leaves_the_room_hangs_up_and_never_reconnects() -> None:
         m.handle(ConnectRequested(), 3.0)
     offline = machine("bob")
     assert offline.handle(CloseRequested(), 0.0) == []  # nothing to leave, nothing to close
+
+
+def test_negotiation_needed_before_the_first_exchange_is_the_first_offer_itself() -> None:
+    """A browser fires ``negotiationneeded`` for the initiator's data channel, made
+    before the first offer: nothing more to do then. After an exchange completed, it
+    means the application changed what it sends: a new offer."""
+    m = in_room("alice", "bob", caps=BROWSER)
+    pc = m.peers["bob"].pc
+    assert pc is not None
+    assert m.handle(NegotiationNeeded(pc=pc), 1.1) == []
+    m.handle(LocalDescriptionCreated(pc=pc, description=OFFER), 1.2)
+    assert m.handle(NegotiationNeeded(pc=pc), 1.3) == []  # still the first exchange
+    m.handle(answer_from("bob", "alice"), 1.4)
+    m.handle(RemoteDescriptionApplied(pc=pc), 1.5)
+    assert m.peers["bob"].state is NegState.STABLE
+    out = m.handle(NegotiationNeeded(pc=pc), 1.6)
+    assert [type(a) for a in out if not isinstance(a, Log)] == [CreateOffer]

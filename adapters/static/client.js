@@ -499,6 +499,7 @@ export class ClientMachine {
       case "RemoteDescriptionApplied": out = peer.onRemoteApplied(now); break;
       case "IceCandidateGathered": out = peer.onCandidateGathered(event.candidate, now); break;
       case "ConnectionStateChanged": out = peer.onConnectionState(event.state, now); break;
+      case "NegotiationNeeded": out = peer.onNegotiationNeeded(now); break;
       default: out = peer.onOperationFailed(event.operation, event.error, now);
     }
     return this._run(peer, out);
@@ -632,6 +633,7 @@ const EVENT_INPUTS = {
   RemoteDescriptionApplied: ClientInput.PEER_CONNECTION,
   IceCandidateGathered: ClientInput.PEER_CONNECTION,
   ConnectionStateChanged: ClientInput.PEER_CONNECTION,
+  NegotiationNeeded: ClientInput.PEER_CONNECTION,
   OperationFailed: ClientInput.PEER_CONNECTION,
 };
 

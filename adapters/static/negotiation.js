@@ -223,6 +223,7 @@ export class PeerNegotiation {
     this.lastRemoteOffer = null;
     this.queuedOffer = null;
     this.notifiedConnected = false;
+    this.exchanged = false; // an offer/answer exchange completed on this connection
   }
 
   // ---------------------------------------------------------------- inputs
@@ -233,6 +234,9 @@ export class PeerNegotiation {
   start(now) { return this._dispatch(Input.START, now, null); }
   close(now) { return this._dispatch(Input.CLOSE, now, null); }
   requestRenegotiation(now) { return this._dispatch(Input.RENEGOTIATE_REQUESTED, now, null); }
+  /** The connection asks for a new exchange: before its first one completed that is the
+   * first offer itself, nothing more (mirrors `on_negotiation_needed`). */
+  onNegotiationNeeded(now) { return this.exchanged ? this.requestRenegotiation(now) : []; }
 
   /** The clock says `now`: our deadline's own input if it is due, else `timer` (mirrors
    * `on_timer`). */
@@ -432,6 +436,7 @@ export class PeerNegotiation {
    * waited for our answer to be applied, or a renegotiation) (mirrors `_settle`). */
   _settle(now) {
     this.state = NegState.STABLE;
+    this.exchanged = true;
     if (this.link === Link.CONNECTED) this._disarm();
     else this._arm(Deadline.CONNECT, now + this.config.connectTimeout);
     if (this.queuedOffer !== null) {

@@ -67,7 +67,7 @@ export class SignalingClient extends EventTarget {
       resumeWindow: reconnect ? resumeWindow : 0,
       reconnect: reconnect ? DEFAULT_RECONNECT : null,
     });
-    this._conns = new Map(); // pc handle → {peerId, pc, chain, channel, exchanged}
+    this._conns = new Map(); // pc handle → {peerId, pc, chain, channel}
     this._shown = new Map(); // peerId → the last "peer-state" detail, as JSON
     this._ws = null;
     this._timer = null;
@@ -277,7 +277,7 @@ export class SignalingClient extends EventTarget {
     const pc = new RTCPeerConnection({ iceServers: this.iceServers });
     const handle = action.pc;
     const { peerId } = action;
-    const conn = { peerId, pc, chain: Promise.resolve(), channel: null, exchanged: false };
+    const conn = { peerId, pc, chain: Promise.resolve(), channel: null };
     this._conns.set(handle, conn);
     pc.onicecandidate = (event) => {
       // Browsers end with a null candidate; some also send an empty one: one end only.
@@ -286,11 +286,7 @@ export class SignalingClient extends EventTarget {
       this._result(handle, { type: "IceCandidateGathered", candidate: c === null ? null : c.toJSON() });
     };
     pc.onconnectionstatechange = () => this._result(handle, { type: "ConnectionStateChanged", state: pc.connectionState });
-    pc.onnegotiationneeded = () => {
-      // The first exchange is started by the machine itself; later changes (a track
-      // added, the first data channel of a peer that had none) ask for a new one.
-      if (conn.exchanged && this._conns.get(handle) === conn) this.renegotiate(peerId);
-    };
+    pc.onnegotiationneeded = () => this._result(handle, { type: "NegotiationNeeded" });
     pc.ondatachannel = (event) => { if (event.channel.label === CHANNEL_LABEL) this._adoptChannel(peerId, handle, event.channel); };
     if (action.initiator) this._adoptChannel(peerId, handle, pc.createDataChannel(CHANNEL_LABEL));
   }
@@ -330,14 +326,12 @@ export class SignalingClient extends EventTarget {
           ? await pc.createOffer(action.iceRestart ? { iceRestart: true } : {})
           : await pc.createAnswer();
         await pc.setLocalDescription(description);
-        if (action.kind === "CreateAnswer") conn.exchanged = true;
         const local = pc.localDescription;
         this._result(handle, { type: "LocalDescriptionCreated", description: { type: local.type, sdp: local.sdp } });
         return;
       }
       case "SetRemoteDescription":
         await pc.setRemoteDescription(action.description);
-        if (action.description.type === "answer") conn.exchanged = true;
         this._result(handle, { type: "RemoteDescriptionApplied" });
         return;
       case "RollbackLocalDescription":
