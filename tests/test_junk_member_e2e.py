@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import pytest
+from conftest import SIGNALING, Frame, chat_frame, join_frame
 from playwright.async_api import Browser, Page, async_playwright
 from test_browser import CHROMIUM, CHROMIUM_ARGS, http_url
 from websockets.asyncio.client import ClientConnection
@@ -53,11 +54,6 @@ DONE = "junk: that was all"
 RANDOM_FRAMES = 200
 SEED = 10
 
-ROOMS = "webrtc-dashboard-rooms"
-SIGNALING = "webrtc-signaling"
-CHAT = "webrtc-dashboard-chat"
-
-Frame = dict[str, Any]
 T = TypeVar("T")
 
 pytestmark = pytest.mark.skipif(
@@ -321,9 +317,7 @@ async def raw_member(url: str, inbox: Seen[Frame]) -> tuple[ClientConnection, as
             inbox.add(json.loads(data))
 
     reader = asyncio.get_running_loop().create_task(read())
-    await ws.send(
-        json.dumps({"channel": ROOMS, "type": "join-room", "roomId": ROOM, "userId": JUNK})
-    )
+    await ws.send(json.dumps(join_frame(ROOM, JUNK)))
     return ws, reader
 
 
@@ -411,7 +405,7 @@ def test_a_member_sending_junk_cannot_stop_the_others_from_talking(tmp_path: Pat
         for to in (PY, WEB):
             for item in junk[to]:
                 await ws.send(item.text)
-        await ws.send(json.dumps({"channel": CHAT, "type": "chat-message", "text": DONE}))
+        await ws.send(json.dumps(chat_frame(DONE)))
         await chats.until(
             lambda cs: any(c.text == DONE for c in cs), "the end of the junk (Python)"
         )
