@@ -388,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="WARNING",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="INFO shows the negotiation step by step (Creating offer for peer: ..., "
-        "Received answer from: ..., Connection established with: ...); default %(default)s",
+        "Sending offer to: ..., WAITING for WebRTC KEY from: ..., Received answer from: ..., "
+        "Connection established with: ...); default %(default)s",
     )
     chat.add_argument(
         "--loopback-only",

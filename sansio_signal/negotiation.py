@@ -695,7 +695,7 @@ class PeerNegotiation:
 
     def _start_waiting(self, now: float, _: None) -> Actions:
         self._arm(Deadline.OFFER_WAIT, now + self.config.offer_wait)
-        return []
+        return [self._log(LogLevel.INFO, "WAITING for WebRTC KEY from: %s", self.peer_id)]
 
     def _close(self, now: float, _: None) -> Actions:
         actions = self._close_pc()
@@ -719,7 +719,11 @@ class PeerNegotiation:
                 seq=self.offers_sent,
             ),
         )
-        return [self._send(offer), *self._flush_local()]
+        return [
+            self._send(offer),
+            self._log(LogLevel.INFO, "Sending offer to: %s", self.peer_id),
+            *self._flush_local(),
+        ]
 
     def _send_answer(self, now: float, description: SessionDescription) -> Actions:
         answer = Answer(

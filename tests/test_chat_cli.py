@@ -187,9 +187,11 @@ def test_chat_with_tokens_and_the_negotiation_at_info(tmp_path: Path) -> None:
             await line_of(alice.stderr, "joined room r")
             token_file = tmp_path / "bob.token"
             token_file.write_text(await mint("bob") + "\n")
-            bob = await chat("bob", "--token-file", str(token_file))
+            bob = await chat("bob", "--token-file", str(token_file), "--log-level", "INFO")
+            await line_of(bob.stderr, "WAITING for WebRTC KEY from: alice")
             await line_of(bob.stderr, "connected to alice")
             await line_of(alice.stderr, "Creating offer for peer: bob")
+            await line_of(alice.stderr, "Sending offer to: bob")
             line = await line_of(alice.stderr, "Connection established with: bob")
             assert line.startswith("[alice] ")
             for proc in (alice, bob):

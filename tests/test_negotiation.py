@@ -414,7 +414,9 @@ def test_initiator_start_creates_the_peer_and_offers() -> None:
 
 def test_polite_start_waits_for_an_offer() -> None:
     neg = polite()
-    assert neg.start(0.0) == []
+    actions = neg.start(0.0)
+    assert ops(actions) == []
+    assert logs(actions) == "[alice] WAITING for WebRTC KEY from: alice"
     assert neg.state is S.IDLE
     assert neg.pc is None
     assert deadline(neg) == (5.0, "offer-wait")
@@ -426,6 +428,7 @@ def test_local_offer_is_sent_with_epoch_and_caps(caps: Capabilities) -> None:
     neg.start(0.0)
     out = neg.on_local_description(LOCAL_OFFER, 1.0)
     assert len(ops(out)) == 1
+    assert logs(out) == f"[{BOB}] Sending offer to: {BOB}"
     assert frames(out) == [
         {
             "channel": "webrtc-signaling",

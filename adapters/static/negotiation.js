@@ -484,7 +484,7 @@ export class PeerNegotiation {
 
   _startWaiting(now) {
     this._arm(Deadline.OFFER_WAIT, now + this.config.offerWait);
-    return [];
+    return [this._log("info", `WAITING for WebRTC KEY from: ${this.peerId}`)];
   }
 
   _close() {
@@ -504,7 +504,7 @@ export class PeerNegotiation {
     const offer = this._send("webrtc-offer", this._signalFields({
       offer: { type: description.type, sdp: description.sdp }, caps: capsToWire(this.capabilities), seq: this.offersSent,
     }));
-    return [offer, ...this._flushLocal()];
+    return [offer, this._log("info", `Sending offer to: ${this.peerId}`), ...this._flushLocal()];
   }
 
   _sendAnswer(now, description) {
