@@ -8,7 +8,18 @@ file is the adapter's job. A record looks like::
 
 ``t`` is the machine's ``now`` (monotonic); ``dir`` is ``"in"`` for events and
 ``"out"`` for actions; the remaining keys are the object's fields (enums as their
-values, tuples as lists, bytes as ``{"bytes": hex}``).
+values, tuples as lists, bytes as ``{"bytes": hex}``). A client's records also carry
+``user`` (and ``peer``, ``epoch``, ``before``/``after`` for anything about one peer).
+
+``now`` is monotonic and each process (or browser page) has its own, so traces of
+different machines are lined up by wall time: every client record carries
+:data:`WALL_TIME` (Unix seconds, added by the adapter that writes it: Python's
+``Client`` and the browser's ``SignalingClient`` alike), and the relay's
+``FrameReceived`` records carry it as an event field of the same name. ``diagnose``
+maps each trace's ``t`` onto wall time with those.
+
+Adapters write each record as it is made (flushed per record), so that a process that
+is killed leaves its trace up to the kill.
 """
 
 from __future__ import annotations
@@ -20,6 +31,10 @@ from typing import Any
 import attrs
 
 from .wire import JSONValue, dumps
+
+WALL_TIME = "wall_time"
+"""The key of a record's wall-clock time (Unix seconds): the one clock that traces of
+different processes share."""
 
 
 def _plain(value: Any) -> JSONValue:

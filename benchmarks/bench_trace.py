@@ -1,0 +1,106 @@
+"""What writing a client trace costs: buffered, as before, against flushed per record.
+
+The events one client of an 8-peer mesh receives (recorded as in ``bench_client.py``)
+are replayed into fresh ClientMachines whose trace sink writes each record to a real
+file the way ``adapters/client.py`` does: ``dumps(record)`` plus a newline, with the
+wall time added, then either left in the file object's buffer (written at exit, lost on
+SIGKILL) or flushed at once (one ``write`` system call per record).
+
+Run: ``python benchmarks/bench_trace.py [--json] [--repeat N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from sansio_signal.client import ClientMachine
+from sansio_signal.events import ClientEvent
+from sansio_signal.negotiation import AIORTC, BROWSER
+from sansio_signal.trace import WALL_TIME
+from sansio_signal.wire import JSONValue, dumps
+
+if not __package__:  # run as a script: benchmarks/ is on sys.path, the project root is not
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.bench_client import record_events
+from benchmarks.harness import print_table
+
+
+def replay(
+    events: list[tuple[ClientEvent, float]], original: ClientMachine, out: TextIO, flush: bool
+) -> tuple[float, int]:
+    """Seconds to feed ``events`` to a fresh twin of ``original`` tracing into ``out``,
+    and the number of records written."""
+    count = 0
+
+    def sink(record: dict[str, JSONValue]) -> None:
+        nonlocal count
+        count += 1
+        record[WALL_TIME] = time.time()
+        out.write(dumps(record) + "\n")
+        if flush:
+            out.flush()
+
+    machine = ClientMachine(
+        original.user_id, capabilities=original.capabilities, jitter=lambda: 0.5, trace=sink
+    )
+    machine._instance = original._instance  # the recorded frames echo the session names
+    start = time.perf_counter()
+    for event, now in events:
+        machine.handle(event, now)
+    out.flush()
+    return time.perf_counter() - start, count
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--repeat", type=int, default=50)
+    args = parser.parse_args()
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, caps in (("browser", BROWSER), ("aiortc", AIORTC)):
+            events, original = record_events(caps)
+            for flush in (False, True):
+                best, records = float("inf"), 0
+                for _ in range(args.repeat):
+                    with (Path(tmp) / "trace.jsonl").open("w", encoding="utf-8") as out:
+                        elapsed, records = replay(events, original, out, flush)
+                    best = min(best, elapsed)
+                mode = "flushed" if flush else "buffered"
+                results[f"{name}_{mode}_us_per_record"] = best / records * 1e6
+                results[f"{name}_{mode}_records_per_s"] = records / best
+            results[f"{name}_records"] = records
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    print(f"One client of an 8-peer mesh, traced to a file (best of {args.repeat})\n")
+    rows = []
+    for name in ("browser", "aiortc"):
+        buffered = results[f"{name}_buffered_us_per_record"]
+        flushed = results[f"{name}_flushed_us_per_record"]
+        rows.append(
+            [
+                name,
+                results[f"{name}_records"],
+                f"{buffered:.1f}",
+                f"{flushed:.1f}",
+                f"{flushed - buffered:.1f}",
+                f"{results[f'{name}_flushed_records_per_s']:.0f}",
+            ]
+        )
+    print_table(
+        ["peers", "records", "µs/record buffered", "µs/record flushed", "flush µs", "records/s"],
+        rows,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
