@@ -234,8 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative_int,
         default=0,
         metavar="N",
-        help="WebSocket connections from one address; more are refused with HTTP 429; "
-        "0 = unlimited (default %(default)s)",
+        help="connections (from accept) plus members held for a resume, per address; "
+        "more are refused with HTTP 429; 0 = unlimited (default %(default)s)",
     )
     limits.add_argument(
         "--handshake-timeout",

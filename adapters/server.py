@@ -176,14 +176,16 @@ with ``Allow: GET, HEAD``."""
 
 class _Connection(ServerConnection):
     """A ``ServerConnection`` that reports to its :class:`RelayServer` what websockets
-    keeps to itself: a handshake that timed out, and the end of the TCP connection
-    (which releases the per-address count whether or not the handshake completed)."""
+    keeps to itself: the TCP connection's accept (the machine hears ``Connected`` then,
+    with the client's address, before any HTTP request: half-open sockets count), a
+    handshake that timed out, and the end of a connection that never reached the
+    handler."""
 
     relay: ClassVar[RelayServer]
-    address: str | None = None
-    """Set while this connection counts against its address's limit."""
     conn: ConnId | None = None
-    """The machine's id of this connection, once its handler runs."""
+    """The machine's id of this connection, from accept."""
+    handled: bool = False
+    """The WebSocket handler runs (it reports the end of the connection itself)."""
     close_held: bool = False
     """A close frame from the client arrived and its answer is not sent yet: the relay
     first handles every frame received before it, then the close
@@ -197,21 +199,23 @@ class _Connection(ServerConnection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         relay = self.relay
-        relay._opening.add(self)
-        if relay.max_connections_per_ip:
-            # Counted from accept (a socket that never sends its request counts too),
-            # released when the TCP connection ends (connection_lost).
-            peer = transport.get_extra_info("peername")
-            address = _address(peer)
-            if relay._per_address[address] >= relay.max_connections_per_ip:
-                # Refused at once: a 429 (read by a client that sends a request) and the
-                # socket closed, so many half-open sockets cost no file descriptors.
-                relay._refuse("per-ip-limit", peer)
-                cast(asyncio.WriteTransport, transport).write(_TOO_MANY)
-                transport.close()
-                return
-            relay._per_address[address] += 1
-            self.address = address
+        self.conn = conn = next(relay._ids)
+        relay._opening[conn] = self
+        address = _address(transport.get_extra_info("peername"))
+        relay._feed(Connected(conn=conn, address=address))
+
+    def refuse(self, code: int, reason: str) -> None:
+        """The machine closed this connection before its handshake completed: an HTTP
+        answer (429 for "try again later", read by a client that sends a request) and
+        the socket closed at once, so many half-open sockets cost no file descriptors."""
+        status = (
+            http.HTTPStatus.TOO_MANY_REQUESTS
+            if code == CloseCode.TRY_AGAIN_LATER
+            else http.HTTPStatus.SERVICE_UNAVAILABLE
+        )
+        if not self.transport.is_closing():
+            cast(asyncio.WriteTransport, self.transport).write(_closing_response(status, reason))
+            self.transport.close()
 
     async def ping(self, data: Any = None) -> Any:
         # A keep-alive ping goes out behind whatever the client has not read yet, and its
@@ -257,8 +261,6 @@ class _Connection(ServerConnection):
             if self.request is None:
                 self.relay._refuse("handshake-timeout", self.remote_address)
             raise
-        finally:
-            self.relay._opening.discard(self)
 
     def data_received(self, data: bytes) -> None:
         # websockets answers a close frame as it parses it, before the frames ahead of it
@@ -310,10 +312,11 @@ class _Connection(ServerConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         self.close_held = False
         super().connection_lost(exc)
-        self.relay._opening.discard(self)
-        if self.address is not None:
-            self.relay._release(self.address)
-            self.address = None
+        relay, conn = self.relay, self.conn
+        if conn is not None and relay._opening.pop(conn, None) is not None and not self.handled:
+            # It never reached the handler (an HTTP request, a refused or failed
+            # handshake): the machine hears its end here.
+            relay._feed(Disconnected(conn=conn, clean=True))
 
 
 class _StatsCollector(Collector):
@@ -364,8 +367,10 @@ class RelayServer:
     ``port=0`` binds any free port; read :attr:`port` / :attr:`url` after start.
     ``trace`` receives one JSON line per event in and action out.
 
-    Transport limits: ``max_connections_per_ip`` (0 = unlimited) refuses further TCP
-    connections from one address as they are accepted (HTTP 429, then closed);
+    Transport limits: ``max_connections_per_ip`` (0 = unlimited; it sets
+    ``Limits.max_per_address``, the machine's rule: connections plus held members per
+    address) refuses further TCP connections from one address as they are accepted
+    (HTTP 429, then closed);
     ``allowed_origins`` (empty = any) refuses an upgrade whose ``Origin`` is not listed
     with HTTP 403 (no ``Origin`` is allowed: not a browser); ``open_timeout`` drops a
     connection that has not sent its request in time; ``ping_interval`` /
@@ -398,24 +403,25 @@ class RelayServer:
     ) -> None:
         if max_connections_per_ip < 0:
             raise ValueError(f"max_connections_per_ip must be >= 0, got {max_connections_per_ip}")
+        limits = limits if limits is not None else Limits()
+        if max_connections_per_ip:
+            limits = attrs.evolve(limits, max_per_address=max_connections_per_ip)
         if not open_timeout > 0:
             raise ValueError(f"open_timeout must be > 0, got {open_timeout}")
         self.ice_config = _ice_config(ice_servers)
-        self.max_connections_per_ip = max_connections_per_ip
         self.allowed_origins = frozenset(normalize_origin(o) for o in allowed_origins)
         self.open_timeout = open_timeout
         self.ping_interval = ping_interval or None
         self.ping_timeout = ping_timeout or None
         self.refusals: Counter[str] = Counter()
         """Refusals decided here (the machine's are in its stats); see refusal_counts()."""
-        self._per_address: Counter[str] = Counter()
         self._static_dir = (
             static_dir
             if static_dir is not None
             else resources.files("sansio_signal.adapters").joinpath("static")
         )
         self._static: dict[str, tuple[bytes, str]] | None = None
-        self.limits = limits if limits is not None else Limits()
+        self.limits = limits
         self.machine = machine or RelayMachine(
             limits=self.limits, new_token=lambda: secrets.token_urlsafe(18)
         )
@@ -429,8 +435,9 @@ class RelayServer:
         self._links: dict[ConnId, _Link] = {}
         self._ids = itertools.count(1)
         self._server: Server | None = None
-        self._opening: set[_Connection] = set()
-        """Connections still in their HTTP request / WebSocket handshake."""
+        self._opening: dict[ConnId, _Connection] = {}
+        """Connections accepted whose WebSocket handler has not started yet (HTTP
+        request, handshake)."""
         self._timer: asyncio.TimerHandle | None = None
         self._armed_for: float | None = None
         self._changed = asyncio.Event()
@@ -515,7 +522,7 @@ class RelayServer:
         self._server.close(close_connections=True, code=code, reason=reason)
         # websockets answers 503 to a request that arrives now, but it would wait out the
         # handshake timeout for a socket that never sends one: drop those at once.
-        for connection in list(self._opening):
+        for connection in list(self._opening.values()):
             if connection.request is None:
                 connection.transport.abort()
         await self._server.wait_closed()
@@ -565,6 +572,7 @@ class RelayServer:
         )
         counts["abuse-close"] = stats.closes[CloseCode.POLICY]
         counts["idle-timeout"] = stats.idle_closes
+        counts["per-ip-limit"] = stats.address_refusals
         return counts
 
     def _refuse(self, reason: str, address: object = None) -> None:
@@ -588,13 +596,6 @@ class RelayServer:
             link.known_to_machine = False
             self._feed(Disconnected(conn=ws.conn, clean=self._clean(link)))
         ws.release_close()
-
-    def _release(self, address: str) -> None:
-        left = self._per_address[address] - 1
-        if left > 0:
-            self._per_address[address] = left
-        else:
-            del self._per_address[address]
 
     # ------------------------------------------------------------------ HTTP
 
@@ -626,7 +627,7 @@ class RelayServer:
             ):
                 self._refuse("bad-origin", ws.remote_address)
                 return _text_response(http.HTTPStatus.FORBIDDEN, "origin not allowed")
-        # The per-address limit is counted from accept (_Connection.connection_made).
+        # The per-address limit is the machine's, from accept (_Connection.connection_made).
         return None
 
     def _http_get(self, path: str) -> Response:
@@ -664,14 +665,14 @@ class RelayServer:
     # ------------------------------------------------------------------ connections
 
     async def _handle_connection(self, ws: ServerConnection) -> None:
-        conn = next(self._ids)
+        assert isinstance(ws, _Connection) and ws.conn is not None
+        own, conn = ws, ws.conn
+        own.handled = True
+        if self._opening.pop(conn, None) is None:
+            return  # the socket ended before its handler started (connection_lost said so)
         link = _Link(ws=ws)
         self._links[conn] = link
-        self._feed(Connected(conn=conn))
         writer = asyncio.create_task(self._write(conn, link))
-        own = ws if isinstance(ws, _Connection) else None
-        if own is not None:
-            own.conn = conn
         received = 0
         try:
             async for data in ws:
@@ -682,7 +683,7 @@ class RelayServer:
                     break
                 if link.known_to_machine:  # false once dropped as a slow consumer
                     self._feed(FrameReceived(conn=conn, data=data, wall_time=time.time()))
-                if own is not None and own.close_held:
+                if own.close_held:
                     self._finish_close(own)  # the client's close, after this frame
                 received += 1
                 if received % FAIR_SHARE == 0:
@@ -692,8 +693,7 @@ class RelayServer:
         except ConnectionClosed:
             pass
         finally:
-            if own is not None:
-                own.release_close()
+            own.release_close()
             if link.closing and not writer.done():
                 # let the writer flush what the machine queued and close (bounded)
                 with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
@@ -803,6 +803,8 @@ class RelayServer:
                 link = self._links.get(action.conn)
                 if link is not None:
                     self._close(link, action.code, action.reason, flush=True)
+                elif (opening := self._opening.get(action.conn)) is not None:
+                    opening.refuse(action.code, action.reason)
             elif isinstance(action, Log) and logger.isEnabledFor(action.level):
                 logger.log(action.level, action.message, *action.args)
         # A slow consumer leaves only after this batch is out, so the others see the
@@ -905,9 +907,5 @@ def _text_response(status: http.HTTPStatus, text: str) -> Response:
     return _response(status, f"{text}\n".encode(), "text/plain; charset=utf-8")
 
 
-_TOO_MANY = _closing_response(
-    http.HTTPStatus.TOO_MANY_REQUESTS, "too many connections from your address"
-)
-"""The answer to a connection over the per-address limit, written as it is accepted."""
 _BAD_REQUEST = _closing_response(http.HTTPStatus.BAD_REQUEST, "bad request")
 """The answer to a request websockets could not parse (it would close without one)."""

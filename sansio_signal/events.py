@@ -17,9 +17,17 @@ ConnId: TypeAlias = int
 
 @attrs.frozen(kw_only=True)
 class Connected:
-    """A client connection was accepted."""
+    """A client connection was accepted.
+
+    ``address`` is the client's network address (its IP, as the adapter saw the socket):
+    the key of the per-address rules (:attr:`~.limits.Limits.max_per_address`, and a rate
+    bucket that outlives the connection). ``None`` when the transport cannot say; then
+    no per-address rule applies to it. Adapters feed this event as early as they can —
+    at TCP accept, before the HTTP request is read — so that half-open sockets count.
+    """
 
     conn: ConnId
+    address: str | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -71,7 +71,10 @@ class Limits(WireLimits):
     relay's policy.
 
     ``rate_limit`` is frames per second sustained per connection; ``0`` turns rate
-    limiting off. ``abuse_errors`` error replies within ``abuse_window`` seconds close the
+    limiting off. A connection's bucket outlives it: when it ends half-empty, the next
+    connection from the same address starts from that bucket (refilled for the time in
+    between) instead of a full one, so reconnecting does not reset the limit.
+    ``abuse_errors`` error replies within ``abuse_window`` seconds close the
     connection with 1008. ``max_rooms`` caps the rooms of the whole server: a join that
     would open one more is refused with ``room-full``. ``resume_grace`` and the
     ``resume_queue_*`` bounds govern resume (PROTOCOL.md, "Resume"). Every duration is
@@ -90,6 +93,11 @@ class Limits(WireLimits):
     resume_grace: float = attrs.field(default=10.0, validator=_non_negative)
     """Seconds a member whose socket dropped (no clean close) is held for a resume;
     ``0`` turns resume off (every disconnect leaves at once)."""
+    max_per_address: int = attrs.field(default=0, validator=_non_negative)
+    """Connections plus held members one address may have at a time (``0``: no limit).
+    One more connection is closed as it arrives (:attr:`~.codes.CloseCode.TRY_AGAIN_LATER`;
+    an HTTP adapter answers it 429 before the handshake). A held member counts until
+    its grace ends, so dropping sockets on purpose does not escape the limit."""
     resume_queue_frames: int = attrs.field(default=512, validator=_positive)
     resume_queue_bytes: int = attrs.field(default=1_048_576, validator=_positive)
     """Frames addressed to a held member are queued up to these bounds; one more ends

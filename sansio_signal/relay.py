@@ -42,6 +42,15 @@ and every frame goes through the same pipeline:
    ``roomId`` into the decoded object and re-encodes it, which is both the cheapest
    path and the one that relays unknown fields untouched.
 
+**Addresses.** ``Connected.address`` (the client's IP, fed at TCP accept) keys two
+rules. ``Limits.max_per_address`` bounds its open connections *plus its held members*
+(a connection over it is closed as it arrives with 1013; a held member counts until
+its hold ends, so dropping sockets on purpose escapes nothing). And a connection's rate
+bucket is *parked* when it ends not full: the address's next connection starts from
+the emptiest parked bucket (refilled for the time between) rather than a full one, so
+reconnecting never resets the rate limit; a parked bucket is forgotten once it would be
+full again (a ``(parked, address)`` deadline).
+
 Every error reply is recorded; ``abuse_errors`` of them within ``abuse_window`` seconds
 close the connection with 1008. A connection the machine closes leaves its room at
 once, so the others are told before the adapter has even finished closing it.
@@ -126,8 +135,12 @@ def is_clean_close(code: int | None, *, by_server: bool, server_code: int | None
     return code in (CloseCode.NORMAL, CloseCode.GOING_AWAY)
 
 
-_IDLE, _HELD = "idle", "held"
-"""The kinds of deadline in the machine's ``Timers``, keyed ``(kind, conn)``."""
+_IDLE, _HELD, _PARKED = "idle", "held", "parked"
+"""The kinds of deadline in the machine's ``Timers``: ``(kind, conn)`` for the first two,
+``(_PARKED, address)`` for the rate buckets an address's ended connections left."""
+
+_PARKED_PER_ADDRESS = 64
+"""At most this many parked rate buckets per address (the fullest go first)."""
 
 
 class Phase(Enum):
@@ -143,6 +156,8 @@ class _Conn:
     phase: Phase
     tokens: float
     refilled_at: float
+    address: str | None = None
+    """Set while this connection counts against its address (``Limits.max_per_address``)."""
     room_id: str | None = None
     user_id: str | None = None
     resume_token: str | None = None
@@ -157,6 +172,8 @@ class _Held:
     room_id: str
     user_id: str
     resume_token: str
+    address: str | None = None
+    """The address it still counts against until the hold ends."""
     frames: deque[tuple[str, str]] = attrs.field(factory=deque)
     """``(text, frame type)`` addressed to it meanwhile, in order."""
     size: int = 0
@@ -184,6 +201,8 @@ class RelayStats:
     """Held members that left early because their queue was full."""
     idle_closes: int = 0
     """Connections closed (1001) for sending no frame within ``idle_timeout``."""
+    address_refusals: int = 0
+    """Connections closed as they arrived: their address had ``max_per_address``."""
 
 
 class RelayMachine:
@@ -208,6 +227,10 @@ class RelayMachine:
         self._authorize = authorize
         self._conns: dict[ConnId, _Conn] = {}
         self._held: dict[ConnId, _Held] = {}
+        self._per_address: Counter[str] = Counter()
+        """Open connections plus held members, by address (only addresses with some)."""
+        self._parked: dict[str, list[tuple[float, float]]] = {}
+        """``(tokens, refilled_at)`` of rate buckets that ended not full, by address."""
         self._overflowed: list[ConnId] = []
         self._timers = Timers()
         self._now = float("-inf")
@@ -224,6 +247,11 @@ class RelayMachine:
     def held_count(self) -> int:
         """Members held for a resume (their socket dropped; the grace has not passed)."""
         return len(self._held)
+
+    def address_load(self, address: str) -> int:
+        """Open connections plus held members of ``address`` (what ``max_per_address``
+        bounds)."""
+        return self._per_address[address]
 
     @property
     def room_count(self) -> int:
@@ -253,13 +281,16 @@ class RelayMachine:
         actions: list[RelayAction] = []
         for key in self._timers.pop_due(now):
             assert isinstance(key, tuple)
-            kind, conn = key
+            kind, which = key
             if kind == _HELD:
-                held = self._held.pop(conn)
+                held = self._held.pop(which)
+                self._release(held.address)
                 self.stats.holds_expired += 1
                 actions += self._depart(held.room_id, held.user_id, " (resume grace passed)")
+            elif kind == _PARKED:
+                self._expire_parked(which, now)
             else:
-                actions += self._idle_check(conn, now)
+                actions += self._idle_check(which, now)
         return self._after(actions)
 
     def _idle_check(self, conn: ConnId, now: float) -> list[RelayAction]:
@@ -296,6 +327,7 @@ class RelayMachine:
             held = self._held.pop(conn, None)
             if held is not None:
                 self._timers.cancel((_HELD, conn))
+                self._release(held.address)
                 self.stats.holds_overflowed += 1
                 actions += self._depart(held.room_id, held.user_id, " (resume queue full)")
         return actions
@@ -304,27 +336,119 @@ class RelayMachine:
         if isinstance(event, FrameReceived):
             return self._on_frame(event.conn, event.data, now, event.wall_time)
         if isinstance(event, Connected):
-            if event.conn in self._conns:
-                raise LocalProtocolError(f"Connected for connection {event.conn}, already open")
-            self._conns[event.conn] = _Conn(
-                phase=Phase.LOBBY,
-                tokens=float(self.limits.rate_burst),
-                refilled_at=now,
-                last_frame=now,
-            )
-            if self.limits.idle_timeout > 0:
-                self._timers.schedule((_IDLE, event.conn), now + self.limits.idle_timeout)
-            return []
+            return self._on_connected(event.conn, event.address, now)
         if isinstance(event, Disconnected):
             c = self._conn(event.conn)
             del self._conns[event.conn]
             self._timers.cancel((_IDLE, event.conn))
+            self._park(c, now)
             if c.phase is not Phase.JOINED:
+                self._release(c.address)
                 return []
             if event.clean or self.limits.resume_grace <= 0 or c.resume_token is None:
+                self._release(c.address)
                 return self._leave(c, event.conn)
             return self._hold(c, event.conn, now)
         raise LocalProtocolError(f"RelayMachine cannot handle {type(event).__name__}")
+
+    # ------------------------------------------------------------------ addresses
+
+    def _on_connected(self, conn: ConnId, address: str | None, now: float) -> list[RelayAction]:
+        if conn in self._conns:
+            raise LocalProtocolError(f"Connected for connection {conn}, already open")
+        limits = self.limits
+        tokens, refilled_at = self._unpark(address, now)
+        c = _Conn(phase=Phase.LOBBY, tokens=tokens, refilled_at=refilled_at, last_frame=now)
+        self._conns[conn] = c
+        if address is not None:
+            load = self._per_address[address]
+            if limits.max_per_address and load >= limits.max_per_address:
+                # Refused as it arrives: it never counts, and its bucket goes back.
+                c.phase = Phase.CLOSED
+                self._park(c, now, address)
+                self.stats.address_refusals += 1
+                return [
+                    CloseConnection(
+                        conn=conn,
+                        code=CloseCode.TRY_AGAIN_LATER,
+                        reason="too many connections from your address",
+                    ),
+                    Log(
+                        level=LogLevel.INFO,
+                        message="Refused connection %s from %s: %d connections and held"
+                        " members from this address (limit %d)",
+                        args=(conn, address, load, limits.max_per_address),
+                    ),
+                ]
+            self._per_address[address] = load + 1
+            c.address = address
+        if limits.idle_timeout > 0:
+            self._timers.schedule((_IDLE, conn), now + limits.idle_timeout)
+        return []
+
+    def _release(self, address: str | None) -> None:
+        """One connection or held member of ``address`` is gone."""
+        if address is None:
+            return
+        left = self._per_address[address] - 1
+        if left > 0:
+            self._per_address[address] = left
+        else:
+            del self._per_address[address]
+
+    def _level(self, tokens: float, refilled_at: float, now: float) -> float:
+        """A rate bucket's tokens at ``now``."""
+        limits = self.limits
+        return min(float(limits.rate_burst), tokens + (now - refilled_at) * limits.rate_limit)
+
+    def _park(self, c: _Conn, now: float, address: str | None = None) -> None:
+        """A connection ended: keep its rate bucket for its address's next connection,
+        unless it is full by now (a fresh one would be the same)."""
+        address = address if address is not None else c.address
+        if address is None or self.limits.rate_limit <= 0:
+            return
+        level = self._level(c.tokens, c.refilled_at, now)
+        if level >= self.limits.rate_burst:
+            return
+        parked = self._parked.setdefault(address, [])
+        parked.append((level, now))
+        if len(parked) > _PARKED_PER_ADDRESS:
+            parked.sort()
+            del parked[_PARKED_PER_ADDRESS:]  # the fullest matter least
+        self._schedule_parked(address, parked)
+
+    def _schedule_parked(self, address: str, parked: list[tuple[float, float]]) -> None:
+        """Wake when the emptiest parked bucket of ``address`` is full again: then none
+        of them matters any more."""
+        rate, burst = self.limits.rate_limit, self.limits.rate_burst
+        full_at = max(at + (burst - tokens) / rate for tokens, at in parked)
+        self._timers.schedule((_PARKED, address), full_at)
+
+    def _unpark(self, address: str | None, now: float) -> tuple[float, float]:
+        """The rate bucket a new connection starts with: the emptiest one its address's
+        ended connections left, else a full one."""
+        parked = self._parked.get(address) if address is not None else None
+        if not parked:
+            return float(self.limits.rate_burst), now
+        assert address is not None
+        emptiest = min(range(len(parked)), key=lambda i: self._level(*parked[i], now))
+        tokens, at = parked.pop(emptiest)
+        if parked:
+            self._schedule_parked(address, parked)
+        else:
+            del self._parked[address]
+            self._timers.cancel((_PARKED, address))
+        return tokens, at
+
+    def _expire_parked(self, address: str, now: float) -> None:
+        parked = [
+            p
+            for p in self._parked.pop(address, [])
+            if self._level(*p, now) < self.limits.rate_burst
+        ]
+        if parked:
+            self._parked[address] = parked
+            self._schedule_parked(address, parked)
 
     # ------------------------------------------------------------------ pipeline
 
@@ -353,9 +477,7 @@ class RelayMachine:
             actions += self._close(c, conn, CloseCode.TOO_BIG, "frame too large")
             return actions
         if limits.rate_limit > 0:
-            tokens = min(
-                float(limits.rate_burst), c.tokens + (now - c.refilled_at) * limits.rate_limit
-            )
+            tokens = self._level(c.tokens, c.refilled_at, now)
             c.refilled_at = now
             if tokens < 1.0:
                 c.tokens = tokens
@@ -448,7 +570,9 @@ class RelayMachine:
     def _hold(self, c: _Conn, conn: ConnId, now: float) -> list[RelayAction]:
         """The socket of a member dropped: keep its place for ``resume_grace`` seconds."""
         assert c.room_id is not None and c.user_id is not None and c.resume_token is not None
-        self._held[conn] = _Held(room_id=c.room_id, user_id=c.user_id, resume_token=c.resume_token)
+        self._held[conn] = _Held(
+            room_id=c.room_id, user_id=c.user_id, resume_token=c.resume_token, address=c.address
+        )
         self._timers.schedule((_HELD, conn), now + self.limits.resume_grace)
         return [
             Log(
@@ -620,6 +744,7 @@ class RelayMachine:
         backlog: deque[tuple[str, str]] = deque()
         if held is not None:
             self._timers.cancel((_HELD, holder))
+            self._release(held.address)
             backlog = held.frames
         else:  # the old socket is still open: it is replaced, and removes nobody
             old = self._conns[holder]

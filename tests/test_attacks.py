@@ -6,6 +6,10 @@
 - Slowloris: half-open sockets count against their address from accept, the ones over
   ``--max-connections-per-ip`` are refused at once (no traceback), the handshake timeout
   frees the others, and a client from another address connects meanwhile.
+- Held members: sockets dropped on purpose leave members held for a resume; they count
+  against their address, so one address cannot fill the server with held rooms.
+- Reconnecting to reset the rate limit: the next connection from the address starts
+  from the bucket the last one left; a victim receives no more than the rate allows.
 
 Times are printed (``pytest -s``): they are the figures docs/security.md quotes.
 """
@@ -21,6 +25,7 @@ import pytest
 from conftest import join_frame
 from test_server_limits import Bystander, incompressible, joined, refusals
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
 from wsutil import recv, run, send
 
 from sansio_signal import Limits
@@ -138,7 +143,7 @@ def test_slowloris_is_refused_at_accept_and_others_still_connect(
     async def scenario(server: RelayServer) -> None:
         opened = time.perf_counter()
         half_open = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(50)]
-        await server.wait_until(lambda: server._per_address.get("127.0.0.1") == 5, 2)
+        await server.wait_until(lambda: server.machine.address_load("127.0.0.1") == 5, 2)
 
         async def received(reader: asyncio.StreamReader) -> tuple[bytes, float]:
             """All a half-open socket received until the server closed it, and when."""
@@ -161,8 +166,8 @@ def test_slowloris_is_refused_at_accept_and_others_still_connect(
         await send(legit, join_frame("room", "legit"))
         assert (await asyncio.wait_for(recv(legit), 5))["type"] == "user-joined-room"
         print(f"\nlegit client joined in {time.perf_counter() - started:.3f} s")
-        assert server._per_address["127.0.0.2"] == 1
-        assert server._per_address.get("127.0.0.1", 0) <= 5  # never over the limit
+        assert server.machine.address_load("127.0.0.2") == 1
+        assert server.machine.address_load("127.0.0.1") <= 5  # never over the limit
 
         # Refused at accept (429) or freed by the handshake timeout (1 s): all closed
         # within a generous bound of opening them.
@@ -179,7 +184,7 @@ def test_slowloris_is_refused_at_accept_and_others_still_connect(
         assert (len(refused), len(dropped)) == (45, 5), [data[:40] for data, _ in outcomes]
         for _, writer in half_open:
             writer.close()
-        await server.wait_until(lambda: "127.0.0.1" not in server._per_address, 2)
+        await server.wait_until(lambda: server.machine.address_load("127.0.0.1") == 0, 2)
 
         await send(
             legit, {"channel": "webrtc-dashboard-chat", "type": "chat-message", "text": "hi"}
@@ -192,3 +197,84 @@ def test_slowloris_is_refused_at_accept_and_others_still_connect(
 
     run(scenario, max_connections_per_ip=5, open_timeout=1.0)
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+def test_held_members_count_against_their_address() -> None:
+    """Join, then drop the socket (no close): each drop leaves a member held for a
+    resume. With two places per address, the third connection is refused (429) while
+    two members are held, and no third room opens."""
+
+    async def scenario(server: RelayServer) -> None:
+        rooms: list[str] = []
+        for n in range(2):
+            rooms.append(f"held-{n}")
+            ws = await connect(server.url)
+            await send(ws, join_frame(rooms[-1], "squatter"))
+            assert (await recv(ws))["type"] == "user-joined-room"
+            ws.transport.abort()  # gone without a close: held
+            await server.wait_until(lambda: server.machine.held_count == len(rooms), 5)
+        for _ in range(3):
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(server.url)
+            assert refused.value.response.status_code == 429
+        assert server.machine.room_count == 2
+        assert server.machine.address_load("127.0.0.1") == 2
+        assert server.refusal_counts()["per-ip-limit"] == 3
+        # the graces pass: the places are free again
+        await server.wait_until(lambda: server.machine.held_count == 0, 5)
+        back = await connect(server.url)
+        await back.close()
+
+    run(scenario, max_connections_per_ip=2, limits=Limits(resume_grace=1.0))
+
+
+def test_reconnecting_does_not_reset_the_rate_limit() -> None:
+    """An attacker floods a victim with offers, reconnecting as soon as it is rate
+    limited: the victim gets the burst once, then the sustained rate."""
+
+    async def scenario(server: RelayServer) -> None:
+        (victim,) = await joined(server, "v", "victim")
+        got = 0
+        arrived = asyncio.Event()
+
+        async def count() -> None:
+            nonlocal got
+            while True:
+                frame = await recv(victim)
+                got += frame["type"] == "webrtc-offer"
+                arrived.set()
+
+        counting = asyncio.create_task(count())
+        started = time.perf_counter()
+        reconnects = 0
+        while time.perf_counter() - started < 1.5:
+            # max_queue=None: the rate-limited replies it never reads must not stop it
+            # reading the answer to its close (websockets pauses a full reader).
+            attacker = await connect(server.url, max_queue=None)
+            await send(attacker, join_frame("v", f"atk{reconnects}"))
+            for _ in range(250):  # more than a fresh burst
+                await send(
+                    attacker,
+                    {
+                        "channel": SIGNALING,
+                        "type": "webrtc-offer",
+                        "toUserId": "victim",
+                        "offer": {"type": "offer", "sdp": "x"},
+                    },
+                )
+            await attacker.close()
+            reconnects += 1
+        elapsed = time.perf_counter() - started
+        await server.wait_until(lambda: server.machine.connection_count == 1, 5)
+        # every offer the relay let through reaches the victim
+        relayed = server.machine.stats.frames_out["webrtc-offer"]
+        while got < relayed:
+            arrived.clear()
+            await asyncio.wait_for(arrived.wait(), 5)
+        assert got == relayed
+        counting.cancel()
+        print(f"\n{reconnects} reconnects in {elapsed:.2f} s: {got} offers reached the victim")
+        assert reconnects >= 3, "the attack did not reconnect: nothing was tested"
+        assert got <= 200 + 50 * elapsed + 5
+
+    run(scenario, limits=Limits(rate_limit=50, rate_burst=200, abuse_errors=100_000))

@@ -89,6 +89,7 @@ def test_the_codec_limits_are_a_part_of_the_relay_limits() -> None:
         "abuse_window",
         "idle_timeout",
         "resume_grace",
+        "max_per_address",
         "resume_queue_frames",
         "resume_queue_bytes",
     }

@@ -93,11 +93,11 @@ class RelayHarness:
                 self.machine.handle(Disconnected(conn=action.conn, clean=True), self.now)
         return actions
 
-    def connect(self) -> ConnId:
-        """Open a new connection and return its id."""
+    def connect(self, address: str | None = None) -> ConnId:
+        """Open a new connection (from ``address``, if given) and return its id."""
         conn = next(self._ids)
         self.inbox[conn] = []
-        self.feed(Connected(conn=conn))
+        self.feed(Connected(conn=conn, address=address))
         return conn
 
     def send(self, conn: ConnId, frame: Mapping[str, Any] | str | bytes) -> list[RelayAction]:
