@@ -402,10 +402,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="read client and relay traces; say where each pair stopped",
         description="Read traces written with --trace (clients and relay) and print, per "
         "pair, whether it connected and, if not, the step where it stopped and the likely "
-        "cause. Exits 0 when every pair connected, 1 otherwise.",
+        "cause. Exits 0 when every pair connected (or, from the relay's trace alone, finished "
+        "signaling), 1 otherwise.",
     )
     diagnose.add_argument(
         "traces", nargs="+", metavar="TRACE", help="a trace file, or a directory of *.jsonl traces"
+    )
+    diagnose.add_argument("--json", action="store_true", help="print the report as JSON")
+    diagnose.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="under each pair, its timeline from all traces merged",
     )
     return parser
 
@@ -497,28 +505,48 @@ def read_secret(path: str | None) -> bytes | None:
     return None if value is None else load_secret(value.encode("utf-8"))
 
 
-def run_diagnose(paths: Sequence[str], out: TextIO = sys.stdout) -> int:
-    """``sansio-signal diagnose``: findings per pair; 0 when every pair connected."""
-    records: list[dict[str, object]] = []
+def run_diagnose(
+    paths: Sequence[str], out: TextIO = sys.stdout, *, as_json: bool = False, verbose: bool = False
+) -> int:
+    """``sansio-signal diagnose``: one line per pair (with ``verbose``, each pair's
+    timeline under it; with ``as_json``, the whole report as JSON); 0 when every pair
+    connected, 1 otherwise."""
+    traces: dict[str, list[dict[str, object]]] = {}
     for name in paths:
         path = Path(name)
         files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
         for file in files:
+            records = traces.setdefault(str(file), [])
             with file.open(encoding="utf-8") as f:
                 for number, line in enumerate(f, 1):
                     if not line.strip():
                         continue
                     try:
                         records.append(json.loads(line))
-                    except ValueError:
+                    except ValueError:  # a killed process may leave half a line
                         print(f"{file}:{number}: not a JSON line, skipped", file=sys.stderr)
-    findings = diagnose(records)
-    if not findings:
-        print("no pair of users found in the traces", file=out)
+    report = diagnose(traces)
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2, ensure_ascii=False), file=out)
+        return 0 if report.ok else 1
+    if not report.findings:
+        print("no user found in the traces", file=out)
         return 1
-    for finding in findings:
+    if verbose:
+        for trace in report.traces:
+            ending = {True: "closed", False: "ends without a close", None: ""}[trace.closed]
+            who = f"client {trace.user}" if trace.kind == "client" else "relay"
+            print(
+                f"# {trace.name}: {who}, {trace.records} records, "
+                f"+{trace.start:.3f}s to +{trace.end:.3f}s" + (f", {ending}" if ending else ""),
+                file=out,
+            )
+    for finding in report.findings:
         print(finding.line(), file=out)
-    return 0 if all(f.connected for f in findings) else 1
+        if verbose:
+            for event in finding.timeline:
+                print("    " + event.line(), file=out)
+    return 0 if report.ok else 1
 
 
 _RTC_MODULES = frozenset({"aiortc", "aioice", "av", "pylibsrtp"})
@@ -586,7 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
     if args.command == "diagnose":
-        return run_diagnose(args.traces)
+        return run_diagnose(args.traces, as_json=args.json, verbose=args.verbose)
     if args.command == "chat":
         logging.basicConfig(
             level=args.log_level, stream=sys.stderr, format=f"[{args.user}] %(message)s"

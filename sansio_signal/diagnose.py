@@ -1,53 +1,182 @@
 """Reading traces: where did each pair stop, and why?
 
-:func:`diagnose` takes the trace records of any number of clients (each record has a
-``user``) and, optionally, of the relay (records without ``user``), and answers the
-seed's debug list for every pair of users it saw: did they connect, and if not, the
-step where the flow stopped and the likely cause. It reads only what the machines
-recorded; it never guesses past the first missing step.
+:func:`diagnose` takes whatever traces exist — any number of client traces (Python or
+browser: records with a ``user``), the relay's (records without), or any subset — and
+answers, for every pair of users any of them mentions, the seed's question: did they
+connect, and if not, at which step the flow stopped and what stopped it.
 
-The steps, in order (``i`` is the initiator, the lower id; ``p`` the polite side):
+Theory of operation
+-------------------
+*Time.* Each trace keeps its machine's monotonic ``t``; the ``wall_time`` of its
+records (see :mod:`sansio_signal.trace`) gives the offset that puts every trace on one
+clock, so "before" and "after" mean the same thing across traces. A trace without any
+wall time is assumed to share the clock of the others (Python processes on one host).
 
-1. both admitted by the server (else: *rejected by the server with code X*);
-2. both in the same room at once (else: *the target never joined the room*);
-3. ``i`` sent an offer to ``p`` (else: *offer never sent*);
-4. the relay delivered it (else: *offer not relayed: target not in the room*, or
-   *dropped by the relay*);
-5. ``p`` sent an answer, and ``i`` received and applied it (else: *answer never
-   sent* / *answer never arrived* / *answer never applied*);
-6. both sides had candidates (else: *no candidates from X: no usable address and no
-   STUN/TURN server*) and none were dropped;
-7. ICE connected (else: *no usable candidate pair*, or *connection failed after ICE*),
-   unless the peer left first (*peer left mid-way*).
+*Who.* Pairs come from every user any trace names: a client's own id, the members its
+room view showed, the peers it sent frames to or got frames from, and the relay's
+membership (each connection's ``join-room`` and what the relay answered). So a peer
+without a trace of its own — a raw client that never answers, a process whose trace
+was lost — is still diagnosed, from what the others and the relay saw of it.
+
+*The walk.* For a pair that did not connect, the flow is walked in the order it
+happens — both admitted (else the refusal, by its code), in one room, the offer sent,
+received by the relay, forwarded, delivered, the answer likewise, applied, candidates
+on both sides and intact, ICE — each hop checked in every trace that would show it.
+The first hop that a trace shows missing is where the flow stopped; the first thing
+that went wrong in time decides, never a later consequence (ICE failed before the
+peer quit: ICE). A missing hop is then explained by what broke its path after the last
+hop that did happen: a relay connection lost (the relay itself, when every client lost
+it and could not reconnect), a process that died (a client trace ending without a
+close, the relay seeing its socket drop), a peer that left, a frame the relay refused
+(``frame-too-large`` and every other code, by name); failing those, a frame that
+vanished on a path that stayed up was lost in transit between the two hops named.
+
+*Missing traces.* A hop no trace can show is unknown, not missing: the walk goes past
+it and the finding says which traces would have told ("no trace from bob: from
+alice's side, the offer was delivered and no answer came"). With the relay's trace
+alone, a pair whose offer and answer were both relayed is *signaled*: as far as
+signaling goes it worked (ICE is not in the relay's trace).
 """
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import json
+import statistics
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 
+from .trace import WALL_TIME
+
 Record = Mapping[str, Any]
+
+ROOMS = "webrtc-dashboard-rooms"
+SIGNALING = "webrtc-signaling"
+OFFER, ANSWER, ICE = "webrtc-offer", "webrtc-answer", "webrtc-ice"
+RENEGOTIATE = "webrtc-renegotiate"
+CLEAN_CLOSES = frozenset({1000})
+"""Close codes of a connection the client ended itself."""
+REFUSED_TOO_BIG = 1009
+
+
+# --------------------------------------------------------------------------- results
+
+
+@attrs.frozen
+class Event:
+    """One line of a pair's timeline: when (seconds since the first record of any
+    trace), whose trace, and what happened, in the seed's words where there are some."""
+
+    at: float
+    who: str
+    text: str
+
+    def line(self) -> str:
+        """``+1.234s  alice   text``."""
+        return f"+{self.at:.3f}s  {self.who:<8} {self.text}"
 
 
 @attrs.frozen
 class Finding:
-    """What the traces say about one pair."""
+    """What the traces say about one pair (or one user alone: ``pair`` has one name).
 
-    pair: tuple[str, str]
-    connected: bool
+    ``verdict`` is ``"connected"``, ``"signaled"`` (the relay's trace alone: offer and
+    answer relayed; ICE is not in it) or ``"stopped"`` (then ``step`` and ``cause``
+    say where and why). ``missing`` names the traces that would have told more.
+    """
+
+    pair: tuple[str, ...]
+    verdict: str
     step: str
     cause: str
+    missing: tuple[str, ...] = ()
+    timeline: tuple[Event, ...] = ()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the pair connected."""
+        return self.verdict == "connected"
+
+    @property
+    def ok(self) -> bool:
+        """Nothing went wrong as far as the traces show."""
+        return self.verdict != "stopped"
 
     def line(self) -> str:
         """One readable line."""
-        a, b = self.pair
-        if self.connected:
-            return f"{a} ↔ {b}: connected"
-        return f"{a} ↔ {b}: stopped at {self.step}: {self.cause}"
+        who = " ↔ ".join(self.pair)
+        if self.verdict == "stopped":
+            return f"{who}: stopped at {self.step}: {self.cause}"
+        return f"{who}: {self.verdict}" + ("" if not self.cause else f" ({self.cause})")
+
+    def to_json(self) -> dict[str, Any]:
+        """The finding as plain JSON values."""
+        return {
+            "pair": list(self.pair),
+            "verdict": self.verdict,
+            "connected": self.connected,
+            "step": self.step,
+            "cause": self.cause,
+            "missing": list(self.missing),
+            "timeline": [
+                {"at": round(e.at, 6), "who": e.who, "text": e.text} for e in self.timeline
+            ],
+        }
+
+
+@attrs.frozen
+class TraceSummary:
+    """One trace as diagnose read it."""
+
+    name: str
+    kind: str
+    """``"client"`` or ``"relay"``."""
+    user: str | None
+    records: int
+    start: float
+    end: float
+    closed: bool | None
+    """For a client: whether the trace ends with the client closing (``False``: it ends
+    mid-way — the process was killed, or the trace was taken while it ran)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as plain JSON values."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "user": self.user,
+            "records": self.records,
+            "start": round(self.start, 6),
+            "end": round(self.end, 6),
+            "closed": self.closed,
+        }
+
+
+@attrs.frozen
+class Report:
+    """Every finding, and the traces they come from."""
+
+    findings: tuple[Finding, ...]
+    traces: tuple[TraceSummary, ...]
+
+    @property
+    def ok(self) -> bool:
+        """Some pair was found and none stopped."""
+        return bool(self.findings) and all(f.ok for f in self.findings)
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as plain JSON values (``sansio-signal diagnose --json``)."""
+        return {
+            "ok": self.ok,
+            "findings": [f.to_json() for f in self.findings],
+            "traces": [t.to_json() for t in self.traces],
+        }
+
+
+# --------------------------------------------------------------------------- reading
 
 
 def _frame(text: Any) -> dict[str, Any]:
@@ -58,154 +187,1168 @@ def _frame(text: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _epoch(frame: Mapping[str, Any]) -> int:
+    value = frame.get("epoch", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _log_text(r: Record) -> str:
+    """A Log record's line: Python's ``message % args``, the browser's ``text``."""
+    message = r.get("message")
+    if not isinstance(message, str):
+        return str(r.get("text", ""))
+    args = r.get("args") or []
+    try:
+        return message % tuple(args)
+    except (TypeError, ValueError):
+        return f"{message} {args}"
+
+
+def _log_peer(r: Record) -> str | None:
+    """The peer a client Log record is about: its first argument (``[%s] ...``) in
+    Python, the ``[peer]`` prefix of the browser's text."""
+    args = r.get("args")
+    if isinstance(args, list) and args and isinstance(args[0], str):
+        return args[0]
+    text = r.get("text")
+    if isinstance(text, str) and text.startswith("[") and "]" in text:
+        return text[1 : text.index("]")]
+    return None
+
+
+def _level(r: Record) -> int:
+    level = r.get("level")
+    if isinstance(level, int):
+        return level
+    return {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40}.get(str(level), 20)
+
+
+def _candidates(frame: Mapping[str, Any]) -> list[str]:
+    """The ``ip:port`` of every candidate a signaling frame carries (in its SDP or
+    trickled)."""
+    found: list[str] = []
+    lines: list[str] = []
+    for key in ("offer", "answer"):
+        description = frame.get(key)
+        if isinstance(description, dict):
+            sdp = description.get("sdp")
+            if isinstance(sdp, str):
+                lines += [
+                    line[len("a=") :]
+                    for line in sdp.splitlines()
+                    if line.startswith("a=candidate:")
+                ]
+    candidate = frame.get("candidate")
+    if isinstance(candidate, dict) and isinstance(candidate.get("candidate"), str):
+        lines.append(candidate["candidate"])
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 6 and parts[0].startswith("candidate:"):
+            found.append(f"{parts[4]}:{parts[5]}")
+    return found
+
+
 @attrs.define
-class _User:
-    """What one client's trace says."""
+class _Sent:
+    at: float
+    frame: dict[str, Any]
+    size: int
+
+
+@attrs.define
+class _Client:
+    """What one client trace says, on the common clock."""
 
     name: str
-    rooms: list[str] = attrs.field(factory=list)
-    seen: set[str] = attrs.field(factory=set)
-    left: set[str] = attrs.field(factory=set)
-    connected: set[str] = attrs.field(factory=set)
-    failed_states: dict[str, list[str]] = attrs.field(factory=dict)
-    refused: list[str] = attrs.field(factory=list)
-    peer_not_found: list[str] = attrs.field(factory=list)
-    sent: dict[tuple[str, str], list[dict[str, Any]]] = attrs.field(factory=dict)
-    received: dict[tuple[str, str], list[dict[str, Any]]] = attrs.field(factory=dict)
-    answers_applied: set[str] = attrs.field(factory=set)
-    dropped: dict[str, list[str]] = attrs.field(factory=dict)
+    user: str
+    start: float = 0.0
+    end: float = 0.0
+    count: int = 0
+    admitted: list[tuple[float, str]] = attrs.field(factory=list)
+    wanted_rooms: list[str] = attrs.field(factory=list)
+    refused: list[tuple[float, str, str]] = attrs.field(factory=list)
+    errors: list[tuple[float, str, str]] = attrs.field(factory=list)
+    seen: dict[str, float] = attrs.field(factory=dict)
+    left: dict[str, float] = attrs.field(factory=dict)
+    closed_at: float | None = None
+    sent: list[_Sent] = attrs.field(factory=list)
+    received: list[tuple[float, dict[str, Any]]] = attrs.field(factory=list)
+    pcs: dict[Any, str] = attrs.field(factory=dict)
+    states: dict[str, list[tuple[float, str]]] = attrs.field(factory=dict)
+    connected: dict[str, list[float]] = attrs.field(factory=dict)
+    gave_up: dict[str, list[tuple[float, str]]] = attrs.field(factory=dict)
+    attempts_failed: dict[str, list[tuple[float, str]]] = attrs.field(factory=dict)
+    answers_applied: dict[str, float] = attrs.field(factory=dict)
+    ops_failed: dict[str, list[tuple[float, str]]] = attrs.field(factory=dict)
+    lost: list[tuple[float, Any]] = attrs.field(factory=list)
+    connect_failed: list[tuple[float, str]] = attrs.field(factory=list)
+    server_up: list[float] = attrs.field(factory=list)
+    timeline: list[tuple[float, str | None, str]] = attrs.field(factory=list)
+    """(time, the peer it is about or None for the whole client, text)."""
+
+    @property
+    def closed(self) -> bool:
+        return self.closed_at is not None
+
+    def received_from(self, peer: str, type_: str, epoch: int | None) -> list[float]:
+        return [
+            at
+            for at, f in self.received
+            if f.get("fromUserId") == peer
+            and f.get("type") == type_
+            and (epoch is None or _epoch(f) == epoch)
+        ]
+
+    def sent_to(self, peer: str, type_: str, epoch: int | None) -> list[_Sent]:
+        return [
+            s
+            for s in self.sent
+            if s.frame.get("toUserId") == peer
+            and s.frame.get("type") == type_
+            and (epoch is None or _epoch(s.frame) == epoch)
+        ]
+
+    def rooms(self) -> list[str]:
+        return [room for _, room in self.admitted] or self.wanted_rooms
 
 
-def _read(records: Iterable[Record]) -> tuple[dict[str, _User], list[Record]]:
-    users: dict[str, _User] = {}
-    relay: list[Record] = []
-    for r in records:
-        name = r.get("user")
-        if not isinstance(name, str):
-            relay.append(r)
-            continue
-        u = users.setdefault(name, _User(name))
-        kind, peer = r.get("kind"), r.get("peer_id", r.get("peer"))
-        if kind == "RoomJoined":
-            u.rooms.append(str(r.get("room_id")))
-        elif kind == "PeerJoined":
-            u.seen.add(str(peer))
-        elif kind == "PeerLeft":
-            u.left.add(str(peer))
-        elif kind == "PeerConnected":
-            u.connected.add(str(peer))
-        elif kind == "ConnectionStateChanged" and isinstance(peer, str):
-            u.failed_states.setdefault(peer, []).append(str(r.get("state")))
+def _read_client(name: str, user: str, records: list[tuple[float, Record]]) -> _Client:
+    c = _Client(name, user)
+    c.count = len(records)
+    if records:
+        c.start, c.end = records[0][0], records[-1][0]
+    pending_remote: dict[Any, str] = {}
+    for at, r in records:
+        kind = r.get("kind")
+        peer = r.get("peer_id", r.get("peer"))
+        if kind == "JoinRequested":
+            c.wanted_rooms.append(str(r.get("room_id")))
+        elif kind in ("RoomJoined", "RoomResumed"):
+            c.admitted.append((at, str(r.get("room_id"))))
+            for other in r.get("participants") or []:
+                c.seen.setdefault(str(other), at)
+            c.timeline.append((at, None, f"joined room {r.get('room_id')}"))
+        elif kind == "JoinRefused":
+            c.refused.append((at, str(r.get("code")), str(r.get("message"))))
+            c.timeline.append((at, None, f"join refused: {r.get('code')}: {r.get('message')}"))
         elif kind == "ServerErrorReceived":
-            if r.get("channel") == "webrtc-dashboard-rooms":
-                u.refused.append(str(r.get("code")))
-            elif r.get("code") == "peer-not-found":
-                u.peer_not_found.append(str(r.get("message")))
+            if r.get("channel") == ROOMS and not any(x[0] == at for x in c.refused):
+                c.refused.append((at, str(r.get("code")), str(r.get("message"))))
+            c.errors.append((at, str(r.get("code")), str(r.get("message"))))
+            c.timeline.append((at, None, f"server error {r.get('code')}: {r.get('message')}"))
+        elif kind == "PeerJoined" and isinstance(peer, str):
+            c.seen.setdefault(peer, at)
+            c.timeline.append((at, peer, f"User joined: {peer}"))
+        elif kind == "PeerLeft" and isinstance(peer, str):
+            if c.closed_at is None:
+                c.left.setdefault(peer, at)
+                c.timeline.append((at, peer, f"User left: {peer}"))
+        elif kind in ("CloseRequested", "LeaveRequested") and r.get("dir") == "in":
+            if c.closed_at is None:
+                c.closed_at = at
+                c.timeline.append((at, None, "closed" if kind == "CloseRequested" else "left"))
+        elif kind == "PeerConnected" and isinstance(peer, str):
+            c.connected.setdefault(peer, []).append(at)
+        elif kind == "PeerFailed" and isinstance(peer, str):
+            reason = str(r.get("reason"))
+            c.gave_up.setdefault(peer, []).append((at, reason))
+            c.timeline.append((at, peer, f"gave up on {peer}: {reason}"))
+        elif kind == "CreatePeer" and isinstance(peer, str):
+            c.pcs[r.get("pc")] = peer
+        elif kind == "SetRemoteDescription":
+            description = r.get("description")
+            if isinstance(description, dict):
+                pending_remote[r.get("pc")] = str(description.get("type"))
+        elif kind == "RemoteDescriptionApplied":
+            pc_peer = c.pcs.get(r.get("pc"), peer)
+            if pending_remote.pop(r.get("pc"), None) == "answer" and isinstance(pc_peer, str):
+                c.answers_applied.setdefault(pc_peer, at)
+        elif kind == "OperationFailed":
+            pc_peer = c.pcs.get(r.get("pc"), peer)
+            if isinstance(pc_peer, str):
+                text = f"{r.get('operation')}: {r.get('error')}"
+                c.ops_failed.setdefault(pc_peer, []).append((at, text))
+                c.timeline.append((at, pc_peer, f"operation failed: {text}"))
+        elif kind == "ConnectionStateChanged":
+            pc_peer = c.pcs.get(r.get("pc"), peer)
+            if isinstance(pc_peer, str):
+                state = str(r.get("state"))
+                c.states.setdefault(pc_peer, []).append((at, state))
+                c.timeline.append((at, pc_peer, f"connection state with {pc_peer}: {state}"))
         elif kind == "SendToServer":
-            f = _frame(r.get("text"))
+            sent_text = r.get("text")
+            f = _frame(sent_text)
             if isinstance(f.get("toUserId"), str):
-                u.sent.setdefault((f["toUserId"], str(f.get("type"))), []).append(f)
+                size = len(sent_text) if isinstance(sent_text, str) else 0
+                c.sent.append(_Sent(at, f, size))
         elif kind == "ServerFrameReceived":
             f = _frame(r.get("text"))
-            if isinstance(f.get("fromUserId"), str) and f.get("channel") == "webrtc-signaling":
-                u.received.setdefault((f["fromUserId"], str(f.get("type"))), []).append(f)
-        elif kind == "RemoteDescriptionApplied" and r.get("before") == "applying-answer":
-            u.answers_applied.add(str(peer))
-        elif kind == "Log" and "dropped" in str(r.get("message")):
-            args = r.get("args") or []
-            if args and isinstance(args[0], str):
-                u.dropped.setdefault(args[0], []).append(str(r.get("message")) % tuple(args))
-    return users, relay
+            if f.get("channel") == SIGNALING and isinstance(f.get("fromUserId"), str):
+                c.received.append((at, f))
+        elif kind == "ServerConnected":
+            c.server_up.append(at)
+        elif kind == "ServerDisconnected":
+            code = r.get("close_code")
+            if c.closed_at is None:
+                c.lost.append((at, code))
+                c.timeline.append((at, None, f"server connection lost (close {code})"))
+        elif kind == "ServerConnectFailed":
+            if c.closed_at is None:
+                c.connect_failed.append((at, str(r.get("reason"))))
+                first = len(c.connect_failed) == 1
+                if first or (c.lost and c.lost[-1][0] > c.connect_failed[-2][0]):
+                    c.timeline.append((at, None, f"cannot reach the server: {r.get('reason')}"))
+        elif kind == "Log":
+            text = _log_text(r)
+            about = _log_peer(r)
+            if text.startswith("[") and about is not None and text.startswith(f"[{about}] "):
+                text = text[len(about) + 3 :]
+            if "attempt" in text and "failed:" in text and about is not None:
+                c.attempts_failed.setdefault(about, []).append(
+                    (at, text.split("failed:", 1)[1].strip())
+                )
+            if _level(r) >= 20:
+                c.timeline.append((at, about, text))
+    return c
 
 
-def _relay_dropped(relay: list[Record], sender: str, target: str, type_: str) -> bool | None:
-    """Whether the relay received a ``type_`` from ``sender`` to ``target`` and sent it
-    nowhere; ``None`` without a relay trace."""
-    if not relay:
-        return None
-    got = sum(
-        1
-        for r in relay
-        if r.get("kind") == "FrameReceived"
-        and (f := _frame(r.get("data"))).get("type") == type_
-        and f.get("toUserId") == target
-    )
-    sent = sum(
-        1
-        for r in relay
-        if r.get("kind") == "SendFrame"
-        and (f := _frame(r.get("text"))).get("type") == type_
-        and f.get("fromUserId") == sender
-        and f.get("toUserId") == target
-    )
-    return got > 0 and sent == 0
+@attrs.define
+class _Conn:
+    """One relay connection."""
+
+    conn: Any
+    opened: float
+    user: str | None = None
+    room: str | None = None
+    admitted: float | None = None
+    refused: list[tuple[float, str, str]] = attrs.field(factory=list)
+    gone: float | None = None
+    clean: bool | None = None
+    closed_with: int | None = None
 
 
-def _candidates(frames: list[dict[str, Any]], key: str) -> int:
-    return sum(str((f.get(key) or {}).get("sdp", "")).count("a=candidate:") for f in frames)
+@attrs.define
+class _Relay:
+    """What the relay traces say, on the common clock."""
+
+    names: list[str] = attrs.field(factory=list)
+    conns: dict[tuple[str, Any], _Conn] = attrs.field(factory=dict)
+    got: list[tuple[float, _Conn, dict[str, Any], int]] = attrs.field(factory=list)
+    forwarded: list[tuple[float, _Conn, dict[str, Any]]] = attrs.field(factory=list)
+    errors: list[tuple[float, _Conn, str, str]] = attrs.field(factory=list)
+    left: list[tuple[float, str, str]] = attrs.field(factory=list)
+    """(time, room, user) of each user-left-room the relay sent."""
+    end: float = 0.0
+
+    def __bool__(self) -> bool:
+        return bool(self.names)
+
+    def of(self, user: str) -> list[_Conn]:
+        return [c for c in self.conns.values() if c.user == user]
+
+    def admitted(self, user: str) -> list[_Conn]:
+        return [c for c in self.of(user) if c.admitted is not None]
+
+    def got_from(self, sender: str, target: str, type_: str, epoch: int | None) -> list[float]:
+        return [
+            at
+            for at, c, f, _ in self.got
+            if c.user == sender
+            and f.get("toUserId") == target
+            and f.get("type") == type_
+            and (epoch is None or _epoch(f) == epoch)
+        ]
+
+    def forwarded_of(self, sender: str, target: str, type_: str, epoch: int | None) -> list[float]:
+        return [
+            at
+            for at, _, f in self.forwarded
+            if f.get("fromUserId") == sender
+            and f.get("toUserId") == target
+            and f.get("type") == type_
+            and (epoch is None or _epoch(f) == epoch)
+        ]
+
+    def frames(
+        self, sender: str, target: str, type_: str, epoch: int | None
+    ) -> list[dict[str, Any]]:
+        return [
+            f
+            for _, c, f, _ in self.got
+            if c.user == sender
+            and f.get("toUserId") == target
+            and f.get("type") in (type_, ICE)
+            and (epoch is None or _epoch(f) == epoch)
+        ]
 
 
-def _pair(i: _User, p: _User, relay: list[Record]) -> tuple[str, str]:
-    """``(step, cause)`` where the pair (initiator ``i``, polite ``p``) stopped."""
-    for u in (i, p):
-        if u.refused:
-            return "join", f"{u.name} was rejected by the server with code {u.refused[-1]}"
-    if p.name not in i.seen and i.name not in p.seen:
-        rooms = f"{i.name} joined {i.rooms or 'no room'}, {p.name} joined {p.rooms or 'no room'}"
-        return "room", f"the target never joined the room ({rooms})"
-    offers = i.sent.get((p.name, "webrtc-offer"), [])
-    if not offers:
-        return "offer", f"offer never sent: {i.name} never made an offer for {p.name}"
-    received = p.received.get((i.name, "webrtc-offer"), [])
-    if not received:
-        if i.peer_not_found:
-            return "offer relay", f"offer not relayed: {p.name} was not in {i.name}'s room"
-        if _relay_dropped(relay, i.name, p.name, "webrtc-offer"):
-            return "offer relay", "offer dropped by the relay (received, never forwarded)"
-        return "offer relay", f"offer sent by {i.name} never reached {p.name}"
-    answers = p.sent.get((i.name, "webrtc-answer"), [])
-    if not answers:
-        return "answer", f"answer never sent: {p.name} got the offer but did not answer"
-    if not i.received.get((p.name, "webrtc-answer")):
-        if _relay_dropped(relay, p.name, i.name, "webrtc-answer"):
-            return "answer relay", "answer dropped by the relay (received, never forwarded)"
-        return "answer relay", f"answer sent by {p.name} never reached {i.name}"
-    if p.name not in i.answers_applied:
-        return "answer", f"answer never applied by {i.name}"
-    for u, frames, key in ((i, offers, "offer"), (p, answers, "answer")):
-        trickled = sum(
-            1
-            for f in u.sent.get((p.name if u is i else i.name, "webrtc-ice"), [])
-            if f.get("candidate")
-        )
-        if _candidates(frames, key) == 0 and trickled == 0:
-            return "candidates", (
-                f"no candidates from {u.name}: no usable address and no STUN/TURN server"
-            )
-    for u, other in ((i, p), (p, i)):
-        if u.dropped.get(other.name) and any("candidate" in d for d in u.dropped[other.name]):
-            return "candidates", f"candidates from {other.name} arrived and were dropped"
-    for u, other in ((i, p), (p, i)):
-        if other.name in u.left and other.name not in u.connected:
-            return "peer left", f"peer left mid-way: {other.name} left before connecting"
-    for u, other in ((i, p), (p, i)):
-        states = u.failed_states.get(other.name, [])
-        if "failed" in states or "closed" in states:
-            if "connected" in states:
-                return "ice", "connection failed after ICE had connected"
-            return "ice", "no usable candidate pair: ICE failed"
-    return "ice", "ICE never finished (no failure recorded before the trace ends)"
-
-
-def diagnose(records: Iterable[Record]) -> list[Finding]:
-    """Findings for every pair of users in the traces."""
-    users, relay = _read(records)
-    findings = []
-    for a, b in itertools.combinations(sorted(users), 2):
-        ua, ub = users[a], users[b]
-        if b in ua.connected and a in ub.connected:
-            findings.append(Finding((a, b), True, "connected", "connected"))
+def _read_relay(relay: _Relay, name: str, records: list[tuple[float, Record]]) -> None:
+    relay.names.append(name)
+    if records:
+        relay.end = max(relay.end, records[-1][0])
+    last_in: tuple[float, _Conn, dict[str, Any], int] | None = None
+    for at, r in records:
+        kind = r.get("kind")
+        key = (name, r.get("conn"))
+        if kind == "Connected":
+            relay.conns[key] = _Conn(r.get("conn"), at)
             continue
-        stop = _pair(ua, ub, relay)  # a < b: a is the initiator
-        findings.append(Finding((a, b), False, stop[0], stop[1]))
-    return findings
+        c = relay.conns.get(key)
+        if c is None and "conn" in r:
+            c = relay.conns[key] = _Conn(r.get("conn"), at)
+        if c is None:
+            continue
+        if kind == "FrameReceived":
+            data = r.get("data")
+            f = _frame(data)
+            size = len(data) if isinstance(data, str) else 0
+            last_in = (at, c, f, size)
+            claims = f.get("channel") == ROOMS and f.get("type") == "join-room"
+            if claims and isinstance(f.get("userId"), str) and c.admitted is None:
+                c.user = f["userId"]
+                c.room = str(f.get("roomId"))
+            if f.get("channel") == SIGNALING or (size and not f):
+                relay.got.append(last_in)
+        elif kind == "SendFrame":
+            f = _frame(r.get("text"))
+            type_ = f.get("type", r.get("frame_type"))
+            if type_ == "user-joined-room" and f.get("userId") == c.user and "resumeToken" in f:
+                c.admitted = at
+                c.room = str(f.get("roomId"))
+            elif type_ == "user-left-room":
+                entry = (at, str(f.get("roomId")), str(f.get("userId")))
+                if entry not in relay.left:
+                    relay.left.append(entry)
+            elif type_ == "error":
+                code, message = str(f.get("code")), str(f.get("message"))
+                relay.errors.append((at, c, code, message))
+                if f.get("channel") == ROOMS and last_in is not None and last_in[1] is c:
+                    joined = last_in[2]
+                    if joined.get("type") == "join-room":
+                        c.refused.append((at, code, message))
+                        if c.admitted is None and isinstance(joined.get("userId"), str):
+                            c.user = joined["userId"]
+                            c.room = str(joined.get("roomId"))
+            elif f.get("channel") == SIGNALING:
+                relay.forwarded.append((at, c, f))
+        elif kind == "CloseConnection":
+            close_code = r.get("code")
+            c.closed_with = close_code if isinstance(close_code, int) else None
+        elif kind == "Disconnected":
+            c.gone = at
+            c.clean = bool(r.get("clean", True))
+
+
+# --------------------------------------------------------------------------- the walk
+
+
+def _when(at: float) -> str:
+    return f"+{at:.3f}s"
+
+
+@attrs.define
+class _World:
+    clients: dict[str, list[_Client]]
+    relay: _Relay
+    origin: float
+    together_at: float | None = None
+    """When the pair being walked was first seen in one room."""
+    walking: str | None = None
+    """The other user of the pair being walked."""
+
+    def client(self, user: str) -> _Client | None:
+        """The trace of ``user`` that got into a room (else its last one)."""
+        traces = self.clients.get(user, [])
+        admitted = [c for c in traces if c.admitted]
+        chosen = admitted or traces
+        return chosen[-1] if chosen else None
+
+    def rel(self, at: float) -> str:
+        return _when(at - self.origin)
+
+    def left_at(self, user: str, after: float) -> tuple[float, str] | None:
+        """When ``user`` was gone from the room after ``after``, and who saw it."""
+        seen: list[tuple[float, str]] = []
+        for traces in self.clients.values():
+            for c in traces:
+                at = c.left.get(user)
+                if at is not None and at >= after:
+                    seen.append((at, f"{c.user} saw {user} leave"))
+        own = self.client(user)
+        if own is not None and own.closed_at is not None and own.closed_at >= after:
+            seen.append((own.closed_at, f"{user} closed"))
+        for at, _, who in self.relay.left:
+            if who == user and at >= after:
+                seen.append((at, f"the relay announced {user} left"))
+        return min(seen) if seen else None
+
+    def lost_text(self, lost: tuple[float, str]) -> str:
+        at, users = lost
+        return (
+            f"the relay was lost at {self.rel(at)} ({users}: connection dropped, reconnects failed)"
+        )
+
+    def relay_lost(self, after: float) -> tuple[float, str] | None:
+        """The relay gone: a client lost its connection (after ``after``) and could not
+        reconnect."""
+        hits: list[tuple[float, str]] = []
+        for traces in self.clients.values():
+            for c in traces:
+                for at, _ in c.lost:
+                    if at < after:
+                        continue
+                    failed = [f for f, _ in c.connect_failed if f >= at]
+                    back = [u for u in c.server_up if u > at]
+                    if failed and (not back or back[0] > failed[0]):
+                        hits.append((at, c.user))
+                        break
+        if not hits:
+            return None
+        users = sorted({u for _, u in hits})
+        return min(at for at, _ in hits), ", ".join(users)
+
+    def connection_lost(self, user: str, after: float) -> tuple[float, str] | None:
+        """``user``'s own connection to the relay lost after ``after``."""
+        found: list[tuple[float, str]] = []
+        own = self.client(user)
+        if own is not None:
+            for at, code in own.lost:
+                if at >= after:
+                    found.append((at, f"{user}'s connection to the relay dropped (close {code})"))
+                    break
+        for c in self.relay.of(user):
+            if c.gone is not None and c.gone >= after and not c.clean:
+                found.append((c.gone, f"the relay saw {user}'s connection drop"))
+        return min(found) if found else None
+
+    def killed(self, user: str, after: float) -> tuple[float, str] | None:
+        """``user``'s trace ends without a close (after ``after``)."""
+        own = self.client(user)
+        if own is None or own.closed or own.end < after:
+            return None
+        detail = f"{user}'s trace ends at {self.rel(own.end)} without a close"
+        drops = [c.gone for c in self.relay.of(user) if c.gone is not None and not c.clean]
+        if drops:
+            detail += f" and the relay saw its connection drop at {self.rel(min(drops))}"
+        return own.end, detail + ": the process died (killed?)"
+
+    def relay_ended(self, users: tuple[str, ...], after: float) -> str | None:
+        """The relay's trace ends (after ``after``) with these users' connections still
+        open: the relay stopped there (killed?), or the trace was taken while it ran."""
+        if not self.relay or self.relay.end < after:
+            return None
+        open_ = [u for u in users if any(c.gone is None for c in self.relay.admitted(u))]
+        if not open_ or any(self.client(u) is not None for u in users):
+            return None
+        return (
+            f"the relay's trace ends at {self.rel(self.relay.end)} with {' and '.join(open_)} "
+            "still connected (the relay died there, or its trace was taken while it ran)"
+        )
+
+    def explain_absence(self, actor: str, after: float) -> str | None:
+        """Why ``actor`` did nothing after ``after``: the first thing that broke."""
+        options = [
+            x
+            for x in (
+                self.relay_lost(after),
+                self.killed(actor, after),
+                self.connection_lost(actor, after),
+                self.left_at(actor, after),
+            )
+            if x is not None
+        ]
+        if not options:
+            return self.relay_ended(tuple(u for u in (actor, self.walking) if u), after)
+        at, _ = min(options)
+        lost = self.relay_lost(after)
+        if lost is not None and lost[0] == at:
+            return self.lost_text(lost)
+        killed = self.killed(actor, after)
+        if killed is not None and killed[0] <= at + 1.0:
+            return killed[1]
+        for option in options:
+            if option[0] == at:
+                return f"{option[1]} at {self.rel(at)}"
+        return None
+
+    def explain_transit(self, sender: str, receiver: str, after: float, hop: str) -> str:
+        """A frame that vanished between two hops after ``after``."""
+        lost = self.relay_lost(after)
+        if lost is not None:
+            return self.lost_text(lost)
+        for user in (sender, receiver):
+            dropped = self.connection_lost(user, after)
+            if dropped is not None:
+                return f"{dropped[1]} at {self.rel(dropped[0])}"
+        for user in (receiver, sender):
+            died = self.killed(user, after)
+            if died is not None:
+                return died[1]
+        return f"lost in transit {hop} (the connections stayed up)"
+
+
+def _refusal(world: _World, user: str) -> tuple[float, str, str] | None:
+    """A refused join of ``user`` that kept it out."""
+    traces = world.clients.get(user, [])
+    for c in traces:
+        if c.refused and not c.admitted:
+            return c.refused[0]
+    conns = world.relay.of(user)
+    refused = [r for c in conns for r in c.refused]
+    if refused and (not traces or not any(c.admitted for c in traces)):
+        return min(refused)
+    return None
+
+
+def _rooms_of(world: _World, user: str) -> list[str]:
+    rooms: list[str] = []
+    for c in world.clients.get(user, []):
+        rooms += c.rooms()
+    rooms += [c.room for c in world.relay.of(user) if c.room is not None]
+    return list(dict.fromkeys(rooms))
+
+
+def _together(world: _World, a: str, b: str) -> float | None:
+    """When ``a`` and ``b`` were first seen in one room."""
+    times: list[float] = []
+    for user, other in ((a, b), (b, a)):
+        for c in world.clients.get(user, []):
+            if other in c.seen:
+                times.append(c.seen[other])
+    ca, cb = world.relay.admitted(a), world.relay.admitted(b)
+    for x in ca:
+        for y in cb:
+            if (
+                x.room == y.room
+                and x.admitted is not None
+                and y.admitted is not None
+                and (x.gone is None or x.gone >= y.admitted)
+                and (y.gone is None or y.gone >= x.admitted)
+            ):
+                times.append(max(x.admitted, y.admitted))
+    return min(times) if times else None
+
+
+@attrs.define
+class _Hop:
+    label: str
+    at: float | None
+    known: bool
+
+
+def _exchange(
+    world: _World, type_: str, sender: str, receiver: str, epoch: int | None
+) -> list[_Hop]:
+    """The hops of one signaling frame, each as far as a trace shows it."""
+    s, r, relay = world.client(sender), world.client(receiver), world.relay
+    sent = s.sent_to(receiver, type_, epoch) if s is not None else []
+    got = relay.got_from(sender, receiver, type_, epoch) if relay else []
+    forwarded = relay.forwarded_of(sender, receiver, type_, epoch) if relay else []
+    received = r.received_from(sender, type_, epoch) if r is not None else []
+    return [
+        _Hop(f"{sender} sent", sent[0].at if sent else None, s is not None),
+        _Hop("the relay got", min(got) if got else None, bool(relay)),
+        _Hop("the relay forwarded", min(forwarded) if forwarded else None, bool(relay)),
+        _Hop(f"{receiver} got", min(received) if received else None, r is not None),
+    ]
+
+
+def _first_epoch(world: _World, i: str, p: str, since: float | None) -> int | None:
+    """The epoch of the first offer from ``i`` to ``p`` any trace shows."""
+    seen: list[tuple[float, int]] = []
+    s, r = world.client(i), world.client(p)
+    if s is not None:
+        seen += [(x.at, _epoch(x.frame)) for x in s.sent_to(p, OFFER, None)]
+    if world.relay:
+        seen += [
+            (at, _epoch(f))
+            for at, c, f, _ in world.relay.got
+            if c.user == i and f.get("toUserId") == p and f.get("type") == OFFER
+        ]
+    if r is not None:
+        seen += [
+            (at, _epoch(f))
+            for at, f in r.received
+            if f.get("fromUserId") == i and f.get("type") == OFFER
+        ]
+    if since is not None:
+        later = [x for x in seen if x[0] >= since - 1.0]
+        seen = later or seen
+    return min(seen)[1] if seen else None
+
+
+class _Stop(Exception):
+    """Where a pair's walk ended: the step and the cause."""
+
+    def __init__(self, step: str, cause: str) -> None:
+        super().__init__(step, cause)
+        self.step = step
+        self.cause = cause
+
+
+def _walk_exchange(
+    world: _World, what: str, hops: list[_Hop], sender: str, receiver: str
+) -> float | None:
+    """Raise :class:`_Stop` where the frame's hops stop; the time it arrived (or the
+    last time a trace saw it, when the rest is unknown)."""
+    seen = [k for k, h in enumerate(hops) if h.at is not None]
+    if seen and seen[-1] == len(hops) - 1:
+        return hops[-1].at
+    last = seen[-1] if seen else -1
+    gap = next((k for k in range(last + 1, len(hops)) if hops[k].known), None)
+    if gap is None and last < 0:
+        return None
+    if gap == 0:
+        raise _Stop(what, _absent(world, what, sender, receiver, world.together_at or 0.0))
+    if last < 0:  # no trace shows it sent (the sender has none)
+        where = receiver if gap == 3 else "the relay"
+        because = world.explain_absence(sender, world.together_at or 0.0)
+        raise _Stop(
+            what, f"no {what} from {sender} reached {where}" + (f": {because}" if because else "")
+        )
+    step, seen_at = f"{what} relay", hops[last].at
+    assert seen_at is not None
+    since: float = seen_at
+    if last == 0:  # only its sender shows it: did the relay answer with a refusal?
+        refused = _refused_by_relay(world, sender, since)
+        if refused is not None:
+            raise _Stop(step, f"the relay refused {sender}'s {what}: {refused}")
+    if gap is None:
+        return since
+    if gap == 2:  # the relay got it and did not forward it
+        refusals = [
+            (code, message)
+            for at, c, code, message in world.relay.errors
+            if c.user == sender and 0 <= at - since < 0.5
+        ]
+        if refusals:
+            code, message = refusals[0]
+            raise _Stop(step, f"the relay refused {sender}'s {what}: {code} ({message})")
+        if not world.relay.admitted(receiver):
+            raise _Stop(step, f"{what} not relayed: {receiver} was not in {sender}'s room")
+        raise _Stop(
+            step, f"{what} dropped by the relay (received at {world.rel(since)}, never forwarded)"
+        )
+    if gap == 1:
+        where, path = "the relay", f"between {sender} and the relay"
+    else:
+        where = receiver
+        path = f"between {'the relay' if last >= 1 else sender} and {receiver}"
+    cause = world.explain_transit(sender, receiver, since, path)
+    raise _Stop(
+        step,
+        f"{sender}'s {what} never reached {where} ({hops[last].label} it at "
+        f"{world.rel(since)}): {cause}",
+    )
+
+
+def _refused_by_relay(world: _World, sender: str, since: float | None) -> str | None:
+    """The refusal the relay answered a frame ``sender`` sent at ``since`` with, as
+    ``sender``'s trace shows it (an error within a second, or a close 1009)."""
+    s = world.client(sender)
+    if s is None or since is None:
+        return None
+    for at, code, message in s.errors:
+        if 0 <= at - since < 1.0:
+            return f"{code} ({message})"
+    for at, close in s.lost:
+        if 0 <= at - since < 1.0 and close == REFUSED_TOO_BIG:
+            return "frame-too-large (close 1009)"
+    return None
+
+
+def _absent(world: _World, what: str, actor: str, other: str, since: float) -> str:
+    """``actor`` has a trace and it shows no ``what`` sent after ``since``."""
+    because = world.explain_absence(actor, since)
+    base = f"{what} never sent: {actor} made no {what} for {other}"
+    return f"{base}: {because}" if because else base
+
+
+def _pair(world: _World, i: str, p: str) -> tuple[str, str, str]:
+    """``(verdict, step, cause)`` for the pair of initiator ``i`` and polite ``p``."""
+    ci, cp = world.client(i), world.client(p)
+    # connected?
+    views = [(c, other) for c, other in ((ci, p), (cp, i)) if c is not None]
+    if views:
+        sides = [c.connected.get(other, []) for c, other in views]
+        if all(sides):
+            broke = [
+                (at, reason)
+                for c, other in views
+                for at, reason in c.gave_up.get(other, [])
+                if at > max(c.connected[other])
+            ]
+            if not broke:
+                note = "" if len(views) == 2 else f"from {views[0][0].user}'s side"
+                return "connected", "connected", note
+    try:
+        return "stopped", *_walk(world, i, p)
+    except _Stop as stop:
+        if stop.step == "signaled":
+            return "signaled", "signaled", stop.cause
+        return "stopped", stop.step, stop.cause
+
+
+def _walk(world: _World, i: str, p: str) -> tuple[str, str]:
+    ci, cp = world.client(i), world.client(p)
+    # 1. admitted
+    for user in (i, p):
+        refused = _refusal(world, user)
+        if refused is not None:
+            at, code, message = refused
+            held = [
+                c for c in world.relay.admitted(user) if c.admitted is not None and c.admitted < at
+            ]
+            more = (
+                f"; another connection held the id {user}"
+                if held and code == "user-id-taken"
+                else ""
+            )
+            raise _Stop(
+                "join",
+                f"{user}'s join was refused by the server at {world.rel(at)}: {code} ({message})"
+                + more,
+            )
+    # 2. in one room
+    world.walking = i
+    together = world.together_at = _together(world, i, p)
+    if together is None:
+        ri, rp = _rooms_of(world, i), _rooms_of(world, p)
+        if ri and rp:
+            joined = f"{i} joined {', '.join(map(repr, ri))}, {p} joined {', '.join(map(repr, rp))}"
+            raise _Stop("room", f"the target never joined the room: {joined}")
+        absent, present, rooms = (p, i, ri) if not rp else (i, p, rp)
+        not_found = [
+            x for c in (ci, cp) if c is not None for x in c.errors if x[1] == "peer-not-found"
+        ]
+        detail = "; the relay answered peer-not-found" if not_found else ""
+        raise _Stop("room", f"{absent} never joined {present}'s room {rooms}{detail}")
+    # 3. the offer
+    epoch = _first_epoch(world, i, p, together)
+    if epoch is None:
+        return _no_offer(world, i, p, together)
+    offer_at = _walk_exchange(world, "offer", _exchange(world, OFFER, i, p, epoch), i, p)
+    answer_hops = _exchange(world, ANSWER, p, i, epoch)
+    if offer_at is not None and cp is None and all(h.at is None for h in answer_hops):
+        # nothing of the answer anywhere, and no trace from the answering side
+        delivered = "delivered" if _delivered(world, OFFER, i, p, epoch) else "sent"
+        because = world.explain_absence(p, offer_at)
+        raise _Stop(
+            "answer",
+            f"no answer from {p}: {i}'s offer was {delivered} at {world.rel(offer_at)} and "
+            "nothing came back" + (f"; {because}" if because else "") + f" (no trace from {p})",
+        )
+    if cp is not None and offer_at is not None and not cp.sent_to(i, ANSWER, epoch):
+        got = cp.received_from(i, OFFER, epoch)
+        since = got[0] if got else offer_at
+        failed = [x for x in cp.ops_failed.get(i, []) if x[0] >= since]
+        if failed:
+            raise _Stop("answer", f"answer never sent: {p} could not answer: {failed[0][1]}")
+        because = world.explain_absence(p, since)
+        raise _Stop(
+            "answer",
+            f"answer never sent: {p} got the offer at {world.rel(since)} and did not answer"
+            + (f": {because}" if because else ""),
+        )
+    answer_at = _walk_exchange(world, "answer", answer_hops, p, i)
+    if answer_at is None and ci is not None:
+        raise _Stop("answer", f"no answer from {p} reached {i}")
+    if ci is not None and answer_at is not None and p not in ci.answers_applied:
+        failed = [x for x in ci.ops_failed.get(p, []) if x[0] >= answer_at]
+        detail = f": {failed[0][1]}" if failed else ""
+        raise _Stop("answer", f"answer never applied by {i}{detail}")
+    if ci is None and cp is None and answer_at is not None:
+        raise _Stop(
+            "signaled",
+            f"offer and answer relayed by {world.rel(answer_at)}; ICE is not in the relay's trace",
+        )
+    # 4. candidates
+    _check_candidates(world, i, p, epoch)
+    # 5. ICE
+    return _ice(world, i, p, answer_at or offer_at or together)
+
+
+def _delivered(world: _World, type_: str, sender: str, receiver: str, epoch: int | None) -> bool:
+    return bool(world.relay and world.relay.forwarded_of(sender, receiver, type_, epoch))
+
+
+def _no_offer(world: _World, i: str, p: str, together: float) -> tuple[str, str]:
+    ci, cp = world.client(i), world.client(p)
+    if ci is not None:
+        if p not in ci.seen:
+            raise _Stop("room", f"{i} never saw {p} join its room")
+        raise _Stop("offer", _absent(world, "offer", i, p, ci.seen[p]))
+    asked = 0
+    if cp is not None:
+        asked = len(cp.sent_to(i, RENEGOTIATE, None))
+    elif world.relay:
+        asked = len(world.relay.got_from(p, i, RENEGOTIATE, None))
+    detail = f"; {p} asked for it {asked} time{'s' if asked > 1 else ''}" if asked else ""
+    relay = "" if not world.relay else ", and the relay got none"
+    because = world.explain_absence(i, together)
+    raise _Stop(
+        "offer",
+        f"no offer from {i}: {p} waited from {world.rel(together)}{detail}{relay}"
+        + (f"; {because}" if because else "")
+        + f" (no trace from {i})",
+    )
+
+
+def _describe(addresses: list[str]) -> str:
+    return (
+        ", ".join(addresses[:3]) + (" ..." if len(addresses) > 3 else "") if addresses else "none"
+    )
+
+
+def _check_candidates(world: _World, i: str, p: str, epoch: int | None) -> None:
+    """Stop where a side's candidates were missing, or changed on their way."""
+    for sender, receiver, type_ in ((i, p, OFFER), (p, i, ANSWER)):
+        s, r = world.client(sender), world.client(receiver)
+        sent: list[str] | None = None
+        if s is not None and s.sent_to(receiver, type_, epoch):
+            frames = s.sent_to(receiver, type_, epoch) + s.sent_to(receiver, ICE, epoch)
+            sent = [a for x in frames for a in _candidates(x.frame)]
+        relayed: list[str] | None = None
+        if world.relay and world.relay.frames(sender, receiver, type_, epoch):
+            relayed = [
+                a
+                for f in world.relay.frames(sender, receiver, type_, epoch)
+                for a in _candidates(f)
+            ]
+        received: list[str] | None = None
+        if r is not None and r.received_from(sender, type_, epoch):
+            received = [
+                a
+                for _, f in r.received
+                if f.get("fromUserId") == sender
+                and f.get("type") in (type_, ICE)
+                and (epoch is None or _epoch(f) == epoch)
+                for a in _candidates(f)
+            ]
+        what = type_.removeprefix("webrtc-")
+        first = sent if sent is not None else relayed
+        if first is not None and not first:
+            raise _Stop(
+                "candidates",
+                f"no candidates from {sender}: its {what} carried none (no usable address and "
+                "no STUN/TURN server?)" + _ice_outcome(world, i, p),
+            )
+        if first is None and received is not None and not received:
+            raise _Stop(
+                "candidates",
+                f"{receiver} got {sender}'s {what} without candidates (stripped in transit, or "
+                f"{sender} had none)" + _ice_outcome(world, i, p),
+            )
+        if first is None or received is None or sorted(first) == sorted(received):
+            continue
+        if relayed is not None and sorted(relayed) == sorted(first):
+            where = f"between the relay and {receiver}"
+        elif relayed is not None and sent is not None:
+            where = f"between {sender} and the relay"
+        else:
+            where = f"between {'the relay' if sent is None else sender} and {receiver}"
+        change = "stripped" if not received else "rewritten"
+        raise _Stop(
+            "candidates",
+            f"{sender}'s candidates were {change} in transit {where}: {sender} sent "
+            f"{_describe(first)}, {receiver} got {_describe(received)}" + _ice_outcome(world, i, p),
+        )
+
+
+def _ice_outcome(world: _World, i: str, p: str) -> str:
+    failures = _ice_failures(world, i, p)
+    if failures:
+        at, who, why = failures[0]
+        return f"; ICE failed at {world.rel(at)} ({who}: {why})"
+    return ""
+
+
+def _ice_failures(world: _World, i: str, p: str) -> list[tuple[float, str, str]]:
+    out: list[tuple[float, str, str]] = []
+    for user, other in ((i, p), (p, i)):
+        c = world.client(user)
+        if c is None:
+            continue
+        connected = c.connected.get(other, [])
+        for at, state in c.states.get(other, []):
+            if state == "failed":
+                out.append((at, user, "connection failed"))
+        for at, reason in c.attempts_failed.get(other, []):
+            if "connect" in reason or "disconnected" in reason:
+                out.append((at, user, reason))
+        for at, reason in c.gave_up.get(other, []):
+            out.append((at, user, f"gave up: {reason}"))
+        if connected:
+            out = [x for x in out if x[1] != user or x[0] > connected[0]]
+    return sorted(out)
+
+
+def _ice(world: _World, i: str, p: str, since: float) -> tuple[str, str]:
+    failures = _ice_failures(world, i, p)
+    fault_at = failures[0][0] if failures else None
+    # something that broke the pair before ICE could fail: the earliest
+    broke: list[tuple[float, str, str]] = []
+    for actor in (p, i):
+        died = world.killed(actor, since)
+        if died is not None:
+            broke.append((died[0], "ice", f"not connected: {died[1]}"))
+        left = world.left_at(actor, since)
+        if left is not None:
+            broke.append(
+                (
+                    left[0],
+                    "peer left",
+                    f"peer left mid-way: {left[1]} at {world.rel(left[0])}, before connecting",
+                )
+            )
+    lost = world.relay_lost(since)
+    if lost is not None:
+        broke.append(
+            (
+                lost[0],
+                "ice",
+                f"not connected: {world.lost_text(lost)}",
+            )
+        )
+    broke.sort()
+    if broke and (fault_at is None or broke[0][0] < fault_at):
+        _, step, cause = broke[0]
+        raise _Stop(step, cause + _unconfirmed(world, i, p))
+    if failures:
+        at, who, why = failures[0]
+        connected = any(
+            c is not None and c.connected.get(o)
+            for c, o in ((world.client(i), p), (world.client(p), i))
+        )
+        if connected:
+            raise _Stop(
+                "ice",
+                f"connection failed after ICE had connected ({who} at {world.rel(at)}: {why})",
+            )
+        raise _Stop(
+            "ice", f"no usable candidate pair: ICE failed ({who} at {world.rel(at)}: {why})"
+        )
+    return "ice", "ICE never finished (no failure recorded before the trace ends)" + _unconfirmed(
+        world, i, p
+    )
+
+
+def _unconfirmed(world: _World, i: str, p: str) -> str:
+    """What no trace can confirm when the initiator's trace and the relay's are both
+    missing: whether the answer ever arrived."""
+    if world.client(i) is None and not world.relay:
+        return f"; whether {i} got the answer is unknown (no trace from {i} or the relay)"
+    return ""
+
+
+# --------------------------------------------------------------------------- timelines
+
+
+def _timeline(world: _World, i: str, p: str) -> tuple[Event, ...]:
+    events: list[tuple[float, str, str]] = []
+    for user, other in ((i, p), (p, i)):
+        for trace in world.clients.get(user, []):
+            for at, about, text in trace.timeline:
+                if about is None or about == other:
+                    events.append((at, user, text))
+    relay = world.relay
+    users = {i, p}
+    for at, conn, f, size in relay.got:
+        route = f"{conn.user} → {f.get('toUserId')} (epoch {_epoch(f)})"
+        if conn.user in users and f.get("toUserId") in users and f.get("type") != ICE:
+            events.append((at, "relay", f"got {f.get('type')} {route}"))
+        elif conn.user in users and not f:
+            events.append((at, "relay", f"got a frame of {size} bytes from {conn.user}"))
+    for at, _, f in relay.forwarded:
+        if f.get("fromUserId") in users and f.get("toUserId") in users and f.get("type") != ICE:
+            route = f"{f.get('fromUserId')} → {f.get('toUserId')} (epoch {_epoch(f)})"
+            events.append((at, "relay", f'Relaying message type "{f.get("type")}" {route}'))
+    for conn in relay.conns.values():
+        if conn.user not in users:
+            continue
+        if conn.admitted is not None:
+            events.append((conn.admitted, "relay", f'User "{conn.user}" joined room "{conn.room}"'))
+        for at, code, _ in conn.refused:
+            events.append((at, "relay", f"refused {conn.user}'s join: {code}"))
+        if conn.gone is not None:
+            how = "closed" if conn.clean else "dropped"
+            events.append((conn.gone, "relay", f"{conn.user}'s connection {how}"))
+    for at, conn, code, message in relay.errors:
+        if conn.user in users and (at, code) not in {(x[0], x[1]) for x in conn.refused}:
+            events.append((at, "relay", f"error {code} to {conn.user}: {message}"))
+    for at, room, user in relay.left:
+        if user in users:
+            events.append((at, "relay", f'User "{user}" left room "{room}"'))
+    events.sort(key=lambda e: e[0])
+    return tuple(Event(at - world.origin, who, text) for at, who, text in events)
+
+
+# --------------------------------------------------------------------------- the entry point
+
+
+def _aligned(
+    traces: Mapping[str, Iterable[Record]],
+) -> list[tuple[str, list[Record], float | None]]:
+    """Each trace's records and the offset from its ``t`` to wall time (``None`` when
+    it has no wall time)."""
+    out: list[tuple[str, list[Record], float | None]] = []
+    for name, records in traces.items():
+        rows = [
+            r for r in records if isinstance(r, Mapping) and isinstance(r.get("t"), int | float)
+        ]
+        offsets = [
+            float(r[WALL_TIME]) - float(r["t"])
+            for r in rows
+            if isinstance(r.get(WALL_TIME), int | float)
+        ]
+        out.append((name, rows, statistics.median(offsets) if offsets else None))
+    return out
+
+
+def diagnose(traces: Mapping[str, Iterable[Record]]) -> Report:
+    """Findings for every pair of users the traces mention.
+
+    ``traces`` maps a trace's name (its file, say) to its records; a client trace and a
+    relay trace may be given in any number and any combination.
+    """
+    aligned = _aligned(traces)
+    known = [offset for _, _, offset in aligned if offset is not None]
+    fallback = statistics.median(known) if known else 0.0
+    clients: dict[str, list[_Client]] = {}
+    relay = _Relay()
+    summaries: list[TraceSummary] = []
+    starts: list[float] = []
+    for name, rows, offset in aligned:
+        shift = fallback if offset is None else offset
+        by_user: dict[str | None, list[tuple[float, Record]]] = {}
+        for r in rows:
+            user = r.get("user")
+            by_user.setdefault(user if isinstance(user, str) else None, []).append(
+                (float(r["t"]) + shift, r)
+            )
+        for user, recs in by_user.items():
+            recs.sort(key=lambda x: x[0])
+            if recs:
+                starts.append(recs[0][0])
+            if user is None:
+                _read_relay(relay, name, recs)
+                summaries.append(
+                    TraceSummary(name, "relay", None, len(recs), recs[0][0], recs[-1][0], None)
+                    if recs
+                    else TraceSummary(name, "relay", None, 0, 0.0, 0.0, None)
+                )
+            else:
+                c = _read_client(name, user, recs)
+                clients.setdefault(user, []).append(c)
+                summaries.append(
+                    TraceSummary(name, "client", user, c.count, c.start, c.end, c.closed)
+                )
+    origin = min(starts) if starts else 0.0
+    summaries = [
+        attrs.evolve(s, start=s.start - origin, end=s.end - origin) if s.records else s
+        for s in summaries
+    ]
+    world = _World(clients, relay, origin)
+    findings = [_finding(world, a, b) for a, b in _pairs(world)]
+    paired = {u for f in findings for u in f.pair}
+    for user in sorted(_traced_or_admitted(world) - paired):
+        findings.append(_alone(world, user))
+    return Report(tuple(findings), tuple(summaries))
+
+
+def _finding(world: _World, a: str, b: str) -> Finding:
+    verdict, step, cause = _pair(world, a, b)  # a < b: a is the initiator
+    missing = tuple(u for u in (a, b) if u not in world.clients)
+    if not world.relay:
+        missing += ("relay",)
+    if verdict == "stopped":
+        absent = [u for u in (a, b) if u not in world.clients]
+        if absent and "no trace from" not in cause:
+            cause += f" (no trace from {' or '.join(absent)})"
+    return Finding((a, b), verdict, step, cause, missing, _timeline(world, a, b))
+
+
+def _traced_or_admitted(world: _World) -> set[str]:
+    users = set(world.clients)
+    users |= {c.user for c in world.relay.conns.values() if c.user is not None}
+    return users
+
+
+def _mentioned(world: _World) -> dict[str, set[str]]:
+    """For each user, the users some trace puts in contact with it."""
+    contact: dict[str, set[str]] = {}
+
+    def link(a: str, b: str) -> None:
+        if a != b:
+            contact.setdefault(a, set()).add(b)
+            contact.setdefault(b, set()).add(a)
+
+    for user, traces in world.clients.items():
+        contact.setdefault(user, set())
+        for c in traces:
+            for other in c.seen:
+                link(user, other)
+            for s in c.sent:
+                link(user, str(s.frame.get("toUserId")))
+            for _, f in c.received:
+                link(user, str(f.get("fromUserId")))
+    conns = list(world.relay.conns.values())
+    for x, y in itertools.combinations(conns, 2):
+        # in one room (or one refused while trying to join the other's)
+        if (
+            x.user
+            and y.user
+            and x.room is not None
+            and x.room == y.room
+            and (x.admitted is not None or x.refused)
+            and (y.admitted is not None or y.refused)
+        ):
+            link(x.user, y.user)
+    for _, conn, f, _ in world.relay.got:
+        if conn.user and isinstance(f.get("toUserId"), str):
+            link(conn.user, f["toUserId"])
+    return contact
+
+
+def _pairs(world: _World) -> list[tuple[str, str]]:
+    contact = _mentioned(world)
+    pairs = {tuple(sorted((a, b))) for a, others in contact.items() for b in others}
+    traced = sorted(world.clients)
+    pairs |= {(a, b) for a, b in itertools.combinations(traced, 2)}
+    # users alone in their rooms whose room names look alike (a typo): pair them too
+    alone = sorted(u for u in _traced_or_admitted(world) if not contact.get(u))
+    for a, b in itertools.combinations(alone, 2):
+        ra, rb = _rooms_of(world, a), _rooms_of(world, b)
+        if ra and rb and _similar(ra[0], rb[0]):
+            pairs.add((a, b))
+    return sorted((a, b) for a, b in pairs)
+
+
+def _similar(a: str, b: str) -> bool:
+    return a.casefold() == b.casefold() or difflib.SequenceMatcher(None, a, b).ratio() >= 0.6
+
+
+def _alone(world: _World, user: str) -> Finding:
+    c = world.client(user)
+    rooms = _rooms_of(world, user)
+    missing = () if c is not None else (user,)
+    refused = _refusal(world, user)
+    if refused is not None:
+        at, code, message = refused
+        return Finding(
+            (user,),
+            "stopped",
+            "join",
+            f"{user}'s join was refused by the server at {world.rel(at)}: {code} ({message})",
+            missing,
+        )
+    if c is not None and not c.admitted and c.connect_failed and not c.server_up:
+        return Finding(
+            (user,),
+            "stopped",
+            "join",
+            f"{user} never reached the relay: {c.connect_failed[0][1]}",
+            missing,
+        )
+    where = f"room {rooms[0]!r}" if rooms else "no room"
+    return Finding((user,), "stopped", "room", f"nobody else was in {where} with {user}", missing)

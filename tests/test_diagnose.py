@@ -1,132 +1,278 @@
-"""``sansio-signal diagnose`` on traces of real runs that fail in known ways.
+"""``sansio-signal diagnose`` on the traces of real runs that fail in known ways.
 
-Each run uses the real relay server and real aiortc peers, broken on purpose in one
-place; the diagnosis must name that place.
+Each run (tests/diagnose_runs.py) goes through a real relay on loopback with real aiortc
+peers and breaks in one place — a proxy dropping or rewriting frames, a raw client that
+never answers, a kill, a limit. The diagnosis must name the pair and that place, from
+all the traces and from the subsets an operator may have (one side's, the relay's).
 """
 
 from __future__ import annotations
 
-import asyncio
 import io
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TextIO
 
-import aioice.ice
 import pytest
+from diagnose_runs import run
 
-from sansio_signal import RelayMachine
-from sansio_signal.actions import RelayAction, SendFrame
-from sansio_signal.adapters.aiortc_peer import loopback_only
-from sansio_signal.adapters.cli import run_diagnose
-from sansio_signal.adapters.client import Client
-from sansio_signal.adapters.server import RelayServer
-from sansio_signal.events import RelayEvent
-from sansio_signal.negotiation import NegotiationConfig, NegState
-from sansio_signal.testing import counting_tokens
+from sansio_signal.adapters.cli import main, run_diagnose
 
-TIMEOUT = 20.0
-# Long deadlines: the failure is diagnosed from the first attempt's trace.
-PATIENT = NegotiationConfig(negotiation_timeout=60, connect_timeout=60, offer_wait=60)
+Diagnose = Callable[..., tuple[int, str]]
 
 
-@pytest.fixture(autouse=True)
-def _loopback() -> Iterator[None]:
-    with loopback_only():
-        yield
+@pytest.fixture
+def traces(tmp_path: Path) -> Iterator[Callable[[str], Diagnose]]:
+    """``traces(run_name)`` runs that scenario and returns ``diagnose(*names)``, which
+    reads only the named traces (all of them when none are named)."""
+
+    def start(name: str) -> Diagnose:
+        run(name, tmp_path)
+
+        def diagnose(*names: str, **flags: bool) -> tuple[int, str]:
+            files = [tmp_path / f"{n}.jsonl" for n in names] or [tmp_path]
+            out = io.StringIO()
+            status = run_diagnose([str(f) for f in files], out, **flags)
+            return status, out.getvalue()
+
+        return diagnose
+
+    yield start
 
 
-class AnswerDroppingRelay(RelayMachine):
-    """A faulty relay: it never forwards a webrtc-answer."""
-
-    def handle(self, event: RelayEvent, now: float) -> list[RelayAction]:
-        actions = super().handle(event, now)
-        return [
-            a for a in actions if not (isinstance(a, SendFrame) and a.frame_type == "webrtc-answer")
-        ]
+def only_line(text: str) -> str:
+    lines = text.splitlines()
+    assert len(lines) == 1, text
+    return lines[0]
 
 
-def diagnosis(tmp_path: Path) -> tuple[int, str]:
-    out = io.StringIO()
-    status = run_diagnose([str(tmp_path)], out)
-    return status, out.getvalue()
+def test_a_healthy_mesh_exits_0(traces: Callable[[str], Diagnose]) -> None:
+    diagnose = traces("healthy")
+    assert diagnose() == (
+        0,
+        "alice ↔ bob: connected\nalice ↔ carol: connected\nbob ↔ carol: connected\n",
+    )
+    status, text = diagnose("relay")
+    assert status == 0
+    assert text.count(": signaled (offer and answer relayed by +") == 3, text
+    status, text = diagnose("alice")
+    assert status == 0
+    assert "alice ↔ bob: connected (from alice's side)" in text
 
 
-def open_trace(tmp_path: Path, name: str) -> TextIO:
-    return (tmp_path / f"{name}.jsonl").open("w", encoding="utf-8")
+def test_the_target_never_joined_a_room_typo(traces: Callable[[str], Diagnose]) -> None:
+    diagnose = traces("room-typo")
+    expected = (
+        "alice ↔ bob: stopped at room: the target never joined the room: "
+        "alice joined 'demo', bob joined 'dmeo'"
+    )
+    assert diagnose() == (1, expected + "\n")
+    assert diagnose("relay") == (1, expected + " (no trace from alice or bob)\n")
+    assert diagnose("alice") == (
+        1,
+        "alice: stopped at room: nobody else was in room 'demo' with alice\n",
+    )
 
 
-async def pair(url: str, tmp_path: Path, rooms: tuple[str, str] = ("r", "r")) -> list[Client]:
-    clients = [
-        Client(url, room_id=room, user_id=user, trace=open_trace(tmp_path, user), config=PATIENT)
-        for user, room in zip(("alice", "bob"), rooms, strict=True)
+@pytest.mark.parametrize(
+    ("name", "refused", "code"),
+    [("user-id-taken", "bob", "user-id-taken"), ("unauthorized", "bob", "unauthorized")],
+)
+def test_a_refused_join_is_named(
+    traces: Callable[[str], Diagnose], name: str, refused: str, code: str
+) -> None:
+    diagnose = traces(name)
+    for subset in ((), ("relay",), ("alice", "bob")):
+        status, text = diagnose(*subset)
+        assert status == 1
+        assert only_line(text).startswith(
+            f"alice ↔ bob: stopped at join: {refused}'s join was refused by the server at +"
+        ), (subset, text)
+        assert f": {code} (" in text
+    status, text = diagnose("bob")
+    assert only_line(text).startswith("bob: stopped at join: bob's join was refused")
+    assert f": {code} (" in text
+
+
+def test_a_full_room_refuses_the_third(traces: Callable[[str], Diagnose]) -> None:
+    diagnose = traces("room-full")
+    status, text = diagnose()
+    assert status == 1
+    lines = text.splitlines()
+    assert lines[0] == "alice ↔ bob: connected"
+    for line, other in zip(lines[1:], ("alice", "bob"), strict=True):
+        assert line.startswith(f"{other} ↔ carol: stopped at join: carol's join was refused")
+        assert ": room-full (room 'demo' is full (2 members))" in line
+
+
+def test_an_offer_lost_in_transit(traces: Callable[[str], Diagnose]) -> None:
+    diagnose = traces("offer-lost")
+    status, text = diagnose()
+    assert status == 1
+    line = only_line(text)
+    assert line.startswith(
+        "alice ↔ bob: stopped at offer relay: alice's offer never reached bob "
+        "(the relay forwarded it at +"
+    ), line
+    assert line.endswith("lost in transit between the relay and bob (the connections stayed up)")
+    # only the polite side's trace: no offer ever came
+    status, text = diagnose("bob")
+    assert only_line(text).startswith("alice ↔ bob: stopped at offer: no offer from alice")
+    assert text.rstrip().endswith("(no trace from alice)")
+    # only the relay's: it delivered the offer, nothing came back
+    status, text = diagnose("relay")
+    assert only_line(text).startswith(
+        "alice ↔ bob: stopped at answer: no answer from bob: alice's offer was delivered at +"
+    )
+
+
+def test_an_answer_lost_in_transit(traces: Callable[[str], Diagnose]) -> None:
+    diagnose = traces("answer-lost")
+    status, text = diagnose()
+    assert status == 1
+    line = only_line(text)
+    assert line.startswith(
+        "alice ↔ bob: stopped at answer relay: bob's answer never reached alice "
+        "(the relay forwarded it at +"
+    ), line
+    assert "lost in transit between the relay and alice" in line
+    # only the initiator's trace
+    status, text = diagnose("alice")
+    assert status == 1
+    line = only_line(text)
+    assert line.startswith(
+        "alice ↔ bob: stopped at answer: no answer from bob: alice's offer was sent at +"
+    )
+    assert line.endswith("nothing came back (no trace from bob)")
+
+
+def test_a_silent_peer_without_a_trace(traces: Callable[[str], Diagnose]) -> None:
+    diagnose = traces("silent-peer")
+    status, text = diagnose()
+    assert status == 1
+    lines = text.splitlines()
+    assert len(lines) == 3, text
+    assert lines[0].startswith(
+        "alice ↔ bob: stopped at answer: no answer from bob: alice's offer was delivered at +"
+    )
+    assert lines[0].endswith("and nothing came back (no trace from bob)")
+    assert lines[1] == "alice ↔ carol: connected"
+    assert lines[2].startswith(
+        "bob ↔ carol: stopped at offer: no offer from bob: carol waited from +"
+    )
+    assert "carol asked for it" in lines[2] and "the relay got none" in lines[2]
+    assert lines[2].endswith("(no trace from bob)")
+    # the two clients' traces without the relay's: bob is still found
+    status, text = diagnose("alice", "carol")
+    assert [line.split(":")[0] for line in text.splitlines()] == [
+        "alice ↔ bob",
+        "alice ↔ carol",
+        "bob ↔ carol",
     ]
-    for client in clients:
-        await client.start()
-    return clients
 
 
-def test_a_working_pair_is_connected(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with RelayServer(port=0) as server:
-            alice, bob = await pair(server.url, tmp_path)
-            await alice.wait_connected("bob", timeout=TIMEOUT)
-            await bob.wait_connected("alice", timeout=TIMEOUT)
-            await alice.close()
-            await bob.close()
-
-    asyncio.run(main())
-    assert diagnosis(tmp_path) == (0, "alice ↔ bob: connected\n")
-
-
-def test_the_target_never_joined(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with RelayServer(port=0) as server:
-            alice, bob = await pair(server.url, tmp_path, rooms=("r", "elsewhere"))
-            await alice.close()
-            await bob.close()
-
-    asyncio.run(main())
-    status, text = diagnosis(tmp_path)
+def test_candidates_stripped_in_transit(traces: Callable[[str], Diagnose]) -> None:
+    diagnose = traces("candidates-stripped")
+    status, text = diagnose()
     assert status == 1
-    assert "stopped at room: the target never joined the room" in text
-    assert "alice joined ['r'], bob joined ['elsewhere']" in text
+    line = only_line(text)
+    assert line.startswith(
+        "alice ↔ bob: stopped at candidates: alice's candidates were stripped in transit "
+        "between the relay and bob: alice sent 127.0.0.1:"
+    ), line
+    assert ", bob got none; ICE failed at +" in line
+    status, text = diagnose("bob")
+    assert "stopped at candidates: bob got alice's offer without candidates" in text
 
 
-def test_an_answer_dropped_by_a_faulty_relay(tmp_path: Path) -> None:
-    async def main() -> None:
-        relay_trace = open_trace(tmp_path, "relay")
-        machine = AnswerDroppingRelay(new_token=counting_tokens())
-        async with RelayServer(port=0, machine=machine, trace=relay_trace) as server:
-            alice, bob = await pair(server.url, tmp_path)
-            # bob answered (he is stable on his side); alice waits for it in vain
-            await bob.wait_until(
-                lambda: bob.machine.peers["alice"].state is NegState.STABLE, timeout=TIMEOUT
-            )
-            await alice.close()
-            await bob.close()
-        relay_trace.close()
-
-    asyncio.run(main())
-    status, text = diagnosis(tmp_path)
+def test_candidates_rewritten_to_a_dead_port(traces: Callable[[str], Diagnose]) -> None:
+    diagnose = traces("candidates-dead-port")
+    status, text = diagnose()
     assert status == 1
-    assert "stopped at answer relay: answer dropped by the relay" in text
+    line = only_line(text)
+    assert line.startswith(
+        "alice ↔ bob: stopped at candidates: alice's candidates were rewritten in transit "
+        "between the relay and bob: alice sent 127.0.0.1:"
+    ), line
+    assert "; ICE failed at +" in line
+    # ICE failed before both quit: the quit is not the cause
+    status, text = diagnose("alice")
+    line = only_line(text)
+    assert line.startswith("alice ↔ bob: stopped at ice: no usable candidate pair: ICE failed"), (
+        line
+    )
+    assert "peer left" not in line
 
 
-def test_no_candidates_and_no_stun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A host with no usable address for ICE, and no STUN/TURN server configured.
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: [])
-
-    async def main() -> None:
-        async with RelayServer(port=0) as server:
-            alice, bob = await pair(server.url, tmp_path)
-            await alice.wait_until(
-                lambda: alice.machine.peers["bob"].state is NegState.STABLE, timeout=TIMEOUT
-            )
-            await alice.close()
-            await bob.close()
-
-    asyncio.run(main())
-    status, text = diagnosis(tmp_path)
+def test_the_peer_killed_as_the_offer_reached_it(
+    traces: Callable[[str], Diagnose], tmp_path: Path
+) -> None:
+    diagnose = traces("peer-killed")
+    status, text = diagnose()
     assert status == 1
-    assert "stopped at candidates: no candidates from alice" in text
+    line = only_line(text)
+    assert line.startswith(
+        "alice ↔ bob: stopped at answer: answer never sent: bob got the offer at +"
+    ), line
+    assert "bob's trace ends at +" in line and "the process died (killed?)" in line
+    assert "the relay saw its connection drop" in line
+    # the killed peer's trace survived the kill: it has the offer
+    killed = (tmp_path / "bob.jsonl").read_text(encoding="utf-8").splitlines()
+    assert any('"webrtc-offer' in line and "ServerFrameReceived" in line for line in killed)
+    status, text = diagnose("alice", "relay")
+    line = only_line(text)
+    assert line.startswith(
+        "alice ↔ bob: stopped at answer: no answer from bob: alice's offer was delivered"
+    )
+    assert "the relay saw bob's connection drop at +" in line
+
+
+def test_the_relay_killed_mid_negotiation(traces: Callable[[str], Diagnose]) -> None:
+    diagnose = traces("relay-killed")
+    status, text = diagnose()
+    assert status == 1
+    line = only_line(text)
+    assert line.startswith(
+        "alice ↔ bob: stopped at answer relay: "
+        "bob's answer never reached the relay (bob sent it at +"
+    ), line
+    assert "the relay was lost at +" in line and "reconnects failed" in line
+    for subset in (("alice",), ("alice", "bob")):
+        status, text = diagnose(*subset)
+        assert "the relay was lost at +" in text, (subset, text)
+
+
+def test_an_oversize_frame_is_named(traces: Callable[[str], Diagnose]) -> None:
+    diagnose = traces("oversize-offer")
+    for subset in ((), ("alice",), ("relay",)):
+        status, text = diagnose(*subset)
+        assert status == 1
+        assert only_line(text).startswith(
+            "alice ↔ bob: stopped at offer relay: the relay refused alice's offer: "
+            "frame-too-large (frame is larger than 600 bytes)"
+        ), (subset, text)
+
+
+def test_json_and_the_verbose_timeline(traces: Callable[[str], Diagnose], tmp_path: Path) -> None:
+    diagnose = traces("answer-lost")
+    status, text = diagnose(as_json=True)
+    assert status == 1
+    report = json.loads(text)
+    assert report["ok"] is False
+    (finding,) = report["findings"]
+    assert finding["pair"] == ["alice", "bob"]
+    assert (finding["verdict"], finding["step"]) == ("stopped", "answer relay")
+    assert finding["missing"] == []
+    said = [(e["who"], e["text"]) for e in finding["timeline"]]
+    assert ("alice", "Sending offer to: bob") in said
+    assert ("relay", 'Relaying message type "webrtc-answer" bob → alice (epoch 0)') in said
+    assert [e["at"] for e in finding["timeline"]] == sorted(e["at"] for e in finding["timeline"])
+    assert {t["kind"] for t in report["traces"]} == {"client", "relay"}
+    status, text = diagnose(verbose=True)
+    lines = text.splitlines()
+    pair = next(k for k, line in enumerate(lines) if line.startswith("alice ↔ bob: stopped at"))
+    timeline = lines[pair + 1 :]
+    assert timeline and all(line.startswith("    +") for line in timeline)
+    assert any("bob      Received offer from: alice" in line for line in timeline), timeline
+    # the console script takes the flags
+    assert main(["diagnose", "--json", str(tmp_path)]) == 1

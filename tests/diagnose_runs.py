@@ -1,0 +1,366 @@
+"""Real runs that fail in known ways, each leaving its traces in a directory.
+
+Every run goes through a real relay on loopback (``RelayServer`` in this process, or
+a ``sansio-signal serve`` process where the relay itself must die), real aiortc peers
+(the asyncio ``Client``, or a ``sansio-signal chat`` process where the peer must be
+killed), and breaks in one place, the way a deployment does: a proxy that drops or
+rewrites frames (tests/faultproxy.py), a raw client, a kill, a limit. Each waits for
+the fault to have happened (an event or a line, with a timeout), never for time.
+
+``tests/test_diagnose.py`` runs them and checks what ``diagnose`` says; run this file
+to print the output of every run (``python tests/diagnose_runs.py [DIR]``), which is
+how docs/debugging.md got its examples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from faultproxy import drop, edit_candidates, fault_proxy, to_port
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from wsutil import free_port, spawn_serve
+
+from sansio_signal import RelayMachine
+from sansio_signal.adapters.aiortc_peer import loopback_only
+from sansio_signal.adapters.client import Client, JoinRefusedError
+from sansio_signal.adapters.server import RelayServer
+from sansio_signal.limits import Limits
+from sansio_signal.negotiation import NegotiationConfig
+from sansio_signal.testing import counting_tokens
+from sansio_signal.tokens import TokenAuthority, issue_token
+
+TIMEOUT = 20.0
+ROOM = "demo"
+EXE = [sys.executable, "-m", "sansio_signal"]
+PATIENT = NegotiationConfig(negotiation_timeout=60, connect_timeout=60, offer_wait=60)
+"""Deadlines far beyond a run: the first attempt's failure is what the trace shows."""
+QUICK_ICE = NegotiationConfig(
+    negotiation_timeout=60, connect_timeout=1.0, offer_wait=60, max_retries=0
+)
+"""Give up on a connection that is not up 1 s after the exchange (ICE checks to a dead
+address would take aioice over 30 s to fail)."""
+
+
+def trace_file(where: Path, name: str) -> TextIO:
+    return (where / f"{name}.jsonl").open("w", encoding="utf-8")
+
+
+def client(
+    url: str,
+    where: Path,
+    user: str,
+    room: str = ROOM,
+    config: NegotiationConfig = PATIENT,
+    **kw: Any,
+) -> Client:
+    return Client(
+        url, room_id=room, user_id=user, trace=trace_file(where, user), config=config, **kw
+    )
+
+
+@contextlib.asynccontextmanager
+async def relay(where: Path, **kw: Any) -> AsyncIterator[RelayServer]:
+    with trace_file(where, "relay") as trace:
+        async with RelayServer(port=0, trace=trace, **kw) as server:
+            yield server
+
+
+async def close_all(*clients: Client) -> None:
+    for c in clients:
+        await c.close()
+
+
+async def raw_member(url: str, user: str, room: str = ROOM) -> ClientConnection:
+    """A client that joins and then ignores every frame (it has no trace)."""
+    ws = await ws_connect(url)
+    await ws.send(
+        json.dumps(
+            {
+                "channel": "webrtc-dashboard-rooms",
+                "type": "join-room",
+                "roomId": room,
+                "userId": user,
+            }
+        )
+    )
+    while json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)).get("userId") != user:
+        pass
+    return ws
+
+
+async def frame_from(ws: ClientConnection, sender: str, type_: str) -> None:
+    """Until the raw client ``ws`` receives a ``type_`` from ``sender``."""
+    while True:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+        if frame.get("fromUserId") == sender and frame.get("type") == type_:
+            return
+
+
+def traced(where: Path, name: str, kind: str) -> Callable[[], bool]:
+    """Whether ``name``'s trace has a record of ``kind`` yet (checked by a client's
+    ``wait_until`` after each of its steps)."""
+    path = where / f"{name}.jsonl"
+    return lambda: f'"kind":"{kind}"' in path.read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- the runs
+
+
+async def healthy(where: Path) -> None:
+    """Three peers, every pair connects."""
+    async with relay(where) as server:
+        peers = [client(server.url, where, u) for u in ("alice", "bob", "carol")]
+        for p in peers:
+            await p.start()
+        for p in peers:
+            await p.wait_all_connected(expected=2, timeout=TIMEOUT)
+        await close_all(*peers)
+
+
+async def room_typo(where: Path) -> None:
+    """bob types the room's name wrong."""
+    async with relay(where) as server:
+        alice = client(server.url, where, "alice")
+        bob = client(server.url, where, "bob", room="dmeo")
+        await alice.start()
+        await bob.start()
+        await close_all(alice, bob)
+
+
+async def id_taken(where: Path) -> None:
+    """A stale connection holds the id bob; bob's own join is refused."""
+    async with relay(where) as server:
+        holder = await raw_member(server.url, "bob")
+        bob = client(server.url, where, "bob")
+        with contextlib.suppress(JoinRefusedError):
+            await bob.start()
+        alice = client(server.url, where, "alice")
+        await alice.start()
+        await frame_from(holder, "alice", "webrtc-offer")
+        await close_all(alice, bob)
+        await holder.close()
+
+
+async def room_full(where: Path) -> None:
+    """A relay with rooms of two: carol is the third."""
+    async with relay(where, limits=Limits(max_room_size=2)) as server:
+        alice, bob = client(server.url, where, "alice"), client(server.url, where, "bob")
+        await alice.start()
+        await bob.start()
+        await alice.wait_connected("bob", timeout=TIMEOUT)
+        await bob.wait_connected("alice", timeout=TIMEOUT)
+        carol = client(server.url, where, "carol")
+        with contextlib.suppress(JoinRefusedError):
+            await carol.start()
+        await close_all(alice, bob, carol)
+
+
+SECRET = b"diagnose-test-secret-0123456789abcdef"
+
+
+async def unauthorized(where: Path) -> None:
+    """A relay that wants join tokens; bob has none."""
+    machine = RelayMachine(new_token=counting_tokens(), authorize=TokenAuthority(SECRET))
+    async with relay(where, machine=machine) as server:
+        token = issue_token(SECRET, user_id="alice", room=ROOM, ttl=600, wall_time=time.time())
+        alice = client(server.url, where, "alice", token=token)
+        await alice.start()
+        bob = client(server.url, where, "bob")
+        with contextlib.suppress(JoinRefusedError):
+            await bob.start()
+        await close_all(alice, bob)
+
+
+async def offer_lost(where: Path) -> None:
+    """A proxy in front of bob loses every offer on its way to him."""
+    async with (
+        relay(where) as server,
+        fault_proxy(server.url, drop("webrtc-offer", up=False)) as proxy,
+    ):
+        alice = client(server.url, where, "alice")
+        bob = client(proxy.url, where, "bob")
+        await alice.start()
+        await bob.start()
+        await proxy.wait_for(lambda: bool(proxy.dropped))
+        await close_all(alice, bob)
+
+
+async def answer_lost(where: Path) -> None:
+    """A proxy in front of alice loses every answer on its way to her."""
+    async with (
+        relay(where) as server,
+        fault_proxy(server.url, drop("webrtc-answer", up=False)) as proxy,
+    ):
+        alice = client(proxy.url, where, "alice")
+        bob = client(server.url, where, "bob")
+        await alice.start()
+        await bob.start()
+        await proxy.wait_for(lambda: bool(proxy.dropped))
+        await close_all(alice, bob)
+
+
+async def silent_peer(where: Path) -> None:
+    """bob joins and never answers anything; only alice, carol and the relay trace."""
+    async with relay(where) as server:
+        bob = await raw_member(server.url, "bob")
+        asking = NegotiationConfig(negotiation_timeout=60, connect_timeout=60, offer_wait=0.3)
+        alice = client(server.url, where, "alice")
+        carol = client(server.url, where, "carol", config=asking)
+        await alice.start()
+        await carol.start()
+        await alice.wait_connected("carol", timeout=TIMEOUT)
+        await frame_from(bob, "carol", "webrtc-renegotiate")  # carol waited for bob's offer
+        await close_all(alice, carol)
+        await bob.close()
+
+
+async def candidates_stripped(where: Path) -> None:
+    """A proxy in front of both peers removes every ICE candidate from the SDP."""
+    async with (
+        relay(where) as server,
+        fault_proxy(server.url, edit_candidates(lambda c: None)) as proxy,
+    ):
+        alice = client(proxy.url, where, "alice", config=QUICK_ICE)
+        bob = client(proxy.url, where, "bob", config=QUICK_ICE)
+        await alice.start()
+        await bob.start()
+        await alice.wait_until(traced(where, "alice", "PeerFailed"), timeout=TIMEOUT)
+        await close_all(alice, bob)
+
+
+async def candidates_dead_port(where: Path) -> None:
+    """A proxy in front of both peers rewrites every candidate to a port nobody
+    listens on: ICE checks go nowhere."""
+    dead = to_port(free_port())
+    async with relay(where) as server, fault_proxy(server.url, edit_candidates(dead)) as proxy:
+        alice = client(proxy.url, where, "alice", config=QUICK_ICE)
+        bob = client(proxy.url, where, "bob", config=QUICK_ICE)
+        await alice.start()
+        await bob.start()
+        await alice.wait_until(traced(where, "alice", "PeerFailed"), timeout=TIMEOUT)
+        await close_all(alice, bob)
+
+
+async def peer_killed(where: Path) -> None:
+    """bob (a ``sansio-signal chat`` process) is killed as alice's offer reaches him."""
+    async with relay(where, limits=Limits(resume_grace=0.5)) as server:
+        bob = await asyncio.create_subprocess_exec(
+            *EXE, "chat", server.url, "--room", ROOM, "--user", "bob", "--loopback-only",
+            "--log-level", "INFO", "--trace", str(where / "bob.jsonl"),
+            cwd=where, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            await line_of(bob.stderr, "joined room")
+            alice = client(server.url, where, "alice")
+            await alice.start()
+            await line_of(bob.stderr, "Received offer from")
+            bob.send_signal(signal.SIGKILL)
+            await asyncio.wait_for(bob.wait(), TIMEOUT)
+            await alice.wait_until(traced(where, "alice", "PeerLeft"), timeout=TIMEOUT)
+            await alice.close()
+        finally:
+            if bob.returncode is None:
+                bob.kill()
+                await bob.wait()
+
+
+async def relay_killed(where: Path) -> None:
+    """The relay (a ``sansio-signal serve`` process) dies as bob's answer is on its way
+    to it; reconnecting fails (the proxy in front of bob answers 502 from then on)."""
+    proc, url = await spawn_serve(where, "--trace", str(where / "relay.jsonl"))
+    try:
+
+        def kill_on_answer(link: Any, up: bool, frame: dict[str, Any]) -> dict[str, Any] | None:
+            if up and frame.get("type") == "webrtc-answer" and proc.returncode is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                return None
+            return frame
+
+        async with fault_proxy(url, kill_on_answer) as proxy:
+            alice = client(url, where, "alice")
+            bob = client(proxy.url, where, "bob")
+            await alice.start()
+            await bob.start()
+            await proxy.wait_for(lambda: bool(proxy.dropped))
+            await proc.wait()
+            for c in (alice, bob):
+                await c.wait_until(traced(where, c.user_id, "ServerConnectFailed"), timeout=TIMEOUT)
+            await close_all(alice, bob)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def oversize_offer(where: Path) -> None:
+    """A relay whose frame limit is below the size of an offer."""
+    async with relay(where, limits=Limits(max_frame_bytes=600)) as server:
+        alice, bob = client(server.url, where, "alice"), client(server.url, where, "bob")
+        await alice.start()
+        await bob.start()
+        await alice.wait_until(traced(where, "alice", "ServerDisconnected"), timeout=TIMEOUT)
+        await close_all(alice, bob)
+
+
+async def line_of(stream: asyncio.StreamReader | None, wanted: str) -> str:
+    """Read lines until one contains ``wanted``."""
+    assert stream is not None
+    while True:
+        line = (await asyncio.wait_for(stream.readline(), TIMEOUT)).decode()
+        assert line, f"stream ended before {wanted!r}"
+        if wanted in line:
+            return line.rstrip("\n")
+
+
+RUNS: dict[str, Callable[[Path], Awaitable[None]]] = {
+    "healthy": healthy,
+    "room-typo": room_typo,
+    "user-id-taken": id_taken,
+    "room-full": room_full,
+    "unauthorized": unauthorized,
+    "offer-lost": offer_lost,
+    "answer-lost": answer_lost,
+    "silent-peer": silent_peer,
+    "candidates-stripped": candidates_stripped,
+    "candidates-dead-port": candidates_dead_port,
+    "peer-killed": peer_killed,
+    "relay-killed": relay_killed,
+    "oversize-offer": oversize_offer,
+}
+
+
+def run(name: str, where: Path) -> None:
+    """Run one scenario into ``where`` (loopback ICE only)."""
+    with loopback_only():
+        asyncio.run(asyncio.wait_for(RUNS[name](where), 60))
+
+
+def main() -> int:
+    from sansio_signal.adapters.cli import run_diagnose
+
+    root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp())
+    names = sys.argv[2:] or list(RUNS)
+    for name in names:
+        where = root / name
+        where.mkdir(parents=True, exist_ok=True)
+        run(name, where)
+        print(f"$ sansio-signal diagnose {name}/")
+        run_diagnose([str(where)])
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
