@@ -273,6 +273,7 @@ class _Client:
     closed_at: float | None = None
     sent: list[_Sent] = attrs.field(factory=list)
     received: list[tuple[float, dict[str, Any]]] = attrs.field(factory=list)
+    frames_in: list[float] = attrs.field(factory=list)
     pcs: dict[Any, str] = attrs.field(factory=dict)
     states: dict[str, list[tuple[float, str]]] = attrs.field(factory=dict)
     connected: dict[str, list[float]] = attrs.field(factory=dict)
@@ -382,6 +383,7 @@ def _read_client(name: str, user: str, records: list[tuple[float, Record]]) -> _
                 size = len(sent_text) if isinstance(sent_text, str) else 0
                 c.sent.append(_Sent(at, f, size))
         elif kind == "ServerFrameReceived":
+            c.frames_in.append(at)
             f = _frame(r.get("text"))
             if f.get("channel") == SIGNALING and isinstance(f.get("fromUserId"), str):
                 c.received.append((at, f))
@@ -671,20 +673,32 @@ class _World:
                 return f"{option[1]} at {self.rel(at)}"
         return None
 
-    def explain_transit(self, sender: str, receiver: str, after: float, hop: str) -> str:
-        """A frame that vanished between two hops after ``after``."""
+    def explain_transit(self, carriers: tuple[str, ...], after: float, hop: str) -> str:
+        """A frame that vanished after ``after`` on its way over the relay connections
+        of ``carriers``: the first of them to break, unless frames still came through
+        it first (then it was lost in transit)."""
+        breaks: list[tuple[float, int, str]] = []  # (when, rank on a tie, what)
         lost = self.relay_lost(after)
         if lost is not None:
-            return self.lost_text(lost)
-        for user in (sender, receiver):
+            breaks.append((lost[0], 0, self.lost_text(lost)))
+        for user in carriers:
             dropped = self.connection_lost(user, after)
             if dropped is not None:
-                return f"{dropped[1]} at {self.rel(dropped[0])}"
-        for user in (receiver, sender):
+                breaks.append((dropped[0], 1, f"{dropped[1]} at {self.rel(dropped[0])}"))
             died = self.killed(user, after)
             if died is not None:
-                return died[1]
+                breaks.append((died[0], 2, died[1]))
+        for at, _, text in sorted(breaks):
+            if not any(self.frames_through(user, after, at) for user in carriers):
+                return text
         return f"lost in transit {hop} (the connections stayed up)"
+
+    def frames_through(self, user: str, after: float, until: float) -> bool:
+        """Whether ``user``'s relay connection carried a frame between the two times."""
+        own = self.client(user)
+        if own is not None:
+            return any(after < at < until for at in own.frames_in + [s.at for s in own.sent])
+        return False
 
 
 def _refusal(world: _World, user: str) -> tuple[float, str, str] | None:
@@ -830,11 +844,14 @@ def _walk_exchange(
             step, f"{what} dropped by the relay (received at {world.rel(since)}, never forwarded)"
         )
     if gap == 1:
+        carriers: tuple[str, ...] = (sender,)
         where, path = "the relay", f"between {sender} and the relay"
+    elif last >= 1:
+        where, path, carriers = receiver, f"between the relay and {receiver}", (receiver,)
     else:
-        where = receiver
-        path = f"between {'the relay' if last >= 1 else sender} and {receiver}"
-    cause = world.explain_transit(sender, receiver, since, path)
+        where, path = receiver, f"between {sender} and {receiver}"
+        carriers = (sender, receiver)
+    cause = world.explain_transit(carriers, since, path)
     raise _Stop(
         step,
         f"{sender}'s {what} never reached {where} ({hops[last].label} it at "
@@ -1092,6 +1109,10 @@ def _ice(world: _World, i: str, p: str, since: float) -> tuple[str, str]:
         died = world.killed(actor, since)
         if died is not None:
             broke.append((died[0], "ice", f"not connected: {died[1]}"))
+        dropped = world.connection_lost(actor, since)
+        if dropped is not None:
+            at = dropped[0]
+            broke.append((at, "ice", f"not connected: {dropped[1]} at {world.rel(at)}"))
         left = world.left_at(actor, since)
         if left is not None:
             broke.append(

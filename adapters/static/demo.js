@@ -1,10 +1,13 @@
 // The demo page served by `sansio-signal serve` at `/`: join a room, see every peer's
-// state, chat peer-to-peer over data channels and through the server, read the log.
-// Everything WebRTC- and protocol-related is in sansio-signal.js.
+// state, chat peer-to-peer over data channels and through the server, read the log, and
+// download the client's trace (JSON lines: `sansio-signal diagnose` reads it with the
+// relay's and other peers' traces). Everything WebRTC- and protocol-related is in
+// sansio-signal.js.
 import { SignalingClient } from "/sansio-signal.js";
 
 const $ = (id) => document.getElementById(id);
 let client = null;
+let traced = null; // the last client made (kept after a refused join: its trace says why)
 
 function time() {
   return new Date().toLocaleTimeString();
@@ -80,7 +83,9 @@ async function join(event) {
   const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`;
   if (client !== null) client.close();
   $("join-error").textContent = "";
-  client = new SignalingClient({ url, userId: name, iceServers: await iceServers() });
+  client = new SignalingClient({ url, userId: name, iceServers: await iceServers(), trace: true });
+  traced = client;
+  $("download-trace").disabled = false;
   window.sansioClient = client; // for the browser tests and the curious
   const on = (type, handler) => client.addEventListener(type, (e) => { handler(e.detail); render(); });
   on("log", ({ level, text }) => log(level, text));
@@ -112,7 +117,19 @@ async function join(event) {
   render();
 }
 
+/** Save the trace as NAME.jsonl. */
+function downloadTrace() {
+  if (traced === null) return;
+  const blob = new Blob([traced.trace()], { type: "application/x-ndjson" });
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = `${traced.userId}.jsonl`;
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 0);
+}
+
 $("join-form").addEventListener("submit", join);
+$("download-trace").addEventListener("click", downloadTrace);
 $("leave").addEventListener("click", () => {
   if (client !== null) client.leave();
   render();

@@ -51,11 +51,13 @@ export * from "./machine.js";
  * Options: `url` (ws://... of the relay), `iceServers` (RTCIceServer list; default none
  * — pass the server's `/config.json`), `config` (deadlines), `reconnect` (default true),
  * `resumeWindow` (seconds the room and peers are kept after losing the server, default
- * 8; 0 when `reconnect` is false). Resume, reconciliation and every other decision are
- * the machine's (`ClientMachine` in machine.js).
+ * 8; 0 when `reconnect` is false), `trace` (default false: true records every event in
+ * and action out, read with `trace()`; a number is how many records to keep, the oldest
+ * going first — `true` keeps TRACE_LIMIT). Resume, reconciliation and every other
+ * decision are the machine's (`ClientMachine` in machine.js).
  */
 export class SignalingClient extends EventTarget {
-  constructor({ url, userId, iceServers = [], config = DEFAULT_CONFIG, reconnect = true, resumeWindow = 8, jitter = Math.random } = {}) {
+  constructor({ url, userId, iceServers = [], config = DEFAULT_CONFIG, reconnect = true, resumeWindow = 8, jitter = Math.random, trace = false } = {}) {
     super();
     this.url = url;
     this.userId = userId;
@@ -72,6 +74,8 @@ export class SignalingClient extends EventTarget {
     this._ws = null;
     this._timer = null;
     this._first = null; // the promise of connect(), settled by the first attempt
+    this._records = trace ? [] : null; // trace lines (JSON), when tracing
+    this._traceLimit = typeof trace === "number" ? trace : TRACE_LIMIT;
   }
 
   // ---------------------------------------------------------------- the machine's view
@@ -157,7 +161,21 @@ export class SignalingClient extends EventTarget {
    * public for tests and custom transports). Events are machine.js's: `{type:
    * "ConnectionStateChanged", pc, state}` and so on. */
   feed(event) {
-    this._execute(this.machine.handle(event, now()));
+    const t = now();
+    if (this._records === null) return this._execute(this.machine.handle(event, t));
+    const before = this._peerStates();
+    const actions = this.machine.handle(event, t);
+    this._recordIn(t, event.type, event, before);
+    this._recordOut(t, actions);
+    return this._execute(actions);
+  }
+
+  /** The trace, as JSON lines (one record per line, each ending in a newline): the
+   * format of the Python client's `--trace` files, so that `sansio-signal diagnose`
+   * reads a browser's trace with Python clients' and the relay's. Empty unless the
+   * client was made with `trace`. */
+  trace() {
+    return this._records === null ? "" : this._records.map((line) => line + "\n").join("");
   }
 
   // ---------------------------------------------------------------- running actions
@@ -259,7 +277,63 @@ export class SignalingClient extends EventTarget {
     clearTimeout(this._timer);
     const next = this.machine.nextDeadline();
     if (next === null) return;
-    this._timer = setTimeout(() => this._execute(this.machine.handleTimer(now())), Math.max(0, (next - now()) * 1000));
+    this._timer = setTimeout(() => this._onTimer(), Math.max(0, (next - now()) * 1000));
+  }
+
+  _onTimer() {
+    const t = now();
+    const actions = this.machine.handleTimer(t);
+    if (this._records !== null) {
+      this._recordIn(t, "TimerFired", {}, null);
+      this._recordOut(t, actions);
+    }
+    this._execute(actions);
+  }
+
+  // ---------------------------------------------------------------- the trace
+
+  /** peerId → [state, epoch] of every peer (to name what an event changed). */
+  _peerStates() {
+    const out = new Map();
+    for (const [peerId, peer] of this.peers) out.set(peerId, [peer.state, peer.epoch]);
+    return out;
+  }
+
+  /** One event's record, with the peer it was about (by its connection, else the one
+   * whose state or epoch it changed) and that peer's state before and after. */
+  _recordIn(t, kind, event, before) {
+    const record = traceRecord(t, "in", kind, this.userId, event);
+    let peerId = event.pc === undefined ? undefined : this._conns.get(event.pc)?.peerId;
+    if (peerId === undefined && before !== null) {
+      for (const [id, peer] of this.peers) {
+        const was = before.get(id);
+        if (was === undefined || was[0] !== peer.state || was[1] !== peer.epoch) { peerId = id; break; }
+      }
+    }
+    const peer = peerId === undefined ? undefined : this.peers.get(peerId);
+    if (peer !== undefined) {
+      record.peer = peerId;
+      record.epoch = peer.epoch;
+      record.after = peer.state;
+      const was = before?.get(peerId);
+      if (was !== undefined) record.before = was[0];
+    }
+    this._keep(record);
+  }
+
+  _recordOut(t, actions) {
+    for (const action of actions) {
+      const record = traceRecord(t, "out", action.kind, this.userId, action);
+      const peer = action.peerId == null ? undefined : this.peers.get(action.peerId);
+      if (peer !== undefined) record.epoch = peer.epoch;
+      this._keep(record);
+    }
+  }
+
+  _keep(record) {
+    record.wall_time = Date.now() / 1000; // lines traces of different machines up
+    this._records.push(JSON.stringify(record));
+    if (this._records.length > this._traceLimit) this._records.splice(0, this._records.length - this._traceLimit);
   }
 
   /** A result of connection `handle`, unless the client closed it meanwhile (the machine
@@ -346,6 +420,25 @@ export class SignalingClient extends EventTarget {
         throw new Error(`unexpected action ${action.kind}`);
     }
   }
+}
+
+/** How many records a client made with `trace: true` keeps (the oldest go first). */
+export const TRACE_LIMIT = 100000;
+
+/** A trace record in the Python client's format: `t`, `dir`, `kind`, `user`, then the
+ * object's fields in snake_case; a `SendToServer` carries the exact `text` sent. */
+function traceRecord(t, dir, kind, userId, object) {
+  const record = { t, dir, kind, user: userId };
+  for (const [key, value] of Object.entries(object)) {
+    if (key === "type" && dir === "in") continue;
+    if (key === "kind" || value === undefined) continue;
+    if (key === "frame") {
+      record.text = JSON.stringify(value);
+      continue;
+    }
+    record[key.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)] = value;
+  }
+  return record;
 }
 
 /** What a UI shows of one pair: its negotiation's state, link and epoch. */
