@@ -9,9 +9,11 @@ module only moves bytes and time:
   actions are executed at once; a close frame from the client is handled after every
   frame received before it (the member leaves), and only then answered, so a client that
   closed cleanly and rejoins at once never finds its id taken;
-- each connection has an outgoing queue bounded in bytes, drained by its own writer
-  task, so a client that stops reading fills its own queue and is closed (1013) instead of
-  growing server memory or slowing anybody else;
+- frames the machine sends are handed to the connection's transport at once (no
+  writer task, no queue per connection: an idle connection costs the least memory);
+  what a client has not read waits in its transport's buffer, bounded in bytes, so a
+  client that stops reading fills its own buffer and is closed (1013) instead of growing
+  server memory or slowing anybody else;
 - exactly one ``asyncio`` timer is armed for :meth:`RelayMachine.next_deadline`,
   re-armed after every call into the machine;
 - HTTP: ``GET /healthz`` (JSON), ``GET /metrics`` (Prometheus text), ``GET
@@ -20,13 +22,13 @@ module only moves bytes and time:
   gets the ``GET``'s headers and no body, other methods 405, a malformed request 400.
 
 Transport-level abuse limits live here, because they are about sockets rather than
-frames: the ``Origin`` allow-list (403) at the HTTP handshake, the per-address connection
-limit (429, counted from accept), the handshake timeout, WebSocket ping keep-alive and the
-bounded send queue (1013); pings and closes never wait behind data a client does not read
-(past :data:`CLOSE_DRAIN_TIMEOUT` such a connection is aborted). Limits on frames and
-time between them (size, rate, idle timeout) are the machine's. Every refusal, here or
-in the machine, is counted in ``sansio_signal_refusals_total{reason=...}`` (see
-:data:`REFUSAL_REASONS`).
+frames: the ``Origin`` allow-list (403) at the HTTP handshake, the per-address limit
+(429; the machine's rule, fed from accept), the handshake timeout, WebSocket ping
+keep-alive and the bounded send buffer (1013); pings and closes never wait behind data
+a client does not read (past :data:`CLOSE_DRAIN_TIMEOUT` such a connection is aborted).
+Limits on frames and time between them (size, rate, idle timeout) are the machine's.
+Every refusal, here or in the machine, is counted in
+``sansio_signal_refusals_total{reason=...}`` (see :data:`REFUSAL_REASONS`).
 
 Use it as ``async with RelayServer(port=0) as server: ...`` or through
 ``sansio-signal serve``.
@@ -86,27 +88,22 @@ from sansio_signal.trace import record_line
 logger = logging.getLogger("sansio_signal.relay")
 
 DEFAULT_SEND_BUFFER = 4 * 1024 * 1024
-"""Bytes queued for one connection before it counts as a slow consumer. Bytes, not
-frames: a healthy client in a full room can be sent room size × burst small frames at
-once, while a few large frames are what actually costs memory."""
+"""Bytes waiting for one connection (unsent in its transport) before it counts as a slow
+consumer. Bytes, not frames: a healthy client in a full room can be sent room size ×
+burst small frames at once, while a few large frames are what actually costs memory."""
 
 
-@attrs.define(eq=False)
-class _Close:
-    code: int
-    reason: str
-
-
-@attrs.define(eq=False)
+@attrs.define(eq=False, slots=True)
 class _Link:
-    """What the adapter keeps per connection."""
+    """What the adapter keeps per open WebSocket connection."""
 
-    ws: ServerConnection
-    queue: asyncio.Queue[tuple[str, float] | _Close] = attrs.field(factory=asyncio.Queue)
-    queued_bytes: int = 0
+    ws: _Connection
     closing: bool = False
     known_to_machine: bool = True
     server_closed: bool = False
+    closer: asyncio.Task[None] | None = None
+    """Our close of this connection (the handler waits for it before it returns, or
+    websockets would close with 1000 first)."""
 
 
 FAIR_SHARE = 16
@@ -194,7 +191,8 @@ class _Connection(ServerConnection):
     _receiving: bool = False
     _bad_request: bool = False
 
-    _ping_now: bool = False
+    awaiting_pong: float | None = None
+    """When the relay's keep-alive pinged this connection and no pong came yet."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -217,19 +215,34 @@ class _Connection(ServerConnection):
             cast(asyncio.WriteTransport, self.transport).write(_closing_response(status, reason))
             self.transport.close()
 
-    async def ping(self, data: Any = None) -> Any:
-        # A keep-alive ping goes out behind whatever the client has not read yet, and its
-        # pong timeout runs from now: it does not wait for that data to drain (a client
-        # that stopped reading would hold it there forever, and never time out).
-        self._ping_now = True
+    def keepalive_ping(self, now: float) -> None:
+        """The relay's keep-alive: a ping handed to the transport at once, behind
+        whatever the client has not read yet (it never waits for that data to drain: a
+        client that stopped reading would hold it there forever, and never time out).
+        The pong timeout runs from the first unanswered ping."""
+        if self.protocol.state is not State.OPEN or self.transport.is_closing():
+            return
+        if self.awaiting_pong is None:
+            self.awaiting_pong = now
+        self.protocol.send_ping(b"")
         try:
-            return await super().ping(data)
-        finally:
-            self._ping_now = False
+            self.send_data()
+        except Exception as exc:  # as websockets' own send path treats it
+            self.set_connection_exc(exc)
+
+    async def fail(self, code: int, reason: str) -> None:
+        """Close with ``code`` and drop the TCP connection without waiting for the
+        client's answer (what websockets does on a keep-alive timeout: a client that
+        does not answer pings will not answer a close either)."""
+        with contextlib.suppress(ConnectionClosed):
+            async with self.send_context():
+                self.protocol.fail(code, reason)
+
+    def acknowledge_pings(self, data: bytes) -> None:
+        self.awaiting_pong = None  # any pong: the client reads and answers
+        super().acknowledge_pings(data)
 
     async def drain(self) -> None:
-        if self._ping_now and self.protocol.state is State.OPEN:
-            return
         if self.protocol.state is State.OPEN or not self.paused:
             await super().drain()
             return
@@ -294,6 +307,22 @@ class _Connection(ServerConnection):
             self.close_held = True
         if not self.close_held:
             super().send_data()
+
+    def send_now(self, text: str) -> None:
+        """Hand one text frame to the transport at once (what ``send()`` does, without
+        a coroutine: the relay's sends never wait; unread data waits in the transport,
+        bounded by the relay's send buffer). Dropped once the connection is closing."""
+        if self.protocol.state is not State.OPEN or self.transport.is_closing():
+            return
+        self.protocol.send_text(text.encode())
+        try:
+            self.send_data()
+        except Exception as exc:  # as websockets' own send path treats it
+            self.set_connection_exc(exc)
+
+    def unsent_bytes(self) -> int:
+        """Bytes handed to this connection and not yet taken by the client's socket."""
+        return self.transport.get_write_buffer_size()
 
     def pending_frames(self) -> int:
         """Frames received and not read by the handler yet."""
@@ -374,7 +403,9 @@ class RelayServer:
     ``allowed_origins`` (empty = any) refuses an upgrade whose ``Origin`` is not listed
     with HTTP 403 (no ``Origin`` is allowed: not a browser); ``open_timeout`` drops a
     connection that has not sent its request in time; ``ping_interval`` /
-    ``ping_timeout`` are websockets' keep-alive (``None`` = off).
+    ``ping_timeout`` are the keep-alive (``None`` = off): one sweep of the relay pings
+    every connection each ``ping_interval`` and closes (1011) those that have not
+    answered within ``ping_timeout`` — one timer for all of them, not a task each.
     The idle timeout is the machine's (``Limits.idle_timeout``).
 
     HTTP: ``static_dir`` (default: the package's ``static/``) is served at ``/NAME``
@@ -439,6 +470,7 @@ class RelayServer:
         """Connections accepted whose WebSocket handler has not started yet (HTTP
         request, handshake)."""
         self._timer: asyncio.TimerHandle | None = None
+        self._pinger: asyncio.TimerHandle | None = None
         self._armed_for: float | None = None
         self._changed = asyncio.Event()
         self.registry = CollectorRegistry()
@@ -500,14 +532,37 @@ class RelayServer:
             # frame-too-large + 1009; websockets cuts off anything larger itself (1009).
             max_size=2 * self.limits.max_frame_bytes,
             open_timeout=self.open_timeout,
-            ping_interval=self.ping_interval,
-            ping_timeout=self.ping_timeout,
+            ping_interval=None,  # the relay's own sweep (_keepalive), not a task each
             close_timeout=self.close_timeout,
             server_header="sansio-signal",
             create_connection=Connection,
         )
         if self.port == 0:
             self.port = self._server.sockets[0].getsockname()[1]
+        if self.ping_interval is not None:
+            self._pinger = asyncio.get_running_loop().call_later(
+                self.ping_interval, self._keepalive
+            )
+
+    def _keepalive(self) -> None:
+        """Ping every open connection; ``ping_timeout`` later, close those that have
+        not answered a ping since (1011, as websockets' own keep-alive would)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for link in self._links.values():
+            if not link.closing:
+                link.ws.keepalive_ping(now)
+        if self.ping_timeout is not None:
+            loop.call_later(self.ping_timeout, self._check_pongs, now)
+        assert self.ping_interval is not None
+        self._pinger = loop.call_later(self.ping_interval, self._keepalive)
+
+    def _check_pongs(self, pinged: float) -> None:
+        for link in list(self._links.values()):
+            since = link.ws.awaiting_pong
+            if since is not None and since <= pinged and not link.closing:
+                self._refuse("ping-timeout", link.ws.remote_address)
+                self._close(link, CloseCode.INTERNAL_ERROR, "keepalive ping timeout", fail=True)
 
     async def stop(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
         """Stop listening and close every connection with ``code``.
@@ -527,6 +582,9 @@ class RelayServer:
                 connection.transport.abort()
         await self._server.wait_closed()
         self._server = None
+        if self._pinger is not None:
+            self._pinger.cancel()
+            self._pinger = None
         if self._timer is not None:
             self._timer.cancel()
         if self.trace is not None:
@@ -670,9 +728,8 @@ class RelayServer:
         own.handled = True
         if self._opening.pop(conn, None) is None:
             return  # the socket ended before its handler started (connection_lost said so)
-        link = _Link(ws=ws)
+        link = _Link(ws=own)
         self._links[conn] = link
-        writer = asyncio.create_task(self._write(conn, link))
         received = 0
         try:
             async for data in ws:
@@ -694,13 +751,8 @@ class RelayServer:
             pass
         finally:
             own.release_close()
-            if link.closing and not writer.done():
-                # let the writer flush what the machine queued and close (bounded)
-                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(asyncio.shield(writer), self.close_timeout + 1)
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+            if link.closer is not None:
+                await link.closer  # bounded: close_timeout, or the unread-data bound
             del self._links[conn]
             self._count_library_close(link)
             if link.known_to_machine:
@@ -708,16 +760,14 @@ class RelayServer:
                 self._feed(Disconnected(conn=conn, clean=self._clean(link)))
 
     def _count_library_close(self, link: _Link) -> None:
-        """Count the refusals websockets made on its own: a frame far over the size limit
-        (1009) and a missed keep-alive pong (1011)."""
+        """Count the refusal websockets made on its own: a frame far over the size limit
+        (1009)."""
         protocol = link.ws.protocol
         sent = protocol.close_sent
         if link.server_closed or sent is None or protocol.close_rcvd_then_sent:
             return
         if sent.code == CloseCode.TOO_BIG:
             self.refusals["frame-too-large"] += 1
-        elif sent.code == CloseCode.INTERNAL_ERROR and sent.reason == "keepalive ping timeout":
-            self._refuse("ping-timeout", link.ws.remote_address)
 
     @staticmethod
     def _clean(link: _Link) -> bool:
@@ -727,21 +777,6 @@ class RelayServer:
         code = protocol.close_rcvd.code if protocol.close_rcvd is not None else None
         server_code = sent.code if by_server and sent is not None else None
         return is_clean_close(code, by_server=by_server, server_code=server_code)
-
-    async def _write(self, conn: ConnId, link: _Link) -> None:
-        ws, queue = link.ws, link.queue
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, _Close):
-                    await ws.close(item.code, item.reason)
-                    return
-                text, arrived = item
-                link.queued_bytes -= len(text)
-                await ws.send(text)
-                self._latency.observe(time.perf_counter() - arrived)
-        except ConnectionClosed:
-            return
 
     # ------------------------------------------------------------------ the machine
 
@@ -792,17 +827,17 @@ class RelayServer:
                 if link is None or link.closing:
                     continue
                 size = len(action.text)  # ASCII JSON: characters are bytes
-                if link.queued_bytes + size > self.send_buffer:
+                if link.ws.unsent_bytes() + size > self.send_buffer:
                     overflowed.append(action.conn)
                     self._refuse("slow-consumer", link.ws.remote_address)
-                    self._close(link, CloseCode.TRY_AGAIN_LATER, "slow consumer", flush=False)
+                    self._close(link, CloseCode.TRY_AGAIN_LATER, "slow consumer")
                     continue
-                link.queued_bytes += size
-                link.queue.put_nowait((action.text, arrived))
+                link.ws.send_now(action.text)
+                self._latency.observe(time.perf_counter() - arrived)
             elif isinstance(action, CloseConnection):
                 link = self._links.get(action.conn)
                 if link is not None:
-                    self._close(link, action.code, action.reason, flush=True)
+                    self._close(link, action.code, action.reason)
                 elif (opening := self._opening.get(action.conn)) is not None:
                     opening.refuse(action.code, action.reason)
             elif isinstance(action, Log) and logger.isEnabledFor(action.level):
@@ -816,32 +851,18 @@ class RelayServer:
                 logger.warning("Closing connection %s: slow consumer", conn)
                 self._feed(Disconnected(conn=conn, clean=True))
 
-    def _close(self, link: _Link, code: int, reason: str, *, flush: bool) -> None:
-        """Close after the queued frames (``flush``) or at once (a full queue)."""
+    def _close(self, link: _Link, code: int, reason: str, *, fail: bool = False) -> None:
+        """Close ``link`` with ``code``: the close frame goes behind the frames already
+        handed to its transport. A client that does not read them cannot hold the close
+        (and its memory) for long: the close waits for unsent data a short while only
+        (:meth:`_Connection.drain`), then the connection is aborted. ``fail``: do not
+        wait for the client's answer to the close (:meth:`_Connection.fail`)."""
         if link.closing:
             return
         link.closing = link.server_closed = True
         self.closes[code] = self.closes.get(code, 0) + 1
-        if flush:
-            link.queue.put_nowait(_Close(code, reason))
-            # The close waits for the frames queued before it, but not for long: a
-            # client that stopped reading would keep it (and its memory) forever.
-            asyncio.get_running_loop().call_later(
-                _close_bound(self.close_timeout), self._close_stalled, link, code, reason
-            )
-        else:
-            asyncio.get_running_loop().create_task(link.ws.close(code, reason))
-
-    def _close_stalled(self, link: _Link, code: int, reason: str) -> None:
-        """The close decided a while ago is still behind queued frames: if the client
-        is not taking them (its socket's buffer is full), abort; else close now."""
-        ws = link.ws
-        if ws.protocol.state is not State.OPEN:
-            return  # sent (or the connection is gone)
-        if ws.paused and isinstance(ws, _Connection):
-            ws.abort_stalled()
-        else:
-            asyncio.get_running_loop().create_task(ws.close(code, reason))
+        closing = link.ws.fail(code, reason) if fail else link.ws.close(code, reason)
+        link.closer = asyncio.get_running_loop().create_task(closing)
 
 
 def _close_bound(close_timeout: float | None) -> float:
