@@ -253,10 +253,24 @@ async def candidates_dead_port(where: Path) -> None:
 
 
 async def peer_killed(where: Path) -> None:
-    """bob (a ``sansio-signal chat`` process) is killed as alice's offer reaches him."""
-    async with relay(where, limits=Limits(resume_grace=0.5)) as server:
+    """bob (a ``sansio-signal chat`` process) is killed as alice's offer reaches him:
+    the proxy in front of him kills him when his answer to it comes out (and drops it),
+    so the kill always lands between the offer and the answer leaving his machine."""
+    bob: asyncio.subprocess.Process | None = None
+
+    def kill_on_answer(link: Any, up: bool, frame: dict[str, Any]) -> dict[str, Any] | None:
+        if up and frame.get("type") == "webrtc-answer" and bob is not None:
+            if bob.returncode is None:
+                os.kill(bob.pid, signal.SIGKILL)
+            return None
+        return frame
+
+    async with (
+        relay(where, limits=Limits(resume_grace=0.5)) as server,
+        fault_proxy(server.url, kill_on_answer) as proxy,
+    ):
         bob = await asyncio.create_subprocess_exec(
-            *EXE, "chat", server.url, "--room", ROOM, "--user", "bob", "--loopback-only",
+            *EXE, "chat", proxy.url, "--room", ROOM, "--user", "bob", "--loopback-only",
             "--log-level", "INFO", "--trace", str(where / "bob.jsonl"),
             cwd=where, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -265,8 +279,6 @@ async def peer_killed(where: Path) -> None:
             await line_of(bob.stderr, "joined room")
             alice = client(server.url, where, "alice")
             await alice.start()
-            await line_of(bob.stderr, "Received offer from")
-            bob.send_signal(signal.SIGKILL)
             await asyncio.wait_for(bob.wait(), TIMEOUT)
             await alice.wait_until(traced(where, "alice", "PeerLeft"), timeout=TIMEOUT)
             await alice.close()
