@@ -557,6 +557,8 @@ class _World:
     """When the pair being walked was first seen in one room."""
     walking: str | None = None
     """The other user of the pair being walked."""
+    notes: list[str] = attrs.field(factory=list)
+    """What the walk of the current pair found the traces disagree on."""
 
     def client(self, user: str) -> _Client | None:
         """The trace of ``user`` that got into a room (else its last one)."""
@@ -806,9 +808,15 @@ def _walk_exchange(
     """Raise :class:`_Stop` where the frame's hops stop; the time it arrived (or the
     last time a trace saw it, when the rest is unknown)."""
     seen = [k for k, h in enumerate(hops) if h.at is not None]
-    if seen and seen[-1] == len(hops) - 1:
-        return hops[-1].at
     last = seen[-1] if seen else -1
+    for hop in hops[:last]:
+        if hop.known and hop.at is None:  # a later hop happened: this trace missed it
+            world.notes.append(
+                f"{hops[last].label} the {what}, but no trace shows {hop.label.split()[0]}"
+                f" {' '.join(hop.label.split()[1:])} it: traces disagree, or one is incomplete"
+            )
+    if last == len(hops) - 1:
+        return hops[-1].at
     gap = next((k for k in range(last + 1, len(hops)) if hops[k].known), None)
     if gap is None and last < 0:
         return None
@@ -1278,7 +1286,10 @@ def diagnose(traces: Mapping[str, Iterable[Record]]) -> Report:
 
 
 def _finding(world: _World, a: str, b: str) -> Finding:
+    world.notes = []
     verdict, step, cause = _pair(world, a, b)  # a < b: a is the initiator
+    for note in dict.fromkeys(world.notes):
+        cause += ("; " if cause else "") + note
     missing = tuple(u for u in (a, b) if u not in world.clients)
     if not world.relay:
         missing += ("relay",)
