@@ -382,6 +382,9 @@ def _read_client(name: str, user: str, records: list[tuple[float, Record]]) -> _
             if isinstance(f.get("toUserId"), str):
                 size = len(sent_text) if isinstance(sent_text, str) else 0
                 c.sent.append(_Sent(at, f, size))
+                if f.get("type") in (ANSWER, RENEGOTIATE):  # the seed logs no line for these
+                    to, epoch = f["toUserId"], _epoch(f)
+                    c.timeline.append((at, to, f"Sending {f.get('type')} to: {to} (epoch {epoch})"))
         elif kind == "ServerFrameReceived":
             c.frames_in.append(at)
             f = _frame(r.get("text"))
