@@ -689,3 +689,26 @@ def test_config_json_lists_the_ice_servers() -> None:
     run(scenario, ice_servers=servers)
     with pytest.raises(ValueError, match="ICE server"):
         RelayServer(ice_servers=[{"url": "stun:x"}])
+
+
+@pytest.mark.parametrize("compression", [False, True])
+def test_permessage_deflate_only_when_enabled(compression: bool) -> None:
+    """Browsers always offer permessage-deflate; the relay accepts it only when told
+    (it costs two zlib streams per connection)."""
+
+    async def scenario(server: RelayServer) -> None:
+        async with connect(server.url, compression="deflate") as ws:
+            accepted = ws.response.headers.get("Sec-WebSocket-Extensions")
+            assert (accepted is not None and "permessage-deflate" in accepted) is compression
+            await send(
+                ws,
+                {
+                    "channel": "webrtc-dashboard-rooms",
+                    "type": "join-room",
+                    "roomId": "r",
+                    "userId": "a" * 40,
+                },
+            )
+            assert (await recv(ws))["type"] == "user-joined-room"
+
+    run(scenario, compression=compression)
