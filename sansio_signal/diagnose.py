@@ -207,9 +207,10 @@ def _log_text(r: Record) -> str:
 def _log_peer(r: Record) -> str | None:
     """The peer a client Log record is about: its first argument (``[%s] ...``) in
     Python, the ``[peer]`` prefix of the browser's text."""
-    args = r.get("args")
-    if isinstance(args, list) and args and isinstance(args[0], str):
-        return args[0]
+    args, message = r.get("args"), r.get("message")
+    if isinstance(message, str):
+        ok = message.startswith("[%s]") and isinstance(args, list) and args
+        return str(args[0]) if ok and isinstance(args, list) else None
     text = r.get("text")
     if isinstance(text, str) and text.startswith("[") and "]" in text:
         return text[1 : text.index("]")]
@@ -397,12 +398,9 @@ def _read_client(name: str, user: str, records: list[tuple[float, Record]]) -> _
             if c.closed_at is None:
                 c.lost.append((at, code))
                 c.timeline.append((at, None, f"server connection lost (close {code})"))
-        elif kind == "ServerConnectFailed":
+        elif kind == "ServerConnectFailed":  # the machine logs it (timeline: the Log)
             if c.closed_at is None:
                 c.connect_failed.append((at, str(r.get("reason"))))
-                first = len(c.connect_failed) == 1
-                if first or (c.lost and c.lost[-1][0] > c.connect_failed[-2][0]):
-                    c.timeline.append((at, None, f"cannot reach the server: {r.get('reason')}"))
         elif kind == "Log":
             text = _log_text(r)
             about = _log_peer(r)
@@ -1212,7 +1210,11 @@ def _timeline(world: _World, i: str, p: str) -> tuple[Event, ...]:
         if user in users:
             events.append((at, "relay", f'User "{user}" left room "{room}"'))
     events.sort(key=lambda e: e[0])
-    return tuple(Event(at - world.origin, who, text) for at, who, text in events)
+    return tuple(Event(at - world.origin, who, _short(text)) for at, who, text in events)
+
+
+def _short(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # --------------------------------------------------------------------------- the entry point
