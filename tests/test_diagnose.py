@@ -277,3 +277,13 @@ def test_json_and_the_verbose_timeline(traces: Callable[[str], Diagnose], tmp_pa
     assert any("bob      Received offer from: alice" in line for line in timeline), timeline
     # the console script takes the flags
     assert main(["diagnose", "--json", str(tmp_path)]) == 1
+
+
+def test_the_debugging_guide_shows_every_run() -> None:
+    """docs/debugging.md shows the output of each run (regenerated with
+    ``python tests/diagnose_runs.py DIR``); a new run must be shown there too."""
+    from diagnose_runs import RUNS
+
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "debugging.md").read_text()
+    for name in RUNS:
+        assert f"$ sansio-signal diagnose {name}/\n" in guide, name
