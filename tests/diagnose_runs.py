@@ -26,7 +26,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from faultproxy import drop, edit_candidates, fault_proxy, to_port
+from faultproxy import Rule, drop, edit_candidates, fault_proxy, to_port
+from test_chat_cli import line_of
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from wsutil import free_port, spawn_serve
@@ -184,26 +185,22 @@ async def unauthorized(where: Path) -> None:
 
 async def offer_lost(where: Path) -> None:
     """A proxy in front of bob loses every offer on its way to him."""
-    async with (
-        relay(where) as server,
-        fault_proxy(server.url, drop("webrtc-offer", up=False)) as proxy,
-    ):
-        alice = client(server.url, where, "alice")
-        bob = client(proxy.url, where, "bob")
-        await alice.start()
-        await bob.start()
-        await proxy.wait_for(lambda: bool(proxy.dropped))
-        await close_all(alice, bob)
+    await _lost_on_the_way(where, "webrtc-offer", "bob")
 
 
 async def answer_lost(where: Path) -> None:
     """A proxy in front of alice loses every answer on its way to her."""
-    async with (
-        relay(where) as server,
-        fault_proxy(server.url, drop("webrtc-answer", up=False)) as proxy,
-    ):
-        alice = client(proxy.url, where, "alice")
-        bob = client(server.url, where, "bob")
+    await _lost_on_the_way(where, "webrtc-answer", "alice")
+
+
+async def _lost_on_the_way(where: Path, type_: str, behind: str) -> None:
+    """alice and bob, ``behind`` through a proxy that drops every ``type_`` coming to
+    it, until it dropped one."""
+    async with relay(where) as server, fault_proxy(server.url, drop(type_, up=False)) as proxy:
+        alice, bob = (
+            client(proxy.url if user == behind else server.url, where, user)
+            for user in ("alice", "bob")
+        )
         await alice.start()
         await bob.start()
         await proxy.wait_for(lambda: bool(proxy.dropped))
@@ -227,23 +224,18 @@ async def silent_peer(where: Path) -> None:
 
 async def candidates_stripped(where: Path) -> None:
     """A proxy in front of both peers removes every ICE candidate from the SDP."""
-    async with (
-        relay(where) as server,
-        fault_proxy(server.url, edit_candidates(lambda c: None)) as proxy,
-    ):
-        alice = client(proxy.url, where, "alice", config=QUICK_ICE)
-        bob = client(proxy.url, where, "bob", config=QUICK_ICE)
-        await alice.start()
-        await bob.start()
-        await alice.wait_until(traced(where, "alice", "PeerFailed"), timeout=TIMEOUT)
-        await close_all(alice, bob)
+    await _ice_through(where, edit_candidates(lambda c: None))
 
 
 async def candidates_dead_port(where: Path) -> None:
     """A proxy in front of both peers rewrites every candidate to a port nobody
     listens on: ICE checks go nowhere."""
-    dead = to_port(free_port())
-    async with relay(where) as server, fault_proxy(server.url, edit_candidates(dead)) as proxy:
+    await _ice_through(where, edit_candidates(to_port(free_port())))
+
+
+async def _ice_through(where: Path, rule: Rule) -> None:
+    """alice and bob behind one proxy applying ``rule``, until alice gives up."""
+    async with relay(where) as server, fault_proxy(server.url, rule) as proxy:
         alice = client(proxy.url, where, "alice", config=QUICK_ICE)
         bob = client(proxy.url, where, "bob", config=QUICK_ICE)
         await alice.start()
@@ -324,16 +316,6 @@ async def oversize_offer(where: Path) -> None:
         await bob.start()
         await alice.wait_until(traced(where, "alice", "ServerDisconnected"), timeout=TIMEOUT)
         await close_all(alice, bob)
-
-
-async def line_of(stream: asyncio.StreamReader | None, wanted: str) -> str:
-    """Read lines until one contains ``wanted``."""
-    assert stream is not None
-    while True:
-        line = (await asyncio.wait_for(stream.readline(), TIMEOUT)).decode()
-        assert line, f"stream ended before {wanted!r}"
-        if wanted in line:
-            return line.rstrip("\n")
 
 
 RUNS: dict[str, Callable[[Path], Awaitable[None]]] = {

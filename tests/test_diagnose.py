@@ -46,6 +46,13 @@ def only_line(text: str) -> str:
     return lines[0]
 
 
+def stopped(diagnose: Diagnose, *names: str) -> str:
+    """The one line ``diagnose`` prints for these traces; it must exit 1."""
+    status, text = diagnose(*names)
+    assert status == 1, text
+    return only_line(text)
+
+
 def test_a_healthy_mesh_exits_0(traces: Callable[[str], Diagnose]) -> None:
     diagnose = traces("healthy")
     assert diagnose() == (
@@ -107,39 +114,32 @@ def test_a_full_room_refuses_the_third(traces: Callable[[str], Diagnose]) -> Non
 
 def test_an_offer_lost_in_transit(traces: Callable[[str], Diagnose]) -> None:
     diagnose = traces("offer-lost")
-    status, text = diagnose()
-    assert status == 1
-    line = only_line(text)
+    line = stopped(diagnose)
     assert line.startswith(
         "alice ↔ bob: stopped at offer relay: alice's offer never reached bob "
         "(the relay forwarded it at +"
     ), line
     assert line.endswith("lost in transit between the relay and bob (the connections stayed up)")
     # only the polite side's trace: no offer ever came
-    status, text = diagnose("bob")
-    assert only_line(text).startswith("alice ↔ bob: stopped at offer: no offer from alice")
-    assert text.rstrip().endswith("(no trace from alice)")
+    line = stopped(diagnose, "bob")
+    assert line.startswith("alice ↔ bob: stopped at offer: no offer from alice"), line
+    assert line.endswith("(no trace from alice)")
     # only the relay's: it delivered the offer, nothing came back
-    status, text = diagnose("relay")
-    assert only_line(text).startswith(
+    assert stopped(diagnose, "relay").startswith(
         "alice ↔ bob: stopped at answer: no answer from bob: alice's offer was delivered at +"
     )
 
 
 def test_an_answer_lost_in_transit(traces: Callable[[str], Diagnose]) -> None:
     diagnose = traces("answer-lost")
-    status, text = diagnose()
-    assert status == 1
-    line = only_line(text)
+    line = stopped(diagnose)
     assert line.startswith(
         "alice ↔ bob: stopped at answer relay: bob's answer never reached alice "
         "(the relay forwarded it at +"
     ), line
     assert "lost in transit between the relay and alice" in line
     # only the initiator's trace
-    status, text = diagnose("alice")
-    assert status == 1
-    line = only_line(text)
+    line = stopped(diagnose, "alice")
     assert line.startswith(
         "alice ↔ bob: stopped at answer: no answer from bob: alice's offer was sent at +"
     )
@@ -173,31 +173,26 @@ def test_a_silent_peer_without_a_trace(traces: Callable[[str], Diagnose]) -> Non
 
 def test_candidates_stripped_in_transit(traces: Callable[[str], Diagnose]) -> None:
     diagnose = traces("candidates-stripped")
-    status, text = diagnose()
-    assert status == 1
-    line = only_line(text)
+    line = stopped(diagnose)
     assert line.startswith(
         "alice ↔ bob: stopped at candidates: alice's candidates were stripped in transit "
         "between the relay and bob: alice sent 127.0.0.1:"
     ), line
     assert ", bob got none; ICE failed at +" in line
-    status, text = diagnose("bob")
+    _, text = diagnose("bob")
     assert "stopped at candidates: bob got alice's offer without candidates" in text
 
 
 def test_candidates_rewritten_to_a_dead_port(traces: Callable[[str], Diagnose]) -> None:
     diagnose = traces("candidates-dead-port")
-    status, text = diagnose()
-    assert status == 1
-    line = only_line(text)
+    line = stopped(diagnose)
     assert line.startswith(
         "alice ↔ bob: stopped at candidates: alice's candidates were rewritten in transit "
         "between the relay and bob: alice sent 127.0.0.1:"
     ), line
     assert "; ICE failed at +" in line
     # ICE failed before both quit: the quit is not the cause
-    status, text = diagnose("alice")
-    line = only_line(text)
+    line = stopped(diagnose, "alice")
     assert line.startswith("alice ↔ bob: stopped at ice: no usable candidate pair: ICE failed"), (
         line
     )
@@ -208,9 +203,7 @@ def test_the_peer_killed_as_the_offer_reached_it(
     traces: Callable[[str], Diagnose], tmp_path: Path
 ) -> None:
     diagnose = traces("peer-killed")
-    status, text = diagnose()
-    assert status == 1
-    line = only_line(text)
+    line = stopped(diagnose)
     assert line.startswith(
         "alice ↔ bob: stopped at answer relay: bob's answer never reached the relay "
         "(bob sent it at +"
@@ -220,8 +213,7 @@ def test_the_peer_killed_as_the_offer_reached_it(
     # the killed peer's trace survived the kill: it has the offer
     killed = (tmp_path / "bob.jsonl").read_text(encoding="utf-8").splitlines()
     assert any('"webrtc-offer' in line and "ServerFrameReceived" in line for line in killed)
-    status, text = diagnose("alice", "relay")
-    line = only_line(text)
+    line = stopped(diagnose, "alice", "relay")
     assert line.startswith(
         "alice ↔ bob: stopped at answer: no answer from bob: alice's offer was delivered at +"
     ), line
@@ -230,16 +222,14 @@ def test_the_peer_killed_as_the_offer_reached_it(
 
 def test_the_relay_killed_mid_negotiation(traces: Callable[[str], Diagnose]) -> None:
     diagnose = traces("relay-killed")
-    status, text = diagnose()
-    assert status == 1
-    line = only_line(text)
+    line = stopped(diagnose)
     assert line.startswith(
         "alice ↔ bob: stopped at answer relay: "
         "bob's answer never reached the relay (bob sent it at +"
     ), line
     assert "the relay was lost at +" in line and "reconnects failed" in line
     for subset in (("alice",), ("alice", "bob")):
-        status, text = diagnose(*subset)
+        _, text = diagnose(*subset)
         assert "the relay was lost at +" in text, (subset, text)
 
 
