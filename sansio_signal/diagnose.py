@@ -443,11 +443,36 @@ class _Relay:
     """(time, room, user) of each user-left-room the relay sent."""
     end: float = 0.0
 
+    by_route: dict[tuple[Any, Any], list[tuple[float, _Conn, dict[str, Any], int]]] = attrs.field(
+        factory=dict
+    )
+    """The frames the relay got, by (sender, target): filled by :meth:`index`."""
+    forwarded_by: dict[tuple[Any, Any], list[tuple[float, _Conn, dict[str, Any]]]] = attrs.field(
+        factory=dict
+    )
+    by_user: dict[str, list[_Conn]] = attrs.field(factory=dict)
+
     def __bool__(self) -> bool:
         return bool(self.names)
 
+    def index(self) -> None:
+        """Index what was read by user and route (a busy relay's trace has many)."""
+        for entry in self.got:
+            self.by_route.setdefault((entry[1].user, entry[2].get("toUserId")), []).append(entry)
+        for sent in self.forwarded:
+            route = (sent[2].get("fromUserId"), sent[2].get("toUserId"))
+            self.forwarded_by.setdefault(route, []).append(sent)
+        for c in self.conns.values():
+            if c.user is not None:
+                self.by_user.setdefault(c.user, []).append(c)
+
+    def route(
+        self, sender: str, target: str | None
+    ) -> list[tuple[float, _Conn, dict[str, Any], int]]:
+        return self.by_route.get((sender, target), [])
+
     def of(self, user: str) -> list[_Conn]:
-        return [c for c in self.conns.values() if c.user == user]
+        return self.by_user.get(user, [])
 
     def admitted(self, user: str) -> list[_Conn]:
         return [c for c in self.of(user) if c.admitted is not None]
@@ -455,21 +480,15 @@ class _Relay:
     def got_from(self, sender: str, target: str, type_: str, epoch: int | None) -> list[float]:
         return [
             at
-            for at, c, f, _ in self.got
-            if c.user == sender
-            and f.get("toUserId") == target
-            and f.get("type") == type_
-            and (epoch is None or _epoch(f) == epoch)
+            for at, _, f, _ in self.route(sender, target)
+            if f.get("type") == type_ and (epoch is None or _epoch(f) == epoch)
         ]
 
     def forwarded_of(self, sender: str, target: str, type_: str, epoch: int | None) -> list[float]:
         return [
             at
-            for at, _, f in self.forwarded
-            if f.get("fromUserId") == sender
-            and f.get("toUserId") == target
-            and f.get("type") == type_
-            and (epoch is None or _epoch(f) == epoch)
+            for at, _, f in self.forwarded_by.get((sender, target), [])
+            if f.get("type") == type_ and (epoch is None or _epoch(f) == epoch)
         ]
 
     def frames(
@@ -477,11 +496,8 @@ class _Relay:
     ) -> list[dict[str, Any]]:
         return [
             f
-            for _, c, f, _ in self.got
-            if c.user == sender
-            and f.get("toUserId") == target
-            and f.get("type") in (type_, ICE)
-            and (epoch is None or _epoch(f) == epoch)
+            for _, _, f, _ in self.route(sender, target)
+            if f.get("type") in (type_, ICE) and (epoch is None or _epoch(f) == epoch)
         ]
 
 
@@ -778,9 +794,7 @@ def _first_epoch(world: _World, i: str, p: str, since: float | None) -> int | No
         seen += [(x.at, _epoch(x.frame)) for x in s.sent_to(p, OFFER, None)]
     if world.relay:
         seen += [
-            (at, _epoch(f))
-            for at, c, f, _ in world.relay.got
-            if c.user == i and f.get("toUserId") == p and f.get("type") == OFFER
+            (at, _epoch(f)) for at, _, f, _ in world.relay.route(i, p) if f.get("type") == OFFER
         ]
     if r is not None:
         seen += [
@@ -1183,19 +1197,19 @@ def _timeline(world: _World, i: str, p: str) -> tuple[Event, ...]:
                     events.append((at, user, text))
     relay = world.relay
     users = {i, p}
-    for at, conn, f, size in relay.got:
-        route = f"{conn.user} → {f.get('toUserId')} (epoch {_epoch(f)})"
-        if conn.user in users and f.get("toUserId") in users and f.get("type") != ICE:
-            events.append((at, "relay", f"got {f.get('type')} {route}"))
-        elif conn.user in users and not f:
-            events.append((at, "relay", f"got a frame of {size} bytes from {conn.user}"))
-    for at, _, f in relay.forwarded:
-        if f.get("fromUserId") in users and f.get("toUserId") in users and f.get("type") != ICE:
-            route = f"{f.get('fromUserId')} → {f.get('toUserId')} (epoch {_epoch(f)})"
-            events.append((at, "relay", f'Relaying message type "{f.get("type")}" {route}'))
-    for conn in relay.conns.values():
-        if conn.user not in users:
-            continue
+    for sender, target in ((i, p), (p, i)):
+        for at, _, f, _ in relay.route(sender, target):
+            route = f"{sender} → {target} (epoch {_epoch(f)})"
+            if f.get("type") != ICE:
+                events.append((at, "relay", f"got {f.get('type')} {route}"))
+        for at, _, f in relay.forwarded_by.get((sender, target), []):
+            route = f"{sender} → {target} (epoch {_epoch(f)})"
+            if f.get("type") != ICE:
+                events.append((at, "relay", f'Relaying message type "{f.get("type")}" {route}'))
+    for user in (i, p):
+        for at, _, _, size in relay.route(user, None):  # an unreadable frame
+            events.append((at, "relay", f"got a frame of {size} bytes from {user}"))
+    for conn in relay.of(i) + relay.of(p):
         if conn.admitted is not None:
             events.append((conn.admitted, "relay", f'User "{conn.user}" joined room "{conn.room}"'))
         for at, code, _ in conn.refused:
@@ -1282,6 +1296,7 @@ def diagnose(traces: Mapping[str, Iterable[Record]]) -> Report:
         attrs.evolve(s, start=s.start - origin, end=s.end - origin) if s.records else s
         for s in summaries
     ]
+    relay.index()
     world = _World(clients, relay, origin)
     findings = [_finding(world, a, b) for a, b in _pairs(world)]
     paired = {u for f in findings for u in f.pair}
@@ -1329,18 +1344,15 @@ def _mentioned(world: _World) -> dict[str, set[str]]:
                 link(user, str(s.frame.get("toUserId")))
             for _, f in c.received:
                 link(user, str(f.get("fromUserId")))
-    conns = list(world.relay.conns.values())
-    for x, y in itertools.combinations(conns, 2):
-        # in one room (or one refused while trying to join the other's)
-        if (
-            x.user
-            and y.user
-            and x.room is not None
-            and x.room == y.room
-            and (x.admitted is not None or x.refused)
-            and (y.admitted is not None or y.refused)
-        ):
-            link(x.user, y.user)
+    by_room: dict[str, list[_Conn]] = {}
+    for conn in world.relay.conns.values():
+        # in one room (or refused while trying to join it)
+        if conn.user and conn.room is not None and (conn.admitted is not None or conn.refused):
+            by_room.setdefault(conn.room, []).append(conn)
+    for members in by_room.values():
+        for x, y in itertools.combinations(members, 2):
+            if x.user and y.user:
+                link(x.user, y.user)
     for _, conn, f, _ in world.relay.got:
         if conn.user and isinstance(f.get("toUserId"), str):
             link(conn.user, f["toUserId"])
