@@ -372,7 +372,7 @@ class RelayMachine:
                 return [
                     CloseConnection(
                         conn=conn,
-                        code=CloseCode.TRY_AGAIN_LATER,
+                        code=_REFUSED_AT_CONNECT[0],
                         reason="too many connections from your address",
                     ),
                     Log(
@@ -957,6 +957,9 @@ _CLOSES: tuple[tuple[int, str, tuple[Phase, ...]], ...] = (
 idle deadline, the abuse rule and the size check close any open connection; a resume
 elsewhere closes the member's old connection if it is still open."""
 
+_REFUSED_AT_CONNECT = (CloseCode.TRY_AGAIN_LATER, "address at its limit")
+"""The close of a connection refused as it arrives (``Limits.max_per_address``)."""
+
 
 def _frame_types(types: set[str]) -> str:
     """``types`` in the codec's order (rooms, signaling, chat), all the signaling types
@@ -984,6 +987,7 @@ def diagram() -> str:
         "    direction LR",
         '    state "any phase" as ANY',
         f"    [*] --> {Phase.LOBBY.name}: Connected",
+        f"    [*] --> {Phase.CLOSED.name}: Connected → {' '.join(map(str, _REFUSED_AT_CONNECT))}",
     ]
     for phase in _OPEN:
         for target in _OPEN:

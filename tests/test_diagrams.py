@@ -20,7 +20,7 @@ import pytest
 from sansio_signal import relay
 from sansio_signal.actions import CloseConnection, RelayAction
 from sansio_signal.codes import Channel, CloseCode, ErrorCode
-from sansio_signal.events import ConnId, FrameReceived
+from sansio_signal.events import Connected, ConnId, FrameReceived
 from sansio_signal.limits import Limits
 from sansio_signal.relay import NEXT_PHASE, Phase, RelayMachine
 from sansio_signal.testing import RelayHarness
@@ -183,3 +183,13 @@ def test_the_diagram_knows_every_close_code_of_the_machine() -> None:
     drawn = {name for name, value in vars(CloseCode).items() if value in SCENARIOS}
     assert named == drawn
     assert {code for code, _, _ in relay._CLOSES} == set(SCENARIOS)
+
+
+def test_the_refusal_at_connect_is_drawn_and_happens() -> None:
+    code, why = relay._REFUSED_AT_CONNECT
+    assert f"Connected → {code} {why}" in edges(relay.diagram())["[*]", Phase.CLOSED.name]
+    h = RelayHarness(Limits(max_per_address=1))
+    h.connect("192.0.2.1")
+    actions = h.machine.handle(Connected(conn=99, address="192.0.2.1"), h.now)
+    assert [a.code for a in actions if isinstance(a, CloseConnection)] == [code]
+    assert h.machine.phase(99) is Phase.CLOSED
