@@ -57,8 +57,6 @@ ROOMS = "webrtc-dashboard-rooms"
 SIGNALING = "webrtc-signaling"
 OFFER, ANSWER, ICE = "webrtc-offer", "webrtc-answer", "webrtc-ice"
 RENEGOTIATE = "webrtc-renegotiate"
-CLEAN_CLOSES = frozenset({1000})
-"""Close codes of a connection the client ended itself."""
 REFUSED_TOO_BIG = 1009
 
 
@@ -427,7 +425,6 @@ class _Conn:
     refused: list[tuple[float, str, str]] = attrs.field(factory=list)
     gone: float | None = None
     clean: bool | None = None
-    closed_with: int | None = None
 
 
 @attrs.define
@@ -550,9 +547,6 @@ def _read_relay(relay: _Relay, name: str, records: list[tuple[float, Record]]) -
                             c.room = str(joined.get("roomId"))
             elif f.get("channel") == SIGNALING:
                 relay.forwarded.append((at, c, f))
-        elif kind == "CloseConnection":
-            close_code = r.get("code")
-            c.closed_with = close_code if isinstance(close_code, int) else None
         elif kind == "Disconnected":
             c.gone = at
             c.clean = bool(r.get("clean", True))
@@ -847,7 +841,7 @@ def _walk_exchange(
     assert seen_at is not None
     since: float = seen_at
     if last == 0:  # only its sender shows it: did the relay answer with a refusal?
-        refused = _refused_by_relay(world, sender, since)
+        refused = _refused_by_relay(world, what, sender, since)
         if refused is not None:
             raise _Stop(step, f"the relay refused {sender}'s {what}: {refused}")
     if gap is None:
@@ -860,7 +854,9 @@ def _walk_exchange(
         ]
         if refusals:
             code, message = refusals[0]
-            raise _Stop(step, f"the relay refused {sender}'s {what}: {code} ({message})")
+            sizes = [size for at, _, f, size in world.relay.route(sender, receiver) if at == since]
+            of = f"; the {what} was {sizes[0]:,} bytes" if sizes else ""
+            raise _Stop(step, f"the relay refused {sender}'s {what}: {code} ({message}{of})")
         if not world.relay.admitted(receiver):
             raise _Stop(step, f"{what} not relayed: {receiver} was not in {sender}'s room")
         raise _Stop(
@@ -882,18 +878,20 @@ def _walk_exchange(
     )
 
 
-def _refused_by_relay(world: _World, sender: str, since: float | None) -> str | None:
+def _refused_by_relay(world: _World, what: str, sender: str, since: float | None) -> str | None:
     """The refusal the relay answered a frame ``sender`` sent at ``since`` with, as
     ``sender``'s trace shows it (an error within a second, or a close 1009)."""
     s = world.client(sender)
     if s is None or since is None:
         return None
+    sizes = [x.size for x in s.sent if x.at == since]
+    of = f"; the {what} was {sizes[-1]:,} bytes" if sizes else ""
     for at, code, message in s.errors:
         if 0 <= at - since < 1.0:
-            return f"{code} ({message})"
+            return f"{code} ({message}{of})"
     for at, close in s.lost:
         if 0 <= at - since < 1.0 and close == REFUSED_TOO_BIG:
-            return "frame-too-large (close 1009)"
+            return f"frame-too-large (close 1009{of})"
     return None
 
 

@@ -240,7 +240,7 @@ def test_an_oversize_frame_is_named(traces: Callable[[str], Diagnose]) -> None:
         assert status == 1
         assert only_line(text).startswith(
             "alice ↔ bob: stopped at offer relay: the relay refused alice's offer: "
-            "frame-too-large (frame is larger than 600 bytes)"
+            "frame-too-large (frame is larger than 600 bytes; the offer was "
         ), (subset, text)
 
 
