@@ -1,10 +1,15 @@
-"""What writing a client trace costs: buffered, as before, against flushed per record.
+"""What writing a trace costs: buffered against flushed as each record is made.
 
-The events one client of an 8-peer mesh receives (recorded as in ``bench_client.py``)
-are replayed into fresh ClientMachines whose trace sink writes each record to a real
-file the way ``adapters/client.py`` does: ``dumps(record)`` plus a newline, with the
-wall time added, then either left in the file object's buffer (written at exit, lost on
-SIGKILL) or flushed at once (one ``write`` system call per record).
+Client: the events one client of an 8-peer mesh receives (recorded as in
+``bench_client.py``) are replayed into fresh ClientMachines whose trace sink writes each
+record to a real file the way ``adapters/client.py`` does: ``dumps(record)`` plus a
+newline, with the wall time added, then either left in the file object's buffer (written
+at exit, lost on SIGKILL) or flushed at once (one ``write`` system call per record).
+
+Relay: signaling frames (``bench_core.py``'s ICE candidate and offer) fed to a
+RelayMachine between two members, each event and its actions written as
+``adapters/server.py`` does (``record_line`` per record, one write per event), buffered
+or flushed per event.
 
 Run: ``python benchmarks/bench_trace.py [--json] [--repeat N]``.
 """
@@ -20,15 +25,16 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sansio_signal.client import ClientMachine
-from sansio_signal.events import ClientEvent
+from sansio_signal.events import ClientEvent, FrameReceived
 from sansio_signal.negotiation import AIORTC, BROWSER
-from sansio_signal.trace import WALL_TIME
+from sansio_signal.trace import WALL_TIME, record_line
 from sansio_signal.wire import JSONValue, dumps
 
 if not __package__:  # run as a script: benchmarks/ is on sys.path, the project root is not
     sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_client import record_events
+from benchmarks.bench_core import FRAMES, NOW, A, new_machine
 from benchmarks.harness import print_table
 
 
@@ -58,6 +64,23 @@ def replay(
     return time.perf_counter() - start, count
 
 
+def relay_events(frame: dict[str, Any], out: TextIO, flush: bool, count: int) -> float:
+    """Microseconds per event to relay ``frame`` ``count`` times, traced into ``out``."""
+    machine = new_machine()
+    text = json.dumps(frame)
+    start = time.perf_counter()
+    for _ in range(count):
+        event = FrameReceived(conn=A, data=text, wall_time=NOW)
+        actions = machine.handle(event, NOW)
+        lines = [record_line(NOW, "in", event)]
+        lines += [record_line(NOW, "out", action) for action in actions]
+        out.write("\n".join(lines) + "\n")
+        if flush:
+            out.flush()
+    out.flush()
+    return (time.perf_counter() - start) / count * 1e6
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
@@ -77,6 +100,14 @@ def main() -> int:
                 results[f"{name}_{mode}_us_per_record"] = best / records * 1e6
                 results[f"{name}_{mode}_records_per_s"] = records / best
             results[f"{name}_records"] = records
+        for name, frame in FRAMES.items():
+            for flush in (False, True):
+                best = float("inf")
+                for _ in range(max(3, args.repeat // 10)):
+                    with (Path(tmp) / "relay.jsonl").open("w", encoding="utf-8") as out:
+                        best = min(best, relay_events(frame, out, flush, 2000))
+                mode = "flushed" if flush else "buffered"
+                results[f"relay_{name}_{mode}_us_per_event"] = best
     if args.json:
         print(json.dumps(results))
         return 0
@@ -99,6 +130,13 @@ def main() -> int:
         ["peers", "records", "µs/record buffered", "µs/record flushed", "flush µs", "records/s"],
         rows,
     )
+    print("\nRelay, one signaling frame relayed between two members, traced to a file\n")
+    rows = []
+    for name in FRAMES:
+        buffered = results[f"relay_{name}_buffered_us_per_event"]
+        flushed = results[f"relay_{name}_flushed_us_per_event"]
+        rows.append([name, f"{buffered:.1f}", f"{flushed:.1f}", f"{flushed - buffered:.1f}"])
+    print_table(["frame", "µs/event buffered", "µs/event flushed", "flush µs"], rows)
     return 0
 
 
