@@ -566,8 +566,8 @@ class _World:
     origin: float
     together_at: float | None = None
     """When the pair being walked was first seen in one room."""
-    walking: str | None = None
-    """The other user of the pair being walked."""
+    walking: tuple[str, ...] = ()
+    """The pair being walked."""
     notes: list[str] = attrs.field(factory=list)
     """What the walk of the current pair found the traces disagree on."""
 
@@ -673,7 +673,7 @@ class _World:
             if x is not None
         ]
         if not options:
-            return self.relay_ended(tuple(u for u in (actor, self.walking) if u), after)
+            return self.relay_ended(self.walking or (actor,), after)
         at, _ = min(options)
         lost = self.relay_lost(after)
         if lost is not None and lost[0] == at:
@@ -948,7 +948,7 @@ def _walk(world: _World, i: str, p: str) -> tuple[str, str]:
                 + more,
             )
     # 2. in one room
-    world.walking = i
+    world.walking = (i, p)
     together = world.together_at = _together(world, i, p)
     if together is None:
         ri, rp = _rooms_of(world, i), _rooms_of(world, p)
@@ -974,7 +974,7 @@ def _walk(world: _World, i: str, p: str) -> tuple[str, str]:
         raise _Stop(
             "answer",
             f"no answer from {p}: {i}'s offer was {delivered} at {world.rel(offer_at)} and "
-            "nothing came back" + (f"; {because}" if because else "") + f" (no trace from {p})",
+            "nothing came back" + (f"; {because}" if because else ""),
         )
     if cp is not None and offer_at is not None and not cp.sent_to(i, ANSWER, epoch):
         got = cp.received_from(i, OFFER, epoch)
@@ -1027,8 +1027,7 @@ def _no_offer(world: _World, i: str, p: str, together: float) -> tuple[str, str]
     raise _Stop(
         "offer",
         f"no offer from {i}: {p} waited from {world.rel(together)}{detail}{relay}"
-        + (f"; {because}" if because else "")
-        + f" (no trace from {i})",
+        + (f"; {because}" if because else ""),
     )
 
 
@@ -1124,37 +1123,28 @@ def _ice_failures(world: _World, i: str, p: str) -> list[tuple[float, str, str]]
 def _ice(world: _World, i: str, p: str, since: float) -> tuple[str, str]:
     failures = _ice_failures(world, i, p)
     fault_at = failures[0][0] if failures else None
-    # something that broke the pair before ICE could fail: the earliest
-    broke: list[tuple[float, str, str]] = []
+    # something that broke the pair before ICE could fail: the earliest (on a tie: the
+    # relay, then a death, a dropped connection, a departure)
+    broke: list[tuple[float, int, str, str]] = []
+    lost = world.relay_lost(since)
+    if lost is not None:
+        broke.append((lost[0], 0, "ice", f"not connected: {world.lost_text(lost)}"))
     for actor in (p, i):
         died = world.killed(actor, since)
         if died is not None:
-            broke.append((died[0], "ice", f"not connected: {died[1]}"))
+            broke.append((died[0], 1, "ice", f"not connected: {died[1]}"))
         dropped = world.connection_lost(actor, since)
         if dropped is not None:
             at = dropped[0]
-            broke.append((at, "ice", f"not connected: {dropped[1]} at {world.rel(at)}"))
+            broke.append((at, 2, "ice", f"not connected: {dropped[1]} at {world.rel(at)}"))
         left = world.left_at(actor, since)
         if left is not None:
-            broke.append(
-                (
-                    left[0],
-                    "peer left",
-                    f"peer left mid-way: {left[1]} at {world.rel(left[0])}, before connecting",
-                )
-            )
-    lost = world.relay_lost(since)
-    if lost is not None:
-        broke.append(
-            (
-                lost[0],
-                "ice",
-                f"not connected: {world.lost_text(lost)}",
-            )
-        )
+            at, who = left
+            cause = f"peer left mid-way: {who} at {world.rel(at)}, before connecting"
+            broke.append((at, 3, "peer left", cause))
     broke.sort()
     if broke and (fault_at is None or broke[0][0] < fault_at):
-        _, step, cause = broke[0]
+        _, _, step, cause = broke[0]
         raise _Stop(step, cause + _unconfirmed(world, i, p))
     if failures:
         at, who, why = failures[0]

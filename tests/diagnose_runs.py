@@ -283,18 +283,31 @@ async def peer_killed(where: Path) -> None:
 async def relay_killed(where: Path) -> None:
     """The relay (a ``sansio-signal serve`` process) dies as bob's answer is on its way
     to it; reconnecting fails (the proxy in front of bob answers 502 from then on)."""
+    await _relay_killed_on(where, "webrtc-answer", "bob")
+
+
+async def relay_killed_early(where: Path) -> None:
+    """The same, earlier: the relay dies as alice's offer is on its way to it."""
+    await _relay_killed_on(where, "webrtc-offer", "alice")
+
+
+async def _relay_killed_on(where: Path, type_: str, behind: str) -> None:
+    """alice and bob, ``behind`` through a proxy that kills the relay (SIGKILL) when a
+    ``type_`` from it is on its way up, and drops that frame."""
     proc, url = await spawn_serve(where, "--trace", str(where / "relay.jsonl"))
     try:
 
-        def kill_on_answer(link: Any, up: bool, frame: dict[str, Any]) -> dict[str, Any] | None:
-            if up and frame.get("type") == "webrtc-answer" and proc.returncode is None:
+        def kill(link: Any, up: bool, frame: dict[str, Any]) -> dict[str, Any] | None:
+            if up and frame.get("type") == type_ and proc.returncode is None:
                 os.kill(proc.pid, signal.SIGKILL)
                 return None
             return frame
 
-        async with fault_proxy(url, kill_on_answer) as proxy:
-            alice = client(url, where, "alice")
-            bob = client(proxy.url, where, "bob")
+        async with fault_proxy(url, kill) as proxy:
+            alice, bob = (
+                client(proxy.url if user == behind else url, where, user)
+                for user in ("alice", "bob")
+            )
             await alice.start()
             await bob.start()
             await proxy.wait_for(lambda: bool(proxy.dropped))
@@ -331,6 +344,7 @@ RUNS: dict[str, Callable[[Path], Awaitable[None]]] = {
     "candidates-dead-port": candidates_dead_port,
     "peer-killed": peer_killed,
     "relay-killed": relay_killed,
+    "relay-killed-early": relay_killed_early,
     "oversize-offer": oversize_offer,
 }
 

@@ -220,17 +220,30 @@ def test_the_peer_killed_as_the_offer_reached_it(
     assert "the relay saw bob's connection drop at +" in line
 
 
-def test_the_relay_killed_mid_negotiation(traces: Callable[[str], Diagnose]) -> None:
-    diagnose = traces("relay-killed")
+@pytest.mark.parametrize(
+    ("name", "step", "frame"),
+    [
+        ("relay-killed", "answer relay", "bob's answer"),
+        ("relay-killed-early", "offer relay", "alice's offer"),
+    ],
+)
+def test_the_relay_killed_mid_negotiation(
+    traces: Callable[[str], Diagnose], name: str, step: str, frame: str
+) -> None:
+    """Whenever in the exchange the relay dies, the relay is named (not the frame that
+    was on its way, nor the peer that waited for it)."""
+    diagnose = traces(name)
+    sender = frame.split("'")[0]
     line = stopped(diagnose)
     assert line.startswith(
-        "alice ↔ bob: stopped at answer relay: "
-        "bob's answer never reached the relay (bob sent it at +"
+        f"alice ↔ bob: stopped at {step}: {frame} never reached the relay ({sender} sent it at +"
     ), line
-    assert "the relay was lost at +" in line and "reconnects failed" in line
-    for subset in (("alice",), ("alice", "bob")):
-        _, text = diagnose(*subset)
-        assert "the relay was lost at +" in text, (subset, text)
+    assert (
+        "the relay was lost at +" in line
+        and "(alice, bob: connection dropped, reconnects failed)" in line
+    )
+    for subset in (("alice",), ("bob",), ("alice", "bob")):
+        assert "the relay was lost at +" in stopped(diagnose, *subset), subset
 
 
 def test_an_oversize_frame_is_named(traces: Callable[[str], Diagnose]) -> None:
