@@ -698,6 +698,7 @@ def test_permessage_deflate_only_when_enabled(compression: bool) -> None:
 
     async def scenario(server: RelayServer) -> None:
         async with connect(server.url, compression="deflate") as ws:
+            assert ws.response is not None
             accepted = ws.response.headers.get("Sec-WebSocket-Extensions")
             assert (accepted is not None and "permessage-deflate" in accepted) is compression
             await send(
