@@ -8,9 +8,9 @@
 
 from __future__ import annotations
 
-from conftest import chat_frame
 from hypothesis import given
 from hypothesis import strategies as st
+from test_relay import _chat_burst as chats
 from test_relay import make_harness
 
 from sansio_signal import Limits
@@ -100,16 +100,6 @@ def test_a_member_resumed_from_another_address_frees_the_first() -> None:
     back = h.connect(B)  # a phone moving from Wi-Fi to mobile data
     h.join(back, "r", "u", resume_token=frame["resumeToken"])
     assert (h.machine.address_load(A), h.machine.address_load(B)) == (0, 1)
-
-
-def chats(h: RelayHarness, conn: int, n: int) -> list[str]:
-    """Send ``n`` chats from ``conn`` (alone in its room); what each produced."""
-    out = []
-    for _ in range(n):
-        h.send(conn, chat_frame("x"))
-        [frame] = h.take(conn)
-        out.append(frame.get("code", frame["type"]))
-    return out
 
 
 def test_reconnecting_does_not_reset_the_rate_limit() -> None:
