@@ -49,15 +49,23 @@ from typing import Any
 
 import attrs
 
+from .codes import Channel, CloseCode, ErrorCode
 from .trace import WALL_TIME
+from .wire import (
+    Answer,
+    Error,
+    Ice,
+    JoinRoom,
+    Offer,
+    Renegotiate,
+    UserJoinedRoom,
+    UserLeftRoom,
+    wire_int,
+)
 
 Record = Mapping[str, Any]
 
-ROOMS = "webrtc-dashboard-rooms"
-SIGNALING = "webrtc-signaling"
-OFFER, ANSWER, ICE = "webrtc-offer", "webrtc-answer", "webrtc-ice"
-RENEGOTIATE = "webrtc-renegotiate"
-REFUSED_TOO_BIG = 1009
+OFFER, ANSWER, ICE, RENEGOTIATE = Offer.TYPE, Answer.TYPE, Ice.TYPE, Renegotiate.TYPE
 
 
 # --------------------------------------------------------------------------- results
@@ -186,8 +194,8 @@ def _frame(text: Any) -> dict[str, Any]:
 
 
 def _epoch(frame: Mapping[str, Any]) -> int:
-    value = frame.get("epoch", 0)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    """The frame's ``epoch`` as the machines read it (absent or malformed: 0)."""
+    return wire_int(frame.get("epoch")) or 0
 
 
 def _log_text(r: Record) -> str:
@@ -332,7 +340,7 @@ def _read_client(name: str, user: str, records: list[tuple[float, Record]]) -> _
             c.refused.append((at, str(r.get("code")), str(r.get("message"))))
             c.timeline.append((at, None, f"join refused: {r.get('code')}: {r.get('message')}"))
         elif kind == "ServerErrorReceived":
-            if r.get("channel") == ROOMS and not any(x[0] == at for x in c.refused):
+            if r.get("channel") == Channel.ROOMS and not any(x[0] == at for x in c.refused):
                 c.refused.append((at, str(r.get("code")), str(r.get("message"))))
             c.errors.append((at, str(r.get("code")), str(r.get("message"))))
             c.timeline.append((at, None, f"server error {r.get('code')}: {r.get('message')}"))
@@ -387,7 +395,7 @@ def _read_client(name: str, user: str, records: list[tuple[float, Record]]) -> _
         elif kind == "ServerFrameReceived":
             c.frames_in.append(at)
             f = _frame(r.get("text"))
-            if f.get("channel") == SIGNALING and isinstance(f.get("fromUserId"), str):
+            if f.get("channel") == Channel.SIGNALING and isinstance(f.get("fromUserId"), str):
                 c.received.append((at, f))
         elif kind == "ServerConnected":
             c.server_up.append(at)
@@ -519,33 +527,33 @@ def _read_relay(relay: _Relay, name: str, records: list[tuple[float, Record]]) -
             f = _frame(data)
             size = len(data) if isinstance(data, str) else 0
             last_in = (at, c, f, size)
-            claims = f.get("channel") == ROOMS and f.get("type") == "join-room"
+            claims = f.get("channel") == Channel.ROOMS and f.get("type") == JoinRoom.TYPE
             if claims and isinstance(f.get("userId"), str) and c.admitted is None:
                 c.user = f["userId"]
                 c.room = str(f.get("roomId"))
-            if f.get("channel") == SIGNALING or (size and not f):
+            if f.get("channel") == Channel.SIGNALING or (size and not f):
                 relay.got.append(last_in)
         elif kind == "SendFrame":
             f = _frame(r.get("text"))
             type_ = f.get("type", r.get("frame_type"))
-            if type_ == "user-joined-room" and f.get("userId") == c.user and "resumeToken" in f:
+            if type_ == UserJoinedRoom.TYPE and f.get("userId") == c.user and "resumeToken" in f:
                 c.admitted = at
                 c.room = str(f.get("roomId"))
-            elif type_ == "user-left-room":
+            elif type_ == UserLeftRoom.TYPE:
                 entry = (at, str(f.get("roomId")), str(f.get("userId")))
                 if entry not in relay.left:
                     relay.left.append(entry)
-            elif type_ == "error":
+            elif type_ == Error.TYPE:
                 code, message = str(f.get("code")), str(f.get("message"))
                 relay.errors.append((at, c, code, message))
-                if f.get("channel") == ROOMS and last_in is not None and last_in[1] is c:
+                if f.get("channel") == Channel.ROOMS and last_in is not None and last_in[1] is c:
                     joined = last_in[2]
-                    if joined.get("type") == "join-room":
+                    if joined.get("type") == JoinRoom.TYPE:
                         c.refused.append((at, code, message))
                         if c.admitted is None and isinstance(joined.get("userId"), str):
                             c.user = joined["userId"]
                             c.room = str(joined.get("roomId"))
-            elif f.get("channel") == SIGNALING:
+            elif f.get("channel") == Channel.SIGNALING:
                 relay.forwarded.append((at, c, f))
         elif kind == "Disconnected":
             c.gone = at
@@ -880,7 +888,7 @@ def _walk_exchange(
 
 def _refused_by_relay(world: _World, what: str, sender: str, since: float | None) -> str | None:
     """The refusal the relay answered a frame ``sender`` sent at ``since`` with, as
-    ``sender``'s trace shows it (an error within a second, or a close 1009)."""
+    ``sender``'s trace shows it (an error within a second, or a close 1009: too big)."""
     s = world.client(sender)
     if s is None or since is None:
         return None
@@ -890,8 +898,8 @@ def _refused_by_relay(world: _World, what: str, sender: str, since: float | None
         if 0 <= at - since < 1.0:
             return f"{code} ({message}{of})"
     for at, close in s.lost:
-        if 0 <= at - since < 1.0 and close == REFUSED_TOO_BIG:
-            return f"frame-too-large (close 1009{of})"
+        if 0 <= at - since < 1.0 and close == CloseCode.TOO_BIG:
+            return f"{ErrorCode.FRAME_TOO_LARGE} (close {CloseCode.TOO_BIG}{of})"
     return None
 
 
@@ -939,7 +947,7 @@ def _walk(world: _World, i: str, p: str) -> tuple[str, str]:
             ]
             more = (
                 f"; another connection held the id {user}"
-                if held and code == "user-id-taken"
+                if held and code == ErrorCode.USER_ID_TAKEN
                 else ""
             )
             raise _Stop(
@@ -957,9 +965,13 @@ def _walk(world: _World, i: str, p: str) -> tuple[str, str]:
             raise _Stop("room", f"the target never joined the room: {joined}")
         absent, present, rooms = (p, i, ri) if not rp else (i, p, rp)
         not_found = [
-            x for c in (ci, cp) if c is not None for x in c.errors if x[1] == "peer-not-found"
+            x
+            for c in (ci, cp)
+            if c is not None
+            for x in c.errors
+            if x[1] == ErrorCode.PEER_NOT_FOUND
         ]
-        detail = "; the relay answered peer-not-found" if not_found else ""
+        detail = f"; the relay answered {ErrorCode.PEER_NOT_FOUND}" if not_found else ""
         raise _Stop("room", f"{absent} never joined {present}'s room {rooms}{detail}")
     # 3. the offer
     epoch = _first_epoch(world, i, p, together)
