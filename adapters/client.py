@@ -48,6 +48,7 @@ from sansio_signal.actions import (
     RoomLeft,
     SendToServer,
     ServerErrorReceived,
+    ServerUnreachable,
 )
 from sansio_signal.client import ClientMachine, ReconnectPolicy
 from sansio_signal.events import (
@@ -436,6 +437,10 @@ class Client:
         elif isinstance(action, JoinRefused):
             self._error = JoinRefusedError(action.code, action.message)
             self._joined.set()  # start() raises it
+        elif isinstance(action, ServerUnreachable):
+            if self._error is None:  # start() raises it (the first one)
+                self._error = ServerUnreachableError(action.reason)
+                self._joined.set()
         elif isinstance(action, ServerErrorReceived):
             logger.warning("server error %s: %s", action.code, action.message)
         else:
@@ -477,11 +482,7 @@ class Client:
             # costs both ends CPU for nothing on the latency path.
             ws = await ws_connect(self.url, open_timeout=10, compression=None)
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-            logger.info("cannot connect to %s: %r", self.url, exc)
-            if self.server_connected_at is None and self._error is None:  # start() fails fast
-                self._error = ServerUnreachableError(f"cannot connect to {self.url}: {exc}")
-                self._joined.set()
-            self._feed(ServerConnectFailed(reason=repr(exc)))
+            self._feed(ServerConnectFailed(reason=f"cannot connect to {self.url}: {exc}"))
             return
         self._ws = ws
         self.server_connected_at = loop.time()

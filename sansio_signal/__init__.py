@@ -44,6 +44,7 @@ from .actions import (
     SendFrame,
     SendToServer,
     ServerErrorReceived,
+    ServerUnreachable,
     SetRemoteDescription,
 )
 from .client import ClientMachine, ClientState, ReconnectPolicy
@@ -251,6 +252,7 @@ __all__ = [
     "ServerErrorReceived",
     "ServerFrameReceived",
     "ServerMessage",
+    "ServerUnreachable",
     "SessionDescription",
     "SetRemoteDescription",
     "Signal",

@@ -80,6 +80,16 @@ class ConnectToServer:
 
 
 @attrs.frozen(kw_only=True)
+class ServerUnreachable:
+    """An attempt to reach the server failed before any connection to it ever opened
+    (refused, no such host, an HTTP error, a timeout): the application hears of it at
+    once instead of waiting out retries that may never work; ``reason`` says how. The
+    reconnect policy keeps trying unless the application closes the client."""
+
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
 class DisconnectFromServer:
     """Close the WebSocket to the relay server (the application closed the client)."""
 
@@ -279,6 +289,7 @@ class ProtocolViolation:
 
 ClientAction: TypeAlias = (
     ConnectToServer
+    | ServerUnreachable
     | DisconnectFromServer
     | SendToServer
     | CreatePeer

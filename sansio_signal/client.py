@@ -28,8 +28,11 @@ by what they end (the resume window, the wait for absent peers, a peer's deadlin
 ask for a socket (:class:`~.actions.ConnectToServer`); after a lost connection, or an
 attempt the adapter reports as :class:`~.events.ServerConnectFailed`, it asks again when
 a deadline of its :class:`ReconnectPolicy` passes (jittered, doubling while attempts
-keep failing). :class:`~.events.CloseRequested` leaves the room and asks for
-:class:`~.actions.DisconnectFromServer`. No adapter keeps a reconnect policy.
+keep failing); a failed attempt before any connection ever opened is also told to the
+application (:class:`~.actions.ServerUnreachable`), which may give up at once.
+:class:`~.events.CloseRequested` leaves the room and asks for
+:class:`~.actions.DisconnectFromServer`. No adapter keeps a reconnect policy, nor decides
+when the server counts as unreachable.
 
 A join asked for while in a room keeps the current room (and its peers) until the
 server confirms the new one with our own ``user-joined-room``; if the server refuses
@@ -99,6 +102,7 @@ from .actions import (
     RoomResumed,
     SendToServer,
     ServerErrorReceived,
+    ServerUnreachable,
 )
 from .errors import LocalProtocolError, RemoteProtocolError, WireError
 from .events import (
@@ -292,6 +296,9 @@ class ClientMachine:
         self._attempts = 0
         """Connection attempts since the last one that opened (the one in flight
         included)."""
+        self._reached = False
+        """A connection to the server has opened (until then a failed attempt is
+        :class:`~.actions.ServerUnreachable`)."""
         self._held_out: list[SendToServer] = []
         self._reconciled_added: set[str] = set()
         self.absent: set[str] = set()
@@ -402,8 +409,10 @@ class ClientMachine:
         return self._attempt()
 
     def _on_connect_failed(self, now: float, event: ServerConnectFailed) -> list[ClientAction]:
+        never = [] if self._reached else [ServerUnreachable(reason=event.reason)]
         return [
             Log(level=LogLevel.INFO, message="cannot reach the server: %s", args=(event.reason,)),
+            *never,
             *self._retry_later(now),
         ]
 
@@ -433,6 +442,7 @@ class ClientMachine:
 
     def _on_connected(self, now: float, _: ServerConnected) -> list[ClientAction]:
         self._attempts = 0
+        self._reached = True
         self._timers.cancel(ClientTimer.RECONNECT)
         if self.state is ClientState.RESUMING:
             return self._send_join()  # with our resume token

@@ -36,6 +36,7 @@ from sansio_signal.actions import (
     RoomLeft,
     SendToServer,
     ServerErrorReceived,
+    ServerUnreachable,
     SetRemoteDescription,
 )
 from sansio_signal.client import ClientMachine, ClientState
@@ -848,6 +849,26 @@ def test_the_machine_decides_when_to_connect_and_backs_off_with_jitter() -> None
     assert waits == [0.25, 0.5, 1.0, 2.0, 2.5, 2.5]
     m.handle(ServerConnected(), now)
     assert m.next_deadline() is None and m.state is ClientState.LOBBY
+
+
+def test_the_application_hears_a_server_never_reached_and_not_a_lost_one() -> None:
+    """Each failed attempt before any connection opened is ``ServerUnreachable`` (the
+    application may give up at once); once the server was reached, failed reconnects
+    are the reconnect policy's business only."""
+    m = machine("alice")
+    m.handle(ConnectRequested(), 0.0)
+    for now in (0.1, 0.5):
+        out = m.handle(ServerConnectFailed(reason="refused"), now)
+        assert [a for a in out if isinstance(a, ServerUnreachable)] == [
+            ServerUnreachable(reason="refused")
+        ]
+        m.handle_timer(m.next_deadline() or now)
+    m.handle(ServerConnected(), 1.0)
+    m.handle(ServerDisconnected(close_code=None), 2.0)
+    m.handle_timer(m.next_deadline() or 2.0)
+    out = m.handle(ServerConnectFailed(reason="refused"), 3.0)
+    assert not [a for a in out if isinstance(a, ServerUnreachable)]
+    assert m.next_deadline() is not None  # still trying
 
 
 def test_a_lost_server_is_tried_again_soon_and_the_room_resumed() -> None:

@@ -173,6 +173,7 @@ export class ClientMachine {
     this.reconnect = reconnect; // the reconnect policy (null: connect only when asked, once)
     this._wantsServer = false;
     this._attempts = 0; // connection attempts since the last one that opened
+    this._reached = false; // a connection has opened (until then a failure is ServerUnreachable)
     this._heldOut = [];
     this._reconciledAdded = new Set();
     this.absent = new Set();
@@ -267,7 +268,8 @@ export class ClientMachine {
   _onReconnectDue() { return this._attempt(); }
 
   _onConnectFailed(now, event) {
-    return [log("info", `cannot reach the server: ${event.reason ?? ""}`), ...this._retryLater(now)];
+    const never = this._reached ? [] : [{ kind: "ServerUnreachable", reason: event.reason ?? "" }];
+    return [log("info", `cannot reach the server: ${event.reason ?? ""}`), ...never, ...this._retryLater(now)];
   }
 
   /** Schedule the next attempt, the policy permitting (mirrors `_retry_later`). */
@@ -297,6 +299,7 @@ export class ClientMachine {
 
   _onConnected(now) {
     this._attempts = 0;
+    this._reached = true;
     this._timers.cancel(RECONNECT_KEY);
     if (this.state === ClientState.RESUMING) return this._sendJoin(); // with our resume token
     this.state = ClientState.LOBBY;

@@ -31,6 +31,8 @@ export * from "./machine.js";
  * other member. Events (an EventTarget; each event is a CustomEvent with `detail`):
  *
  *   "open" / "close"         the WebSocket to the relay ({code} on close)
+ *   "unreachable"            {reason}: an attempt failed before the server was ever reached
+ *                            (connect() rejects with the first; the client keeps trying)
  *   "room-joined"            {roomId, participants}
  *   "room-resumed"           {roomId, participants}: back in the room after a lost connection
  *   "room-left"              {roomId}
@@ -188,16 +190,11 @@ export class SignalingClient extends EventTarget {
     const ws = new WebSocket(this.url);
     this._ws = ws;
     let opened = false;
-    const settle = (ok, value) => {
-      const first = this._first;
-      this._first = null;
-      if (first !== null) (ok ? first.resolve : first.reject)(value);
-    };
     ws.onopen = () => {
       opened = true;
       this._emit("open", {});
       this.feed({ type: "ServerConnected" });
-      settle(true);
+      this._settle(true);
     };
     ws.onmessage = (event) => this.feed({ type: "ServerFrameReceived", text: String(event.data) });
     ws.onclose = (event) => {
@@ -207,10 +204,16 @@ export class SignalingClient extends EventTarget {
       if (opened) {
         this.feed({ type: "ServerDisconnected", closeCode: event.code });
       } else {
-        this.feed({ type: "ServerConnectFailed", reason: `close ${event.code}` });
-        settle(false, new Error(`cannot connect to ${this.url} (close ${event.code})`));
+        this.feed({ type: "ServerConnectFailed", reason: `cannot connect to ${this.url} (close ${event.code})` });
       }
     };
+  }
+
+  /** Resolve (the server is reached) or reject (it is unreachable) `connect()`'s promise. */
+  _settle(ok, value) {
+    const first = this._first;
+    this._first = null;
+    if (first !== null) (ok ? first.resolve : first.reject)(value);
   }
 
   _execute(actions) {
@@ -244,6 +247,9 @@ export class SignalingClient extends EventTarget {
         this._log("info", `Resumed room: ${action.roomId} with ${action.participants.length} other participant(s)`);
         return this._emit("room-resumed", { roomId: action.roomId, participants: action.participants });
       case "RoomLeft": return this._emit("room-left", { roomId: action.roomId });
+      case "ServerUnreachable":
+        this._settle(false, new Error(action.reason));
+        return this._emit("unreachable", { reason: action.reason });
       case "JoinRefused": return this._emit("join-refused", { roomId: action.roomId, code: action.code, message: action.message });
       case "PeerJoined":
         this._log("info", `User joined: ${action.peerId}`);
