@@ -8,6 +8,7 @@ the wire; ``RelayHarness.send`` encodes a mapping for us. Import them with
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,6 +27,16 @@ SIGNALING = "webrtc-signaling"
 CHAT = "webrtc-dashboard-chat"
 
 Frame = dict[str, Any]
+
+
+@pytest.fixture
+def loopback() -> Iterator[None]:
+    """ICE gathers candidates on 127.0.0.1 only, for a module's aiortc peers: the module
+    says ``pytestmark = pytest.mark.usefixtures("loopback")``."""
+    from sansio_signal.adapters.aiortc_peer import loopback_only  # aiortc only when used
+
+    with loopback_only():
+        yield
 
 
 @pytest.fixture

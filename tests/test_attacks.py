@@ -75,6 +75,18 @@ async def flood_until_stalled(server: RelayServer, sender: ClientConnection, con
     print(f"\nstalled after {time.perf_counter() - started:.2f} s of flood", end="")
 
 
+async def flooded_stalled_reader(
+    server: RelayServer,
+) -> tuple[ClientConnection, ClientConnection, int]:
+    """``sender`` and ``slow`` in room demo, ``sender`` flooding ``slow`` until the server
+    stalls on it (:func:`flood_until_stalled`): sender, slow, slow's connection id."""
+    (sender,) = await joined(server, "demo", "sender")
+    slow, conn = await stalled_reader(server, "demo")
+    assert (await recv(sender))["userId"] == "slow"
+    await flood_until_stalled(server, sender, conn)
+    return sender, slow, conn
+
+
 async def gone(server: RelayServer, conn: int, bound: float) -> float:
     """Seconds until connection ``conn`` is gone from the server (at most ``bound``)."""
     started = time.perf_counter()
@@ -85,10 +97,7 @@ async def gone(server: RelayServer, conn: int, bound: float) -> float:
 def test_a_reader_that_stops_is_reclaimed_by_the_idle_timeout() -> None:
     async def scenario(server: RelayServer) -> None:
         async with Bystander(server, "stalled reader, idle timeout"):
-            (sender,) = await joined(server, "demo", "sender")
-            slow, conn = await stalled_reader(server, "demo")
-            assert (await recv(sender))["userId"] == "slow"
-            await flood_until_stalled(server, sender, conn)
+            sender, slow, conn = await flooded_stalled_reader(server)
             # Idle close decided 3 s after slow's join (the flood stalls it in about 1 s),
             # sent or aborted ≤ 1 s later.
             took = await gone(server, conn, 6.0)
@@ -110,10 +119,7 @@ def test_a_reader_that_stops_is_reclaimed_by_the_idle_timeout() -> None:
 def test_a_reader_that_stops_is_reclaimed_by_the_ping_timeout() -> None:
     async def scenario(server: RelayServer) -> None:
         async with Bystander(server, "stalled reader, ping timeout"):
-            (sender,) = await joined(server, "demo", "sender")
-            slow, conn = await stalled_reader(server, "demo")
-            assert (await recv(sender))["userId"] == "slow"
-            await flood_until_stalled(server, sender, conn)
+            sender, slow, conn = await flooded_stalled_reader(server)
             # Next ping ≤ 0.5 s, its timeout 1 s, the close's bound 1 s.
             took = await gone(server, conn, 6.0)
             print(f"\nstalled reader reclaimed {took:.2f} s after the flood (ping 0.5 + 1 s)")

@@ -20,10 +20,9 @@ from pathlib import Path
 import pytest
 from netproxy import proxied
 from playwright.async_api import Browser, Page, async_playwright
-from wsutil import free_port, message_from, start_serve
+from wsutil import free_port, message_from, reap_blocking, start_serve
 
 from sansio_signal.actions import PeerLeft
-from sansio_signal.adapters.aiortc_peer import loopback_only
 from sansio_signal.adapters.client import Client, connect
 from sansio_signal.adapters.server import RelayServer
 from sansio_signal.client import ClientState
@@ -39,15 +38,12 @@ CHROMIUM_ARGS = [
 TIMEOUT = 20.0
 ARTIFACTS = Path(__file__).resolve().parent.parent / ".ci" / "artifacts"
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)"
-)
-
-
-@pytest.fixture(autouse=True)
-def _loopback() -> Iterator[None]:
-    with loopback_only():
-        yield
+pytestmark = [
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)"
+    ),
+    pytest.mark.usefixtures("loopback"),
+]
 
 
 @contextlib.contextmanager
@@ -561,8 +557,7 @@ def test_browsers_keep_their_peer_connections_through_a_relay_restart(tmp_path: 
                 await pages["b-web"].evaluate("window.c.send('c-py', 'still here')")
                 await next_text_from(py, "b-web", "still here")
         finally:
-            proc.kill()
-            proc.wait(timeout=10)
+            reap_blocking(proc)
 
     run(scenario)
 

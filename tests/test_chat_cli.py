@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Protocol
 
-from wsutil import spawn_serve
+from wsutil import reap, spawn_serve
 
 TIMEOUT = 20.0
 EXE = [sys.executable, "-m", "sansio_signal"]
@@ -30,6 +33,32 @@ async def spawn_chat(
     )  # fmt: skip
 
 
+class Chat(Protocol):
+    """Spawns ``sansio-signal chat`` processes against the relay of :func:`chats_through_serve`."""
+
+    def __call__(
+        self, user: str, *flags: str, stdin: int | None = PIPE
+    ) -> Awaitable[asyncio.subprocess.Process]: ...
+
+
+@asynccontextmanager
+async def chats_through_serve(cwd: Path, *serve_flags: str) -> AsyncIterator[Chat]:
+    """A ``sansio-signal serve`` (with ``serve_flags``) and a spawner of :func:`spawn_chat`
+    processes against it; the server and every chat are killed and reaped at exit."""
+    server, url = await spawn_serve(cwd, *serve_flags)
+    procs = [server]
+
+    async def chat(user: str, *flags: str, stdin: int | None = PIPE) -> asyncio.subprocess.Process:
+        proc = await spawn_chat(cwd, url, user, *flags, stdin=stdin)
+        procs.append(proc)
+        return proc
+
+    try:
+        yield chat
+    finally:
+        await reap(*procs)
+
+
 async def line_of(stream: asyncio.StreamReader | None, wanted: str) -> str:
     """Read lines until one contains ``wanted``."""
     assert stream is not None
@@ -42,15 +71,7 @@ async def line_of(stream: asyncio.StreamReader | None, wanted: str) -> str:
 
 def test_two_chat_processes_through_serve(tmp_path: Path) -> None:
     async def main() -> None:
-        server, url = await spawn_serve(tmp_path)
-        procs = [server]
-        try:
-
-            async def chat(user: str) -> asyncio.subprocess.Process:
-                proc = await spawn_chat(tmp_path, url, user)
-                procs.append(proc)
-                return proc
-
+        async with chats_through_serve(tmp_path) as chat:
             alice = await chat("alice")
             assert "nobody" in await line_of(alice.stderr, "joined room r")
             bob = await chat("bob")
@@ -70,11 +91,6 @@ def test_two_chat_processes_through_serve(tmp_path: Path) -> None:
             await line_of(bob.stderr, "alice left")
             bob.stdin.close()
             assert await asyncio.wait_for(bob.wait(), TIMEOUT) == 0
-        finally:
-            for proc in procs:
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
 
     asyncio.run(main())
 
@@ -85,18 +101,10 @@ def test_piped_and_file_input_is_delivered_and_peer_text_is_escaped(tmp_path: Pa
     peer's newline or escape sequence cannot forge a line on our terminal."""
 
     async def main() -> None:
-        server, url = await spawn_serve(tmp_path)
-        procs = [server]
-        try:
-
-            async def chat(user: str, stdin: int | None) -> asyncio.subprocess.Process:
-                proc = await spawn_chat(tmp_path, url, user, stdin=stdin)
-                procs.append(proc)
-                return proc
-
-            bob = await chat("bob", PIPE)
+        async with chats_through_serve(tmp_path) as chat:
+            bob = await chat("bob")
             await line_of(bob.stderr, "joined room r")
-            piped = await chat("alice", PIPE)
+            piped = await chat("alice")
             assert piped.stdin is not None
             piped.stdin.write(b"from a pipe\nforged\nzed: lies \x1b[31mred\n")
             piped.stdin.close()  # at once: before any channel is open
@@ -109,18 +117,13 @@ def test_piped_and_file_input_is_delivered_and_peer_text_is_escaped(tmp_path: Pa
             text = tmp_path / "lines.txt"
             text.write_text("from a file\n")
             with text.open("rb") as source:
-                from_file = await chat("carol", source.fileno())
+                from_file = await chat("carol", stdin=source.fileno())
                 assert await line_of(bob.stdout, "carol: ") == "carol: from a file"
                 assert await asyncio.wait_for(from_file.wait(), TIMEOUT) == 0
 
             with open("/dev/null", "rb") as empty:
-                silent = await chat("dave", empty.fileno())
+                silent = await chat("dave", stdin=empty.fileno())
                 assert await asyncio.wait_for(silent.wait(), TIMEOUT) == 0
-        finally:
-            for proc in procs:
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
 
     asyncio.run(main())
 
@@ -145,9 +148,7 @@ def test_ctrl_c_works_while_the_server_does_not_answer(tmp_path: Path) -> None:
             proc.send_signal(signal.SIGINT)
             assert await asyncio.wait_for(proc.wait(), 9.0) == 130
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            await reap(proc)
             server.close()
 
     asyncio.run(main())
@@ -161,8 +162,6 @@ def test_chat_with_tokens_and_the_negotiation_at_info(tmp_path: Path) -> None:
     async def main() -> None:
         secret = tmp_path / "secret"
         secret.write_text("a" * 40)
-        server, url = await spawn_serve(tmp_path, "--secret-file", str(secret))
-        procs = [server]
 
         async def mint(user: str) -> str:
             proc = await asyncio.create_subprocess_exec(
@@ -173,12 +172,7 @@ def test_chat_with_tokens_and_the_negotiation_at_info(tmp_path: Path) -> None:
             assert proc.returncode == 0
             return out.decode().strip()
 
-        async def chat(user: str, *flags: str) -> asyncio.subprocess.Process:
-            proc = await spawn_chat(tmp_path, url, user, *flags)
-            procs.append(proc)
-            return proc
-
-        try:
+        async with chats_through_serve(tmp_path, "--secret-file", str(secret)) as chat:
             anonymous = await chat("zed")
             assert "unauthorized" in await line_of(anonymous.stderr, "sansio-signal chat:")
             assert await asyncio.wait_for(anonymous.wait(), TIMEOUT) == 1
@@ -198,10 +192,5 @@ def test_chat_with_tokens_and_the_negotiation_at_info(tmp_path: Path) -> None:
                 assert proc.stdin is not None
                 proc.stdin.close()
                 assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
-        finally:
-            for proc in procs:
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
 
     asyncio.run(main())

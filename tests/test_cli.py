@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from wsutil import spawn_serve
+from wsutil import reap, spawn_serve
 
 from sansio_signal.adapters.cli import parse_ice_server
 
@@ -84,9 +84,7 @@ def test_serve_relays_traces_and_shuts_down_gracefully(
                 assert ws.protocol.close_rcvd.code == expected
             assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            await reap(proc)
         assert proc.stderr is not None
         log = (await proc.stderr.read()).decode()
         assert 'Relaying message type "webrtc-offer" on channel "webrtc-signaling"' in log
@@ -256,9 +254,7 @@ def test_serve_flags_reach_the_server(tmp_path: Path) -> None:
                     await asyncio.wait_for(ws.recv(), TIMEOUT)
             assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            await reap(proc)
 
     asyncio.run(main())
 

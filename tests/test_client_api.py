@@ -6,15 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 
 import pytest
 from websockets.asyncio.client import connect as ws_connect
-from wsutil import free_port, run
+from wsutil import connected_pair, free_port, run
 
 from sansio_signal import ProtocolViolation
 from sansio_signal.adapters import client as client_module
-from sansio_signal.adapters.aiortc_peer import loopback_only
 from sansio_signal.adapters.client import (
     Client,
     JoinRefusedError,
@@ -26,10 +24,7 @@ from sansio_signal.adapters.server import RelayServer
 TIMEOUT = 20.0
 
 
-@pytest.fixture(autouse=True)
-def _loopback() -> Iterator[None]:
-    with loopback_only():
-        yield
+pytestmark = pytest.mark.usefixtures("loopback")
 
 
 def test_await_connect_and_every_stream_ends_on_close() -> None:
@@ -97,12 +92,7 @@ def test_a_reader_that_falls_behind_loses_the_oldest_and_is_told(
     monkeypatch.setattr(client_module, "QUEUE_BOUND", 3)
 
     async def scenario(server: RelayServer) -> None:
-        async with (
-            connect(server.url, room_id="demo", user_id="alice") as alice,
-            connect(server.url, room_id="demo", user_id="bob") as bob,
-        ):
-            await alice.wait_connected("bob", timeout=TIMEOUT)
-            await bob.wait_connected("alice", timeout=TIMEOUT)
+        async with connected_pair(server.url, timeout=TIMEOUT) as (alice, bob):
             for i in range(10):
                 alice.send("bob", f"m{i}")
             await bob.wait_until(lambda: bob.dropped.get("messages") == 7, TIMEOUT)

@@ -11,27 +11,23 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from websockets.asyncio.client import connect as ws_connect
-from wsutil import run
+from wsutil import connected_pair, reap, run
 
 from sansio_signal import Limits, Link
-from sansio_signal.adapters.aiortc_peer import loopback_only
 from sansio_signal.adapters.client import Client, ClientError, connect
 from sansio_signal.adapters.server import RelayServer
 
 TIMEOUT = 20.0
 
 
-@pytest.fixture(autouse=True)
-def _loopback() -> Iterator[None]:
-    with loopback_only():
-        yield
+pytestmark = pytest.mark.usefixtures("loopback")
 
 
 async def next_message(client: Client) -> tuple[str, str]:
@@ -49,12 +45,7 @@ def forgot(client: Client, peer_id: str) -> Callable[[], bool]:
 
 def test_two_peers_talk_over_the_data_channel_and_the_chat() -> None:
     async def scenario(server: RelayServer) -> None:
-        async with (
-            connect(server.url, room_id="demo", user_id="alice") as alice,
-            connect(server.url, room_id="demo", user_id="bob") as bob,
-        ):
-            await alice.wait_connected("bob", timeout=TIMEOUT)
-            await bob.wait_connected("alice", timeout=TIMEOUT)
+        async with connected_pair(server.url, timeout=TIMEOUT) as (alice, bob):
             assert alice.machine.peers["bob"].link is Link.CONNECTED
             # alice is the lower id: she offered; each side used one frame for it
             assert (alice.peers["bob"].frames_sent, bob.peers["alice"].frames_sent) == (1, 1)
@@ -161,12 +152,7 @@ def test_a_broken_peer_connection_is_replaced_with_a_new_epoch() -> None:
     fail, the initiator makes a fresh one at the next epoch, and the channel works."""
 
     async def scenario(server: RelayServer) -> None:
-        async with (
-            connect(server.url, room_id="demo", user_id="alice") as alice,
-            connect(server.url, room_id="demo", user_id="bob") as bob,
-        ):
-            await alice.wait_connected("bob", timeout=TIMEOUT)
-            await bob.wait_connected("alice", timeout=TIMEOUT)
+        async with connected_pair(server.url, timeout=TIMEOUT) as (alice, bob):
             broken = alice.peer_connection("bob")
             assert broken is not None and alice.machine.peers["bob"].epoch == 0
             await broken.close()
@@ -211,9 +197,7 @@ def test_a_killed_peer_process_is_noticed_and_cleaned_up(tmp_path: Path) -> None
                 assert alice.peer_connection("zed") is None
                 assert alice.machine.peers == {}
             finally:
-                if victim.returncode is None:
-                    victim.kill()
-                    await victim.wait()
+                await reap(victim)
 
     run(scenario, limits=Limits(resume_grace=0.5))
 

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
+from wsutil import reap_blocking
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "examples" / "trio_wsproto_relay.py"
 TIMEOUT = 5.0
@@ -41,8 +42,7 @@ def _start() -> tuple[subprocess.Popen[str], str]:
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], 10.0)
     if not ready:
-        proc.kill()
-        proc.wait()
+        reap_blocking(proc)
         pytest.fail("the example printed nothing within 10 s")
     line = proc.stdout.readline()
     prefix = "listening on ws://127.0.0.1:"
@@ -59,9 +59,7 @@ def _stop(proc: subprocess.Popen[str], sig: signal.Signals) -> None:
         assert proc.stdout is not None
         assert proc.stdout.read() == "", "stdout must hold exactly the listening line"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        reap_blocking(proc)
         if proc.stdout is not None:
             proc.stdout.close()
 

@@ -193,15 +193,20 @@ def test_chat_and_demo_name_the_rtc_extra(installed: Installed, args: list[str])
     assert line.startswith(f"sansio-signal {args[0]}: ") and line.endswith(RTC_HINT), line
 
 
-def test_python_m_runs_the_cli_from_the_repository_root() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "sansio_signal", "--help"],
+def run_at_root(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python ARGS...`` (this venv's) run from the repository root."""
+    return subprocess.run(
+        [sys.executable, *args],
         cwd=ROOT,
         env=CLEAN_ENV,
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
     )
+
+
+def test_python_m_runs_the_cli_from_the_repository_root() -> None:
+    out = run_at_root("-m", "sansio_signal", "--help")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("usage: sansio-signal")
 
@@ -218,14 +223,7 @@ def test_code_run_at_the_repository_root_imports_the_adapters() -> None:
         "print(resources.files('sansio_signal.adapters').joinpath('static/index.html')"
         ".is_file())"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=CLEAN_ENV,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    out = run_at_root("-c", code)
     assert out.returncode == 0, out.stderr
     package, server, static = out.stdout.splitlines()
     assert Path(package) == ROOT / "sansio_signal" / "__init__.py"

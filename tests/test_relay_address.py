@@ -29,6 +29,17 @@ def joined_member(h: RelayHarness, address: str | None, room: str, user: str) ->
     return conn
 
 
+def held_member(h: RelayHarness, address: str, room: str, user: str) -> str:
+    """A member joined from ``address`` whose socket then drops: held for a resume.
+    Returns its resume token."""
+    conn = h.connect(address)
+    h.join(conn, room, user)
+    [frame] = h.take(conn)
+    h.disconnect(conn, clean=False)
+    token: str = frame["resumeToken"]
+    return token
+
+
 def test_connections_over_the_address_limit_are_closed_as_they_arrive() -> None:
     h = make_harness(Limits(max_per_address=2))
     first, second = h.connect(A), h.connect(A)
@@ -76,13 +87,10 @@ def test_held_members_count_against_their_address_until_the_hold_ends() -> None:
 
 def test_a_resume_moves_the_count_from_the_held_member_to_the_new_connection() -> None:
     h = make_harness(Limits(max_per_address=2, resume_grace=10.0))
-    one = h.connect(A)
-    h.join(one, "r", "u")
-    [frame] = h.take(one)
-    h.disconnect(one, clean=False)
+    token = held_member(h, A, "r", "u")
     back = h.connect(A)  # held member + this connection: 2
     assert h.machine.address_load(A) == 2
-    h.join(back, "r", "u", resume_token=frame["resumeToken"])
+    h.join(back, "r", "u", resume_token=token)
     assert h.take(back)[0]["type"] == "user-joined-room"
     assert h.machine.held_count == 0
     assert h.machine.address_load(A) == 1
@@ -92,13 +100,10 @@ def test_a_resume_moves_the_count_from_the_held_member_to_the_new_connection() -
 
 def test_a_member_resumed_from_another_address_frees_the_first() -> None:
     h = make_harness(Limits(max_per_address=1, resume_grace=10.0))
-    one = h.connect(A)
-    h.join(one, "r", "u")
-    [frame] = h.take(one)
-    h.disconnect(one, clean=False)
+    token = held_member(h, A, "r", "u")
     assert h.connect(A) in h.closed  # the held member fills A's one place
     back = h.connect(B)  # a phone moving from Wi-Fi to mobile data
-    h.join(back, "r", "u", resume_token=frame["resumeToken"])
+    h.join(back, "r", "u", resume_token=token)
     assert (h.machine.address_load(A), h.machine.address_load(B)) == (0, 1)
 
 

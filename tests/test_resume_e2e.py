@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from netproxy import proxied
-from wsutil import free_port, message_from, start_serve
+from wsutil import free_port, message_from, reap_blocking, start_serve
 
 from sansio_signal import Limits
 from sansio_signal.actions import PeerLeft, RoomResumed
-from sansio_signal.adapters.aiortc_peer import loopback_only
 from sansio_signal.adapters.client import Client, ClientNotice, connect
 from sansio_signal.adapters.server import RelayServer
 from sansio_signal.negotiation import NegState
@@ -27,10 +26,7 @@ from sansio_signal.negotiation import NegState
 TIMEOUT = 20.0
 
 
-@pytest.fixture(autouse=True)
-def _loopback() -> Iterator[None]:
-    with loopback_only():
-        yield
+pytestmark = pytest.mark.usefixtures("loopback")
 
 
 def resuming(client: Client) -> Callable[[], bool]:
@@ -180,7 +176,6 @@ def test_peer_connections_survive_a_relay_restart_and_the_mesh_reforms(
             for client in clients.values():
                 await client.close()
         finally:
-            server.kill()
-            server.wait(timeout=10)
+            reap_blocking(server)
 
     asyncio.run(main())

@@ -7,7 +7,8 @@ import json
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,3 +99,37 @@ async def spawn_serve(cwd: Path, *flags: str) -> tuple[asyncio.subprocess.Proces
     line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
     assert line.startswith("listening on ws://127.0.0.1:") and line.endswith("/\n"), line
     return proc, line.removeprefix("listening on ").strip()
+
+
+async def reap(*procs: asyncio.subprocess.Process) -> None:
+    """Kill each of ``procs`` that is still running and wait for every one (a test's
+    cleanup, whatever state the test left them in)."""
+    for proc in procs:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+def reap_blocking(*procs: subprocess.Popen[Any]) -> None:
+    """:func:`reap` for processes started with :class:`subprocess.Popen`."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+@asynccontextmanager
+async def connected_pair(
+    url: str, room_id: str = "demo", timeout: float = 20.0
+) -> AsyncIterator[tuple[Client, Client]]:
+    """alice and bob, aiortc clients joined to ``room_id`` through the relay at ``url``,
+    once each sees the peer connection to the other up; both closed at exit."""
+    from sansio_signal.adapters.client import connect  # aiortc only for the tests using it
+
+    async with (
+        connect(url, room_id=room_id, user_id="alice") as alice,
+        connect(url, room_id=room_id, user_id="bob") as bob,
+    ):
+        await alice.wait_connected("bob", timeout=timeout)
+        await bob.wait_connected("alice", timeout=timeout)
+        yield alice, bob
