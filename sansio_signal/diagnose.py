@@ -255,11 +255,23 @@ def _candidates(frame: Mapping[str, Any]) -> list[str]:
     return found
 
 
-@attrs.define
-class _Sent:
+@attrs.frozen
+class _Frame:
+    """A signaling frame as one trace saw it: when, what, and its size in characters
+    (0 where the trace does not tell)."""
+
     at: float
     frame: dict[str, Any]
-    size: int
+    size: int = 0
+
+
+def _matching(frames: Iterable[_Frame], types: tuple[str, ...], epoch: int | None) -> list[_Frame]:
+    """The frames of one of ``types`` and of ``epoch`` (any epoch: ``None``)."""
+    return [
+        x
+        for x in frames
+        if x.frame.get("type") in types and (epoch is None or _epoch(x.frame) == epoch)
+    ]
 
 
 @attrs.define
@@ -278,8 +290,8 @@ class _Client:
     seen: dict[str, float] = attrs.field(factory=dict)
     left: dict[str, float] = attrs.field(factory=dict)
     closed_at: float | None = None
-    sent: list[_Sent] = attrs.field(factory=list)
-    received: list[tuple[float, dict[str, Any]]] = attrs.field(factory=list)
+    sent: list[_Frame] = attrs.field(factory=list)
+    received: list[_Frame] = attrs.field(factory=list)
     frames_in: list[float] = attrs.field(factory=list)
     pcs: dict[Any, str] = attrs.field(factory=dict)
     states: dict[str, list[tuple[float, str]]] = attrs.field(factory=dict)
@@ -298,23 +310,13 @@ class _Client:
     def closed(self) -> bool:
         return self.closed_at is not None
 
-    def received_from(self, peer: str, type_: str, epoch: int | None) -> list[float]:
-        return [
-            at
-            for at, f in self.received
-            if f.get("fromUserId") == peer
-            and f.get("type") == type_
-            and (epoch is None or _epoch(f) == epoch)
-        ]
+    def received_from(self, peer: str, *types: str, epoch: int | None = None) -> list[_Frame]:
+        return _matching(
+            (x for x in self.received if x.frame.get("fromUserId") == peer), types, epoch
+        )
 
-    def sent_to(self, peer: str, type_: str, epoch: int | None) -> list[_Sent]:
-        return [
-            s
-            for s in self.sent
-            if s.frame.get("toUserId") == peer
-            and s.frame.get("type") == type_
-            and (epoch is None or _epoch(s.frame) == epoch)
-        ]
+    def sent_to(self, peer: str, *types: str, epoch: int | None = None) -> list[_Frame]:
+        return _matching((x for x in self.sent if x.frame.get("toUserId") == peer), types, epoch)
 
     def rooms(self) -> list[str]:
         return [room for _, room in self.admitted] or self.wanted_rooms
@@ -388,7 +390,7 @@ def _read_client(name: str, user: str, records: list[tuple[float, Record]]) -> _
             f = _frame(sent_text)
             if isinstance(f.get("toUserId"), str):
                 size = len(sent_text) if isinstance(sent_text, str) else 0
-                c.sent.append(_Sent(at, f, size))
+                c.sent.append(_Frame(at, f, size))
                 if f.get("type") in (ANSWER, RENEGOTIATE):  # the seed logs no line for these
                     to, epoch = f["toUserId"], _epoch(f)
                     c.timeline.append((at, to, f"Sending {f.get('type')} to: {to} (epoch {epoch})"))
@@ -396,7 +398,7 @@ def _read_client(name: str, user: str, records: list[tuple[float, Record]]) -> _
             c.frames_in.append(at)
             f = _frame(r.get("text"))
             if f.get("channel") == Channel.SIGNALING and isinstance(f.get("fromUserId"), str):
-                c.received.append((at, f))
+                c.received.append(_Frame(at, f))
         elif kind == "ServerConnected":
             c.server_up.append(at)
         elif kind == "ServerDisconnected":
@@ -448,13 +450,9 @@ class _Relay:
     """(time, room, user) of each user-left-room the relay sent."""
     end: float = 0.0
 
-    by_route: dict[tuple[Any, Any], list[tuple[float, _Conn, dict[str, Any], int]]] = attrs.field(
-        factory=dict
-    )
+    by_route: dict[tuple[Any, Any], list[_Frame]] = attrs.field(factory=dict)
     """The frames the relay got, by (sender, target): filled by :meth:`index`."""
-    forwarded_by: dict[tuple[Any, Any], list[tuple[float, _Conn, dict[str, Any]]]] = attrs.field(
-        factory=dict
-    )
+    forwarded_by: dict[tuple[Any, Any], list[_Frame]] = attrs.field(factory=dict)
     by_user: dict[str, list[_Conn]] = attrs.field(factory=dict)
 
     def __bool__(self) -> bool:
@@ -462,18 +460,17 @@ class _Relay:
 
     def index(self) -> None:
         """Index what was read by user and route (a busy relay's trace has many)."""
-        for entry in self.got:
-            self.by_route.setdefault((entry[1].user, entry[2].get("toUserId")), []).append(entry)
-        for sent in self.forwarded:
-            route = (sent[2].get("fromUserId"), sent[2].get("toUserId"))
-            self.forwarded_by.setdefault(route, []).append(sent)
+        for at, c, f, size in self.got:
+            self.by_route.setdefault((c.user, f.get("toUserId")), []).append(_Frame(at, f, size))
+        for at, _, f in self.forwarded:
+            route = (f.get("fromUserId"), f.get("toUserId"))
+            self.forwarded_by.setdefault(route, []).append(_Frame(at, f))
         for c in self.conns.values():
             if c.user is not None:
                 self.by_user.setdefault(c.user, []).append(c)
 
-    def route(
-        self, sender: str, target: str | None
-    ) -> list[tuple[float, _Conn, dict[str, Any], int]]:
+    def route(self, sender: str, target: str | None) -> list[_Frame]:
+        """Every frame ``sender`` sent the relay for ``target`` (``None``: unreadable)."""
         return self.by_route.get((sender, target), [])
 
     def of(self, user: str) -> list[_Conn]:
@@ -482,28 +479,15 @@ class _Relay:
     def admitted(self, user: str) -> list[_Conn]:
         return [c for c in self.of(user) if c.admitted is not None]
 
-    def got_from(self, sender: str, target: str, type_: str, epoch: int | None) -> list[float]:
-        return [
-            at
-            for at, _, f, _ in self.route(sender, target)
-            if f.get("type") == type_ and (epoch is None or _epoch(f) == epoch)
-        ]
+    def got_from(
+        self, sender: str, target: str, *types: str, epoch: int | None = None
+    ) -> list[_Frame]:
+        return _matching(self.route(sender, target), types, epoch)
 
-    def forwarded_of(self, sender: str, target: str, type_: str, epoch: int | None) -> list[float]:
-        return [
-            at
-            for at, _, f in self.forwarded_by.get((sender, target), [])
-            if f.get("type") == type_ and (epoch is None or _epoch(f) == epoch)
-        ]
-
-    def frames(
-        self, sender: str, target: str, type_: str, epoch: int | None
-    ) -> list[dict[str, Any]]:
-        return [
-            f
-            for _, _, f, _ in self.route(sender, target)
-            if f.get("type") in (type_, ICE) and (epoch is None or _epoch(f) == epoch)
-        ]
+    def forwarded_of(
+        self, sender: str, target: str, *types: str, epoch: int | None = None
+    ) -> list[_Frame]:
+        return _matching(self.forwarded_by.get((sender, target), []), types, epoch)
 
 
 def _read_relay(relay: _Relay, name: str, records: list[tuple[float, Record]]) -> None:
@@ -776,34 +760,29 @@ def _exchange(
 ) -> list[_Hop]:
     """The hops of one signaling frame, each as far as a trace shows it."""
     s, r, relay = world.client(sender), world.client(receiver), world.relay
-    sent = s.sent_to(receiver, type_, epoch) if s is not None else []
-    got = relay.got_from(sender, receiver, type_, epoch) if relay else []
-    forwarded = relay.forwarded_of(sender, receiver, type_, epoch) if relay else []
-    received = r.received_from(sender, type_, epoch) if r is not None else []
+    sent = s.sent_to(receiver, type_, epoch=epoch) if s is not None else []
+    got = relay.got_from(sender, receiver, type_, epoch=epoch) if relay else []
+    forwarded = relay.forwarded_of(sender, receiver, type_, epoch=epoch) if relay else []
+    received = r.received_from(sender, type_, epoch=epoch) if r is not None else []
     return [
         _Hop(f"{sender} sent", sent[0].at if sent else None, s is not None),
-        _Hop("the relay got", min(got) if got else None, bool(relay)),
-        _Hop("the relay forwarded", min(forwarded) if forwarded else None, bool(relay)),
-        _Hop(f"{receiver} got", min(received) if received else None, r is not None),
+        _Hop("the relay got", _first(got), bool(relay)),
+        _Hop("the relay forwarded", _first(forwarded), bool(relay)),
+        _Hop(f"{receiver} got", _first(received), r is not None),
     ]
+
+
+def _first(frames: list[_Frame]) -> float | None:
+    return min(x.at for x in frames) if frames else None
 
 
 def _first_epoch(world: _World, i: str, p: str, since: float | None) -> int | None:
     """The epoch of the first offer from ``i`` to ``p`` any trace shows."""
-    seen: list[tuple[float, int]] = []
     s, r = world.client(i), world.client(p)
-    if s is not None:
-        seen += [(x.at, _epoch(x.frame)) for x in s.sent_to(p, OFFER, None)]
-    if world.relay:
-        seen += [
-            (at, _epoch(f)) for at, _, f, _ in world.relay.route(i, p) if f.get("type") == OFFER
-        ]
-    if r is not None:
-        seen += [
-            (at, _epoch(f))
-            for at, f in r.received
-            if f.get("fromUserId") == i and f.get("type") == OFFER
-        ]
+    offers = s.sent_to(p, OFFER) if s is not None else []
+    offers += world.relay.got_from(i, p, OFFER) if world.relay else []
+    offers += r.received_from(i, OFFER) if r is not None else []
+    seen = [(x.at, _epoch(x.frame)) for x in offers]
     if since is not None:
         later = [x for x in seen if x[0] >= since - 1.0]
         seen = later or seen
@@ -819,24 +798,19 @@ class _Stop(Exception):
         self.cause = cause
 
 
-def _walk_exchange(
-    world: _World, what: str, hops: list[_Hop], sender: str, receiver: str
-) -> float | None:
+def _walk_exchange(world: _World, what: str, hops: list[_Hop], sender: str, receiver: str) -> float:
     """Raise :class:`_Stop` where the frame's hops stop; the time it arrived (or the
-    last time a trace saw it, when the rest is unknown)."""
+    last time a trace saw it, when the rest is unknown). Some hop is known: a pair
+    always has the relay's trace or one of its two users' behind it."""
     seen = [k for k, h in enumerate(hops) if h.at is not None]
     last = seen[-1] if seen else -1
     for hop in hops[:last]:
         if hop.known and hop.at is None:  # a later hop happened: this trace missed it
             world.notes.append(
-                f"{hops[last].label} the {what}, but no trace shows {hop.label.split()[0]}"
-                f" {' '.join(hop.label.split()[1:])} it: traces disagree, or one is incomplete"
+                f"{hops[last].label} the {what}, but no trace shows {hop.label} it: "
+                "traces disagree, or one is incomplete"
             )
-    if last == len(hops) - 1:
-        return hops[-1].at
     gap = next((k for k in range(last + 1, len(hops)) if hops[k].known), None)
-    if gap is None and last < 0:
-        return None
     if gap == 0:
         raise _Stop(what, _absent(world, what, sender, receiver, world.together_at or 0.0))
     if last < 0:  # no trace shows it sent (the sender has none)
@@ -862,7 +836,7 @@ def _walk_exchange(
         ]
         if refusals:
             code, message = refusals[0]
-            sizes = [size for at, _, f, size in world.relay.route(sender, receiver) if at == since]
+            sizes = [x.size for x in world.relay.route(sender, receiver) if x.at == since]
             of = f"; the {what} was {sizes[0]:,} bytes" if sizes else ""
             raise _Stop(step, f"the relay refused {sender}'s {what}: {code} ({message}{of})")
         if not world.relay.admitted(receiver):
@@ -979,7 +953,7 @@ def _walk(world: _World, i: str, p: str) -> tuple[str, str]:
         return _no_offer(world, i, p, together)
     offer_at = _walk_exchange(world, "offer", _exchange(world, OFFER, i, p, epoch), i, p)
     answer_hops = _exchange(world, ANSWER, p, i, epoch)
-    if offer_at is not None and cp is None and all(h.at is None for h in answer_hops):
+    if cp is None and all(h.at is None for h in answer_hops):
         # nothing of the answer anywhere, and no trace from the answering side
         delivered = "delivered" if _delivered(world, OFFER, i, p, epoch) else "sent"
         because = world.explain_absence(p, offer_at)
@@ -988,9 +962,9 @@ def _walk(world: _World, i: str, p: str) -> tuple[str, str]:
             f"no answer from {p}: {i}'s offer was {delivered} at {world.rel(offer_at)} and "
             "nothing came back" + (f"; {because}" if because else ""),
         )
-    if cp is not None and offer_at is not None and not cp.sent_to(i, ANSWER, epoch):
-        got = cp.received_from(i, OFFER, epoch)
-        since = got[0] if got else offer_at
+    if cp is not None and not cp.sent_to(i, ANSWER, epoch=epoch):
+        got = cp.received_from(i, OFFER, epoch=epoch)
+        since = got[0].at if got else offer_at
         failed = [x for x in cp.ops_failed.get(i, []) if x[0] >= since]
         if failed:
             raise _Stop("answer", f"answer never sent: {p} could not answer: {failed[0][1]}")
@@ -1001,13 +975,11 @@ def _walk(world: _World, i: str, p: str) -> tuple[str, str]:
             + (f": {because}" if because else ""),
         )
     answer_at = _walk_exchange(world, "answer", answer_hops, p, i)
-    if answer_at is None and ci is not None:
-        raise _Stop("answer", f"no answer from {p} reached {i}")
-    if ci is not None and answer_at is not None and p not in ci.answers_applied:
+    if ci is not None and p not in ci.answers_applied:
         failed = [x for x in ci.ops_failed.get(p, []) if x[0] >= answer_at]
         detail = f": {failed[0][1]}" if failed else ""
         raise _Stop("answer", f"answer never applied by {i}{detail}")
-    if ci is None and cp is None and answer_at is not None:
+    if ci is None and cp is None:
         raise _Stop(
             "signaled",
             f"offer and answer relayed by {world.rel(answer_at)}; ICE is not in the relay's trace",
@@ -1015,11 +987,11 @@ def _walk(world: _World, i: str, p: str) -> tuple[str, str]:
     # 4. candidates
     _check_candidates(world, i, p, epoch)
     # 5. ICE
-    return _ice(world, i, p, answer_at or offer_at or together)
+    return _ice(world, i, p, answer_at)
 
 
 def _delivered(world: _World, type_: str, sender: str, receiver: str, epoch: int | None) -> bool:
-    return bool(world.relay and world.relay.forwarded_of(sender, receiver, type_, epoch))
+    return bool(world.relay and world.relay.forwarded_of(sender, receiver, type_, epoch=epoch))
 
 
 def _no_offer(world: _World, i: str, p: str, together: float) -> tuple[str, str]:
@@ -1030,9 +1002,9 @@ def _no_offer(world: _World, i: str, p: str, together: float) -> tuple[str, str]
         raise _Stop("offer", _absent(world, "offer", i, p, ci.seen[p]))
     asked = 0
     if cp is not None:
-        asked = len(cp.sent_to(i, RENEGOTIATE, None))
+        asked = len(cp.sent_to(i, RENEGOTIATE))
     elif world.relay:
-        asked = len(world.relay.got_from(p, i, RENEGOTIATE, None))
+        asked = len(world.relay.got_from(p, i, RENEGOTIATE))
     detail = f"; {p} asked for it {asked} time{'s' if asked > 1 else ''}" if asked else ""
     relay = "" if not world.relay else ", and the relay got none"
     because = world.explain_absence(i, together)
@@ -1049,31 +1021,28 @@ def _describe(addresses: list[str]) -> str:
     )
 
 
+def _carried(frames: list[_Frame], type_: str) -> list[str] | None:
+    """The ``ip:port`` of every candidate ``frames`` carry; ``None`` when the ``type_``
+    frame (the description) is not among them: the trace did not see it."""
+    if not any(x.frame.get("type") == type_ for x in frames):
+        return None
+    return [a for x in frames for a in _candidates(x.frame)]
+
+
 def _check_candidates(world: _World, i: str, p: str, epoch: int | None) -> None:
     """Stop where a side's candidates were missing, or changed on their way."""
     for sender, receiver, type_ in ((i, p, OFFER), (p, i, ANSWER)):
         s, r = world.client(sender), world.client(receiver)
-        sent: list[str] | None = None
-        if s is not None and s.sent_to(receiver, type_, epoch):
-            frames = s.sent_to(receiver, type_, epoch) + s.sent_to(receiver, ICE, epoch)
-            sent = [a for x in frames for a in _candidates(x.frame)]
-        relayed: list[str] | None = None
-        if world.relay and world.relay.frames(sender, receiver, type_, epoch):
-            relayed = [
-                a
-                for f in world.relay.frames(sender, receiver, type_, epoch)
-                for a in _candidates(f)
-            ]
-        received: list[str] | None = None
-        if r is not None and r.received_from(sender, type_, epoch):
-            received = [
-                a
-                for _, f in r.received
-                if f.get("fromUserId") == sender
-                and f.get("type") in (type_, ICE)
-                and (epoch is None or _epoch(f) == epoch)
-                for a in _candidates(f)
-            ]
+        sent = relayed = received = None
+        if s is not None:  # the description's candidates first, then the trickled ones
+            frames = s.sent_to(receiver, type_, epoch=epoch) + s.sent_to(receiver, ICE, epoch=epoch)
+            sent = _carried(frames, type_)
+        if world.relay:
+            relayed = _carried(
+                world.relay.got_from(sender, receiver, type_, ICE, epoch=epoch), type_
+            )
+        if r is not None:
+            received = _carried(r.received_from(sender, type_, ICE, epoch=epoch), type_)
         what = type_.removeprefix("webrtc-")
         first = sent if sent is not None else relayed
         if first is not None and not first:
@@ -1198,17 +1167,17 @@ def _timeline(world: _World, i: str, p: str) -> tuple[Event, ...]:
     relay = world.relay
     users = {i, p}
     for sender, target in ((i, p), (p, i)):
-        for at, _, f, _ in relay.route(sender, target):
-            route = f"{sender} → {target} (epoch {_epoch(f)})"
-            if f.get("type") != ICE:
-                events.append((at, "relay", f"got {f.get('type')} {route}"))
-        for at, _, f in relay.forwarded_by.get((sender, target), []):
-            route = f"{sender} → {target} (epoch {_epoch(f)})"
-            if f.get("type") != ICE:
-                events.append((at, "relay", f'Relaying message type "{f.get("type")}" {route}'))
+        for said, frames in (
+            ("got {}", relay.route(sender, target)),
+            ('Relaying message type "{}"', relay.forwarded_by.get((sender, target), [])),
+        ):
+            for x in frames:
+                if x.frame.get("type") != ICE:
+                    route = f"{sender} → {target} (epoch {_epoch(x.frame)})"
+                    events.append((x.at, "relay", f"{said.format(x.frame.get('type'))} {route}"))
     for user in (i, p):
-        for at, _, _, size in relay.route(user, None):  # an unreadable frame
-            events.append((at, "relay", f"got a frame of {size} bytes from {user}"))
+        for x in relay.route(user, None):  # an unreadable frame
+            events.append((x.at, "relay", f"got a frame of {x.size} bytes from {user}"))
     for conn in relay.of(i) + relay.of(p):
         if conn.admitted is not None:
             events.append((conn.admitted, "relay", f'User "{conn.user}" joined room "{conn.room}"'))
@@ -1340,10 +1309,10 @@ def _mentioned(world: _World) -> dict[str, set[str]]:
         for c in traces:
             for other in c.seen:
                 link(user, other)
-            for s in c.sent:
-                link(user, str(s.frame.get("toUserId")))
-            for _, f in c.received:
-                link(user, str(f.get("fromUserId")))
+            for sent in c.sent:
+                link(user, str(sent.frame.get("toUserId")))
+            for got in c.received:
+                link(user, str(got.frame.get("fromUserId")))
     by_room: dict[str, list[_Conn]] = {}
     for conn in world.relay.conns.values():
         # in one room (or refused while trying to join it)
@@ -1353,9 +1322,9 @@ def _mentioned(world: _World) -> dict[str, set[str]]:
         for x, y in itertools.combinations(members, 2):
             if x.user and y.user:
                 link(x.user, y.user)
-    for _, conn, f, _ in world.relay.got:
-        if conn.user and isinstance(f.get("toUserId"), str):
-            link(conn.user, f["toUserId"])
+    for sender, target in world.relay.by_route:
+        if sender and isinstance(target, str):
+            link(sender, target)
     return contact
 
 
