@@ -98,12 +98,15 @@ class _Link:
     """What the adapter keeps per open WebSocket connection."""
 
     ws: _Connection
-    closing: bool = False
     known_to_machine: bool = True
-    server_closed: bool = False
     closer: asyncio.Task[None] | None = None
     """Our close of this connection (the handler waits for it before it returns, or
     websockets would close with 1000 first)."""
+
+    @property
+    def closing(self) -> bool:
+        """The server closes this connection (the machine, the adapter's limits)."""
+        return self.closer is not None
 
 
 FAIR_SHARE = 16
@@ -181,8 +184,6 @@ class _Connection(ServerConnection):
     relay: ClassVar[RelayServer]
     conn: ConnId | None = None
     """The machine's id of this connection, from accept."""
-    handled: bool = False
-    """The WebSocket handler runs (it reports the end of the connection itself)."""
     close_held: bool = False
     """A close frame from the client arrived and its answer is not sent yet: the relay
     first handles every frame received before it, then the close
@@ -342,7 +343,7 @@ class _Connection(ServerConnection):
         self.close_held = False
         super().connection_lost(exc)
         relay, conn = self.relay, self.conn
-        if conn is not None and relay._opening.pop(conn, None) is not None and not self.handled:
+        if conn is not None and relay._opening.pop(conn, None) is not None:
             # It never reached the handler (an HTTP request, a refused or failed
             # handshake): the machine hears its end here.
             relay._feed(Disconnected(conn=conn, clean=True))
@@ -733,7 +734,6 @@ class RelayServer:
     async def _handle_connection(self, ws: ServerConnection) -> None:
         assert isinstance(ws, _Connection) and ws.conn is not None
         own, conn = ws, ws.conn
-        own.handled = True
         if self._opening.pop(conn, None) is None:
             return  # the socket ended before its handler started (connection_lost said so)
         link = _Link(ws=own)
@@ -772,7 +772,7 @@ class RelayServer:
         (1009)."""
         protocol = link.ws.protocol
         sent = protocol.close_sent
-        if link.server_closed or sent is None or protocol.close_rcvd_then_sent:
+        if link.closing or sent is None or protocol.close_rcvd_then_sent:
             return
         if sent.code == CloseCode.TOO_BIG:
             self.refusals["frame-too-large"] += 1
@@ -781,7 +781,7 @@ class RelayServer:
     def _clean(link: _Link) -> bool:
         protocol = link.ws.protocol
         sent = protocol.close_sent
-        by_server = link.server_closed or (sent is not None and not protocol.close_rcvd_then_sent)
+        by_server = link.closing or (sent is not None and not protocol.close_rcvd_then_sent)
         code = protocol.close_rcvd.code if protocol.close_rcvd is not None else None
         server_code = sent.code if by_server and sent is not None else None
         return is_clean_close(code, by_server=by_server, server_code=server_code)
@@ -867,7 +867,6 @@ class RelayServer:
         wait for the client's answer to the close (:meth:`_Connection.fail`)."""
         if link.closing:
             return
-        link.closing = link.server_closed = True
         self.closes[code] = self.closes.get(code, 0) + 1
         closing = link.ws.fail(code, reason) if fail else link.ws.close(code, reason)
         link.closer = asyncio.get_running_loop().create_task(closing)
