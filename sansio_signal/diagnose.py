@@ -654,29 +654,18 @@ class _World:
 
     def explain_absence(self, actor: str, after: float) -> str | None:
         """Why ``actor`` did nothing after ``after``: the first thing that broke."""
-        options = [
-            x
-            for x in (
-                self.relay_lost(after),
-                self.killed(actor, after),
-                self.connection_lost(actor, after),
-                self.left_at(actor, after),
-            )
-            if x is not None
-        ]
+        lost, killed = self.relay_lost(after), self.killed(actor, after)
+        others = [self.connection_lost(actor, after), self.left_at(actor, after)]
+        options = [x for x in (lost, killed, *others) if x is not None]
         if not options:
             return self.relay_ended(self.walking or (actor,), after)
         at, _ = min(options)
-        lost = self.relay_lost(after)
         if lost is not None and lost[0] == at:
             return self.lost_text(lost)
-        killed = self.killed(actor, after)
         if killed is not None and killed[0] <= at + 1.0:
             return killed[1]
-        for option in options:
-            if option[0] == at:
-                return f"{option[1]} at {self.rel(at)}"
-        return None
+        what = next(x[1] for x in others if x is not None and x[0] == at)
+        return f"{what} at {self.rel(at)}"
 
     def explain_transit(self, carriers: tuple[str, ...], after: float, hop: str) -> str:
         """A frame that vanished after ``after`` on its way over the relay connections
