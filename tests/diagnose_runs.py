@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -26,11 +25,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from faultproxy import Rule, drop, edit_candidates, fault_proxy, to_port
-from test_chat_cli import line_of
+from conftest import join_frame
+from faultproxy import FaultProxy, Rule, drop, edit_candidates, fault_proxy, to_port
+from test_chat_cli import line_of, spawn_chat
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
-from wsutil import free_port, spawn_serve
+from wsutil import free_port, recv, send, spawn_serve
 
 from sansio_signal import RelayMachine
 from sansio_signal.adapters.aiortc_peer import loopback_only
@@ -43,7 +43,6 @@ from sansio_signal.tokens import TokenAuthority, issue_token
 
 TIMEOUT = 20.0
 ROOM = "demo"
-EXE = [sys.executable, "-m", "sansio_signal"]
 PATIENT = NegotiationConfig(negotiation_timeout=60, connect_timeout=60, offer_wait=60)
 """Deadlines far beyond a run: the first attempt's failure is what the trace shows."""
 QUICK_ICE = NegotiationConfig(
@@ -77,6 +76,20 @@ async def relay(where: Path, **kw: Any) -> AsyncIterator[RelayServer]:
             yield server
 
 
+async def alice_and_bob(
+    where: Path, url: str, proxy: FaultProxy | None = None, behind: tuple[str, ...] = (), **kw: Any
+) -> tuple[Client, Client]:
+    """alice and bob, started in that order; those named in ``behind`` connect through
+    ``proxy``."""
+    alice, bob = (
+        client(proxy.url if proxy is not None and user in behind else url, where, user, **kw)
+        for user in ("alice", "bob")
+    )
+    await alice.start()
+    await bob.start()
+    return alice, bob
+
+
 async def close_all(*clients: Client) -> None:
     for c in clients:
         await c.close()
@@ -85,26 +98,16 @@ async def close_all(*clients: Client) -> None:
 async def raw_member(url: str, user: str, room: str = ROOM) -> ClientConnection:
     """A client that joins and then ignores every frame (it has no trace)."""
     ws = await ws_connect(url)
-    await ws.send(
-        json.dumps(
-            {
-                "channel": "webrtc-dashboard-rooms",
-                "type": "join-room",
-                "roomId": room,
-                "userId": user,
-            }
-        )
-    )
-    while json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)).get("userId") != user:
-        pass
+    await send(ws, join_frame(room, user))
+    await frame_where(ws, type="user-joined-room", userId=user)
     return ws
 
 
-async def frame_from(ws: ClientConnection, sender: str, type_: str) -> None:
-    """Until the raw client ``ws`` receives a ``type_`` from ``sender``."""
+async def frame_where(ws: ClientConnection, **fields: str) -> None:
+    """Until the raw client ``ws`` receives a frame with these ``fields``."""
     while True:
-        frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
-        if frame.get("fromUserId") == sender and frame.get("type") == type_:
+        frame = await recv(ws)
+        if all(frame.get(key) == value for key, value in fields.items()):
             return
 
 
@@ -148,7 +151,7 @@ async def id_taken(where: Path) -> None:
             await bob.start()
         alice = client(server.url, where, "alice")
         await alice.start()
-        await frame_from(holder, "alice", "webrtc-offer")
+        await frame_where(holder, fromUserId="alice", type="webrtc-offer")
         await close_all(alice, bob)
         await holder.close()
 
@@ -156,9 +159,7 @@ async def id_taken(where: Path) -> None:
 async def room_full(where: Path) -> None:
     """A relay with rooms of two: carol is the third."""
     async with relay(where, limits=Limits(max_room_size=2)) as server:
-        alice, bob = client(server.url, where, "alice"), client(server.url, where, "bob")
-        await alice.start()
-        await bob.start()
+        alice, bob = await alice_and_bob(where, server.url)
         await alice.wait_connected("bob", timeout=TIMEOUT)
         await bob.wait_connected("alice", timeout=TIMEOUT)
         carol = client(server.url, where, "carol")
@@ -197,12 +198,7 @@ async def _lost_on_the_way(where: Path, type_: str, behind: str) -> None:
     """alice and bob, ``behind`` through a proxy that drops every ``type_`` coming to
     it, until it dropped one."""
     async with relay(where) as server, fault_proxy(server.url, drop(type_, up=False)) as proxy:
-        alice, bob = (
-            client(proxy.url if user == behind else server.url, where, user)
-            for user in ("alice", "bob")
-        )
-        await alice.start()
-        await bob.start()
+        alice, bob = await alice_and_bob(where, server.url, proxy, (behind,))
         await proxy.wait_for(lambda: bool(proxy.dropped))
         await close_all(alice, bob)
 
@@ -217,7 +213,8 @@ async def silent_peer(where: Path) -> None:
         await alice.start()
         await carol.start()
         await alice.wait_connected("carol", timeout=TIMEOUT)
-        await frame_from(bob, "carol", "webrtc-renegotiate")  # carol waited for bob's offer
+        # carol waited for bob's offer
+        await frame_where(bob, fromUserId="carol", type="webrtc-renegotiate")
         await close_all(alice, carol)
         await bob.close()
 
@@ -236,10 +233,9 @@ async def candidates_dead_port(where: Path) -> None:
 async def _ice_through(where: Path, rule: Rule) -> None:
     """alice and bob behind one proxy applying ``rule``, until alice gives up."""
     async with relay(where) as server, fault_proxy(server.url, rule) as proxy:
-        alice = client(proxy.url, where, "alice", config=QUICK_ICE)
-        bob = client(proxy.url, where, "bob", config=QUICK_ICE)
-        await alice.start()
-        await bob.start()
+        alice, bob = await alice_and_bob(
+            where, server.url, proxy, ("alice", "bob"), config=QUICK_ICE
+        )
         await alice.wait_until(traced(where, "alice", "PeerFailed"), timeout=TIMEOUT)
         await close_all(alice, bob)
 
@@ -261,12 +257,11 @@ async def peer_killed(where: Path) -> None:
         relay(where, limits=Limits(resume_grace=0.5)) as server,
         fault_proxy(server.url, kill_on_answer) as proxy,
     ):
-        bob = await asyncio.create_subprocess_exec(
-            *EXE, "chat", proxy.url, "--room", ROOM, "--user", "bob", "--loopback-only",
-            "--log-level", "INFO", "--trace", str(where / "bob.jsonl"),
-            cwd=where, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        trace = ["--trace", str(where / "bob.jsonl")]
+        # spawn_chat's room is "r": the later --room wins
+        bob = await spawn_chat(
+            where, proxy.url, "bob", "--room", ROOM, "--log-level", "INFO", *trace
+        )
         try:
             await line_of(bob.stderr, "joined room")
             alice = client(server.url, where, "alice")
@@ -304,12 +299,7 @@ async def _relay_killed_on(where: Path, type_: str, behind: str) -> None:
             return frame
 
         async with fault_proxy(url, kill) as proxy:
-            alice, bob = (
-                client(proxy.url if user == behind else url, where, user)
-                for user in ("alice", "bob")
-            )
-            await alice.start()
-            await bob.start()
+            alice, bob = await alice_and_bob(where, url, proxy, (behind,))
             await proxy.wait_for(lambda: bool(proxy.dropped))
             await proc.wait()
             for c in (alice, bob):
@@ -324,9 +314,7 @@ async def _relay_killed_on(where: Path, type_: str, behind: str) -> None:
 async def oversize_offer(where: Path) -> None:
     """A relay whose frame limit is below the size of an offer."""
     async with relay(where, limits=Limits(max_frame_bytes=600)) as server:
-        alice, bob = client(server.url, where, "alice"), client(server.url, where, "bob")
-        await alice.start()
-        await bob.start()
+        alice, bob = await alice_and_bob(where, server.url)
         await alice.wait_until(traced(where, "alice", "ServerDisconnected"), timeout=TIMEOUT)
         await close_all(alice, bob)
 
