@@ -20,6 +20,7 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Callable
 
 import pytest
 from conftest import join_frame
@@ -59,6 +60,11 @@ async def flood_until_stalled(server: RelayServer, sender: ClientConnection, con
         "offer": {"type": "offer", "sdp": incompressible(45_000)},
     }
     link = server._links[conn]
+    stats = server.machine.stats
+
+    def relayed(offers: int) -> Callable[[], bool]:
+        return lambda: stats.frames_out["webrtc-offer"] >= offers
+
     deadline = time.perf_counter() + 20
     started = time.perf_counter()
     # Until the socket takes no more and frames wait in the queue (or the close does).
@@ -69,8 +75,12 @@ async def flood_until_stalled(server: RelayServer, sender: ClientConnection, con
                 " of flood, before the server stalled on it: nothing was tested"
             )
         assert time.perf_counter() < deadline, "the server never stalled on the slow reader"
+        offers = stats.frames_out["webrtc-offer"] + 1
         await send(sender, big)
-        await asyncio.sleep(0.01)
+        # One offer at a time: the next goes once the relay has handed this one to slow's
+        # socket (synchronously), so the check above sees its effect and the queue grows
+        # by a frame per round, never past the send buffer's slow-consumer bound.
+        await server.wait_until(relayed(offers), 5)
     assert link.ws.unsent_bytes() < server.send_buffer // 2  # not a slow-consumer close
     print(f"\nstalled after {time.perf_counter() - started:.2f} s of flood", end="")
 
@@ -98,7 +108,7 @@ def test_a_reader_that_stops_is_reclaimed_by_the_idle_timeout() -> None:
     async def scenario(server: RelayServer) -> None:
         async with Bystander(server, "stalled reader, idle timeout"):
             sender, slow, conn = await flooded_stalled_reader(server)
-            # Idle close decided 3 s after slow's join (the flood stalls it in about 1 s),
+            # Idle close decided 3 s after slow's join (the flood stalls it within a second),
             # sent or aborted ≤ 1 s later.
             took = await gone(server, conn, 6.0)
             print(f"\nstalled reader reclaimed {took:.2f} s after the flood (idle 3 s)")
