@@ -62,9 +62,10 @@ def test_connections_over_the_address_limit_are_closed_as_they_arrive() -> None:
 
 def test_no_address_no_limit() -> None:
     h = make_harness(Limits(max_per_address=1))
-    conns = [h.connect() for _ in range(5)]
+    for _ in range(5):
+        h.connect()
     assert h.closed == {}
-    assert len(conns) == 5
+    assert h.machine.connection_count == 5
 
 
 def test_held_members_count_against_their_address_until_the_hold_ends() -> None:
