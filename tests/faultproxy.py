@@ -40,21 +40,16 @@ class Link:
 Rule = Callable[[Link, bool, Frame], Frame | None]
 
 
-def passthrough(link: Link, up: bool, frame: Frame) -> Frame | None:
-    return frame
-
-
 class FaultProxy:
     """Clients connect to :attr:`url`; frames go to and from ``upstream`` through
     ``rule``. :attr:`dropped` lists ``(user, up, type)`` of every frame the rule
-    dropped; :meth:`wait_for` waits for the rule to report something."""
+    dropped; :meth:`wait_for` waits until a check on it holds."""
 
-    def __init__(self, upstream: str, rule: Rule = passthrough) -> None:
+    def __init__(self, upstream: str, rule: Rule) -> None:
         self.upstream = upstream
         self.rule = rule
         self.port = 0
         self.dropped: list[tuple[str | None, bool, str]] = []
-        self.notes: list[str] = []
         self._changed = asyncio.Event()
         self._pending: dict[ServerConnection, ClientConnection] = {}
         self._server: Server | None = None
@@ -63,12 +58,9 @@ class FaultProxy:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/"
 
-    def note(self, text: str) -> None:
-        """Record that something happened (for :meth:`wait_for`)."""
-        self.notes.append(text)
-        self._changed.set()
-
     async def wait_for(self, check: Callable[[], bool], timeout: float = 20.0) -> None:
+        """Until ``check()`` holds, checked after each frame the rule drops."""
+
         async def until() -> None:
             while not check():
                 self._changed.clear()
@@ -129,15 +121,8 @@ class FaultProxy:
         src, dst = (link.client, link.relay) if up else (link.relay, link.client)
         with contextlib.suppress(ConnectionClosed):
             async for data in src:
-                if isinstance(data, bytes):
-                    await dst.send(data)
-                    continue
-                try:
-                    frame = json.loads(data)
-                except ValueError:
-                    await dst.send(data)
-                    continue
-                if not isinstance(frame, dict):
+                frame = _json_object(data)
+                if frame is None:  # binary, or not a JSON object: passed on as it is
                     await dst.send(data)
                     continue
                 if up and frame.get("type") == "join-room" and link.user is None:
@@ -150,8 +135,18 @@ class FaultProxy:
                 await dst.send(data if out is frame else json.dumps(out))
 
 
+def _json_object(data: str | bytes) -> Frame | None:
+    if isinstance(data, bytes):
+        return None
+    try:
+        frame = json.loads(data)
+    except ValueError:
+        return None
+    return frame if isinstance(frame, dict) else None
+
+
 @contextlib.asynccontextmanager
-async def fault_proxy(upstream: str, rule: Rule = passthrough) -> AsyncIterator[FaultProxy]:
+async def fault_proxy(upstream: str, rule: Rule) -> AsyncIterator[FaultProxy]:
     proxy = FaultProxy(upstream, rule)
     await proxy.start()
     try:
