@@ -10,34 +10,50 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from diagnose_runs import run
+from diagnose_runs import RUNS, run
 
 from sansio_signal.adapters.cli import main, run_diagnose
 
 Diagnose = Callable[..., tuple[int, str]]
 
 
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``ran(run_name)``: the directory of that scenario's traces, run once per module
+    (the guide's test reads them all)."""
+    done: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in done:
+            done[name] = tmp_path_factory.mktemp(name)
+            run(name, done[name])
+        return done[name]
+
+    return get
+
+
 @pytest.fixture
-def traces(tmp_path: Path) -> Iterator[Callable[[str], Diagnose]]:
+def traces(ran: Callable[[str], Path]) -> Callable[[str], Diagnose]:
     """``traces(run_name)`` runs that scenario and returns ``diagnose(*names)``, which
     reads only the named traces (all of them when none are named)."""
 
     def start(name: str) -> Diagnose:
-        run(name, tmp_path)
+        where = ran(name)
 
         def diagnose(*names: str, **flags: bool) -> tuple[int, str]:
-            files = [tmp_path / f"{n}.jsonl" for n in names] or [tmp_path]
+            files = [where / f"{n}.jsonl" for n in names] or [where]
             out = io.StringIO()
             status = run_diagnose([str(f) for f in files], out, **flags)
             return status, out.getvalue()
 
         return diagnose
 
-    yield start
+    return start
 
 
 def only_line(text: str) -> str:
@@ -179,8 +195,8 @@ def test_candidates_stripped_in_transit(traces: Callable[[str], Diagnose]) -> No
         "between the relay and bob: alice sent 127.0.0.1:"
     ), line
     assert ", bob got none; ICE failed at +" in line
-    _, text = diagnose("bob")
-    assert "stopped at candidates: bob got alice's offer without candidates" in text
+    line = stopped(diagnose, "bob")
+    assert "stopped at candidates: bob got alice's offer without candidates" in line
 
 
 def test_candidates_rewritten_to_a_dead_port(traces: Callable[[str], Diagnose]) -> None:
@@ -200,7 +216,7 @@ def test_candidates_rewritten_to_a_dead_port(traces: Callable[[str], Diagnose]) 
 
 
 def test_the_peer_killed_as_the_offer_reached_it(
-    traces: Callable[[str], Diagnose], tmp_path: Path
+    traces: Callable[[str], Diagnose], ran: Callable[[str], Path]
 ) -> None:
     diagnose = traces("peer-killed")
     line = stopped(diagnose)
@@ -211,7 +227,7 @@ def test_the_peer_killed_as_the_offer_reached_it(
     assert "bob's trace ends at +" in line and "the process died (killed?)" in line
     assert "the relay saw its connection drop" in line
     # the killed peer's trace survived the kill: it has the offer
-    killed = (tmp_path / "bob.jsonl").read_text(encoding="utf-8").splitlines()
+    killed = (ran("peer-killed") / "bob.jsonl").read_text(encoding="utf-8").splitlines()
     assert any('"webrtc-offer' in line and "ServerFrameReceived" in line for line in killed)
     line = stopped(diagnose, "alice", "relay")
     assert line.startswith(
@@ -257,7 +273,9 @@ def test_an_oversize_frame_is_named(traces: Callable[[str], Diagnose]) -> None:
         ), (subset, text)
 
 
-def test_json_and_the_verbose_timeline(traces: Callable[[str], Diagnose], tmp_path: Path) -> None:
+def test_json_and_the_verbose_timeline(
+    traces: Callable[[str], Diagnose], ran: Callable[[str], Path]
+) -> None:
     diagnose = traces("answer-lost")
     status, text = diagnose(as_json=True)
     assert status == 1
@@ -279,14 +297,47 @@ def test_json_and_the_verbose_timeline(traces: Callable[[str], Diagnose], tmp_pa
     assert timeline and all(line.startswith("    +") for line in timeline)
     assert any("bob      Received offer from: alice" in line for line in timeline), timeline
     # the console script takes the flags
-    assert main(["diagnose", "--json", str(tmp_path)]) == 1
+    assert main(["diagnose", "--json", str(ran("answer-lost"))]) == 1
 
 
-def test_the_debugging_guide_shows_every_run() -> None:
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "debugging.md"
+
+
+def shape(text: str) -> list[str]:
+    """``text``'s lines with every number (times, ports, sizes, counts) as ``N``."""
+    return [re.sub(r"\d+(\.\d+)?", "N", line) for line in text.strip().splitlines()]
+
+
+def test_the_debugging_guide_shows_every_run_as_it_is(ran: Callable[[str], Path]) -> None:
     """docs/debugging.md shows the output of each run (regenerated with
-    ``python tests/diagnose_runs.py DIR``); a new run must be shown there too."""
-    from diagnose_runs import RUNS
-
-    guide = (Path(__file__).resolve().parent.parent / "docs" / "debugging.md").read_text()
+    ``python tests/diagnose_runs.py DIR``), and of its trace subsets: each block is what
+    ``diagnose`` says of this run's traces now, but for the numbers (timings differ from
+    run to run) and, under ``-v``, the timeline (its interleaving across traces too)."""
+    guide = GUIDE.read_text(encoding="utf-8")
     for name in RUNS:
         assert f"$ sansio-signal diagnose {name}/\n" in guide, name
+    blocks = re.findall(r"^\$ sansio-signal diagnose (.*)\n((?:(?!\$ |```).*\n)*)", guide, re.M)
+    checked = 0
+    for command, shown in blocks:
+        args = command.split()
+        paths = [a for a in args if not a.startswith("-")]
+        if not all(p.split("/")[0] in RUNS for p in paths):
+            continue  # the browser's run: tests/test_diagnose_browser.py
+        out = io.StringIO()
+        run_diagnose(
+            [str(ran(p.split("/")[0]) / p.split("/", 1)[1]) for p in paths],
+            out,
+            verbose="-v" in args,
+        )
+        said = out.getvalue()
+        for p in paths:  # the guide names each trace by its path under the run's directory
+            said = said.replace(str(ran(p.split("/")[0])), p.split("/")[0])
+        expected, actual = shape(shown), shape(said)
+        if "-v" in args:
+            expected, actual = (
+                [line for line in lines if not line.startswith("    +")]
+                for lines in (expected, actual)
+            )
+        assert actual == expected, command
+        checked += 1
+    assert checked >= len(RUNS) + 10
