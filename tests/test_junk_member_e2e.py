@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from conftest import SIGNALING, Frame, chat_frame, join_frame
-from playwright.async_api import Browser, Page, async_playwright
-from test_browser import CHROMIUM, CHROMIUM_ARGS, http_url, pytestmark
+from playwright.async_api import Browser, Page
+from test_browser import http_url, pytestmark, run, serving
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
-from wsutil import message_from, start_serve
+from wsutil import message_from
 
 from sansio_signal.actions import PeerLeft, ProtocolViolation
 from sansio_signal.adapters.client import Chat, Client, ClientNotice, connect
@@ -359,7 +359,6 @@ def test_a_member_sending_junk_cannot_stop_the_others_from_talking(tmp_path: Pat
         to: sum(j.expect == Junk.VIOLATION for j in frames) for to, frames in junk.items()
     }
     refused = sum(j.expect == Junk.REFUSED for frames in junk.values() for j in frames)
-    proc, url = start_serve(tmp_path, "--rate-limit", "0", "--abuse-errors", "1000000")
 
     async def scenario(browser: Browser) -> None:
         inbox: Seen[Frame] = Seen()
@@ -444,21 +443,9 @@ def test_a_member_sending_junk_cannot_stop_the_others_from_talking(tmp_path: Pat
         assert ws.close_code is None, "the relay kept the junk member"
         report(py_violations, web_violations, errors)
 
-    async def main() -> None:
-        async with async_playwright() as p:
-            browser = await p.chromium.launch(
-                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-            )
-            try:
-                await asyncio.wait_for(scenario(browser), 90)
-            finally:
-                await browser.close()
-
-    try:
-        asyncio.run(main())
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    # The scenario above reads ``url``, the relay's, started here.
+    with serving(tmp_path, "--rate-limit", "0", "--abuse-errors", "1000000") as url:
+        run(scenario)
 
 
 def report(py: list[ProtocolViolation], web: list[list[Any]], errors: list[Frame]) -> None:
