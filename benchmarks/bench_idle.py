@@ -171,7 +171,7 @@ async def measure(name: str, argv: list[str], n: int, room_size: int, settle: fl
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    raise_nofile(2 * args.connections + 200)
+    raise_nofile(args.connections + 200)  # per process: the holder's sockets, or the server's
     servers = server_argvs(not args.no_node, args.serve_option)
     results: dict[str, list[float]] = {name: [] for name in servers}
     for r in range(args.rounds):
