@@ -108,11 +108,11 @@ async function join(event) {
   on("chat", ({ from, text }) => addMessage("server-messages", from, text));
   on("server-error", () => {});
   $("leave").disabled = false;
+  client.join(room); // sent once the server is reached
   try {
     await client.connect();
-    client.join(room);
   } catch (error) {
-    log("error", error.message);
+    log("error", `${error.message}; trying again`); // the client keeps trying: see "unreachable"
   }
   render();
 }
