@@ -280,9 +280,8 @@ class _Client:
 
     name: str
     user: str
-    start: float = 0.0
-    end: float = 0.0
-    count: int = 0
+    end: float
+    """When its last record was made."""
     admitted: list[tuple[float, str]] = attrs.field(factory=list)
     wanted_rooms: list[str] = attrs.field(factory=list)
     refused: list[tuple[float, str, str]] = attrs.field(factory=list)
@@ -323,10 +322,7 @@ class _Client:
 
 
 def _read_client(name: str, user: str, records: list[tuple[float, Record]]) -> _Client:
-    c = _Client(name, user)
-    c.count = len(records)
-    if records:
-        c.start, c.end = records[0][0], records[-1][0]
+    c = _Client(name, user, end=records[-1][0])
     pending_remote: dict[Any, str] = {}
     for at, r in records:
         kind = r.get("kind")
@@ -492,8 +488,7 @@ class _Relay:
 
 def _read_relay(relay: _Relay, name: str, records: list[tuple[float, Record]]) -> None:
     relay.names.append(name)
-    if records:
-        relay.end = max(relay.end, records[-1][0])
+    relay.end = max(relay.end, records[-1][0])
     last_in: tuple[float, _Conn, dict[str, Any], int] | None = None
     for at, r in records:
         kind = r.get("kind")
@@ -658,7 +653,7 @@ class _World:
         others = [self.connection_lost(actor, after), self.left_at(actor, after)]
         options = [x for x in (lost, killed, *others) if x is not None]
         if not options:
-            return self.relay_ended(self.walking or (actor,), after)
+            return self.relay_ended(self.walking, after)
         at, _ = min(options)
         if lost is not None and lost[0] == at:
             return self.lost_text(lost)
@@ -919,7 +914,6 @@ def _walk(world: _World, i: str, p: str) -> tuple[str, str]:
                 + more,
             )
     # 2. in one room
-    world.walking = (i, p)
     together = world.together_at = _together(world, i, p)
     if together is None:
         ri, rp = _rooms_of(world, i), _rooms_of(world, p)
@@ -1223,7 +1217,6 @@ def diagnose(traces: Mapping[str, Iterable[Record]]) -> Report:
     clients: dict[str, list[_Client]] = {}
     relay = _Relay()
     summaries: list[TraceSummary] = []
-    starts: list[float] = []
     for name, rows, offset in aligned:
         shift = fallback if offset is None else offset
         by_user: dict[str | None, list[tuple[float, Record]]] = {}
@@ -1232,28 +1225,21 @@ def diagnose(traces: Mapping[str, Iterable[Record]]) -> Report:
             by_user.setdefault(user if isinstance(user, str) else None, []).append(
                 (float(r["t"]) + shift, r)
             )
-        for user, recs in by_user.items():
+        for user, recs in by_user.items():  # each has a record at least
             recs.sort(key=lambda x: x[0])
-            if recs:
-                starts.append(recs[0][0])
+            closed = None
             if user is None:
                 _read_relay(relay, name, recs)
-                summaries.append(
-                    TraceSummary(name, "relay", None, len(recs), recs[0][0], recs[-1][0], None)
-                    if recs
-                    else TraceSummary(name, "relay", None, 0, 0.0, 0.0, None)
-                )
             else:
                 c = _read_client(name, user, recs)
                 clients.setdefault(user, []).append(c)
-                summaries.append(
-                    TraceSummary(name, "client", user, c.count, c.start, c.end, c.closed)
-                )
-    origin = min(starts) if starts else 0.0
-    summaries = [
-        attrs.evolve(s, start=s.start - origin, end=s.end - origin) if s.records else s
-        for s in summaries
-    ]
+                closed = c.closed
+            kind = "relay" if user is None else "client"
+            summaries.append(
+                TraceSummary(name, kind, user, len(recs), recs[0][0], recs[-1][0], closed)
+            )
+    origin = min((s.start for s in summaries), default=0.0)
+    summaries = [attrs.evolve(s, start=s.start - origin, end=s.end - origin) for s in summaries]
     relay.index()
     world = _World(clients, relay, origin)
     findings = [_finding(world, a, b) for a, b in _pairs(world)]
@@ -1264,7 +1250,7 @@ def diagnose(traces: Mapping[str, Iterable[Record]]) -> Report:
 
 
 def _finding(world: _World, a: str, b: str) -> Finding:
-    world.notes = []
+    world.walking, world.notes = (a, b), []
     verdict, step, cause = _pair(world, a, b)  # a < b: a is the initiator
     for note in dict.fromkeys(world.notes):
         cause += ("; " if cause else "") + note
