@@ -18,6 +18,7 @@ import pytest
 from diagnose_runs import RUNS, run
 
 from sansio_signal.adapters.cli import main, run_diagnose
+from sansio_signal.diagnose import diagnose as diagnose_traces
 
 Diagnose = Callable[..., tuple[int, str]]
 
@@ -271,6 +272,27 @@ def test_an_oversize_frame_is_named(traces: Callable[[str], Diagnose]) -> None:
             "alice ↔ bob: stopped at offer relay: the relay refused alice's offer: "
             "frame-too-large (frame is larger than 600 bytes; the offer was "
         ), (subset, text)
+
+
+def test_traces_that_disagree_are_said_to(ran: Callable[[str], Path]) -> None:
+    """bob's trace shows the offer arriving, the relay's (a line lost, say) not its
+    forwarding: the finding says so, and still stops where the answer did."""
+    where = ran("answer-lost")
+    traces = {
+        f.stem: [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines()]
+        for f in where.glob("*.jsonl")
+    }
+    traces["relay"] = [
+        r
+        for r in traces["relay"]
+        if not (r["kind"] == "SendFrame" and '"type":"webrtc-offer"' in r.get("text", ""))
+    ]
+    (finding,) = diagnose_traces(traces).findings
+    assert (finding.pair, finding.step) == (("alice", "bob"), "answer relay")
+    assert finding.cause.endswith(
+        "; bob got the offer, but no trace shows the relay forwarded it: traces disagree, "
+        "or one is incomplete"
+    ), finding.cause
 
 
 def test_json_and_the_verbose_timeline(
