@@ -157,7 +157,8 @@ class _Conn:
     tokens: float
     refilled_at: float
     address: str | None = None
-    """Set while this connection counts against its address (``Limits.max_per_address``)."""
+    """The client's address, when known: the connection counts against it (and parks its
+    rate bucket there when it ends)."""
     room_id: str | None = None
     user_id: str | None = None
     resume_token: str | None = None
@@ -359,29 +360,30 @@ class RelayMachine:
         if conn in self._conns:
             raise LocalProtocolError(f"Connected for connection {conn}, already open")
         limits = self.limits
+        load = 0 if address is None else self._per_address[address]
+        if address is not None and limits.max_per_address and load >= limits.max_per_address:
+            # Refused as it arrives: it never counts, and takes no parked bucket.
+            self._conns[conn] = _Conn(
+                phase=Phase.CLOSED, tokens=0.0, refilled_at=now, last_frame=now
+            )
+            self.stats.address_refusals += 1
+            return [
+                CloseConnection(
+                    conn=conn,
+                    code=_REFUSED_AT_CONNECT[0],
+                    reason="too many connections from your address",
+                ),
+                Log(
+                    level=LogLevel.INFO,
+                    message="Refused connection %s from %s: %d connections and held"
+                    " members from this address (limit %d)",
+                    args=(conn, address, load, limits.max_per_address),
+                ),
+            ]
         tokens, refilled_at = self._unpark(address, now)
         c = _Conn(phase=Phase.LOBBY, tokens=tokens, refilled_at=refilled_at, last_frame=now)
         self._conns[conn] = c
         if address is not None:
-            load = self._per_address[address]
-            if limits.max_per_address and load >= limits.max_per_address:
-                # Refused as it arrives: it never counts, and its bucket goes back.
-                c.phase = Phase.CLOSED
-                self._park(c, now, address)
-                self.stats.address_refusals += 1
-                return [
-                    CloseConnection(
-                        conn=conn,
-                        code=_REFUSED_AT_CONNECT[0],
-                        reason="too many connections from your address",
-                    ),
-                    Log(
-                        level=LogLevel.INFO,
-                        message="Refused connection %s from %s: %d connections and held"
-                        " members from this address (limit %d)",
-                        args=(conn, address, load, limits.max_per_address),
-                    ),
-                ]
             self._per_address[address] = load + 1
             c.address = address
         if limits.idle_timeout > 0:
@@ -403,10 +405,10 @@ class RelayMachine:
         limits = self.limits
         return min(float(limits.rate_burst), tokens + (now - refilled_at) * limits.rate_limit)
 
-    def _park(self, c: _Conn, now: float, address: str | None = None) -> None:
+    def _park(self, c: _Conn, now: float) -> None:
         """A connection ended: keep its rate bucket for its address's next connection,
         unless it is full by now (a fresh one would be the same)."""
-        address = address if address is not None else c.address
+        address = c.address
         if address is None or self.limits.rate_limit <= 0:
             return
         level = self._level(c.tokens, c.refilled_at, now)
