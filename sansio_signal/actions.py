@@ -155,8 +155,11 @@ class SetRemoteDescription:
 
 @attrs.frozen(kw_only=True)
 class RollbackLocalDescription:
-    """``setLocalDescription({type: "rollback"})`` on ``pc`` (perfect negotiation's
-    polite side; only asked of implementations that declare rollback)."""
+    """``setLocalDescription({type: "rollback"})`` on ``pc`` if it has a local offer
+    (perfect negotiation's polite side; only asked of implementations that declare
+    rollback). Executed after the operations asked before it on ``pc``: the machine may
+    ask while its ``CreateOffer`` still runs, and if that one failed (reported as
+    ``OperationFailed``) there is no offer to roll back, so nothing is done."""
 
     peer_id: str
     pc: int

@@ -549,8 +549,8 @@ ALLOWED: list[Allowed] = [
         "adapters/static/sansio-signal.js",
         "state-name",
         'if (pc.signalingState === "have-local-offer") await pc.setLocalDescription(',
-        "RollbackLocalDescription is skipped unless the connection has a local offer: "
-        "the driver second-guesses the machine's JSEP state",
+        "RollbackLocalDescription is defined as 'if pc has a local offer' (actions.py): "
+        "the machine may ask while its CreateOffer runs, which can fail",
     ),
     # ---- adapters/static/demo.js (the demo page's UI)
     Allowed(
