@@ -81,7 +81,7 @@ class Event:
     text: str
 
     def line(self) -> str:
-        """``+1.234s  alice   text``."""
+        """``+1.234s  alice    text``."""
         return f"+{self.at:.3f}s  {self.who:<8} {self.text}"
 
 
@@ -423,8 +423,6 @@ def _read_client(name: str, user: str, records: list[tuple[float, Record]]) -> _
 class _Conn:
     """One relay connection."""
 
-    conn: Any
-    opened: float
     user: str | None = None
     room: str | None = None
     admitted: float | None = None
@@ -492,15 +490,12 @@ def _read_relay(relay: _Relay, name: str, records: list[tuple[float, Record]]) -
     last_in: tuple[float, _Conn, dict[str, Any], int] | None = None
     for at, r in records:
         kind = r.get("kind")
-        key = (name, r.get("conn"))
-        if kind == "Connected":
-            relay.conns[key] = _Conn(r.get("conn"), at)
+        if "conn" not in r:
             continue
-        c = relay.conns.get(key)
-        if c is None and "conn" in r:
-            c = relay.conns[key] = _Conn(r.get("conn"), at)
-        if c is None:
-            continue
+        key = (name, r["conn"])
+        if kind == "Connected" or key not in relay.conns:  # (a trace may begin mid-way)
+            relay.conns[key] = _Conn()
+        c = relay.conns[key]
         if kind == "FrameReceived":
             data = r.get("data")
             f = _frame(data)
