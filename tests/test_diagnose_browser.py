@@ -10,18 +10,15 @@ import io
 import json
 from pathlib import Path
 
+from diagnose_runs import ROOM, client
 from faultproxy import drop, fault_proxy
 from playwright.async_api import Browser
 from test_browser import TIMEOUT, http_url, pytestmark, run, serving
 
 from sansio_signal.adapters.aiortc_peer import loopback_only
 from sansio_signal.adapters.cli import run_diagnose
-from sansio_signal.adapters.client import Client
-from sansio_signal.negotiation import NegotiationConfig
 
 __all__ = ["pytestmark"]  # skipped without chromium, as test_browser is
-
-PATIENT = NegotiationConfig(negotiation_timeout=60, connect_timeout=60, offer_wait=60)
 
 
 def diagnose(*files: Path) -> tuple[int, str]:
@@ -36,25 +33,13 @@ def test_a_browser_trace_mixes_with_python_and_relay_traces(tmp_path: Path) -> N
     async def scenario(browser: Browser) -> None:
         with serving(tmp_path, "--trace", str(relay_trace)) as url:
             async with fault_proxy(url, drop("webrtc-offer", up=False)) as proxy:
-                bob = Client(
-                    proxy.url,
-                    room_id="demo",
-                    user_id="bob",
-                    config=PATIENT,
-                    trace=(tmp_path / "bob.jsonl").open("w", encoding="utf-8"),
-                )
-                carol = Client(
-                    url,
-                    room_id="demo",
-                    user_id="carol",
-                    config=PATIENT,
-                    trace=(tmp_path / "carol.jsonl").open("w", encoding="utf-8"),
-                )
+                bob = client(proxy.url, tmp_path, "bob")
+                carol = client(url, tmp_path, "carol")
                 await bob.start()
                 await carol.start()
                 page = await browser.new_page()
                 await page.goto(http_url(url))
-                await page.fill("#room", "demo")
+                await page.fill("#room", ROOM)
                 await page.fill("#name", "alice")
                 await page.click("#join")
                 await page.wait_for_function(
