@@ -49,6 +49,7 @@ from typing import Any
 
 import attrs
 
+from .actions import LogLevel
 from .codes import Channel, CloseCode, ErrorCode
 from .trace import WALL_TIME
 from .wire import (
@@ -223,11 +224,15 @@ def _log_peer(r: Record) -> str | None:
     return None
 
 
+_LEVELS = {level.name.lower(): int(level) for level in LogLevel}
+"""The browser's level names (``LogLevel``'s, lower case)."""
+
+
 def _level(r: Record) -> int:
     level = r.get("level")
     if isinstance(level, int):
         return level
-    return {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40}.get(str(level), 20)
+    return _LEVELS.get(str(level), LogLevel.INFO)
 
 
 def _candidates(frame: Mapping[str, Any]) -> list[str]:
@@ -414,7 +419,7 @@ def _read_client(name: str, user: str, records: list[tuple[float, Record]]) -> _
                 c.attempts_failed.setdefault(about, []).append(
                     (at, text.split("failed:", 1)[1].strip())
                 )
-            if _level(r) >= 20:
+            if _level(r) >= LogLevel.INFO:
                 c.timeline.append((at, about, text))
     return c
 
