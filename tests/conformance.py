@@ -152,6 +152,17 @@ def call_json(method: str, args: tuple[Any, ...]) -> dict[str, Json]:
     return {"call": method, "args": plain_args, "now": now}
 
 
+def trace_who(record: dict[str, Any]) -> list[Json]:
+    """What a trace record says about who and where: direction, kind, the peer it was
+    about, that peer's epoch, its state before and after (tests/js/conformance.mjs
+    ``traceWho``)."""
+    return [
+        record["dir"],
+        record["kind"],
+        *(record.get(key) for key in ("peer", "epoch", "before", "after")),
+    ]
+
+
 def run_step(machine: ClientMachine, step: dict[str, Json]) -> dict[str, Json]:
     """Run one input in the normal form (``{"event", "now"}`` or ``{"timer"}``) on the
     Python machine; ``event`` must then be the Python event in ``step["_event"]``."""

@@ -27,6 +27,7 @@ from conformance import (
     key_paths,
     run_step,
     step_input,
+    trace_who,
 )
 from hypothesis import HealthCheck, given, settings
 
@@ -292,7 +293,7 @@ def _event(draw: Callable[..., Any], machine: ClientMachine) -> ClientEvent:
 
 
 def _compare(py: dict[str, Any], js: dict[str, Any], where: list[dict[str, Any]]) -> None:
-    for key in ("raised", "actions", "snapshot"):
+    for key in ("raised", "actions", "snapshot", "trace"):
         assert json.loads(json.dumps(py[key])) == js[key], (
             f"Python and JS differ in {key} after {json.dumps(where[-3:])}:\n"
             f"  Python: {json.dumps(py[key])}\n  JS:     {json.dumps(js[key])}"
@@ -312,6 +313,7 @@ def test_python_and_js_client_machines_agree(js: JsMachine, data: st.DataObject)
     max_peers = data.draw(st.sampled_from([64, 2]), label="max peers")
     jitter_values = [((i * 7919) % 1000) / 1000 for i in range(1, 400)]
     jitter = ListJitter(jitter_values)
+    records: list[dict[str, Any]] = []  # the trace: who each record is about must agree
     python = ClientMachine(
         user,
         capabilities=caps,
@@ -319,8 +321,12 @@ def test_python_and_js_client_machines_agree(js: JsMachine, data: st.DataObject)
         config=CONFIG,
         resume_window=window,
         max_peers=max_peers,
+        trace=records.append,
     )
-    init = client_init(user, caps, CONFIG, window, jitter_values, max_peers=max_peers)
+    init = {
+        **client_init(user, caps, CONFIG, window, jitter_values, max_peers=max_peers),
+        "trace": True,
+    }
     js.send({"init": init})
     now = 0.0
     history: list[dict[str, Any]] = []
@@ -336,6 +342,8 @@ def test_python_and_js_client_machines_agree(js: JsMachine, data: st.DataObject)
             step = {"event": event_json(event), "now": now, "_event": event}
         history.append(step_input(step))
         py_out = run_step(python, step)
+        py_out["trace"] = [trace_who(record) for record in records]
+        records.clear()
         js_out = js.send(history[-1])
         _compare(py_out, js_out, history)
         assert js_out["jitterUsed"] == jitter.used, (

@@ -145,12 +145,31 @@ function codePoints(text) {
   return n;
 }
 
+/** A trace record in the Python client's format (mirrors `ClientMachine._record`'s
+ * fields): `t`, `dir`, `kind`, `user`, then the object's fields in snake_case; a
+ * `SendToServer` carries the exact `text` sent. */
+function traceRecord(t, dir, kind, userId, object) {
+  const record = { t, dir, kind, user: userId };
+  for (const [key, value] of Object.entries(object)) {
+    if (key === "type" && dir === "in") continue;
+    if (key === "kind" || value === undefined) continue;
+    if (key === "frame") {
+      record.text = JSON.stringify(value);
+      continue;
+    }
+    record[key.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)] = value;
+  }
+  return record;
+}
+
 /**
  * All of one client's signaling decisions (mirrors `client.ClientMachine`; its module
- * docstring is the theory of operation). `jitter` returns floats in [0, 1).
+ * docstring is the theory of operation). `jitter` returns floats in [0, 1). `trace`,
+ * when given, receives one record per event in and action out, made as the Python
+ * machine makes them (the peer an event was about is the one it was dispatched to).
  */
 export class ClientMachine {
-  constructor(userId, { capabilities = BROWSER, jitter, config = DEFAULT_CONFIG, resumeWindow = 8.0, reconnect = DEFAULT_RECONNECT, maxPeers = DEFAULT_MAX_MEMBERS } = {}) {
+  constructor(userId, { capabilities = BROWSER, jitter, config = DEFAULT_CONFIG, resumeWindow = 8.0, reconnect = DEFAULT_RECONNECT, maxPeers = DEFAULT_MAX_MEMBERS, trace = null } = {}) {
     if (!validId(userId)) throw new LocalProtocolError(`user id ${JSON.stringify(userId)} does not match ${ID_PATTERN}`);
     this.userId = userId;
     this.capabilities = capabilities;
@@ -167,6 +186,8 @@ export class ClientMachine {
     this._token = null;
     this._jitter = jitter;
     this._timers = new Timers();
+    this._trace = trace;
+    this._touched = null; // the peer the current event was dispatched to (for the trace)
     this.resumeWindow = resumeWindow;
     this._resumeToken = null;
     this.maxPeers = maxPeers; // the most other members we take in a room
@@ -205,13 +226,54 @@ export class ClientMachine {
       }
       const peer = this.peers.get(key);
       if (peer === undefined) continue;
-      actions.push(...this._dispatch(ClientInput.PEER_DEADLINE, now, peer));
+      const before = [peer.state, peer.epoch];
+      const out = this._dispatch(ClientInput.PEER_DEADLINE, now, peer);
+      this._record(now, "in", "TimerFired", {}, peer, before);
+      actions.push(...out);
     }
+    this._recordOut(now, actions);
     return actions;
   }
 
   /** Feed one event; returns the actions to run, in order (mirrors `handle`). */
   handle(event, now) {
+    if (this._trace === null) return this._handle(event, now);
+    const states = new Map([...this.peers].map(([id, p]) => [id, [p.state, p.epoch]]));
+    this._touched = null;
+    const actions = this._handle(event, now);
+    const peer = this._touched;
+    const before = peer === null ? null : states.get(peer.peerId) ?? null;
+    this._record(now, "in", event.type, event, peer, before);
+    this._recordOut(now, actions);
+    return actions;
+  }
+
+  /** Mirrors `_record`. */
+  _record(now, dir, kind, fields, peer, before) {
+    if (this._trace === null) return;
+    const record = traceRecord(now, dir, kind, this.userId, fields);
+    if (peer !== null) {
+      record.peer = peer.peerId;
+      record.epoch = peer.epoch;
+      record.after = peer.state;
+      if (before !== null) record.before = before[0];
+    }
+    this._trace(record);
+  }
+
+  /** Mirrors `_record_out`. */
+  _recordOut(now, actions) {
+    if (this._trace === null) return;
+    for (const action of actions) {
+      const record = traceRecord(now, "out", action.kind, this.userId, action);
+      const peer = action.peerId == null ? undefined : this.peers.get(action.peerId);
+      if (peer !== undefined) record.epoch = peer.epoch;
+      this._trace(record);
+    }
+  }
+
+  /** Mirrors `_handle`. */
+  _handle(event, now) {
     if (event.type === "ServerFrameReceived") {
       const [input, payload] = this._classify(event.text);
       return this._dispatch(input, now, payload);
@@ -440,6 +502,7 @@ export class ClientMachine {
 
   /** Mirrors `_run`. */
   _run(peer, actions) {
+    this._touched = peer;
     let out = this._holdBack(actions);
     if (this.absent.size) out = this._dropToAbsent(out);
     this._afterPeer(peer);

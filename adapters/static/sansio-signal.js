@@ -64,20 +64,21 @@ export class SignalingClient extends EventTarget {
     this.url = url;
     this.userId = userId;
     this.iceServers = iceServers;
+    this._records = trace ? [] : null; // trace lines (JSON), when tracing
+    this._traceLimit = typeof trace === "number" ? trace : TRACE_LIMIT;
     this.machine = new ClientMachine(userId, {
       capabilities: BROWSER,
       jitter,
       config,
       resumeWindow: reconnect ? resumeWindow : 0,
       reconnect: reconnect ? DEFAULT_RECONNECT : null,
+      trace: trace ? (record) => this._keep(record) : null, // the machine makes the records
     });
     this._conns = new Map(); // pc handle → {peerId, pc, chain, channel}
     this._shown = new Map(); // peerId → the last "peer-state" detail, as JSON
     this._ws = null;
     this._timer = null;
     this._first = null; // the promise of connect(), settled by the first attempt
-    this._records = trace ? [] : null; // trace lines (JSON), when tracing
-    this._traceLimit = typeof trace === "number" ? trace : TRACE_LIMIT;
   }
 
   // ---------------------------------------------------------------- the machine's view
@@ -163,13 +164,7 @@ export class SignalingClient extends EventTarget {
    * public for tests and custom transports). Events are machine.js's: `{type:
    * "ConnectionStateChanged", pc, state}` and so on. */
   feed(event) {
-    const t = now();
-    if (this._records === null) return this._execute(this.machine.handle(event, t));
-    const before = this._peerStates();
-    const actions = this.machine.handle(event, t);
-    this._recordIn(t, event.type, event, before);
-    this._recordOut(t, actions);
-    return this._execute(actions);
+    return this._execute(this.machine.handle(event, now()));
   }
 
   /** The trace, as JSON lines (one record per line, each ending in a newline): the
@@ -287,54 +282,10 @@ export class SignalingClient extends EventTarget {
   }
 
   _onTimer() {
-    const t = now();
-    const actions = this.machine.handleTimer(t);
-    if (this._records !== null) {
-      this._recordIn(t, "TimerFired", {}, null);
-      this._recordOut(t, actions);
-    }
-    this._execute(actions);
+    this._execute(this.machine.handleTimer(now()));
   }
 
   // ---------------------------------------------------------------- the trace
-
-  /** peerId → [state, epoch] of every peer (to name what an event changed). */
-  _peerStates() {
-    const out = new Map();
-    for (const [peerId, peer] of this.peers) out.set(peerId, [peer.state, peer.epoch]);
-    return out;
-  }
-
-  /** One event's record, with the peer it was about (by its connection, else the one
-   * whose state or epoch it changed) and that peer's state before and after. */
-  _recordIn(t, kind, event, before) {
-    const record = traceRecord(t, "in", kind, this.userId, event);
-    let peerId = event.pc === undefined ? undefined : this._conns.get(event.pc)?.peerId;
-    if (peerId === undefined && before !== null) {
-      for (const [id, peer] of this.peers) {
-        const was = before.get(id);
-        if (was === undefined || was[0] !== peer.state || was[1] !== peer.epoch) { peerId = id; break; }
-      }
-    }
-    const peer = peerId === undefined ? undefined : this.peers.get(peerId);
-    if (peer !== undefined) {
-      record.peer = peerId;
-      record.epoch = peer.epoch;
-      record.after = peer.state;
-      const was = before?.get(peerId);
-      if (was !== undefined) record.before = was[0];
-    }
-    this._keep(record);
-  }
-
-  _recordOut(t, actions) {
-    for (const action of actions) {
-      const record = traceRecord(t, "out", action.kind, this.userId, action);
-      const peer = action.peerId == null ? undefined : this.peers.get(action.peerId);
-      if (peer !== undefined) record.epoch = peer.epoch;
-      this._keep(record);
-    }
-  }
 
   _keep(record) {
     record.wall_time = Date.now() / 1000; // lines traces of different machines up
@@ -432,22 +383,6 @@ export class SignalingClient extends EventTarget {
 /** About how many records a client made with `trace: true` keeps (the oldest go
  * first): a few hundred pairs' negotiations, some megabytes. */
 export const TRACE_LIMIT = 20000;
-
-/** A trace record in the Python client's format: `t`, `dir`, `kind`, `user`, then the
- * object's fields in snake_case; a `SendToServer` carries the exact `text` sent. */
-function traceRecord(t, dir, kind, userId, object) {
-  const record = { t, dir, kind, user: userId };
-  for (const [key, value] of Object.entries(object)) {
-    if (key === "type" && dir === "in") continue;
-    if (key === "kind" || value === undefined) continue;
-    if (key === "frame") {
-      record.text = JSON.stringify(value);
-      continue;
-    }
-    record[key.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)] = value;
-  }
-  return record;
-}
 
 /** What a UI shows of one pair: its negotiation's state, link and epoch. */
 function peerState(peer) {

@@ -32,9 +32,16 @@ export function newClient(init) {
     reconnect: init.reconnect,
     maxPeers: init.maxPeers,
     jitter,
+    trace: init.trace ? (record) => machine.traced.push(traceWho(record)) : null,
   });
+  machine.traced = init.trace ? [] : null; // who each trace record is about, when traced
   machine.jitterUsed = jitter.used;
   return machine;
+}
+
+/** What a trace record says about who and where (see tests/conformance.py `trace_who`). */
+export function traceWho(record) {
+  return [record.dir, record.kind, record.peer ?? null, record.epoch ?? null, record.before ?? null, record.after ?? null];
 }
 
 /** Actions in the normal form: logs left out (wording is free), violations by peer only. */
@@ -81,7 +88,8 @@ function outcome(call) {
 /** Run one recorded input: `{event, now}` or `{timer: now}`. */
 export function runStep(machine, input) {
   const result = outcome(() => ("timer" in input ? machine.handleTimer(input.timer) : machine.handle(input.event, input.now)));
-  return { ...result, snapshot: snapshot(machine) };
+  const trace = machine.traced === null ? {} : { trace: machine.traced.splice(0) };
+  return { ...result, snapshot: snapshot(machine), ...trace };
 }
 
 /** A negotiation as `init` describes it (see tests/conformance.py `negotiation_init`). */
