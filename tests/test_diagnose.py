@@ -31,8 +31,9 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
 
     def get(name: str) -> Path:
         if name not in done:
-            done[name] = tmp_path_factory.mktemp(name)
-            run(name, done[name])
+            where = tmp_path_factory.mktemp(name)
+            run(name, where)
+            done[name] = where  # only once it ran to its end
         return done[name]
 
     return get
