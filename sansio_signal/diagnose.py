@@ -551,8 +551,6 @@ class _World:
     clients: dict[str, list[_Client]]
     relay: _Relay
     origin: float
-    together_at: float | None = None
-    """When the pair being walked was first seen in one room."""
     walking: tuple[str, ...] = ()
     """The pair being walked."""
     notes: list[str] = attrs.field(factory=list)
@@ -782,7 +780,9 @@ class _Stop(Exception):
         self.cause = cause
 
 
-def _walk_exchange(world: _World, what: str, hops: list[_Hop], sender: str, receiver: str) -> float:
+def _walk_exchange(
+    world: _World, what: str, hops: list[_Hop], sender: str, receiver: str, together: float
+) -> float:
     """Raise :class:`_Stop` where the frame's hops stop; the time it arrived (or the
     last time a trace saw it, when the rest is unknown). Some hop is known: a pair
     always has the relay's trace or one of its two users' behind it."""
@@ -796,10 +796,10 @@ def _walk_exchange(world: _World, what: str, hops: list[_Hop], sender: str, rece
             )
     gap = next((k for k in range(last + 1, len(hops)) if hops[k].known), None)
     if gap == 0:
-        raise _Stop(what, _absent(world, what, sender, receiver, world.together_at or 0.0))
+        raise _Stop(what, _absent(world, what, sender, receiver, together))
     if last < 0:  # no trace shows it sent (the sender has none)
         where = receiver if gap == 3 else "the relay"
-        because = world.explain_absence(sender, world.together_at or 0.0)
+        because = world.explain_absence(sender, together)
         raise _Stop(
             what, f"no {what} from {sender} reached {where}" + (f": {because}" if because else "")
         )
@@ -914,7 +914,7 @@ def _walk(world: _World, i: str, p: str) -> tuple[str, str]:
                 + more,
             )
     # 2. in one room
-    together = world.together_at = _together(world, i, p)
+    together = _together(world, i, p)
     if together is None:
         ri, rp = _rooms_of(world, i), _rooms_of(world, p)
         if ri and rp:
@@ -934,7 +934,8 @@ def _walk(world: _World, i: str, p: str) -> tuple[str, str]:
     epoch = _first_epoch(world, i, p, together)
     if epoch is None:
         return _no_offer(world, i, p, together)
-    offer_at = _walk_exchange(world, "offer", _exchange(world, OFFER, i, p, epoch), i, p)
+    offer_hops = _exchange(world, OFFER, i, p, epoch)
+    offer_at = _walk_exchange(world, "offer", offer_hops, i, p, together)
     answer_hops = _exchange(world, ANSWER, p, i, epoch)
     if cp is None and all(h.at is None for h in answer_hops):
         # nothing of the answer anywhere, and no trace from the answering side
@@ -957,7 +958,7 @@ def _walk(world: _World, i: str, p: str) -> tuple[str, str]:
             f"answer never sent: {p} got the offer at {world.rel(since)} and did not answer"
             + (f": {because}" if because else ""),
         )
-    answer_at = _walk_exchange(world, "answer", answer_hops, p, i)
+    answer_at = _walk_exchange(world, "answer", answer_hops, p, i, together)
     if ci is not None and p not in ci.answers_applied:
         failed = [x for x in ci.ops_failed.get(p, []) if x[0] >= answer_at]
         detail = f": {failed[0][1]}" if failed else ""
