@@ -30,7 +30,7 @@ from faultproxy import FaultProxy, Rule, drop, edit_candidates, fault_proxy, to_
 from test_chat_cli import line_of, spawn_chat
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
-from wsutil import free_port, recv, send, spawn_serve
+from wsutil import free_port, reap, recv, send, spawn_serve
 
 from sansio_signal import RelayMachine
 from sansio_signal.adapters.aiortc_peer import loopback_only
@@ -270,9 +270,7 @@ async def peer_killed(where: Path) -> None:
             await alice.wait_until(traced(where, "alice", "PeerLeft"), timeout=TIMEOUT)
             await alice.close()
         finally:
-            if bob.returncode is None:
-                bob.kill()
-                await bob.wait()
+            await reap(bob)
 
 
 async def relay_killed(where: Path) -> None:
@@ -306,9 +304,7 @@ async def _relay_killed_on(where: Path, type_: str, behind: str) -> None:
                 await c.wait_until(traced(where, c.user_id, "ServerConnectFailed"), timeout=TIMEOUT)
             await close_all(alice, bob)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
+        await reap(proc)
 
 
 async def oversize_offer(where: Path) -> None:

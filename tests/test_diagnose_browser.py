@@ -15,7 +15,6 @@ from faultproxy import drop, fault_proxy
 from playwright.async_api import Browser
 from test_browser import TIMEOUT, http_url, pytestmark, run, serving
 
-from sansio_signal.adapters.aiortc_peer import loopback_only
 from sansio_signal.adapters.cli import run_diagnose
 
 __all__ = ["pytestmark"]  # skipped without chromium, as test_browser is
@@ -62,12 +61,15 @@ def test_a_browser_trace_mixes_with_python_and_relay_traces(tmp_path: Path) -> N
                 assert read.splitlines()[: len(downloaded)] == downloaded
                 records = [json.loads(line) for line in downloaded]
                 assert {r["user"] for r in records} == {"alice"}
-                assert all(isinstance(r["wall_time"], float) for r in records)
+                # Unix seconds (JSON numbers: a whole second is written without a fraction)
+                assert all(
+                    isinstance(r["wall_time"], int | float) and r["wall_time"] > 1.7e9
+                    for r in records
+                )
                 sent = [json.loads(r["text"]) for r in records if r["kind"] == "SendToServer"]
                 assert {"bob", "carol"} <= {f.get("toUserId") for f in sent}
 
-    with loopback_only():
-        run(scenario)
+    run(scenario)  # on loopback: test_browser's pytestmark
     status, text = diagnose(tmp_path)
     assert status == 1
     lines = text.splitlines()
