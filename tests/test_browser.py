@@ -444,6 +444,41 @@ def test_renegotiation_glare_between_two_browsers_resolves_by_rollback(relay: st
 # ------------------------------------------------------------------ resume
 
 
+def test_a_browser_told_the_server_is_unreachable_keeps_trying_and_joins_later(
+    relay: str,
+) -> None:
+    """No server at the URL: the machine's ``ServerUnreachable`` rejects ``connect()``
+    (and fires "unreachable"); the client keeps trying, and once a relay listens there
+    the join asked for before connecting goes through."""
+    port = free_port()
+
+    async def scenario(browser: Browser) -> None:
+        page = await browser.new_page()
+        await page.goto(http_url(relay))
+        rejected = await page.evaluate(
+            """async (url) => {
+              const m = await import("/sansio-signal.js");
+              const c = new m.SignalingClient({ url, userId: "late" });
+              window.c = c;
+              window.unreachable = 0;
+              c.addEventListener("unreachable", () => { window.unreachable += 1; });
+              c.join("later");
+              try { await c.connect(); return null; } catch (e) { return e.message; }
+            }""",
+            f"ws://127.0.0.1:{port}/",
+        )
+        assert rejected is not None and "cannot connect to" in rejected, rejected
+        assert await page.evaluate("window.unreachable") >= 1
+        async with RelayServer(port=port) as server:
+            await page.wait_for_function(
+                "() => window.c.state === 'joined'", timeout=TIMEOUT * 1000
+            )
+            assert server.machine.directory.members("later") == ["late"]
+            await page.evaluate("window.c.close()")
+
+    run(scenario)
+
+
 def test_a_browser_resumes_after_its_connection_drops_and_keeps_its_peer_connection() -> None:
     # The relay runs in this process (the same RelayServer as `serve`) so that the test
     # can wait for it to notice the drop before the others send.
