@@ -541,13 +541,7 @@ def run_diagnose(
         return 1
     if verbose:
         for trace in report.traces:
-            ending = {True: "closed", False: "ends without a close", None: ""}[trace.closed]
-            who = f"client {trace.user}" if trace.kind == "client" else "relay"
-            print(
-                f"# {trace.name}: {who}, {trace.records} records, "
-                f"+{trace.start:.3f}s to +{trace.end:.3f}s" + (f", {ending}" if ending else ""),
-                file=out,
-            )
+            print(trace.line(), file=out)
     for finding in report.findings:
         print(finding.line(), file=out)
         if verbose:

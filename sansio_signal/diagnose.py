@@ -149,6 +149,15 @@ class TraceSummary:
     """For a client: whether the trace ends with the client closing (``False``: it ends
     mid-way — the process was killed, or the trace was taken while it ran)."""
 
+    def line(self) -> str:
+        """``# NAME: client alice, 42 records, +0.000s to +1.234s, closed``."""
+        who = f"client {self.user}" if self.kind == "client" else "relay"
+        ending = {True: ", closed", False: ", ends without a close", None: ""}[self.closed]
+        return (
+            f"# {self.name}: {who}, {self.records} records, "
+            f"+{self.start:.3f}s to +{self.end:.3f}s{ending}"
+        )
+
     def to_json(self) -> dict[str, Any]:
         """The summary as plain JSON values."""
         return {
