@@ -34,16 +34,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: import this folder as the package
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if not __package__:  # run as a script: benchmarks/ is on sys.path, the project root is not
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_load import raise_nofile
 from benchmarks.harness import (
     HOST,
     ServerProcess,
     join_frame,
     print_results,
     print_table,
+    raise_nofile,
     serve_argv,
 )
 

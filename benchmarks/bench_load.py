@@ -53,7 +53,6 @@ import asyncio
 import contextlib
 import json
 import os
-import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -75,6 +74,7 @@ from benchmarks.harness import (
     percentile,
     print_results,
     print_table,
+    raise_nofile,
     serve_argv,
 )
 
@@ -105,26 +105,6 @@ class LoadConfig:
 
     def expected_frames(self) -> int:
         return sum(n * (n - 1) for n in self.room_sizes()) * self.frames
-
-
-# --------------------------------------------------------------------------- file descriptors
-
-
-def raise_nofile(needed: int) -> tuple[int, int]:
-    """Raise this process's soft ``RLIMIT_NOFILE`` to the hard limit; children inherit it.
-
-    Returns the new (soft, hard) pair; raises when even the hard limit is below ``needed``.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > soft):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        soft = hard
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        raise RuntimeError(
-            f"RLIMIT_NOFILE hard limit is {hard}, {needed} file descriptors are needed "
-            "(raise it with `ulimit -Hn` as root or in limits.conf)"
-        )
-    return soft, hard
 
 
 # --------------------------------------------------------------------------- clients

@@ -4,6 +4,7 @@
   or any argv) that prints one ready line, by default ``listening on ws://127.0.0.1:PORT/``
   on a free loopback port; stopped with SIGTERM, then SIGKILL; its pid, CPU time, RSS
   and file-descriptor limit are read from ``/proc``.
+* :func:`raise_nofile` — this process's file-descriptor limit raised for many sockets.
 * :class:`CpuTimes` — CPU seconds of the watched processes, of this process and of the
   whole machine, so that a phase can say who kept the CPUs busy.
 * :class:`Member` — a ``websockets`` client joined to a room with the protocol's
@@ -32,6 +33,7 @@ import json
 import os
 import pstats
 import re
+import resource
 import shutil
 import sys
 import tempfile
@@ -68,6 +70,26 @@ CANDIDATE = '"candidate":' + json.dumps(ICE_CANDIDATE, separators=(",", ":"))
 
 LISTENING = re.compile(r"listening on (ws://127\.0\.0\.1:\d+/)")
 """The ready line of ``sansio-signal serve`` (and of bench_server's bare forwarder)."""
+
+
+# --------------------------------------------------------------------------- file descriptors
+
+
+def raise_nofile(needed: int) -> tuple[int, int]:
+    """Raise this process's soft ``RLIMIT_NOFILE`` to the hard limit; children inherit it.
+
+    Returns the new (soft, hard) pair; raises when even the hard limit is below ``needed``.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > soft):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raise RuntimeError(
+            f"RLIMIT_NOFILE hard limit is {hard}, {needed} file descriptors are needed "
+            "(raise it with `ulimit -Hn` as root or in limits.conf)"
+        )
+    return soft, hard
 
 
 # --------------------------------------------------------------------------- processes
