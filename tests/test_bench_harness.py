@@ -18,6 +18,7 @@ import pytest
 
 # the project root, which holds the package ``benchmarks``, goes last (see test_load.py)
 sys.path.append(str(Path(__file__).resolve().parent.parent))
+from benchmarks.bench_idle import hold
 from benchmarks.harness import (
     CANDIDATE,
     ICE_CANDIDATE,
@@ -31,6 +32,7 @@ from benchmarks.harness import (
     scrape_metrics,
     serve_argv,
 )
+from sansio_signal.adapters.server import RelayServer
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -118,3 +120,19 @@ def test_server_process_waits_for_its_ready_line_and_returns_the_rest() -> None:
         return await proc.stop()
 
     assert asyncio.run(main()) == "bye\n"
+
+
+def test_bench_idle_holds_joined_connections_with_hand_made_frames() -> None:
+    """bench_idle's holder (raw streams, one masked join frame each) really joins: the
+    relay counts every connection and room."""
+
+    async def main() -> None:
+        async with RelayServer(port=0) as server:
+            writers = await asyncio.wait_for(hold(server.url, 25, room_size=10), 20)
+            assert server.machine.connection_count == 25
+            assert server.machine.room_count == 3
+            assert server.machine.directory.members("r2") == [f"u{i}" for i in range(20, 25)]
+            for writer in writers:
+                writer.close()
+
+    asyncio.run(main())
