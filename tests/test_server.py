@@ -17,6 +17,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -474,12 +475,14 @@ def test_slow_consumer_is_closed_while_others_are_served() -> None:
         # full; then the server drops it, and "fast" is told.
         told = asyncio.create_task(fast.recv())  # the next frame "fast" gets
         offers = server.machine.stats.frames_in
-        sent = 0
-        for _ in range(2_000):
+
+        def handled(n: int) -> Callable[[], bool]:
+            """The relay has handled ``n`` offers (handed on, or found slow gone)."""
+            return lambda: offers["webrtc-offer"] >= n
+
+        for sent in range(1, 2_001):
             await send(sender, big)
-            sent += 1
-            # the relay has handled this offer (handed it on, or found slow gone)
-            await server.wait_until(lambda: offers["webrtc-offer"] >= sent, TIMEOUT)
+            await server.wait_until(handled(sent), TIMEOUT)
             if told.done():
                 break
         assert told.done(), "the slow consumer was never dropped"
