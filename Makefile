@@ -52,6 +52,6 @@ test: lint typecheck
 
 bench: install
 	$(BIN)/python benchmarks/bench_core.py
-	$(BIN)/python benchmarks/bench_server.py
+	$(BIN)/python benchmarks/bench_relay.py
 	$(BIN)/python benchmarks/bench_client.py
 	$(BIN)/python benchmarks/bench_mesh.py

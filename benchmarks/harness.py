@@ -69,7 +69,7 @@ CANDIDATE = '"candidate":' + json.dumps(ICE_CANDIDATE, separators=(",", ":"))
 """:data:`ICE_CANDIDATE` as a compact JSON object member, for frames built from strings."""
 
 LISTENING = re.compile(r"listening on (ws://127\.0\.0\.1:\d+/)")
-"""The ready line of ``sansio-signal serve`` (and of bench_server's bare forwarder)."""
+"""The ready line of ``sansio-signal serve`` (and of the yardstick relays of ``shared/bench``)."""
 
 
 # --------------------------------------------------------------------------- file descriptors
