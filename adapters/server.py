@@ -1,28 +1,39 @@
-"""The relay server on ``websockets``' asyncio implementation.
+"""The relay server on ``picows`` (WebSocket framing in Cython, for asyncio).
 
 Everything protocol-related is decided by :class:`sansio_signal.RelayMachine`; this
 module only moves bytes and time:
 
-- one task per connection reads frames and feeds them to the machine with ``now =
-  loop.time()`` (monotonic, as every machine's ``now``) and each frame's
-  ``wall_time = time.time()`` (for chat ``ts`` and token expiry only); the machine's
-  actions are executed at once; a close frame from the client is handled after every
-  frame received before it (the member leaves), and only then answered, so a client that
-  closed cleanly and rejoins at once never finds its id taken;
-- frames the machine sends are handed to the connection's transport at once (no
-  writer task, no queue per connection: an idle connection costs the least memory);
-  what a client has not read waits in its transport's buffer, bounded in bytes, so a
-  client that stops reading fills its own buffer and is closed (1013) instead of growing
-  server memory or slowing anybody else;
+- a TCP connection starts as an HTTP request (:class:`_Front`): the machine hears
+  ``Connected`` at accept, with the client's address (half-open sockets count), before any
+  byte of the request; the request is read and answered here (pages, ``/healthz``,
+  ``/metrics``, ``/config.json``, 400/403/404/405/426/429), and a valid WebSocket upgrade
+  on ``/`` hands the socket to a ``picows`` protocol, which answers 101 and frames from
+  then on;
+- every frame picows parses is fed to the machine at once, in order, with ``now =
+  loop.time()`` (monotonic, as every machine's ``now``) and ``wall_time = time.time()``
+  (for chat ``ts`` and token expiry only): no task, queue or coroutine per frame or per
+  connection; the machine's actions are executed before the next frame is parsed. A close
+  frame from the client is therefore handled after every frame it sent before it (the
+  member leaves), and only then answered, so a client that closed cleanly and rejoins at
+  once never finds its id taken;
+- frames the machine sends are handed to the connection's transport at once; what a
+  client has not read waits in its transport's buffer, bounded in bytes, so a client that
+  stops reading fills its own buffer and is closed (1013) instead of growing server memory
+  or slowing anybody else;
 - exactly one ``asyncio`` timer is armed for :meth:`RelayMachine.next_deadline`,
-  re-armed after every call into the machine;
-- HTTP: ``GET /healthz`` (JSON), ``GET /metrics`` (Prometheus text), ``GET
-  /config.json`` (the ICE servers for the browser page), ``GET /`` and ``GET /NAME`` (the
-  files of the static directory); a WebSocket upgrade is accepted on ``/`` only. ``HEAD``
-  gets the ``GET``'s headers and no body, other methods 405, a malformed request 400.
+  re-armed after every call into the machine; one more sweeps keep-alive pings for every
+  connection.
+
+HTTP: ``GET /healthz`` (JSON), ``GET /metrics`` (Prometheus text), ``GET /config.json``
+(the ICE servers for the browser page), ``GET /`` and ``GET /NAME`` (the files of the
+static directory); a WebSocket upgrade is accepted on ``/`` only. ``HEAD`` gets the
+``GET``'s headers and no body, other methods 405, a malformed request 400. Every HTTP
+answer closes its connection. No WebSocket extension is negotiated (permessage-deflate
+costs ~40 KiB per connection for frames that are mostly small JSON; Node's ``ws``
+leaves it off too).
 
 Transport-level abuse limits live here, because they are about sockets rather than
-frames: the ``Origin`` allow-list (403) at the HTTP handshake, the per-address limit
+frames: the ``Origin`` allow-list (403) at the HTTP request, the per-address limit
 (429; the machine's rule, fed from accept), the handshake timeout, WebSocket ping
 keep-alive and the bounded send buffer (1013); pings and closes never wait behind data
 a client does not read (past :data:`CLOSE_DRAIN_TIMEOUT` such a connection is aborted).
@@ -37,7 +48,9 @@ Use it as ``async with RelayServer(port=0) as server: ...`` or through
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import base64
+import binascii
+import bisect
 import http
 import itertools
 import json
@@ -50,23 +63,26 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import resources
 from importlib.resources.abc import Traversable
 from types import TracebackType
-from typing import Any, ClassVar, TextIO, cast
+from typing import Any, TextIO, cast
 
 import attrs
+from picows import (
+    WSAutoPingStrategy,
+    WSCloseCode,
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+)
+from picows.picows import WSProtocol  # type: ignore[attr-defined]
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Gauge,
-    Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed, InvalidMessage
-from websockets.http11 import Request, Response
-from websockets.protocol import State
 
 from sansio_signal import (
     CloseCode,
@@ -92,27 +108,6 @@ DEFAULT_SEND_BUFFER = 4 * 1024 * 1024
 consumer. Bytes, not frames: a healthy client in a full room can be sent room size ×
 burst small frames at once, while a few large frames are what actually costs memory."""
 
-
-@attrs.define(eq=False, slots=True)
-class _Link:
-    """What the adapter keeps per open WebSocket connection."""
-
-    ws: _Connection
-    known_to_machine: bool = True
-    closer: asyncio.Task[None] | None = None
-    """Our close of this connection (the handler waits for it before it returns, or
-    websockets would close with 1000 first)."""
-
-    @property
-    def closing(self) -> bool:
-        """The server closes this connection (the machine, the adapter's limits)."""
-        return self.closer is not None
-
-
-FAIR_SHARE = 16
-"""Frames handled from one connection before the others get a turn (websockets hands out
-every frame it has already read without suspending)."""
-
 SERVICE_RESTART = CloseCode.SERVICE_RESTART
 """Close code of a graceful restart (``stop(code=SERVICE_RESTART)``, SIGTERM on ``serve``):
 the server is going away and coming back, so clients reconnect and resume."""
@@ -130,6 +125,13 @@ CLOSE_DRAIN_TIMEOUT = 2.0
 """Seconds a close may wait behind data the client has not read (or the server's own
 ``close_timeout`` if shorter). A client that stops reading would otherwise hold its
 close, and its memory, forever: past this bound the TCP connection is aborted."""
+
+MAX_REQUEST_HEAD = 16 * 1024
+"""Bytes of an HTTP request line and headers; a longer head is a 400."""
+
+READ_BUFFER = 2048
+"""Initial bytes of a connection's read buffer (picows grows it for larger frames): an
+idle connection costs little, and signaling frames are mostly a few hundred bytes."""
 
 REFUSAL_REASONS = (
     "rate-limited",
@@ -173,35 +175,224 @@ HTTP_METHODS = ("GET", "HEAD")
 """The HTTP methods served (a WebSocket upgrade is a GET); any other is answered 405
 with ``Allow: GET, HEAD``."""
 
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+"""Upper bounds (seconds) of ``sansio_signal_relay_latency_seconds``' buckets."""
 
-class _Connection(ServerConnection):
-    """A ``ServerConnection`` that reports to its :class:`RelayServer` what websockets
-    keeps to itself: the TCP connection's accept (the machine hears ``Connected`` then,
-    with the client's address, before any HTTP request: half-open sockets count), a
-    handshake that timed out, and the end of a connection that never reached the
-    handler."""
+_PROTOCOL_ERROR = 1002
+"""Close code of a WebSocket protocol violation (RFC 6455), ours for fragments."""
 
-    relay: ClassVar[RelayServer]
-    conn: ConnId | None = None
-    """The machine's id of this connection, from accept."""
-    close_held: bool = False
-    """A close frame from the client arrived and its answer is not sent yet: the relay
-    first handles every frame received before it, then the close
-    (:meth:`RelayServer._finish_close`), so a client that saw its close answered finds
-    its id free at once."""
-    _receiving: bool = False
-    _bad_request: bool = False
+_TEXT = WSMsgType.TEXT
+_BINARY = WSMsgType.BINARY
+_CONTINUATION = WSMsgType.CONTINUATION
+_CLOSE = WSMsgType.CLOSE
+_PONG = WSMsgType.PONG
 
-    awaiting_pong: float | None = None
-    """When the relay's keep-alive pinged this connection and no pong came yet."""
+
+# --------------------------------------------------------------------------- HTTP
+
+
+class _BadRequest(Exception):
+    """The request cannot be parsed (400)."""
+
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TARGET = re.compile(rb"/[\x21-\x7e]*")
+_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+
+
+@attrs.frozen
+class _Request:
+    """An HTTP request head: method, path (no query) and headers by lower-case name."""
+
+    method: str
+    path: str
+    headers: Mapping[str, list[str]]
+
+    def get_all(self, name: str) -> list[str]:
+        return self.headers.get(name, [])
+
+    def get(self, name: str) -> str | None:
+        values = self.headers.get(name)
+        return values[0] if values else None
+
+
+def _parse_request(head: bytes) -> _Request:
+    """Parse an HTTP/1.1 request head (up to its blank line), or raise ``_BadRequest``.
+    Strict: one space between the parts, token method, origin-form target, no folded
+    lines, no body (a relay has nothing to post to)."""
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3:
+        raise _BadRequest("malformed request line")
+    method, target, version = parts
+    if not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(target) or version != b"HTTP/1.1":
+        raise _BadRequest("malformed request line")
+    headers: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(name):
+            raise _BadRequest("malformed header")
+        value = value.strip(b" \t")
+        if not _FIELD_VALUE.fullmatch(value):
+            raise _BadRequest("malformed header value")
+        headers.setdefault(name.decode("ascii").lower(), []).append(value.decode("latin-1"))
+    if "transfer-encoding" in headers:
+        raise _BadRequest("a request body is not accepted")
+    lengths = headers.get("content-length", [])
+    if len(lengths) > 1 or (lengths and lengths[0].strip("0")):
+        raise _BadRequest("a request body is not accepted")
+    path = target.decode("ascii").partition("?")[0]
+    return _Request(method=method.decode("ascii"), path=path, headers=headers)
+
+
+def _has_token(values: list[str], token: str) -> bool:
+    """Whether a comma-separated header (``Connection: keep-alive, Upgrade``) has
+    ``token``, case-insensitively."""
+    return any(part.strip().lower() == token for value in values for part in value.split(","))
+
+
+def _websocket_key(request: _Request) -> str | None:
+    """The ``Sec-WebSocket-Key`` of a valid upgrade request, or ``None``."""
+    keys = request.get_all("sec-websocket-key")
+    if len(keys) != 1:
+        return None
+    try:
+        if len(base64.b64decode(keys[0].encode("ascii"), validate=True)) != 16:
+            return None
+    except (binascii.Error, UnicodeEncodeError):
+        return None
+    return keys[0]
+
+
+@attrs.frozen
+class _Response:
+    """An HTTP response: sent whole, then the connection is closed."""
+
+    status: http.HTTPStatus
+    body: bytes
+    headers: tuple[tuple[str, str], ...]
+
+    def serialize(self, *, head: bool = False) -> bytes:
+        """The bytes of this response (``head``: the same headers, no body)."""
+        lines = [f"HTTP/1.1 {self.status.value} {self.status.phrase}"]
+        lines += [f"{name}: {value}" for name, value in self.headers]
+        out = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        return out if head else out + self.body
+
+
+def _response(
+    status: http.HTTPStatus, body: bytes, content_type: str, *extra: tuple[str, str]
+) -> _Response:
+    return _Response(
+        status=status,
+        body=body,
+        headers=(
+            ("Server", "sansio-signal"),
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            ("X-Content-Type-Options", "nosniff"),
+            *extra,
+            ("Connection", "close"),
+        ),
+    )
+
+
+def _text_response(status: http.HTTPStatus, text: str, *extra: tuple[str, str]) -> _Response:
+    return _response(status, f"{text}\n".encode(), "text/plain; charset=utf-8", *extra)
+
+
+_BAD_REQUEST = _text_response(http.HTTPStatus.BAD_REQUEST, "bad request")
+_NOT_FOUND = _text_response(http.HTTPStatus.NOT_FOUND, "not found")
+_METHOD_NOT_ALLOWED = _text_response(
+    http.HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed", ("Allow", ", ".join(HTTP_METHODS))
+)
+_UPGRADE_REQUIRED = _text_response(
+    http.HTTPStatus.UPGRADE_REQUIRED,
+    "WebSocket version 13 only",
+    ("Sec-WebSocket-Version", "13"),
+)
+
+
+def _upgrade_request(key: str) -> bytes:
+    """The request picows reads once this module has checked the client's: picows
+    answers it (101 and ``Sec-WebSocket-Accept`` for ``key``), and takes every rule of
+    the request from here (it would refuse ``Connection: keep-alive, Upgrade``, which
+    Firefox sends)."""
+    return (
+        "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode("ascii")
+
+
+class _Front(asyncio.Protocol):
+    """A TCP connection until it is a WebSocket: its HTTP request, answered here or
+    handed to picows as an upgrade (:meth:`RelayServer._upgrade`)."""
+
+    def __init__(self, relay: RelayServer) -> None:
+        self.relay = relay
+        self.conn: ConnId = next(relay._ids)
+        self.transport: asyncio.Transport | None = None
+        self.peer: object = None
+        self.buffer = bytearray()
+        self.done = False
+        """Answered, refused or upgraded: read nothing more."""
+        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
         relay = self.relay
-        self.conn = conn = next(relay._ids)
-        relay._opening[conn] = self
-        address = _address(transport.get_extra_info("peername"))
-        relay._feed(Connected(conn=conn, address=address))
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is not one
+        self.peer = transport.get_extra_info("peername")
+        relay._opening[self.conn] = self
+        self.timer = asyncio.get_running_loop().call_later(relay.open_timeout, self._timed_out)
+        relay._feed(Connected(conn=self.conn, address=_address(self.peer)))
+
+    def data_received(self, data: bytes) -> None:
+        if self.done:
+            return
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.buffer) > MAX_REQUEST_HEAD:
+                self.answer(_BAD_REQUEST)
+            return
+        if end > MAX_REQUEST_HEAD:
+            self.answer(_BAD_REQUEST)
+            return
+        head, rest = bytes(self.buffer[:end]), bytes(self.buffer[end + 4 :])
+        self.buffer = bytearray()
+        try:
+            request = _parse_request(head)
+        except _BadRequest as exc:
+            logger.debug("Bad request from %s: %s", _peer(self.peer), exc)
+            self.answer(_BAD_REQUEST)
+            return
+        self.relay._route(self, request, rest)
+
+    def answer(self, response: _Response, *, head: bool = False) -> None:
+        """Send ``response`` and close the connection."""
+        self.finish()
+        assert self.transport is not None
+        if not self.transport.is_closing():
+            self.transport.write(response.serialize(head=head))
+            self.transport.close()
 
     def refuse(self, code: int, reason: str) -> None:
         """The machine closed this connection before its handshake completed: an HTTP
@@ -212,141 +403,208 @@ class _Connection(ServerConnection):
             if code == CloseCode.TRY_AGAIN_LATER
             else http.HTTPStatus.SERVICE_UNAVAILABLE
         )
-        if not self.transport.is_closing():
-            cast(asyncio.WriteTransport, self.transport).write(_closing_response(status, reason))
-            self.transport.close()
+        self.answer(_text_response(status, reason))
 
-    def keepalive_ping(self, now: float) -> None:
-        """The relay's keep-alive: a ping handed to the transport at once, behind
-        whatever the client has not read yet (it never waits for that data to drain: a
-        client that stopped reading would hold it there forever, and never time out).
-        The pong timeout runs from the first unanswered ping."""
-        if self.protocol.state is not State.OPEN or self.transport.is_closing():
+    def abort(self) -> None:
+        self.finish()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def finish(self) -> None:
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if not self.done:
+            self.relay._refuse("handshake-timeout", self.peer)
+            self.abort()
+
+    def eof_received(self) -> bool:
+        return False  # close: a request cut short gets no answer
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.finish()
+        relay = self.relay
+        if relay._opening.pop(self.conn, None) is not None:
+            # It never became a WebSocket: the machine hears its end here.
+            relay._feed(Disconnected(conn=self.conn, clean=True))
+
+
+# --------------------------------------------------------------------------- WebSocket
+
+
+class _Member(WSListener):
+    """One WebSocket connection: what the relay keeps for it, and picows' callbacks."""
+
+    __slots__ = (
+        "awaiting_pong",
+        "closer",
+        "closing",
+        "conn",
+        "known_to_machine",
+        "parts",
+        "parts_size",
+        "paused",
+        "peer",
+        "relay",
+        "transport",
+    )
+
+    def __init__(self, relay: RelayServer, conn: ConnId, peer: object) -> None:
+        self.relay = relay
+        self.conn = conn
+        self.peer = peer
+        self.transport: WSTransport | None = None
+        self.known_to_machine = True
+        """False once the machine heard this connection's end."""
+        self.closing = False
+        """The server closes this connection (the machine, the adapter's limits)."""
+        self.closer: asyncio.TimerHandle | None = None
+        """The bound on our close: the connection is aborted if still open then."""
+        self.paused = False
+        """The transport's buffer is over its high-water mark (the client reads slowly)."""
+        self.awaiting_pong: float | None = None
+        """When the relay's keep-alive pinged this connection and no pong came yet."""
+        self.parts: list[bytes] | None = None
+        """A fragmented message being reassembled (first frame's type first)."""
+        self.parts_size = 0
+
+    # picows' callbacks ------------------------------------------------------------
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        relay = self.relay
+        relay._opening.pop(self.conn, None)
+        relay._links[self.conn] = self
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type is _TEXT and frame.fin and self.parts is None:
+            if self.closing:
+                return  # closed by us: read no more
+            try:
+                text = frame.get_payload_as_utf8_text()
+            except UnicodeDecodeError:
+                self.relay._close(self, CloseCode.INVALID_DATA, "invalid UTF-8")
+                return
+            self.relay._frame(self, text)
             return
-        if self.awaiting_pong is None:
-            self.awaiting_pong = now
-        self.protocol.send_ping(b"")
-        try:
-            self.send_data()
-        except Exception as exc:  # as websockets' own send path treats it
-            self.set_connection_exc(exc)
+        self._other_frame(frame)
 
-    async def fail(self, code: int, reason: str) -> None:
-        """Close with ``code`` and drop the TCP connection without waiting for the
-        client's answer (what websockets does on a keep-alive timeout: a client that
-        does not answer pings will not answer a close either)."""
-        with contextlib.suppress(ConnectionClosed):
-            async with self.send_context():
-                self.protocol.fail(code, reason)
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.relay._disconnected(self)
 
-    def acknowledge_pings(self, data: bytes) -> None:
-        self.awaiting_pong = None  # any pong: the client reads and answers
-        super().acknowledge_pings(data)
+    def pause_writing(self) -> None:
+        self.paused = True
 
-    async def drain(self) -> None:
-        if self.protocol.state is State.OPEN or not self.paused:
-            await super().drain()
+    def resume_writing(self) -> None:
+        self.paused = False
+
+    # the rest ----------------------------------------------------------------------
+
+    def _other_frame(self, frame: WSFrame) -> None:
+        """Every frame but a whole text frame: close, pong, binary, fragments."""
+        kind = frame.msg_type
+        relay = self.relay
+        if kind is _CLOSE:
+            relay._close_received(self)
             return
-        # A close (ours, the keep-alive's 1011, the server stopping) behind unsent data:
-        # waited for a short while only, then the connection is aborted.
-        try:
-            async with asyncio.timeout(_close_bound(self.close_timeout)):
-                await super().drain()
-        except TimeoutError:
-            self.abort_stalled()
-
-    def abort_stalled(self) -> None:
-        """Abort a connection whose client does not read (its close cannot be sent)."""
-        if self.transport.is_closing() and self.protocol.state is State.CLOSED:
+        if kind is _PONG:
+            self.awaiting_pong = None  # any pong: the client reads and answers
             return
-        logger.info(
-            "Aborting connection %s from %s: the client does not read",
-            self.conn,
-            _peer(self.remote_address),
-        )
-        self.set_connection_exc(TimeoutError("the client does not read: close not sent"))
-        self.transport.abort()
-
-    async def handshake(self, *args: Any, **kwargs: Any) -> None:
-        try:
-            await super().handshake(*args, **kwargs)
-        except asyncio.CancelledError:
-            # websockets cancels the handshake when open_timeout expires.
-            if self.request is None:
-                self.relay._refuse("handshake-timeout", self.remote_address)
-            raise
-
-    def data_received(self, data: bytes) -> None:
-        # websockets answers a close frame as it parses it, before the frames ahead of it
-        # reach the reader: send_data() below keeps that answer back (close_held).
-        self._receiving = self.protocol.close_rcvd is None
-        try:
-            super().data_received(data)
-        finally:
-            self._receiving = False
-        if self.close_held:  # the frames ahead of the close are queued now
-            self.relay._finish_close(self)
-
-    def send_data(self) -> None:
-        protocol = self.protocol
-        if (
-            self.request is None
-            and not self._bad_request
-            and isinstance(protocol.handshake_exc, InvalidMessage)
-        ):
-            # websockets closes on a request it cannot parse without a word; it is a 400
-            # (unless the client left before sending one).
-            self._bad_request = True
-            if not isinstance(protocol.handshake_exc.__cause__, EOFError):
-                self.transport.write(_BAD_REQUEST)
-        if (
-            self._receiving
-            and protocol.close_rcvd is not None
-            and protocol.close_rcvd_then_sent
-            and self.relay._holds_close(self)
-        ):
-            self.close_held = True
-        if not self.close_held:
-            super().send_data()
-
-    def send_now(self, text: str) -> None:
-        """Hand one text frame to the transport at once (what ``send()`` does, without
-        a coroutine: the relay's sends never wait; unread data waits in the transport,
-        bounded by the relay's send buffer). Dropped once the connection is closing."""
-        if self.protocol.state is not State.OPEN or self.transport.is_closing():
+        if self.closing:
             return
-        self.protocol.send_text(text.encode())
-        try:
-            self.send_data()
-        except Exception as exc:  # as websockets' own send path treats it
-            self.set_connection_exc(exc)
+        if kind is _CONTINUATION:
+            if self.parts is None:
+                relay._close(self, _PROTOCOL_ERROR, "continuation without a start")
+                return
+            self._add_part(frame.get_payload_as_bytes())
+        elif kind is _TEXT or kind is _BINARY:
+            if self.parts is not None:
+                relay._close(self, _PROTOCOL_ERROR, "a new message inside a fragmented one")
+                return
+            self.parts = [b"t" if kind is _TEXT else b"b"]
+            self.parts_size = 0
+            self._add_part(frame.get_payload_as_bytes())
+        else:
+            return  # a ping: picows answered it
+        if frame.fin and self.parts is not None:
+            parts, self.parts = self.parts, None
+            data = b"".join(parts[1:])
+            if parts[0] == b"b":
+                relay._message(self, data)
+                return
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                relay._close(self, CloseCode.INVALID_DATA, "invalid UTF-8")
+                return
+            relay._message(self, text)
+
+    def _add_part(self, payload: bytes) -> None:
+        assert self.parts is not None
+        self.parts_size += len(payload)
+        if self.parts_size > self.relay.max_message:
+            self.parts = None
+            self.relay._too_big(self)
+            return
+        self.parts.append(payload)
 
     def unsent_bytes(self) -> int:
         """Bytes handed to this connection and not yet taken by the client's socket."""
-        return self.transport.get_write_buffer_size()
+        if self.transport is None:
+            return 0
+        size: int = self.transport.underlying_transport.get_write_buffer_size()
+        return size
 
-    def pending_frames(self) -> int:
-        """Frames received and not read by the handler yet."""
-        return len(self.recv_messages.frames)
+    @property
+    def remote_address(self) -> object:
+        return self.peer
 
-    def release_close(self) -> None:
-        """Send the answer to the client's close (and what else waits behind it)."""
-        if not self.close_held:
-            return
-        self.close_held = False
-        try:
-            super().send_data()
-        except Exception as exc:  # as websockets' data_received() treats it
-            self.set_connection_exc(exc)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.close_held = False
-        super().connection_lost(exc)
-        relay, conn = self.relay, self.conn
-        if conn is not None and relay._opening.pop(conn, None) is not None:
-            # It never reached the handler (an HTTP request, a refused or failed
-            # handshake): the machine hears its end here.
-            relay._feed(Disconnected(conn=conn, clean=True))
+class _PicowsLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """picows' own log lines at DEBUG: what it reports (a client's protocol error, a
+    connection accepted) is about one client, not the server's health."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            kwargs.pop("exc_info", None)
+            self.logger.log(logging.DEBUG, msg, *args, **kwargs)
+
+    def isEnabledFor(self, level: int) -> bool:
+        enabled: bool = self.logger.isEnabledFor(logging.DEBUG)
+        return enabled
+
+
+_PICOWS_LOG = _PicowsLog(logging.getLogger("sansio_signal.relay.ws"), {})
+
+
+class _LatencyHistogram:
+    """``sansio_signal_relay_latency_seconds``: counts per bucket, kept cheap enough to
+    observe every frame sent (prometheus_client's Histogram takes a lock and walks the
+    buckets in Python per observation)."""
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = list(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def family(self) -> HistogramMetricFamily:
+        cumulative = list(itertools.accumulate(self.counts))
+        buckets = [(repr(b), n) for b, n in zip(self.bounds, cumulative, strict=False)]
+        buckets.append(("+Inf", cumulative[-1]))
+        return HistogramMetricFamily(
+            "sansio_signal_relay_latency_seconds",
+            "From a frame's arrival to each resulting frame handed to the socket.",
+            buckets=buckets,
+            sum_value=self.sum,
+        )
 
 
 class _StatsCollector(Collector):
@@ -355,7 +613,7 @@ class _StatsCollector(Collector):
     def __init__(self, server: RelayServer) -> None:
         self._server = server
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
         stats = self._server.machine.stats
         for name, doc, label, counter in (
             ("sansio_signal_frames_in", "Frames received, by type.", "type", stats.frames_in),
@@ -389,10 +647,11 @@ class _StatsCollector(Collector):
         for reason, value in self._server.refusal_counts().items():
             family.add_metric([reason], value)
         yield family
+        yield self._server.latency.family()
 
 
 class RelayServer:
-    """A running relay: a :class:`RelayMachine` behind a ``websockets`` server.
+    """A running relay: a :class:`RelayMachine` behind a picows WebSocket server.
 
     ``port=0`` binds any free port; read :attr:`port` / :attr:`url` after start.
     ``trace`` receives one JSON line per event in and action out.
@@ -407,9 +666,6 @@ class RelayServer:
     ``ping_timeout`` are the keep-alive (``None`` = off): one sweep of the relay pings
     every connection each ``ping_interval`` and closes (1011) those that have not
     answered within ``ping_timeout`` — one timer for all of them, not a task each.
-    ``compression`` accepts permessage-deflate when a client offers it (browsers always
-    do); off by default, as in Node's ``ws``: it costs ~40 KiB more memory per
-    connection, for frames that are mostly small.
     The idle timeout is the machine's (``Limits.idle_timeout``).
 
     HTTP: ``static_dir`` (default: the package's ``static/``) is served at ``/NAME``
@@ -435,7 +691,6 @@ class RelayServer:
         open_timeout: float = DEFAULT_OPEN_TIMEOUT,
         ping_interval: float | None = DEFAULT_PING_INTERVAL,
         ping_timeout: float | None = DEFAULT_PING_TIMEOUT,
-        compression: bool = False,
     ) -> None:
         if max_connections_per_ip < 0:
             raise ValueError(f"max_connections_per_ip must be >= 0, got {max_connections_per_ip}")
@@ -447,7 +702,6 @@ class RelayServer:
         self.ice_config = _ice_config(ice_servers)
         self.allowed_origins = frozenset(normalize_origin(o) for o in allowed_origins)
         self.open_timeout = open_timeout
-        self.compression = compression
         self.ping_interval = ping_interval or None
         self.ping_timeout = ping_timeout or None
         self.refusals: Counter[str] = Counter()
@@ -459,6 +713,10 @@ class RelayServer:
         )
         self._static: dict[str, tuple[bytes, str]] | None = None
         self.limits = limits
+        self.max_message = 2 * limits.max_frame_bytes
+        """Bytes of one message the WebSocket layer reads at most: the machine answers
+        frames up to its limit and a bit beyond with frame-too-large + 1009; anything
+        larger is cut off here (1009)."""
         self.machine = machine or RelayMachine(
             limits=self.limits, new_token=lambda: secrets.token_urlsafe(18)
         )
@@ -467,18 +725,20 @@ class RelayServer:
         self.send_buffer = send_buffer
         self.close_timeout = close_timeout
         self.trace = trace
-        self.closes: dict[int, int] = {}
+        self.closes: Counter[int] = Counter()
         self._page = page
-        self._links: dict[ConnId, _Link] = {}
+        self._links: dict[ConnId, _Member] = {}
         self._ids = itertools.count(1)
-        self._server: Server | None = None
-        self._opening: dict[ConnId, _Connection] = {}
-        """Connections accepted whose WebSocket handler has not started yet (HTTP
-        request, handshake)."""
+        self._server: asyncio.Server | None = None
+        self._opening: dict[ConnId, _Front] = {}
+        """Connections accepted that are not WebSockets yet (HTTP request)."""
         self._timer: asyncio.TimerHandle | None = None
         self._pinger: asyncio.TimerHandle | None = None
         self._armed_for: float | None = None
         self._changed = asyncio.Event()
+        self._gone = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.latency = _LatencyHistogram(LATENCY_BUCKETS)
         self.registry = CollectorRegistry()
         Gauge(
             "sansio_signal_connections", "Open WebSocket connections.", registry=self.registry
@@ -491,27 +751,6 @@ class RelayServer:
             "Members whose socket dropped, held for a resume.",
             registry=self.registry,
         ).set_function(lambda: self.machine.held_count)
-        self._latency = Histogram(
-            "sansio_signal_relay_latency_seconds",
-            "From a frame's arrival to each resulting frame handed to the socket.",
-            buckets=(
-                0.0001,
-                0.00025,
-                0.0005,
-                0.001,
-                0.0025,
-                0.005,
-                0.01,
-                0.025,
-                0.05,
-                0.1,
-                0.25,
-                0.5,
-                1.0,
-                2.5,
-            ),
-            registry=self.registry,
-        )
         self.registry.register(_StatsCollector(self))
 
     # ------------------------------------------------------------------ lifecycle
@@ -524,43 +763,25 @@ class RelayServer:
 
     async def start(self) -> None:
         """Bind and start accepting connections."""
-        server = self
-
-        class Connection(_Connection):
-            relay = server  # the hooks report to this server
-
-        self._server = await serve(
-            self._handle_connection,
-            self.host,
-            self.port,
-            process_request=self._process_request,
-            # The machine answers frames up to the limit and a bit beyond with
-            # frame-too-large + 1009; websockets cuts off anything larger itself (1009).
-            max_size=2 * self.limits.max_frame_bytes,
-            open_timeout=self.open_timeout,
-            ping_interval=None,  # the relay's own sweep (_keepalive), not a task each
-            close_timeout=self.close_timeout,
-            server_header="sansio-signal",
-            # permessage-deflate keeps two zlib streams per connection: ~56 KiB instead
-            # of ~15 (benchmarks/README.md), for frames that are mostly small JSON.
-            compression="deflate" if self.compression else None,
-            create_connection=Connection,
+        self._loop = loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Front(self), self.host, self.port, backlog=1024
         )
         if self.port == 0:
             self.port = self._server.sockets[0].getsockname()[1]
         if self.ping_interval is not None:
-            self._pinger = asyncio.get_running_loop().call_later(
-                self.ping_interval, self._keepalive
-            )
+            self._pinger = loop.call_later(self.ping_interval, self._keepalive)
 
     def _keepalive(self) -> None:
         """Ping every open connection; ``ping_timeout`` later, close those that have
-        not answered a ping since (1011, as websockets' own keep-alive would)."""
+        not answered a ping since (1011)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         for link in self._links.values():
-            if not link.closing:
-                link.ws.keepalive_ping(now)
+            if not link.closing and link.transport is not None:
+                if link.awaiting_pong is None:
+                    link.awaiting_pong = now  # the timeout runs from the first unanswered
+                link.transport.send_ping()
         if self.ping_timeout is not None:
             loop.call_later(self.ping_timeout, self._check_pongs, now)
         assert self.ping_interval is not None
@@ -568,9 +789,9 @@ class RelayServer:
 
     def _check_pongs(self, pinged: float) -> None:
         for link in list(self._links.values()):
-            since = link.ws.awaiting_pong
+            since = link.awaiting_pong
             if since is not None and since <= pinged and not link.closing:
-                self._refuse("ping-timeout", link.ws.remote_address)
+                self._refuse("ping-timeout", link.peer)
                 self._close(link, CloseCode.INTERNAL_ERROR, "keepalive ping timeout", fail=True)
 
     async def stop(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
@@ -583,14 +804,22 @@ class RelayServer:
         """
         if self._server is None:
             return
-        self._server.close(close_connections=True, code=code, reason=reason)
-        # websockets answers 503 to a request that arrives now, but it would wait out the
-        # handshake timeout for a socket that never sends one: drop those at once.
-        for connection in list(self._opening.values()):
-            if connection.request is None:
-                connection.transport.abort()
-        await self._server.wait_closed()
-        self._server = None
+        server, self._server = self._server, None
+        server.close()
+        for front in list(self._opening.values()):
+            front.abort()  # not a WebSocket yet: nothing to close cleanly
+        for link in list(self._links.values()):
+            self._close(link, code, reason)
+        # Each close is bounded (close_timeout, or CLOSE_DRAIN_TIMEOUT behind unread data).
+        while self._links:
+            self._gone.clear()
+            try:
+                await asyncio.wait_for(self._gone.wait(), self.close_timeout + 1.0)
+            except TimeoutError:
+                for link in list(self._links.values()):
+                    self._abort(link)
+                break
+        await server.wait_closed()
         if self._pinger is not None:
             self._pinger.cancel()
             self._pinger = None
@@ -646,58 +875,81 @@ class RelayServer:
         self.refusals[reason] += 1
         logger.info("Refused (%s) %s", reason, _peer(address))
 
-    def _holds_close(self, ws: _Connection) -> bool:
-        """Whether a close frame arriving now on ``ws`` waits for the frames ahead of it:
-        yes while its handler feeds the machine and nobody is closing it yet."""
-        link = self._links.get(ws.conn) if ws.conn is not None else None
-        return link is not None and link.known_to_machine and not link.closing
-
-    def _finish_close(self, ws: _Connection) -> None:
-        """Once every frame received before the client's close has been fed to the
-        machine, the close is: the member leaves (or is held) before the client sees its
-        close answered, and a rejoin under the same id can never race the leave."""
-        if not ws.close_held or ws.pending_frames():
-            return
-        link = self._links.get(ws.conn) if ws.conn is not None else None
-        if link is not None and link.known_to_machine and ws.conn is not None:
-            link.known_to_machine = False
-            self._feed(Disconnected(conn=ws.conn, clean=self._clean(link)))
-        ws.release_close()
-
     # ------------------------------------------------------------------ HTTP
 
-    def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
-        path = request.path.partition("?")[0]
+    def _route(self, front: _Front, request: _Request, rest: bytes) -> None:
+        """Answer one HTTP request, or upgrade it."""
         if request.method not in HTTP_METHODS:
-            response = _text_response(http.HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed")
-            response.headers["Allow"] = ", ".join(HTTP_METHODS)
-            return response
-        upgrades = request.headers.get_all("Upgrade")
+            front.answer(_METHOD_NOT_ALLOWED)
+            return
+        upgrades = request.get_all("upgrade")
         if len(upgrades) > 1:
-            # websockets reads headers with headers[name], which raises on a repeated one
-            # (and answered 500 with a traceback): a repeated Upgrade is a malformed request.
-            logger.debug("Bad request from %s: repeated Upgrade header", _peer(ws.remote_address))
-            return _text_response(http.HTTPStatus.BAD_REQUEST, "bad request")
+            logger.debug("Bad request from %s: repeated Upgrade header", _peer(front.peer))
+            front.answer(_BAD_REQUEST)
+            return
         if request.method == "HEAD":
-            return _head(self._http_get(path))
-        upgrade = bool(upgrades) and upgrades[0].strip().lower() == "websocket"
-        if not upgrade:
-            return self._http_get(path)
-        if path != "/":
-            return _text_response(http.HTTPStatus.NOT_FOUND, "not found")
+            front.answer(self._http_get(request.path), head=True)
+            return
+        if not (upgrades and upgrades[0].strip().lower() == "websocket"):
+            front.answer(self._http_get(request.path))
+            return
+        if request.path != "/":
+            front.answer(_NOT_FOUND)
+            return
         if self.allowed_origins:
-            origins = request.headers.get_all("Origin")
+            origins = request.get_all("origin")
             # No Origin: not a browser, so not a cross-site page; the check protects users'
             # browsers from other sites, not the server from programs (that is the tokens').
             if origins and (
                 len(origins) > 1 or normalize_origin(origins[0]) not in self.allowed_origins
             ):
-                self._refuse("bad-origin", ws.remote_address)
-                return _text_response(http.HTTPStatus.FORBIDDEN, "origin not allowed")
-        # The per-address limit is the machine's, from accept (_Connection.connection_made).
-        return None
+                self._refuse("bad-origin", front.peer)
+                front.answer(_text_response(http.HTTPStatus.FORBIDDEN, "origin not allowed"))
+                return
+        if request.get_all("sec-websocket-version") != ["13"]:
+            front.answer(_UPGRADE_REQUIRED)
+            return
+        key = _websocket_key(request)
+        if key is None or not _has_token(request.get_all("connection"), "upgrade"):
+            front.answer(_BAD_REQUEST)
+            return
+        # The per-address limit is the machine's, from accept (_Front.connection_made).
+        self._upgrade(front, key, rest)
 
-    def _http_get(self, path: str) -> Response:
+    def _upgrade(self, front: _Front, key: str, rest: bytes) -> None:
+        """Hand the socket to picows: it answers 101 and frames from now on."""
+        front.finish()
+        transport = front.transport
+        assert transport is not None
+        member = _Member(self, front.conn, front.peer)
+        protocol = WSProtocol(
+            None,  # host:port (client side only)
+            None,  # path (client side only)
+            False,  # server side
+            lambda _request: member,
+            _PICOWS_LOG,
+            True,  # disconnect on an exception in a callback (a bug: logged)
+            None,  # handshake timeout: ours (_Front)
+            False,  # picows' keep-alive: ours (_keepalive), one sweep for all
+            self.ping_interval or 20.0,
+            self.ping_timeout or 20.0,
+            WSAutoPingStrategy.PING_WHEN_IDLE,
+            True,  # answer pings
+            self.max_message,
+            None,  # extra headers
+            READ_BUFFER,
+        )
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        _feed_protocol(protocol, _upgrade_request(key) + rest)
+        if member.transport is None and self._opening.pop(front.conn, None) is not None:
+            # picows refused what this module accepted (it cannot: a bug, or the socket
+            # went away meanwhile): drop it, the machine hears its end.
+            logger.warning("Upgrade of connection %s failed", front.conn)
+            transport.abort()
+            self._feed(Disconnected(conn=front.conn, clean=True))
+
+    def _http_get(self, path: str) -> _Response:
         if path == "/healthz":
             return _response(
                 http.HTTPStatus.OK, json.dumps(self.health()).encode(), "application/json"
@@ -711,7 +963,7 @@ class RelayServer:
         name = "index.html" if path == "/" else path[1:]
         found = self._static_files().get(name)
         if found is None:
-            return _text_response(http.HTTPStatus.NOT_FOUND, "not found")
+            return _NOT_FOUND
         return _response(http.HTTPStatus.OK, *found)
 
     def _static_files(self) -> dict[str, tuple[bytes, str]]:
@@ -731,66 +983,86 @@ class RelayServer:
 
     # ------------------------------------------------------------------ connections
 
-    async def _handle_connection(self, ws: ServerConnection) -> None:
-        assert isinstance(ws, _Connection) and ws.conn is not None
-        own, conn = ws, ws.conn
-        if self._opening.pop(conn, None) is None:
-            return  # the socket ended before its handler started (connection_lost said so)
-        link = _Link(ws=own)
-        self._links[conn] = link
-        received = 0
-        try:
-            async for data in ws:
-                if link.closing:
-                    # Closed by us (abuse, oversize, idle, slow reader): read no more.
-                    # websockets stops reading the socket once its small queue is full,
-                    # so a flooding client costs nothing more until the close completes.
-                    break
-                if link.known_to_machine:  # false once dropped as a slow consumer
-                    self._feed(FrameReceived(conn=conn, data=data, wall_time=time.time()))
-                if own.close_held:
-                    self._finish_close(own)  # the client's close, after this frame
-                received += 1
-                if received % FAIR_SHARE == 0:
-                    # websockets hands out frames already read without suspending: let
-                    # the other connections run between bursts of this one.
-                    await asyncio.sleep(0)
-        except ConnectionClosed:
-            pass
-        finally:
-            own.release_close()
-            if link.closer is not None:
-                await link.closer  # bounded: close_timeout, or the unread-data bound
-            del self._links[conn]
-            self._count_library_close(link)
-            if link.known_to_machine:
-                link.known_to_machine = False
-                self._feed(Disconnected(conn=conn, clean=self._clean(link)))
+    def _frame(self, link: _Member, text: str) -> None:
+        """A whole text frame (the hot path)."""
+        self._feed(FrameReceived(conn=link.conn, data=text, wall_time=time.time()))
 
-    def _count_library_close(self, link: _Link) -> None:
-        """Count the refusal websockets made on its own: a frame far over the size limit
+    def _message(self, link: _Member, data: str | bytes) -> None:
+        """A reassembled message, or a binary one (the machine answers bad-frame)."""
+        if not link.closing:
+            self._feed(FrameReceived(conn=link.conn, data=data, wall_time=time.time()))
+
+    def _close_received(self, link: _Member) -> None:
+        """The client's close frame, after every frame it sent before it: the member
+        leaves (or is held) before the client sees its close answered, so a rejoin under
+        the same id can never race the leave."""
+        if link.known_to_machine:
+            link.known_to_machine = False
+            self._feed(Disconnected(conn=link.conn, clean=self._clean(link)))
+        transport = link.transport
+        assert transport is not None
+        if not transport.is_close_frame_sent:
+            handshake = transport.close_handshake
+            received = handshake.recv if handshake is not None else None
+            if received is None or received.code is WSCloseCode.NO_INFO:
+                transport.send(_CLOSE, b"")  # a close without a code is answered so
+            else:
+                transport.send_close(received.code)
+        transport.disconnect()
+
+    def _disconnected(self, link: _Member) -> None:
+        """The TCP connection of ``link`` is gone."""
+        self._links.pop(link.conn, None)
+        if link.closer is not None:
+            link.closer.cancel()
+            link.closer = None
+        self._count_library_close(link)
+        if link.known_to_machine:
+            link.known_to_machine = False
+            self._feed(Disconnected(conn=link.conn, clean=self._clean(link)))
+        if not self._links:
+            self._gone.set()
+
+    def _too_big(self, link: _Member) -> None:
+        """A fragmented message grew past :attr:`max_message` (what picows does for one
+        frame, here for a message): 1009, counted as picows' are."""
+        self._count_too_big()
+        self._close(link, CloseCode.TOO_BIG, "message too big")
+
+    def _count_too_big(self) -> None:
+        """A message cut off by the WebSocket layer, counted with the machine's
+        frame-too-large replies."""
+        self.refusals["frame-too-large"] += 1
+
+    def _count_library_close(self, link: _Member) -> None:
+        """Count the refusal picows made on its own: a frame far over the size limit
         (1009)."""
-        protocol = link.ws.protocol
-        sent = protocol.close_sent
-        if link.closing or sent is None or protocol.close_rcvd_then_sent:
+        transport = link.transport
+        handshake = transport.close_handshake if transport is not None else None
+        if link.closing or handshake is None or handshake.sent is None:
             return
-        if sent.code == CloseCode.TOO_BIG:
-            self.refusals["frame-too-large"] += 1
+        if not handshake.recv_then_sent and handshake.sent.code is WSCloseCode.MESSAGE_TOO_BIG:
+            self._count_too_big()
 
     @staticmethod
-    def _clean(link: _Link) -> bool:
-        protocol = link.ws.protocol
-        sent = protocol.close_sent
-        by_server = link.closing or (sent is not None and not protocol.close_rcvd_then_sent)
-        code = protocol.close_rcvd.code if protocol.close_rcvd is not None else None
-        server_code = sent.code if by_server and sent is not None else None
+    def _clean(link: _Member) -> bool:
+        transport = link.transport
+        handshake = transport.close_handshake if transport is not None else None
+        received = handshake.recv if handshake is not None else None
+        sent = handshake.sent if handshake is not None else None
+        by_server = link.closing or (
+            sent is not None and handshake is not None and not handshake.recv_then_sent
+        )
+        code = _code(received.code) if received is not None else None
+        server_code = _code(sent.code) if by_server and sent is not None else None
         return is_clean_close(code, by_server=by_server, server_code=server_code)
 
     # ------------------------------------------------------------------ the machine
 
     def _feed(self, event: RelayEvent) -> None:
         arrived = time.perf_counter()
-        now = asyncio.get_running_loop().time()
+        loop = self._loop or asyncio.get_running_loop()
+        now = loop.time()
         actions = self.machine.handle(event, now)
         if self.trace is not None:
             self._trace(now, event, actions)
@@ -829,47 +1101,105 @@ class RelayServer:
 
     def _execute(self, actions: list[RelayAction], arrived: float) -> None:
         overflowed: list[ConnId] = []
+        links = self._links
         for action in actions:
-            if isinstance(action, SendFrame):
-                link = self._links.get(action.conn)
+            if type(action) is SendFrame:
+                link = links.get(action.conn)
                 if link is None or link.closing:
                     continue
-                size = len(action.text)  # ASCII JSON: characters are bytes
-                if link.ws.unsent_bytes() + size > self.send_buffer:
+                transport = link.transport
+                assert transport is not None
+                text = action.text
+                # Characters for bytes: exact for the ASCII the relay writes, close enough
+                # for a frame relayed with its sender's UTF-8.
+                if link.unsent_bytes() + len(text) > self.send_buffer:
                     overflowed.append(action.conn)
-                    self._refuse("slow-consumer", link.ws.remote_address)
+                    self._refuse("slow-consumer", link.peer)
                     self._close(link, CloseCode.TRY_AGAIN_LATER, "slow consumer")
                     continue
-                link.ws.send_now(action.text)
-                self._latency.observe(time.perf_counter() - arrived)
+                transport.send(_TEXT, text)
+                self.latency.observe(time.perf_counter() - arrived)
+            elif isinstance(action, Log):
+                if logger.isEnabledFor(action.level):
+                    logger.log(action.level, action.message, *action.args)
             elif isinstance(action, CloseConnection):
-                link = self._links.get(action.conn)
+                link = links.get(action.conn)
                 if link is not None:
                     self._close(link, action.code, action.reason)
                 elif (opening := self._opening.get(action.conn)) is not None:
                     opening.refuse(action.code, action.reason)
-            elif isinstance(action, Log) and logger.isEnabledFor(action.level):
-                logger.log(action.level, action.message, *action.args)
         # A slow consumer leaves only after this batch is out, so the others see the
         # batch's frames before its user-left-room, in the order the machine decided.
         for conn in overflowed:
-            link = self._links.get(conn)
+            link = links.get(conn)
             if link is not None and link.known_to_machine:
                 link.known_to_machine = False
                 logger.warning("Closing connection %s: slow consumer", conn)
                 self._feed(Disconnected(conn=conn, clean=True))
 
-    def _close(self, link: _Link, code: int, reason: str, *, fail: bool = False) -> None:
+    def _close(self, link: _Member, code: int, reason: str, *, fail: bool = False) -> None:
         """Close ``link`` with ``code``: the close frame goes behind the frames already
         handed to its transport. A client that does not read them cannot hold the close
-        (and its memory) for long: the close waits for unsent data a short while only
-        (:meth:`_Connection.drain`), then the connection is aborted. ``fail``: do not
-        wait for the client's answer to the close (:meth:`_Connection.fail`)."""
+        (and its memory) for long: past :data:`CLOSE_DRAIN_TIMEOUT` with data unsent the
+        connection is aborted, and past ``close_timeout`` without the client's answer it
+        is closed. ``fail``: do not wait for the client's answer (a client that does not
+        answer pings will not answer a close either)."""
         if link.closing:
             return
-        self.closes[code] = self.closes.get(code, 0) + 1
-        closing = link.ws.fail(code, reason) if fail else link.ws.close(code, reason)
-        link.closer = asyncio.get_running_loop().create_task(closing)
+        link.closing = True
+        link.parts = None
+        self.closes[code] += 1
+        transport = link.transport
+        assert transport is not None
+        transport.send_close(WSCloseCode(code), reason.encode())
+        if fail:
+            transport.disconnect()  # once the unsent data is out (bounded below)
+        link.closer = asyncio.get_running_loop().call_later(
+            _close_bound(self.close_timeout), self._close_expired, link, True
+        )
+
+    def _close_expired(self, link: _Member, draining: bool) -> None:
+        link.closer = None
+        if link.transport is None or link.transport.is_disconnected:
+            return
+        if draining and link.unsent_bytes():
+            logger.info(
+                "Aborting connection %s from %s: the client does not read",
+                link.conn,
+                _peer(link.peer),
+            )
+            self._abort(link)
+            return
+        remaining = self.close_timeout - _close_bound(self.close_timeout)
+        if draining and remaining > 0:
+            link.closer = asyncio.get_running_loop().call_later(
+                remaining, self._close_expired, link, False
+            )
+            return
+        link.transport.disconnect()  # the client never answered our close
+
+    @staticmethod
+    def _abort(link: _Member) -> None:
+        if link.transport is not None:
+            link.transport.underlying_transport.abort()
+
+
+def _feed_protocol(protocol: asyncio.BufferedProtocol, data: bytes) -> None:
+    """Give ``data`` to a buffered protocol as if it had been read from its socket."""
+    view = memoryview(data)
+    while view:
+        buffer = memoryview(protocol.get_buffer(len(view)))
+        size = min(len(buffer), len(view))
+        if size == 0:
+            raise RuntimeError("the protocol offered no buffer")
+        buffer[:size] = view[:size]
+        protocol.buffer_updated(size)
+        view = view[size:]
+
+
+def _code(code: object) -> int:
+    """A picows close code as an int (it reports codes it has no name for as ints)."""
+    return int(code.value) if isinstance(code, WSCloseCode) else int(code)  # type: ignore[call-overload]
 
 
 def _close_bound(close_timeout: float | None) -> float:
@@ -906,34 +1236,3 @@ def _peer(remote: object) -> str:
     if isinstance(remote, tuple) and len(remote) >= 2:
         return f"{remote[0]}:{remote[1]}"
     return str(remote)
-
-
-def _closing_response(status: http.HTTPStatus, text: str) -> bytes:
-    """A plain-text answer written straight to a socket we close at once (before, or
-    instead of, websockets' own request handling)."""
-    response = _text_response(status, text)
-    response.headers["Connection"] = "close"
-    return response.serialize()
-
-
-def _head(response: Response) -> Response:
-    """The answer to a HEAD: the GET's status and headers (``Content-Length`` included),
-    no body."""
-    return Response(response.status_code, response.reason_phrase, response.headers, b"")
-
-
-def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
-    headers = Headers()
-    headers["Content-Type"] = content_type
-    headers["Content-Length"] = str(len(body))
-    headers["Cache-Control"] = "no-store"
-    headers["X-Content-Type-Options"] = "nosniff"
-    return Response(status.value, status.phrase, headers, body)
-
-
-def _text_response(status: http.HTTPStatus, text: str) -> Response:
-    return _response(status, f"{text}\n".encode(), "text/plain; charset=utf-8")
-
-
-_BAD_REQUEST = _closing_response(http.HTTPStatus.BAD_REQUEST, "bad request")
-"""The answer to a request websockets could not parse (it would close without one)."""

@@ -542,7 +542,8 @@ ALLOWED: list[Allowed] = [
         "adapters/server.py",
         "error-code",
         'self.refusals["frame-too-large"] += 1',
-        "_count_library_close(): a 1009 sent by websockets, counted under that label",
+        "_count_too_big(): a 1009 sent by picows (one frame) or by the adapter (a "
+        "fragmented message), counted under that label",
     ),
     # ---- adapters/static/sansio-signal.js (the browser driver)
     Allowed(

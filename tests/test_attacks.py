@@ -68,7 +68,7 @@ async def flood_until_stalled(server: RelayServer, sender: ClientConnection, con
     deadline = time.perf_counter() + 20
     started = time.perf_counter()
     # Until the socket takes no more and frames wait in the queue (or the close does).
-    while not (link.ws.paused and (link.ws.unsent_bytes() > 100_000 or link.closing)):
+    while not (link.paused and (link.unsent_bytes() > 100_000 or link.closing)):
         if conn not in server._links:
             pytest.fail(
                 f"the slow reader's connection closed after {time.perf_counter() - started:.2f} s"
@@ -81,7 +81,7 @@ async def flood_until_stalled(server: RelayServer, sender: ClientConnection, con
         # socket (synchronously), so the check above sees its effect and the queue grows
         # by a frame per round, never past the send buffer's slow-consumer bound.
         await server.wait_until(relayed(offers), 5)
-    assert link.ws.unsent_bytes() < server.send_buffer // 2  # not a slow-consumer close
+    assert link.unsent_bytes() < server.send_buffer // 2  # not a slow-consumer close
     print(f"\nstalled after {time.perf_counter() - started:.2f} s of flood", end="")
 
 

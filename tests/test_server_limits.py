@@ -57,11 +57,23 @@ def close_code(ws: ClientConnection) -> int | None:
     return ws.protocol.close_rcvd.code if ws.protocol.close_rcvd else None
 
 
-async def joined(server: RelayServer, room: str, *users: str) -> list[ClientConnection]:
-    """Connect and join ``users`` in order; drain the membership frames they cause."""
+async def joined(
+    server: RelayServer, room: str, *users: str, source: str | None = None
+) -> list[ClientConnection]:
+    """Connect and join ``users`` in order; drain the membership frames they cause.
+    ``source``: the loopback address the clients connect from (the relay keeps a rate
+    bucket per address across reconnects: attackers that must each start with a full
+    bucket come from addresses of their own)."""
     clients: list[ClientConnection] = []
     for user in users:
-        ws = await connect(server.url)
+        if source is None:
+            ws = await connect(server.url)
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((source, 0))
+            sock.connect(("127.0.0.1", server.port))
+            sock.setblocking(False)
+            ws = await connect(server.url, sock=sock)
         await send(ws, join_frame(room, user))
         for c in [*clients, ws]:
             frame = await recv(c)
@@ -230,8 +242,12 @@ def test_flood_is_rate_limited_then_closed_1008() -> None:
         attackers = itertools.count()
 
         async def flood() -> None:
-            user = f"f{next(attackers)}"
-            (ws,) = await joined(server, f"flood-{user}", user)  # the join costs a token
+            n = next(attackers)
+            user = f"f{n}"
+            # The join costs a token; each attacker comes from an address (and so a rate
+            # bucket) of its own: the relay does not refill a bucket on reconnect.
+            source = f"127.0.{1 + n // 250}.{1 + n % 250}"
+            (ws,) = await joined(server, f"flood-{user}", user, source=source)
             for i in range(100):
                 await send(ws, {"channel": CHAT, "type": "chat-message", "text": str(i)})
             frames = await read_until_closed(ws)
