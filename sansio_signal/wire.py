@@ -8,7 +8,9 @@ steps, each of which fails with a precise :class:`~sansio_signal.errors.WireErro
 1. *bytes to object* (:func:`decode_object`): a binary frame is ``bad-frame``; text that
    is not JSON, holds ``NaN``/``Infinity``, numbers too large for a float, or nests deeper
    than the interpreter can follow is ``bad-json``; JSON that is not an object is
-   ``bad-frame``.
+   ``bad-frame``. The standard library's decoder defines these rules; msgspec reads
+   the frames first, four times as fast, and hands every text it refuses (or could read
+   differently: see :data:`FAST_MAX_DEPTH`) to the stdlib decoder, whose answer stands.
 2. *envelope*: ``channel`` and ``type`` must be strings; an unknown channel is
    ``unknown-channel`` (answered on channel ``system``), an unknown type on a known
    channel is ``unknown-type`` (answered on that channel).
@@ -37,6 +39,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, TypeAlias
 
 import attrs
+import msgspec
 
 from .codes import Channel as Channel
 from .codes import CloseCode as CloseCode
@@ -367,12 +370,58 @@ def _finite_float(text: str) -> float:
 
 
 _decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+"""The decoder that defines what a frame may be: the standard library's, with the two
+hooks above. Every frame it refuses is refused with its words."""
+
+_fast_decode = msgspec.json.Decoder().decode
+"""A faster reader of the same JSON (about 4x on a signaling frame). It is stricter than
+:data:`_decoder` — it refuses lone surrogate escapes (``"\\ud800"``), numbers out of a
+float's range and integers past ``sys.get_int_max_str_digits()`` — and where it refuses,
+:data:`_decoder` decides: what is accepted, and every error message, stay the stdlib's."""
+
+FAST_MAX_DEPTH = 256
+"""A frame :data:`_fast_decode` read is used only if it nests at most this deep.
+
+Deeper frames are read again by :data:`_decoder`, which refuses a frame nested deeper
+than the interpreter's recursion limit allows at the caller's stack depth, a few levels
+earlier than msgspec does (its own recursion check). Below this depth the two agree for
+any caller less than ``sys.getrecursionlimit() - FAST_MAX_DEPTH - 8`` frames deep; a
+text shorter than ``2 * FAST_MAX_DEPTH`` characters cannot nest deeper (each level takes
+an opening and a closing character), so only longer ones are measured."""
+
+
+_CONTAINERS = (dict, list)
+
+
+def _nests_within(obj: dict[str, JSONValue], depth: int) -> bool:
+    """Whether the decoded ``obj`` nests at most ``depth`` levels (``obj`` is level 1)."""
+    layer: list[dict[str, JSONValue] | list[JSONValue]] = [obj]
+    for _ in range(depth):  # one layer of containers per turn
+        below: list[dict[str, JSONValue] | list[JSONValue]] = []
+        for value in layer:
+            for child in value.values() if type(value) is dict else value:
+                if type(child) in _CONTAINERS:
+                    below.append(child)  # type: ignore[arg-type]  # a dict or a list
+        if not below:
+            return True
+        layer = below
+    return False
 
 
 def decode_object(data: str | bytes) -> dict[str, JSONValue]:
     """Decode one frame to a JSON object, or raise ``WireError`` (channel ``system``)."""
     if not isinstance(data, str):
         raise WireError(ErrorCode.BAD_FRAME, "binary frames are not accepted; send JSON text")
+    try:
+        fast = _fast_decode(data)
+    except Exception:  # any refusal (msgspec's, an encoding's, a recursion's): see below
+        fast = None
+    if type(fast) is dict and (
+        len(data) < 2 * FAST_MAX_DEPTH or _nests_within(fast, FAST_MAX_DEPTH)
+    ):
+        return fast
+    # The fast reader refused the text, or it is not an object, or it nests deep: the
+    # stdlib decoder decides (it is the definition), with its own messages.
     try:
         obj = _decoder.decode(data)
     except RecursionError:
