@@ -445,6 +445,8 @@ class _Member(WSListener):
         "closing",
         "conn",
         "known_to_machine",
+        "out",
+        "out_size",
         "parts",
         "parts_size",
         "paused",
@@ -471,6 +473,10 @@ class _Member(WSListener):
         self.parts: list[bytes] | None = None
         """A fragmented message being reassembled (first frame's type first)."""
         self.parts_size = 0
+        self.out: list[bytes] | None = None
+        """Frames for this connection in this turn of the event loop, written at its end
+        in one system call (:meth:`RelayServer._flush`)."""
+        self.out_size = 0
 
     # picows' callbacks ------------------------------------------------------------
 
@@ -553,11 +559,12 @@ class _Member(WSListener):
         self.parts.append(payload)
 
     def unsent_bytes(self) -> int:
-        """Bytes handed to this connection and not yet taken by the client's socket."""
+        """Bytes handed to this connection and not yet taken by the client's socket
+        (waiting in its transport, or for the end of this turn of the event loop)."""
         if self.transport is None:
             return 0
         size: int = self.transport.underlying_transport.get_write_buffer_size()
-        return size
+        return size + self.out_size
 
     @property
     def remote_address(self) -> object:
@@ -738,6 +745,8 @@ class RelayServer:
         self._changed = asyncio.Event()
         self._gone = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._dirty: list[_Member] = []
+        """Connections with frames waiting for the end of this turn (:meth:`_flush`)."""
         self.latency = _LatencyHistogram(LATENCY_BUCKETS)
         self.registry = CollectorRegistry()
         Gauge(
@@ -1001,6 +1010,7 @@ class RelayServer:
             self._feed(Disconnected(conn=link.conn, clean=self._clean(link)))
         transport = link.transport
         assert transport is not None
+        self._flush_link(link)
         if not transport.is_close_frame_sent:
             handshake = transport.close_handshake
             received = handshake.recv if handshake is not None else None
@@ -1013,6 +1023,7 @@ class RelayServer:
     def _disconnected(self, link: _Member) -> None:
         """The TCP connection of ``link`` is gone."""
         self._links.pop(link.conn, None)
+        link.out, link.out_size = None, 0
         if link.closer is not None:
             link.closer.cancel()
             link.closer = None
@@ -1107,17 +1118,24 @@ class RelayServer:
                 link = links.get(action.conn)
                 if link is None or link.closing:
                     continue
-                transport = link.transport
-                assert transport is not None
-                text = action.text
-                # Characters for bytes: exact for the ASCII the relay writes, close enough
-                # for a frame relayed with its sender's UTF-8.
-                if link.unsent_bytes() + len(text) > self.send_buffer:
+                data = action.text.encode()
+                if link.unsent_bytes() + len(data) > self.send_buffer:
                     overflowed.append(action.conn)
                     self._refuse("slow-consumer", link.peer)
                     self._close(link, CloseCode.TRY_AGAIN_LATER, "slow consumer")
                     continue
-                transport.send(_TEXT, text)
+                size = len(data)
+                out = link.out
+                if out is None:
+                    link.out = [_text_header(size), data]
+                    link.out_size = size
+                    self._dirty.append(link)
+                    if len(self._dirty) == 1:
+                        (self._loop or asyncio.get_running_loop()).call_soon(self._flush)
+                else:
+                    out.append(_text_header(size))
+                    out.append(data)
+                    link.out_size += size
                 self.latency.observe(time.perf_counter() - arrived)
             elif isinstance(action, Log):
                 if logger.isEnabledFor(action.level):
@@ -1137,6 +1155,21 @@ class RelayServer:
                 logger.warning("Closing connection %s: slow consumer", conn)
                 self._feed(Disconnected(conn=conn, clean=True))
 
+    def _flush(self) -> None:
+        """Write every connection's frames of this turn of the event loop: one system
+        call per connection however many frames it got (a member of a busy room gets
+        several per turn), instead of one per frame."""
+        dirty, self._dirty = self._dirty, []
+        for link in dirty:
+            self._flush_link(link)
+
+    @staticmethod
+    def _flush_link(link: _Member) -> None:
+        out, link.out, link.out_size = link.out, None, 0
+        transport = link.transport
+        if out and transport is not None and not transport.is_close_frame_sent:
+            transport.underlying_transport.writelines(out)
+
     def _close(self, link: _Member, code: int, reason: str, *, fail: bool = False) -> None:
         """Close ``link`` with ``code``: the close frame goes behind the frames already
         handed to its transport. A client that does not read them cannot hold the close
@@ -1148,6 +1181,7 @@ class RelayServer:
             return
         link.closing = True
         link.parts = None
+        self._flush_link(link)  # the close goes behind the frames already sent
         self.closes[code] += 1
         transport = link.transport
         assert transport is not None
@@ -1182,6 +1216,18 @@ class RelayServer:
     def _abort(link: _Member) -> None:
         if link.transport is not None:
             link.transport.underlying_transport.abort()
+
+
+_SMALL_HEADERS = [bytes([0x81, size]) for size in range(126)]
+
+
+def _text_header(size: int) -> bytes:
+    """The header of a server's text frame (final, unmasked) of ``size`` bytes."""
+    if size < 126:
+        return _SMALL_HEADERS[size]
+    if size < 65536:
+        return b"\x81\x7e" + size.to_bytes(2, "big")
+    return b"\x81\x7f" + size.to_bytes(8, "big")
 
 
 def _feed_protocol(protocol: asyncio.BufferedProtocol, data: bytes) -> None:
