@@ -38,9 +38,12 @@ and every frame goes through the same pipeline:
 4. *dispatch*: the table :data:`_TRANSITIONS` maps ``(phase, type)`` to the handler,
    which checks the type's fields; a pair missing from the table is an error reply
    (``not-in-room``). Signaling frames are never turned into message objects: the
-   handler checks their fields (:func:`~.wire.check_signal`), stamps ``fromUserId`` and
-   ``roomId`` into the decoded object and re-encodes it, which is both the cheapest
-   path and the one that relays unknown fields untouched.
+   handler checks the decoded object's fields (:func:`~.wire.check_signal`) and relays
+   the *sender's text*, its closing brace replaced by the member's stamp
+   (``,"fromUserId":…,"roomId":…}``, made once per join): every field it does not
+   read passes byte for byte, and no encoder runs. Only a frame that carries its own
+   ``fromUserId`` or ``roomId`` is stamped in the decoded object and encoded anew, so
+   that the client's values are overwritten, never relayed.
 
 **Addresses.** ``Connected.address`` (the client's IP, fed at TCP accept) keys two
 rules. ``Limits.max_per_address`` bounds its open connections *plus its held members*
@@ -113,6 +116,7 @@ from .wire import (
     parse_chat,
     parse_join_room,
     parse_leave_room,
+    signal_stamp,
 )
 
 Authorize = Callable[[JoinRoom, float], bool]
@@ -162,6 +166,9 @@ class _Conn:
     room_id: str | None = None
     user_id: str | None = None
     resume_token: str | None = None
+    stamp: str = ""
+    """How a signal this member sends ends once relayed (:func:`~.wire.signal_stamp`:
+    its ``fromUserId``, ``roomId`` and the closing brace), made once per join."""
     last_frame: float = 0.0
     errors: deque[float] | None = None
     """When its recent error replies were sent (made at the first: most connections
@@ -496,7 +503,7 @@ class RelayMachine:
             c.tokens = tokens - 1.0
         type_ = "invalid"
         try:
-            obj = decode_object(data)
+            obj = decode_object(data)  # text from here on: binary frames are bad-frame
             channel, type_ = client_envelope(obj)
             handler = _TRANSITIONS.get((c.phase, type_))
             if handler is None:
@@ -504,7 +511,7 @@ class RelayMachine:
                 raise WireError(
                     ErrorCode.NOT_IN_ROOM, f"{type_} needs a room; join one first", channel
                 )
-            actions = handler(self, c, conn, obj, type_, now, wall_time)
+            actions = handler(self, c, conn, obj, type_, data, now, wall_time)  # type: ignore[arg-type]
         except WireError as exc:
             # A well-formed frame refused by a rule still counts under its type.
             self.stats.frames_in[type_ if exc.code in _RULE_ERRORS else "invalid"] += 1
@@ -624,6 +631,7 @@ class RelayMachine:
         room_id, user_id = c.room_id, c.user_id
         assert room_id is not None and user_id is not None
         c.room_id = c.user_id = c.resume_token = None
+        c.stamp = ""
         if c.phase is Phase.JOINED:
             c.phase = Phase.LOBBY
         return self._depart(room_id, user_id)
@@ -634,6 +642,7 @@ class RelayMachine:
         conn: ConnId,
         obj: dict[str, JSONValue],
         type_: str,
+        text: str,
         now: float,
         wall_time: float | None,
     ) -> list[RelayAction]:
@@ -679,6 +688,7 @@ class RelayMachine:
         to_others = self._to_room(room_id, encode(joined), UserJoinedRoom.TYPE)
         self.directory.add(room_id, user_id, conn)
         c.phase, c.room_id, c.user_id = Phase.JOINED, room_id, user_id
+        c.stamp = signal_stamp(user_id, room_id)
         c.resume_token = self._new_token()
         own = encode(attrs.evolve(joined, resume_token=c.resume_token))
         actions.append(self._send(conn, own, UserJoinedRoom.TYPE))
@@ -760,6 +770,7 @@ class RelayMachine:
             actions.append(CloseConnection(conn=holder, code=CloseCode.REPLACED, reason="replaced"))
         self.directory.add(room_id, user_id, conn)  # the same place, a new connection
         c.phase, c.room_id, c.user_id = Phase.JOINED, room_id, user_id
+        c.stamp = signal_stamp(user_id, room_id)
         c.resume_token = self._new_token()
         existing = [m for m in self.directory.members(room_id) if m != user_id]
         joined = UserJoinedRoom(
@@ -786,6 +797,7 @@ class RelayMachine:
         conn: ConnId,
         obj: dict[str, JSONValue],
         type_: str,
+        text: str,
         now: float,
         wall_time: float | None,
     ) -> list[RelayAction]:
@@ -802,13 +814,14 @@ class RelayMachine:
         conn: ConnId,
         obj: dict[str, JSONValue],
         type_: str,
+        text: str,
         now: float,
         wall_time: float | None,
     ) -> list[RelayAction]:
-        # The hot path: check the fields, stamp the sender, forward the object itself.
+        # The hot path: check the fields, find the target, relay the sender's text stamped.
         to_user_id = check_signal(obj, type_, self.limits)
-        room_id, user_id = c.room_id, c.user_id
-        assert room_id is not None and user_id is not None
+        room_id = c.room_id
+        assert room_id is not None
         target = self.directory.lookup(room_id, to_user_id)
         if target is None:
             raise WireError(
@@ -816,13 +829,25 @@ class RelayMachine:
                 f"no user {to_user_id!r} in room {room_id!r}",
                 Channel.SIGNALING,
             )
-        obj["fromUserId"] = user_id
-        obj["roomId"] = room_id
+        if "fromUserId" in obj or "roomId" in obj or not _sendable(text):
+            # A sender's own fromUserId/roomId is overwritten, never trusted: the object is
+            # stamped and encoded anew (as is a text no frame could carry, see _sendable).
+            obj["fromUserId"] = c.user_id
+            obj["roomId"] = room_id
+            text = dumps(obj)
+        else:
+            # The relayed frame is the sender's text itself, byte for byte, with the two
+            # stamped fields before its closing brace: every field the relay does not
+            # read passes exactly as sent (PROTOCOL.md), and no encoder runs. The text
+            # parsed as one object, so after any trailing JSON whitespace it ends in "}";
+            # neither key is in it (checked on the decoded object above, whatever escapes
+            # spelled the keys), so each appears once.
+            text = text.rstrip(_JSON_WHITESPACE)[:-1] + c.stamp
         if target in self._held:
-            self._queue(target, dumps(obj), type_)
+            self._queue(target, text, type_)
             return [_RELAYED_TO_ONE[type_]]
         self.stats.frames_out[type_] += 1
-        return [SendFrame(conn=target, text=dumps(obj), frame_type=type_), _RELAYED_TO_ONE[type_]]
+        return [SendFrame(conn=target, text=text, frame_type=type_), _RELAYED_TO_ONE[type_]]
 
     def _on_chat(
         self,
@@ -830,6 +855,7 @@ class RelayMachine:
         conn: ConnId,
         obj: dict[str, JSONValue],
         type_: str,
+        text: str,
         now: float,
         wall_time: float | None,
     ) -> list[RelayAction]:
@@ -864,6 +890,22 @@ def _check_fields(obj: dict[str, JSONValue], type_: str, limits: WireLimits) -> 
         parse_chat(obj, limits)
     else:
         check_signal(obj, type_, limits)
+
+
+_JSON_WHITESPACE = " \t\n\r"
+
+
+def _sendable(text: str) -> bool:
+    """Whether ``text`` can go out as it is: a str holding a lone surrogate (no
+    WebSocket text frame can carry one, but a caller of the machine may feed it) cannot
+    be encoded as UTF-8; its stamped copy is encoded anew, with escapes."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _wall_time(wall_time: float | None, needs: str) -> float:
@@ -903,9 +945,11 @@ _RELAYED_TO_ONE = {
 }
 
 _Handler = Callable[
-    ["RelayMachine", _Conn, ConnId, dict[str, JSONValue], str, float, float | None],
+    ["RelayMachine", _Conn, ConnId, dict[str, JSONValue], str, str, float, float | None],
     list[RelayAction],
 ]
+"""``handler(machine, c, conn, obj, type_, text, now, wall_time)``: ``obj`` is the decoded
+frame, ``text`` the frame as it came (a signal is relayed as that text, stamped)."""
 
 _TRANSITIONS: dict[tuple[Phase, str], _Handler] = {
     (Phase.LOBBY, JoinRoom.TYPE): RelayMachine._on_join,

@@ -22,13 +22,15 @@ the frames a client may send (a client that sends ``user-joined-room`` gets
 ``unknown-type``), :func:`parse_server_frame` the frames a server sends.
 
 Signaling frames keep every field other than the envelope and the addressing fields
-verbatim in ``fields``: the server must relay fields it does not know (a client's
-``epoch``, say) unchanged, and it does so by re-encoding that mapping. Typed views
-(``description``, ``candidate``, ``epoch``) read from it.
+verbatim in ``fields``: fields a peer does not know (a newer peer's, say) survive a
+parse and an :func:`encode`. Typed views (``description``, ``candidate``, ``epoch``)
+read from it. The relay builds no message for a signal: it checks the decoded object
+(:func:`check_signal`) and relays the sender's text itself.
 
-Output is always ASCII JSON (non-ASCII characters escaped): a JSON string may carry a
-lone surrogate escape (``"\\ud800"``), which cannot be encoded as UTF-8; escaping keeps
-every frame we send valid.
+What the codec encodes is always ASCII JSON (non-ASCII characters escaped): a JSON
+string may carry a lone surrogate escape (``"\\ud800"``), which cannot be encoded as
+UTF-8; escaping keeps every frame we send valid. (A relayed signal is not encoded: it
+is the sender's own text with :func:`signal_stamp` in place of its closing brace.)
 """
 
 from __future__ import annotations
@@ -765,6 +767,13 @@ _encoder = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=
 def dumps(obj: Mapping[str, JSONValue]) -> str:
     """Encode one frame object: compact, ASCII-only JSON."""
     return _encoder.encode(obj)
+
+
+def signal_stamp(from_user_id: str, room_id: str) -> str:
+    """The end of a signaling frame relayed from ``from_user_id`` in ``room_id``: the two
+    fields the relay stamps, then the object's closing brace. The relay replaces the
+    closing brace of the sender's text with it (see ``RelayMachine``, relaying)."""
+    return f',"fromUserId":{_encoder.encode(from_user_id)},"roomId":{_encoder.encode(room_id)}}}'
 
 
 def to_json(message: Message) -> dict[str, JSONValue]:

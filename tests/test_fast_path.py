@@ -1,4 +1,5 @@
-"""The relay's fast path (issue 13): the codec's two JSON readers agree.
+"""The relay's fast path (issue 13): the codec's two JSON readers agree, and a relayed
+signal is the sender's text itself with the two stamped fields.
 
 ``decode_object`` reads a frame with msgspec and lets the standard library's decoder
 decide whenever msgspec refuses, so what is accepted and every error message must be
@@ -15,13 +16,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import ice_frame, offer_frame
+from conftest import SIGNALING, Frame, ice_frame, offer_frame
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from sansio_signal import wire
+from sansio_signal.actions import SendFrame
 from sansio_signal.errors import WireError
-from sansio_signal.wire import FAST_MAX_DEPTH, decode_object
+from sansio_signal.limits import Limits
+from sansio_signal.testing.relay import RelayHarness
+from sansio_signal.wire import FAST_MAX_DEPTH, decode_object, dumps, signal_stamp
 
 # --------------------------------------------------------------------------- the readers
 
@@ -265,3 +269,183 @@ def test_the_fast_reader_keeps_big_integers_exact() -> None:
     assert obj["n"] == 123456789012345678901234567890 and isinstance(obj["n"], int)
     assert obj["f"] == 1.5
     assert isinstance(obj["z"], float) and math.copysign(1.0, obj["z"]) == -1.0
+
+
+# --------------------------------------------------------------------------- stamping
+
+STAMP = ',"fromUserId":"a","roomId":"demo"}'
+
+
+def pair(limits: Limits | None = None) -> tuple[RelayHarness, int, int]:
+    """A harness with ``a`` and ``b`` in ``demo`` (inboxes cleared)."""
+    h = RelayHarness(limits=limits) if limits is not None else RelayHarness()
+    a, b = h.connect(), h.connect()
+    h.join(a, "demo", "a")
+    h.join(b, "demo", "b")
+    h.take(a)
+    h.take(b)
+    return h, a, b
+
+
+def relayed(h: RelayHarness, sender: int, data: str) -> str:
+    """The one text relayed for ``data`` from ``sender``."""
+    sends = [x for x in h.send(sender, data) if isinstance(x, SendFrame)]
+    assert len(sends) == 1, sends
+    return sends[0].text
+
+
+def no_duplicate_keys(text: str) -> dict[str, Any]:
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in items]
+        assert len(keys) == len(set(keys)), keys
+        return dict(items)
+
+    obj: dict[str, Any] = json.loads(text, object_pairs_hook=pairs)
+    return obj
+
+
+def test_signal_stamp() -> None:
+    assert signal_stamp("a", "demo") == STAMP
+    assert signal_stamp('q"\u00e9', "r\\") == ',"fromUserId":"q\\"\\u00e9","roomId":"r\\\\"}'
+
+
+def test_relayed_signal_is_the_senders_text_byte_for_byte() -> None:
+    h, a, _b = pair()
+    data = (
+        '{"channel": "webrtc-signaling",\t"type":"webrtc-ice" ,\n "toUserId":"b",'
+        '"candidate":{"candidate":"candidate:1 1 UDP 1 10.0.0.1 9 typ host",'
+        '"sdpMLineIndex":0.0},"x":"\u00e9\\u00e9\U0001f600\\/","n":1.50,"e":1E2,'
+        '"big":123456789012345678901234567890,"z":-0 }'
+    )
+    assert relayed(h, a, data) == data[:-1] + STAMP
+
+
+def test_trailing_whitespace_after_the_brace_is_dropped() -> None:
+    h, a, _b = pair()
+    body = json.dumps(ice_frame("b", None, epoch=2))
+    assert relayed(h, a, " \n" + body + " \t\r\n ") == " \n" + body[:-1] + STAMP
+
+
+def test_a_forged_from_user_id_is_overwritten_and_the_frame_re_encoded() -> None:
+    h, a, b = pair()
+    for forged in (
+        {"fromUserId": "b"},
+        {"roomId": "elsewhere"},
+        {"fromUserId": "b", "roomId": "elsewhere"},
+        {"fromUserId": None},
+    ):
+        frame = ice_frame("b", None, **forged, epoch=1)
+        text = relayed(h, a, json.dumps(frame, indent=1))
+        assert text == dumps({**frame, "fromUserId": "a", "roomId": "demo"})
+    h.take(b)
+
+
+def test_a_forged_from_user_id_spelled_with_escapes_is_overwritten() -> None:
+    h, a, _b = pair()
+    data = '{"channel":"webrtc-signaling","type":"webrtc-renegotiate","toUserId":"b",'
+    text = relayed(h, a, data + '"from\\u0055serId":"b","room\\u0049d":"x"}')
+    assert no_duplicate_keys(text)["fromUserId"] == "a"
+    assert no_duplicate_keys(text)["roomId"] == "demo"
+
+
+def test_duplicate_keys_pass_verbatim_and_read_as_the_relay_read_them() -> None:
+    h, a, b = pair()
+    c = h.connect()
+    h.join(c, "demo", "c")
+    h.take(a), h.take(b), h.take(c)
+    data = (
+        '{"channel":"webrtc-signaling","type":"webrtc-renegotiate",'
+        '"toUserId":"c","toUserId":"b","epoch":1,"epoch":2}'
+    )
+    sends = [x for x in h.send(a, data) if isinstance(x, SendFrame)]
+    # routed by the last toUserId, as every JSON reader here reads it
+    assert [(s.conn, s.text) for s in sends] == [(b, data[:-1] + STAMP)]
+    assert json.loads(sends[0].text)["epoch"] == 2
+    assert h.take(c) == []
+
+
+def test_duplicate_from_user_ids_are_overwritten_once() -> None:
+    h, a, _b = pair()
+    data = (
+        '{"channel":"webrtc-signaling","type":"webrtc-renegotiate","toUserId":"b",'
+        '"fromUserId":"x","fromUserId":"y"}'
+    )
+    assert no_duplicate_keys(relayed(h, a, data))["fromUserId"] == "a"
+
+
+def test_a_str_holding_a_lone_surrogate_is_re_encoded_with_escapes() -> None:
+    h, a, _b = pair()
+    frame = ice_frame("b", None, note="\ud800")
+    text = relayed(h, a, json.dumps(frame, ensure_ascii=False))
+    assert text == dumps({**frame, "fromUserId": "a", "roomId": "demo"})
+    assert text.isascii()
+
+
+def test_a_lone_surrogate_escape_passes_verbatim() -> None:
+    h, a, _b = pair()
+    data = json.dumps(ice_frame("b", None, note="\ud800"))
+    assert "\\ud800" in data
+    assert relayed(h, a, data) == data[:-1] + STAMP
+
+
+def test_ids_are_stamped_as_json_strings() -> None:
+    limits = Limits(id_pattern=r"[^\x00-\x1f]{1,64}")
+    h = RelayHarness(limits=limits)
+    a, b = h.connect(), h.connect()
+    h.join(a, 'r"\u00e9', 'u\\"')
+    h.join(b, 'r"\u00e9', "b")
+    text = relayed(h, a, json.dumps(ice_frame("b", None)))
+    assert json.loads(text)["fromUserId"] == 'u\\"'
+    assert json.loads(text)["roomId"] == 'r"\u00e9'
+
+
+def test_a_member_who_moves_is_stamped_anew() -> None:
+    h, a, _b = pair()
+    h.join(a, "other", "z")
+    c = h.connect()
+    h.join(c, "other", "c")
+    text = relayed(h, a, dumps(ice_frame("c", None)))
+    assert text == dumps(ice_frame("c", None))[:-1] + ',"fromUserId":"z","roomId":"other"}'
+
+
+def test_a_held_member_gets_the_spliced_text_on_resume() -> None:
+    h = RelayHarness()
+    a, b = h.connect(), h.connect()
+    h.join(a, "demo", "a")
+    h.join(b, "demo", "b")
+    [own] = [f for f in h.take(b) if f.get("userId") == "b"]
+    token = own["resumeToken"]
+    h.disconnect(b, clean=False)
+    data = '{"channel":"webrtc-signaling","type":"webrtc-ice","toUserId":"b","candidate":null} '
+    assert [x for x in h.send(a, data) if isinstance(x, SendFrame)] == []
+    b2 = h.connect()
+    actions = h.join(b2, "demo", "b", resume_token=token)
+    texts = [x.text for x in actions if isinstance(x, SendFrame) and x.conn == b2]
+    assert texts[1:] == [data.rstrip()[:-1] + STAMP]
+
+
+_EXTRA_KEYS = st.text(max_size=6).filter(
+    lambda k: k not in {"channel", "type", "toUserId", "fromUserId", "roomId", "candidate"}
+)
+
+
+@given(
+    extra=st.dictionaries(_EXTRA_KEYS, _VALUES, max_size=4),
+    ensure_ascii=st.booleans(),
+    indent=st.sampled_from([None, 1, "\t"]),
+    tail=st.text(alphabet=" \t\n\r", max_size=3),
+)
+def test_any_signal_is_relayed_verbatim_plus_the_stamp(
+    extra: Frame, ensure_ascii: bool, indent: int | str | None, tail: str
+) -> None:
+    h, a, _b = pair()
+    frame: Frame = {"channel": SIGNALING, "type": "webrtc-ice", "toUserId": "b"}
+    frame |= {"candidate": None, **extra}
+    data = json.dumps(frame, ensure_ascii=ensure_ascii, indent=indent) + tail
+    try:
+        data.encode()
+    except UnicodeEncodeError:
+        data = json.dumps(frame, indent=indent) + tail  # no socket carries a lone surrogate
+    text = relayed(h, a, data)
+    assert text == data.rstrip(" \t\n\r")[:-1] + STAMP
+    assert json.loads(text) == {**frame, "fromUserId": "a", "roomId": "demo"}

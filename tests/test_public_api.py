@@ -45,6 +45,7 @@ KEPT_IN_THEIR_MODULE = {
         "parse_chat",
         "parse_join_room",
         "parse_leave_room",
+        "signal_stamp",
         "to_json",
         "wire_int",
     },

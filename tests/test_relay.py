@@ -468,7 +468,7 @@ def test_signal_extra_fields_relayed_unchanged(harness: RelayHarness) -> None:
     actions = harness.send(a, answer_frame("b", **extra))
     [frame] = harness.take(b)
     assert frame == answer_frame("b", **extra) | {"fromUserId": "a", "roomId": "demo"}
-    # the relayed text itself is plain ASCII JSON
+    # the relayed text is the sender's (ASCII: the harness escapes) plus the stamp
     [send] = [x for x in actions if isinstance(x, SendFrame)]
     assert send.conn == b
     assert send.text.isascii()
