@@ -26,6 +26,7 @@ from sansio_signal import CloseCode, Limits, MemoryDirectory, RelayMachine, __ve
 from sansio_signal.diagnose import diagnose
 from sansio_signal.tokens import TokenAuthority, issue_token, load_secret, valid_ttl
 
+from .loglines import LogLines
 from .server import (
     DEFAULT_OPEN_TIMEOUT,
     DEFAULT_PING_INTERVAL,
@@ -436,7 +437,9 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
     )
 
 
-async def run_serve(args: argparse.Namespace, out: TextIO = sys.stdout) -> None:
+async def run_serve(
+    args: argparse.Namespace, out: TextIO = sys.stdout, log_lines: LogLines | None = None
+) -> None:
     """Run ``serve`` until SIGINT (clients closed with 1001, going away) or SIGTERM
     (1012, service restart: clients reconnect and resume)."""
     with contextlib.ExitStack() as stack:
@@ -469,6 +472,7 @@ async def run_serve(args: argparse.Namespace, out: TextIO = sys.stdout) -> None:
             open_timeout=args.handshake_timeout,
             ping_interval=args.ping_interval,
             ping_timeout=args.ping_timeout,
+            log_lines=log_lines,
         )
         signals: list[int] = []
         stop = asyncio.Event()
@@ -574,13 +578,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sansio-signal`` console script."""
     args = build_parser().parse_args(argv)
     if args.command == "serve":
-        logging.basicConfig(
-            level=args.log_level,
-            stream=sys.stderr,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        lines = LogLines(sys.stderr)
+        logging.basicConfig(level=args.log_level, handlers=[lines])
         try:
-            run_loop(run_serve(args))
+            run_loop(run_serve(args, log_lines=lines))
         except ValueError as exc:  # an empty secret
             print(f"sansio-signal serve: {exc}", file=sys.stderr)
             return 1

@@ -1,0 +1,86 @@
+"""``serve``'s log output: one line per record, written once per turn of the event loop.
+
+A relay at INFO logs a line per relayed frame (the seed's ``Relaying message type ...``).
+Through :mod:`logging` each costs a ``LogRecord``, a ``Formatter`` pass (``strftime`` per
+record) and a ``write`` + ``flush`` system call: several times what relaying the frame
+costs. :class:`LogLines` is a :class:`logging.Handler` that writes the same text
+(``TIME LEVEL LOGGER: MESSAGE``, the format ``serve`` has always used) but
+
+- keeps the lines of one turn of the event loop and writes them with one ``write`` at
+  its end (at once when no loop runs, and on :meth:`flush`, which ``logging.shutdown``
+  calls at exit);
+- formats the time once per second;
+- takes lines directly (:meth:`line`): the relay server hands it each per-frame line
+  without building a ``LogRecord`` (``RelayServer(log_lines=...)``), when its logger is
+  enabled for the level — the same decision ``logging`` makes.
+
+Records from everything else (other loggers, warnings, exceptions) come through
+:meth:`emit` as usual, in order with the direct lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TextIO
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+"""The format of every line (``logging``'s default time format)."""
+
+
+class LogLines(logging.Handler):
+    """A handler writing ``FORMAT`` lines to ``stream``, one ``write`` per loop turn."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self.stream = stream
+        self.setFormatter(logging.Formatter(FORMAT))
+        self._pending: list[str] = []
+        self._scheduled = False
+        self._second = -1
+        self._prefix = ""
+
+    def line(self, level: int, name: str, message: str) -> None:
+        """One line, as a record of ``level`` from logger ``name`` would be written
+        (the caller checked that the logger is enabled for ``level``)."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        millis = int((now - second) * 1000)
+        self._add(f"{self._prefix},{millis:03d} {logging.getLevelName(level)} {name}: {message}\n")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._add(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+    def _add(self, text: str) -> None:
+        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            self._pending.append(text)
+            if self._scheduled:
+                return
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop in this thread: nothing to batch with
+                self.flush()
+                return
+            self._scheduled = True
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write every line kept so far."""
+        with self.lock:  # type: ignore[union-attr]
+            self._scheduled = False
+            if not self._pending:
+                return
+            text = "".join(self._pending)
+            self._pending.clear()
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (OSError, ValueError):  # stderr closed or gone: nothing to do about it
+                pass
