@@ -1,0 +1,140 @@
+"""An in-memory shared store: the reference semantics of :mod:`sansio_signal.store`.
+
+:class:`SimStore` answers every :data:`~sansio_signal.store.StoreOp` exactly as the
+module documents it, at once and deterministically. Tests of a cluster feed several
+relay machines from one ``SimStore`` and choose when each answer and notice is
+delivered (random interleavings, delays, a node that dies); the Redis adapter is
+tested against the same expectations.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import attrs
+
+from sansio_signal.store import (
+    CommitRoom,
+    MailNotice,
+    MemberRecord,
+    NodeMessage,
+    Post,
+    Posted,
+    ReadRoom,
+    RoomCommitted,
+    RoomRead,
+    StoreOp,
+    StoreResult,
+    Take,
+    Taken,
+)
+
+MAILBOX_CAP = 10_000
+"""Frames a mailbox keeps at most (the oldest go first), as the Redis store caps it."""
+
+
+@attrs.define
+class _Room:
+    version: int = 0
+    members: dict[str, MemberRecord] = attrs.field(factory=dict)
+
+
+class SimStore:
+    """Rooms, mailboxes and notices in dictionaries; one operation at a time."""
+
+    def __init__(self, mailbox_cap: int = MAILBOX_CAP) -> None:
+        self.mailbox_cap = mailbox_cap
+        self._rooms: dict[str, _Room] = {}
+        self._mailboxes: dict[tuple[str, str], deque[str]] = {}
+        self._notices: dict[str, list[MailNotice | NodeMessage]] = {}
+        self.ops = 0
+        """Operations applied so far (a cost measure for tests)."""
+
+    # ------------------------------------------------------------------ inspection
+
+    def members(self, room: str) -> dict[str, MemberRecord]:
+        """The records of ``room`` (a copy)."""
+        found = self._rooms.get(room)
+        return {} if found is None else dict(found.members)
+
+    def version(self, room: str) -> int:
+        found = self._rooms.get(room)
+        return 0 if found is None else found.version
+
+    def rooms(self) -> list[str]:
+        """Rooms with at least one member."""
+        return sorted(r for r, room in self._rooms.items() if room.members)
+
+    def mailbox(self, room: str, user: str) -> list[str]:
+        return list(self._mailboxes.get((room, user), ()))
+
+    def notices(self, node: str) -> list[MailNotice | NodeMessage]:
+        """The notices for ``node`` since the last call, oldest first."""
+        return self._notices.pop(node, [])
+
+    # ------------------------------------------------------------------ operations
+
+    def apply(self, op: StoreOp) -> StoreResult:
+        """Run one operation and return its answer."""
+        self.ops += 1
+        if isinstance(op, ReadRoom):
+            room = self._rooms.get(op.room, _Room())
+            return RoomRead(
+                op=op.op, room=op.room, version=room.version, members=dict(room.members)
+            )
+        if isinstance(op, CommitRoom):
+            return self._commit(op)
+        if isinstance(op, Post):
+            return self._post(op)
+        return self._take(op)
+
+    def _commit(self, op: CommitRoom) -> RoomCommitted:
+        room = self._rooms.setdefault(op.room, _Room())
+        if room.version != op.expected:
+            return RoomCommitted(
+                op=op.op, room=op.room, ok=False, version=room.version, members=dict(room.members)
+            )
+        room.members.update(op.put)
+        for user in op.delete:
+            room.members.pop(user, None)
+            self._mailboxes.pop((op.room, user), None)
+        room.version += 1
+        for user, text in op.post:
+            self._append(op.room, user, text)
+        for node, text in op.tell:
+            self._notices.setdefault(node, []).append(NodeMessage(text=text))
+        return RoomCommitted(
+            op=op.op, room=op.room, ok=True, version=room.version, members=dict(room.members)
+        )
+
+    def _post(self, op: Post) -> Posted:
+        room = self._rooms.get(op.room)
+        if room is None:
+            return Posted(op=op.op, count=0)
+        if op.user is None:
+            users = list(room.members)
+        else:
+            users = [op.user] if op.user in room.members else []
+        for user in users:
+            self._append(op.room, user, op.text)
+        return Posted(op=op.op, count=len(users))
+
+    def _append(self, room_id: str, user: str, text: str) -> None:
+        record = self._rooms[room_id].members.get(user)
+        if record is None:
+            return
+        box = self._mailboxes.setdefault((room_id, user), deque())
+        was_empty = not box
+        box.append(text)
+        while len(box) > self.mailbox_cap:
+            box.popleft()
+        if was_empty and not record.held:
+            self._notices.setdefault(record.node, []).append(MailNotice(room=room_id, user=user))
+
+    def _take(self, op: Take) -> Taken:
+        room = self._rooms.get(op.room)
+        record = None if room is None else room.members.get(op.user)
+        if record is None or record.held or (record.node, record.conn) != (op.node, op.conn):
+            return Taken(op=op.op, frames=())
+        box = self._mailboxes.pop((op.room, op.user), deque())
+        return Taken(op=op.op, frames=tuple(box))
