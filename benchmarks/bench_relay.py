@@ -41,11 +41,13 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import unittest.mock
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +58,15 @@ if not __package__:  # run as a script: benchmarks/ is on sys.path, the project 
 
 from benchmarks import bench_idle
 from benchmarks.bench_idle import ANY_LISTENING, NODE_DIR, SHARED_BENCH, free_port, node_relay
-from benchmarks.harness import CpuTimes, ServerProcess, print_table, raise_nofile, serve_argv
+from benchmarks.harness import (
+    CpuTimes,
+    ServerProcess,
+    console_script,
+    print_table,
+    profile_table,
+    raise_nofile,
+    serve_argv,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PLOT = ROOT / "docs" / "bench-relay.png"
@@ -140,8 +150,9 @@ def loadgen_script() -> Path:
 
 
 def ours_at(rev: str, into: Path) -> list[str]:
-    """``sansio-signal serve`` as of git revision ``rev`` (its ``sansio_signal/`` and
-    ``adapters/``, laid out as the installed package in ``into``), on this interpreter.
+    """The prefix of :func:`ours_argv` that runs our server as of git revision ``rev``
+    (its ``sansio_signal/`` and ``adapters/``, laid out as the installed package in
+    ``into``) on this interpreter.
 
     The editable install runs the working tree, which may change under a run while
     someone works on it; a commit is a fixed, named thing to measure.
@@ -164,20 +175,32 @@ def ours_at(rev: str, into: Path) -> list[str]:
     if not where.startswith(str(into)):
         raise RuntimeError(f"--ours-at {rev}: imported {where}, not the copy in {into}")
     # serve_argv's console script path arrives as sys.argv[1]: dropped, then the CLI runs
-    main = "import sys; del sys.argv[1]; from sansio_signal.adapters.cli import main; main()"
-    return ["env", f"PYTHONPATH={into}", *serve_argv(interpreter=(sys.executable, "-c", main))]
+    return ["env", f"PYTHONPATH={into}"]
 
 
-def server_argvs(ours: list[str] | None = None) -> dict[str, list[str]]:
-    """Every server's argv (``ours``: :func:`serve_argv`'s unless given); the yardsticks
-    take ``$PORT`` (see :func:`start_server`)."""
+def ours_argv(
+    prefix: Sequence[str] = (),
+    profile: Path | None = None,
+    options: Sequence[str] = ("--rate-limit", "0"),
+) -> list[str]:
+    """``python -m sansio_signal serve`` as :func:`serve_argv` makes it, plus ``options``,
+    after ``prefix`` (:func:`ours_at`'s), under cProfile if ``profile``."""
+    python: list[str] = [sys.executable]
+    if profile is not None:
+        python += ["-m", "cProfile", "-o", str(profile)]
+    argv = serve_argv(*options, interpreter=python)
+    script = argv.index(console_script("sansio-signal"))
+    return [*prefix, *argv[:script], "-m", "sansio_signal", *argv[script + 1 :]]
+
+
+def server_argvs(ours: list[str]) -> dict[str, list[str]]:
+    """Every server's argv; the yardsticks take ``$PORT`` (see :func:`start_server`)."""
     base = bench_idle.server_argvs(True)
     if set(base) != {"ours", "bare", "node"}:
         raise RuntimeError(f"a yardstick is missing (have {sorted(base)}): see {SHARED_BENCH}")
-    mine = [*(ours or base["ours"]), "--rate-limit", "0"]
     return {
-        "ours": mine,
-        "ours-info": [*mine, "--log-level", "INFO"],
+        "ours": ours,
+        "ours-info": [*ours, "--log-level", "INFO"],
         "bare": base["bare"],
         "node": base["node"],
     }
@@ -394,6 +417,10 @@ def log(*parts: object) -> None:
 
 
 async def run_all(args: argparse.Namespace) -> dict[str, Any]:
+    # SIGTERM cancels the run as Ctrl-C does, so that every server started is stopped
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     with contextlib.ExitStack() as stack:
         return await _run_all(args, stack)
 
@@ -401,12 +428,13 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
 async def _run_all(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]:
     raise_nofile(4096)
     script = loadgen_script()
-    ours = None
+    prefix: list[str] = []
     if args.ours_at:
         args.ours_at = _git_commit(args.ours_at)
         copy = Path(tempfile.mkdtemp(prefix="bench-relay-ours-"))
         stack.callback(shutil.rmtree, copy, ignore_errors=True)
-        ours = ours_at(args.ours_at, copy)
+        prefix = ours_at(args.ours_at, copy)
+    ours = ours_argv(prefix)
     argvs = {k: v for k, v in server_argvs(ours).items() if k in args.servers}
     plan = scenarios(args)
     rounds = 1 if args.quick else args.rounds
@@ -455,8 +483,10 @@ async def _run_all(args: argparse.Namespace, stack: contextlib.ExitStack) -> dic
         ],
     }
     results["info_cost"] = info_cost(results["medians"])
+    if args.profile:
+        results["profile"] = await profile(args, prefix, plan[0], script)
     if not args.no_idle and not args.quick:
-        results["idle"] = await idle(args)
+        results["idle"] = await idle(args, ours_argv(prefix, options=()) if prefix else None)
     return results
 
 
@@ -497,8 +527,22 @@ def info_cost(med: dict[str, dict[str, dict[str, Any]]]) -> dict[str, float]:
     return out
 
 
-async def idle(args: argparse.Namespace) -> dict[str, Any]:
-    """bench_idle.py's measurement (its lines on stderr)."""
+async def profile(
+    args: argparse.Namespace, prefix: list[str], scenario: Scenario, script: Path
+) -> dict[str, Any]:
+    """One more run of ours, under cProfile: the run's figures and the top functions."""
+    path: Path = args.profile
+    path.parent.mkdir(parents=True, exist_ok=True)
+    run = await one_run(
+        "ours-profiled", ours_argv(prefix, path), scenario, script, args.loadgens, args.timeout
+    )
+    log(f"profiled {scenario.name}: {run['throughput_fps'] or 0:,.0f} f/s under cProfile")
+    return {"run": run, "file": str(path), "top": profile_table(path, 30)}
+
+
+async def idle(args: argparse.Namespace, ours: list[str] | None) -> dict[str, Any]:
+    """bench_idle.py's measurement (its lines on stderr), of ``ours`` if given (as
+    :func:`ours_at` makes it) instead of the working tree's server."""
     n = args.idle_connections
     _soft, hard = raise_nofile(0)
     limit = hard if hard != -1 else n + 200
@@ -513,7 +557,12 @@ async def idle(args: argparse.Namespace) -> dict[str, Any]:
         no_node=False,
         serve_option=[],
     )
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.redirect_stdout(sys.stderr))
+        if ours is not None:  # bench_idle builds ours with its serve_argv(*options)
+            stack.enter_context(
+                unittest.mock.patch.object(bench_idle, "serve_argv", lambda *o: [*ours, *o])
+            )
         result: dict[str, Any] = await bench_idle.run(idle_args)
     return result
 
@@ -646,6 +695,14 @@ def report(results: dict[str, Any]) -> None:
             f"idle: {idle_r['connections']:,} joined connections, KiB each: "
             + ", ".join(f"{k} {v:.2f}" for k, v in per.items())
         )
+    if results.get("profile"):
+        prof = results["profile"]
+        print(
+            f"\nours under cProfile, {prof['run']['scenario']}: "
+            f"{prof['run']['throughput_fps'] or 0:,.0f} frames/s, "
+            f"{prof['run']['delivered']:,} frames; top by own time ({prof['file']}):"
+        )
+        print(prof["top"])
     if len(results["server_code_versions"]) > 1:
         print(
             "! our server's code changed during the run (digests "
@@ -682,12 +739,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
     top.set_ylabel("delivered frames/s")
     top.set_title(
         f"relay under paced load (10 rooms × 10 clients), {results['when'][:10]}, "
-        f"{results['commit']}",
+        f"ours at {results['ours_at'] or results['commit']}",
         fontsize=9,
     )
     bottom.set_ylabel("p99 latency (ms)")
     bottom.set_yscale("log")
     bottom.set_xlabel("offered frames/s (total)")
+    bottom.set_xscale("log")
     for ax in (top, bottom):
         ax.grid(True, alpha=0.3)
         ax.legend()
@@ -712,8 +770,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--loads",
         type=float,
         nargs="+",
-        default=[2000.0, 5000.0, 10000.0, 20000.0, 40000.0],
-        help="paced total frames/s (default 2000 5000 10000 20000 40000)",
+        default=[2000.0, 5000.0, 10000.0, 20000.0, 40000.0, 80000.0],
+        help="paced total frames/s (default 2000 5000 10000 20000 40000 80000)",
     )
     parser.add_argument("--paced-seconds", type=float, default=3.0, help="per paced run (3)")
     parser.add_argument(
@@ -721,6 +779,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--loadgens", type=int, default=1, help="loadgen processes splitting the rooms (1)"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="then run ours once more under cProfile (the first scenario), dump to FILE",
     )
     parser.add_argument(
         "--ours-at",
