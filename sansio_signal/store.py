@@ -14,7 +14,8 @@ The shared state
 ``room R``
     a versioned map ``user id → MemberRecord`` (who is in ``R``, on which node and
     connection, whether held for a resume) and its ``version``, an integer that grows by
-    one with every committed change (0: no room).
+    one with every committed change (0: never used). An emptied room keeps its version
+    for at least an hour, so a node's stale read never matches a new room's version.
 ``mailbox R/U``
     the frames waiting for member ``U`` of ``R``, oldest first: every frame for a member
     goes through its mailbox, so one member's frames have one order, whichever node

@@ -1,0 +1,293 @@
+"""The shared store of scale-out on Redis (``serve --redis URL``): :mod:`sansio_signal.store`'s
+primitives as Lua scripts, one round trip each.
+
+Nothing here decides anything about the protocol: each script is one of the store's
+generic primitives exactly as :mod:`sansio_signal.store` documents it (compare-and-set of
+a versioned hash with appends, append to the lists a hash names, take a list) and
+:class:`~sansio_signal.testing.store.SimStore` implements in memory; ``tests/test_store.py``
+runs the same expectations against both.
+
+Keys (``P`` is the prefix, default ``ss:``; ``{R}`` keeps a room's keys in one Redis
+Cluster slot):
+
+- ``P{R}:room`` — hash: ``user id → member record`` (JSON), and field ``#`` the version;
+- ``P{R}:box:U`` — list: member ``U``'s mailbox (capped, expiring);
+- ``Pnode:N`` — stream: notices for node ``N`` (``MailNotice`` and ``NodeMessage``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from sansio_signal.store import (
+    CommitRoom,
+    MailNotice,
+    MemberRecord,
+    NodeMessage,
+    Post,
+    Posted,
+    ReadRoom,
+    RoomCommitted,
+    RoomRead,
+    StoreFailed,
+    StoreOp,
+    StoreResult,
+    Taken,
+)
+
+MAILBOX_CAP = 10_000
+"""Frames a mailbox keeps at most (the oldest go first); the machine bounds it tighter."""
+
+MAILBOX_TTL_MS = 300_000
+"""A mailbox nobody takes is dropped this long after its last frame."""
+
+EMPTY_ROOM_TTL_MS = 3_600_000
+"""How long an empty room's version is kept: a node that read a room before it emptied
+cannot commit against a new room of the same name that reached the same version
+(versions only grow while the key lives)."""
+
+NOTICES_CAP = 100_000
+"""Entries a node's notice stream keeps at most (a node reads them as they come)."""
+
+_VERSION = "#"  # not an id character: never a member's field
+
+# Shared Lua: append ARGV text to the mailbox of `user` in the room hash `room`, with the
+# cap and expiry, and a notice to the member's node when the mailbox was empty and the
+# member is not held. Returns 1 when appended, 0 when `user` is not a member.
+_APPEND = """
+local function append(room, prefix, roomid, user, text, cap, ttl, noticecap)
+  local raw = redis.call('HGET', room, user)
+  if not raw then return 0 end
+  local box = prefix .. '{' .. roomid .. '}:box:' .. user
+  local size = redis.call('RPUSH', box, text)
+  if size > cap then redis.call('LTRIM', box, -cap, -1) end
+  redis.call('PEXPIRE', box, ttl)
+  if size == 1 then
+    local record = cjson.decode(raw)
+    if not record.held then
+      redis.call('XADD', prefix .. 'node:' .. record.node, 'MAXLEN', '~', noticecap, '*',
+                 'room', roomid, 'user', user)
+    end
+  end
+  return 1
+end
+"""
+
+_COMMIT = (
+    _APPEND
+    + """
+local room = KEYS[1]
+local prefix, roomid = ARGV[1], ARGV[2]
+local cap, ttl, noticecap = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local expected = tonumber(ARGV[6])
+local version = tonumber(redis.call('HGET', room, '#') or '0')
+if version ~= expected then
+  return {0, version, redis.call('HGETALL', room)}
+end
+local i = 7
+local n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do redis.call('HSET', room, ARGV[i], ARGV[i + 1]); i = i + 2 end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  redis.call('HDEL', room, ARGV[i])
+  redis.call('DEL', prefix .. '{' .. roomid .. '}:box:' .. ARGV[i])
+  i = i + 1
+end
+version = redis.call('HINCRBY', room, '#', 1)
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  append(room, prefix, roomid, ARGV[i], ARGV[i + 1], cap, ttl, noticecap)
+  i = i + 2
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  redis.call('XADD', prefix .. 'node:' .. ARGV[i], 'MAXLEN', '~', noticecap, '*',
+             'tell', ARGV[i + 1])
+  i = i + 2
+end
+if redis.call('HLEN', room) == 1 then
+  redis.call('PEXPIRE', room, tonumber(ARGV[#ARGV]))  -- empty: only its version, for a while
+else
+  redis.call('PERSIST', room)
+end
+return {1, version, redis.call('HGETALL', room)}
+"""
+)
+
+_POST = (
+    _APPEND
+    + """
+local room = KEYS[1]
+local prefix, roomid = ARGV[1], ARGV[2]
+local cap, ttl, noticecap = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local user, text = ARGV[6], ARGV[7]
+if user ~= '' then return append(room, prefix, roomid, user, text, cap, ttl, noticecap) end
+local count = 0
+local fields = redis.call('HKEYS', room)
+for _, field in ipairs(fields) do
+  if field ~= '#' then
+    count = count + append(room, prefix, roomid, field, text, cap, ttl, noticecap)
+  end
+end
+return count
+"""
+)
+
+_TAKE = """
+local room, box = KEYS[1], KEYS[2]
+local raw = redis.call('HGET', room, ARGV[1])
+if not raw then return {} end
+local record = cjson.decode(raw)
+if record.held or record.node ~= ARGV[2] or tostring(record.conn) ~= ARGV[3] then return {} end
+local frames = redis.call('LRANGE', box, 0, -1)
+redis.call('DEL', box)
+return frames
+"""
+
+
+def _record_json(record: MemberRecord) -> str:
+    return json.dumps(
+        {"node": record.node, "conn": record.conn, "token": record.token, "held": record.held},
+        separators=(",", ":"),
+    )
+
+
+def _members(flat: Sequence[bytes | str]) -> dict[str, MemberRecord]:
+    """A room's HGETALL (field, value, ...) as records (the version field left out)."""
+    out: dict[str, MemberRecord] = {}
+    for i in range(0, len(flat), 2):
+        field = _text(flat[i])
+        if field == _VERSION:
+            continue
+        raw = json.loads(_text(flat[i + 1]))
+        out[field] = MemberRecord(
+            node=str(raw["node"]),
+            conn=int(raw["conn"]),
+            token=str(raw["token"]),
+            held=bool(raw["held"]),
+        )
+    return out
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisStore:
+    """:mod:`sansio_signal.store`'s primitives on one Redis (``redis://`` / ``rediss://``)."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = "ss:",
+        mailbox_cap: int = MAILBOX_CAP,
+        mailbox_ttl_ms: int = MAILBOX_TTL_MS,
+    ) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.mailbox_cap = mailbox_cap
+        self.mailbox_ttl_ms = mailbox_ttl_ms
+        self._commit = client.register_script(_COMMIT)
+        self._post = client.register_script(_POST)
+        self._take = client.register_script(_TAKE)
+        self._last_notice: dict[str, str] = {}
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> RedisStore:
+        return cls(aioredis.Redis.from_url(url), **kwargs)
+
+    def _room_key(self, room: str) -> str:
+        return f"{self.prefix}{{{room}}}:room"
+
+    def _common(self, room: str) -> list[str | int]:
+        return [self.prefix, room, self.mailbox_cap, self.mailbox_ttl_ms, NOTICES_CAP]
+
+    async def apply(self, op: StoreOp) -> StoreResult:
+        """Run one operation; a Redis that cannot be reached is :class:`StoreFailed`."""
+        try:
+            return await self._apply(op)
+        except (RedisError, OSError) as exc:
+            return StoreFailed(op=op.op, reason=f"{type(exc).__name__}: {exc}")
+
+    async def _apply(self, op: StoreOp) -> StoreResult:
+        key = self._room_key(op.room)
+        if isinstance(op, ReadRoom):
+            flat: Any = await self.redis.hgetall(key)
+            members = _members(_flat(flat))
+            version = _version(flat)
+            return RoomRead(op=op.op, room=op.room, version=version, members=members)
+        if isinstance(op, CommitRoom):
+            args: list[str | int] = [*self._common(op.room), op.expected]
+            args.append(len(op.put))
+            for user, record in op.put.items():
+                args += [user, _record_json(record)]
+            args.append(len(op.delete))
+            args += list(op.delete)
+            args.append(len(op.post))
+            for user, text in op.post:
+                args += [user, text]
+            args.append(len(op.tell))
+            for node, text in op.tell:
+                args += [node, text]
+            args.append(EMPTY_ROOM_TTL_MS)
+            ok, version, flat = await self._commit(keys=[key], args=args)
+            return RoomCommitted(
+                op=op.op,
+                room=op.room,
+                ok=bool(ok),
+                version=int(version),
+                members=_members(flat),
+            )
+        if isinstance(op, Post):
+            count = await self._post(
+                keys=[key], args=[*self._common(op.room), op.user or "", op.text]
+            )
+            return Posted(op=op.op, count=int(count))
+        box = f"{self.prefix}{{{op.room}}}:box:{op.user}"
+        frames = await self._take(keys=[key, box], args=[op.user, op.node, str(op.conn)])
+        return Taken(op=op.op, frames=tuple(_text(f) for f in frames))
+
+    async def notices(
+        self, node: str, *, block_ms: int | None = None, count: int = 1000
+    ) -> list[MailNotice | NodeMessage]:
+        """The notices for ``node`` since the last call (waiting up to ``block_ms`` for
+        one when there are none; ``None``: do not wait)."""
+        stream = f"{self.prefix}node:{node}"
+        last = self._last_notice.get(node, "$" if block_ms is not None else "0")
+        if last == "$" and block_ms is None:
+            last = "0"
+        reply: Any = await self.redis.xread({stream: last}, count=count, block=block_ms)
+        out: list[MailNotice | NodeMessage] = []
+        for _stream, entries in reply or ():
+            for entry_id, fields in entries:
+                self._last_notice[node] = _text(entry_id)
+                decoded = {_text(k): _text(v) for k, v in fields.items()}
+                if "tell" in decoded:
+                    out.append(NodeMessage(text=decoded["tell"]))
+                else:
+                    out.append(MailNotice(room=decoded["room"], user=decoded["user"]))
+        return out
+
+
+def _flat(value: Any) -> list[bytes | str]:
+    """HGETALL's reply as a flat field/value list (redis-py may already make a dict)."""
+    if isinstance(value, Mapping):
+        flat: list[bytes | str] = []
+        for k, v in value.items():
+            flat += [k, v]
+        return flat
+    return list(value)
+
+
+def _version(value: Any) -> int:
+    flat = _flat(value)
+    for i in range(0, len(flat), 2):
+        if _text(flat[i]) == _VERSION:
+            return int(_text(flat[i + 1]))
+    return 0
