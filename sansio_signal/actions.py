@@ -37,6 +37,26 @@ class SendFrame:
     frame_type: str
 
 
+_new_object = object.__new__
+_set_conn = SendFrame.__dict__["conn"].__set__
+_set_text = SendFrame.__dict__["text"].__set__
+_set_frame_type = SendFrame.__dict__["frame_type"].__set__
+
+
+def send_frame(conn: ConnId, text: str, frame_type: str) -> SendFrame:
+    """``SendFrame(conn=conn, text=text, frame_type=frame_type)``, in half the time: the
+    relay makes one per relayed frame. Calling a class with keywords first packs them
+    in a dict, and attrs' frozen ``__init__`` goes through ``object.__setattr__`` for
+    each field; this fills the three slots directly. The result is the same frozen
+    object (``SendFrame`` has no default, validator or converter to run, which a test
+    checks)."""
+    frame: SendFrame = _new_object(SendFrame)
+    _set_conn(frame, conn)
+    _set_text(frame, text)
+    _set_frame_type(frame, frame_type)
+    return frame
+
+
 @attrs.frozen(kw_only=True)
 class CloseConnection:
     """Close ``conn`` with WebSocket close ``code`` and ``reason``, after the frames

@@ -25,6 +25,12 @@ import attrs
 DEFAULT_ID_PATTERN = r"[A-Za-z0-9_.:-]{1,64}"
 
 
+_KNOWN_IDS = 4096
+_KNOWN_ID_CHARS = 128
+"""``valid_id`` remembers its answer for up to ``_KNOWN_IDS`` ids of at most
+``_KNOWN_ID_CHARS`` characters (then starts over): under 1 MB however ids are chosen."""
+
+
 def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not value > 0:
         raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
@@ -46,6 +52,9 @@ class WireLimits:
     id_pattern: str = DEFAULT_ID_PATTERN
     """What a ``roomId`` / ``userId`` must match (whole)."""
     _id_re: re.Pattern[str] = attrs.field(init=False, repr=False, eq=False)
+    _known_ids: dict[str, bool] = attrs.field(init=False, repr=False, eq=False, factory=dict)
+    """:meth:`valid_id`'s recent answers: the relay checks the ``toUserId`` of every
+    signaling frame, and a member signals the same few peers over and over."""
 
     @_id_re.default
     def _compile(self) -> re.Pattern[str]:
@@ -53,7 +62,14 @@ class WireLimits:
 
     def valid_id(self, value: str) -> bool:
         """Whether ``value`` is an acceptable ``roomId`` / ``userId``."""
-        return self._id_re.fullmatch(value) is not None
+        known = self._known_ids.get(value)
+        if known is None:
+            known = self._id_re.fullmatch(value) is not None
+            if len(value) <= _KNOWN_ID_CHARS:  # bounded: at most so many, so long
+                if len(self._known_ids) >= _KNOWN_IDS:
+                    self._known_ids.clear()
+                self._known_ids[value] = known
+        return known
 
     def too_large(self, data: str | bytes) -> bool:
         """Whether a frame is over ``max_frame_bytes`` (counted as UTF-8 bytes)."""

@@ -89,7 +89,7 @@ from enum import Enum
 
 import attrs
 
-from .actions import CloseConnection, Log, LogLevel, RelayAction, SendFrame
+from .actions import CloseConnection, Log, LogLevel, RelayAction, SendFrame, send_frame
 from .codes import Channel, CloseCode, ErrorCode
 from .directory import Directory, MemoryDirectory
 from .errors import LocalProtocolError, WireError
@@ -153,6 +153,15 @@ class Phase(Enum):
     LOBBY = "lobby"
     JOINED = "joined"
     CLOSED = "closed"
+
+    # Every frame looks its (phase, type) up in _TRANSITIONS: Enum's own __hash__ is
+    # Python code (it hashes the name); a member is equal to itself alone, so hashing by
+    # identity is as right and runs in C.
+    __hash__ = object.__hash__
+
+
+_CLOSED = Phase.CLOSED
+"""For the hot path: an enum member read from its class costs a lookup each time."""
 
 
 @attrs.define(slots=True)
@@ -321,7 +330,11 @@ class RelayMachine:
         if now < self._now:
             self._went_back(now)
         self._now = now
-        return self._after(self._handle(event, now))
+        if isinstance(event, FrameReceived):  # nearly every event: dispatched here
+            actions = self._on_frame(event.conn, event.data, now, event.wall_time)
+        else:
+            actions = self._handle(event, now)
+        return self._after(actions) if self._overflowed else actions
 
     def _went_back(self, now: float) -> None:
         raise LocalProtocolError(
@@ -343,8 +356,7 @@ class RelayMachine:
         return actions
 
     def _handle(self, event: RelayEvent, now: float) -> list[RelayAction]:
-        if isinstance(event, FrameReceived):
-            return self._on_frame(event.conn, event.data, now, event.wall_time)
+        """Every event but ``FrameReceived`` (which :meth:`handle` dispatches itself)."""
         if isinstance(event, Connected):
             return self._on_connected(event.conn, event.address, now)
         if isinstance(event, Disconnected):
@@ -464,20 +476,26 @@ class RelayMachine:
     # ------------------------------------------------------------------ pipeline
 
     def _conn(self, conn: ConnId) -> _Conn:
-        try:
-            return self._conns[conn]
-        except KeyError:
-            raise LocalProtocolError(f"connection {conn} is not open (no Connected)") from None
+        c = self._conns.get(conn)
+        if c is None:
+            raise _not_open(conn)
+        return c
 
     def _on_frame(
         self, conn: ConnId, data: str | bytes, now: float, wall_time: float | None
     ) -> list[RelayAction]:
-        c = self._conn(conn)
-        if c.phase is Phase.CLOSED:
+        # The hot path: every call saved here is saved for every frame, so the steps
+        # that are one line (the connection, the common size case) are written inline.
+        c = self._conns.get(conn)
+        if c is None:
+            raise _not_open(conn)
+        if c.phase is _CLOSED:
             return []  # still in flight when we closed it; nothing to decide
         c.last_frame = now
         limits = self.limits
-        if limits.too_large(data):
+        # A frame of at most max_frame_bytes / 4 characters cannot be over the limit
+        # (4 UTF-8 bytes per character at most): only a longer one is measured.
+        if len(data) * 4 > limits.max_frame_bytes and limits.too_large(data):
             self.stats.frames_in["invalid"] += 1
             error = WireError(
                 ErrorCode.FRAME_TOO_LARGE,
@@ -555,7 +573,7 @@ class RelayMachine:
 
     def _send(self, conn: ConnId, text: str, frame_type: str) -> SendFrame:
         self.stats.frames_out[frame_type] += 1
-        return SendFrame(conn=conn, text=text, frame_type=frame_type)
+        return send_frame(conn, text, frame_type)
 
     def _to_room(self, room_id: str, text: str, frame_type: str) -> list[RelayAction]:
         """``text`` for every member of ``room_id``: sent, or queued for held members."""
@@ -829,7 +847,7 @@ class RelayMachine:
                 f"no user {to_user_id!r} in room {room_id!r}",
                 Channel.SIGNALING,
             )
-        if "fromUserId" in obj or "roomId" in obj or not _sendable(text):
+        if "fromUserId" in obj or "roomId" in obj or not (text.isascii() or _sendable(text)):
             # A sender's own fromUserId/roomId is overwritten, never trusted: the object is
             # stamped and encoded anew (as is a text no frame could carry, see _sendable).
             obj["fromUserId"] = c.user_id
@@ -847,7 +865,7 @@ class RelayMachine:
             self._queue(target, text, type_)
             return [_RELAYED_TO_ONE[type_]]
         self.stats.frames_out[type_] += 1
-        return [SendFrame(conn=target, text=text, frame_type=type_), _RELAYED_TO_ONE[type_]]
+        return [send_frame(target, text, type_), _RELAYED_TO_ONE[type_]]
 
     def _on_chat(
         self,
@@ -896,16 +914,19 @@ _JSON_WHITESPACE = " \t\n\r"
 
 
 def _sendable(text: str) -> bool:
-    """Whether ``text`` can go out as it is: a str holding a lone surrogate (no
-    WebSocket text frame can carry one, but a caller of the machine may feed it) cannot
-    be encoded as UTF-8; its stamped copy is encoded anew, with escapes."""
-    if text.isascii():
-        return True
+    """Whether ``text`` can go out as it is (an ASCII text can: the caller tests that
+    first, inline). A str holding a lone surrogate (no WebSocket text frame can carry
+    one, but a caller of the machine may feed it) cannot be encoded as UTF-8; its
+    stamped copy is encoded anew, with escapes."""
     try:
         text.encode()
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _not_open(conn: ConnId) -> LocalProtocolError:
+    return LocalProtocolError(f"connection {conn} is not open (no Connected)")
 
 
 def _wall_time(wall_time: float | None, needs: str) -> float:

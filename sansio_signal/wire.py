@@ -395,6 +395,10 @@ an opening and a closing character), so only longer ones are measured."""
 _CONTAINERS = (dict, list)
 
 
+_SHALLOW_LEN = 2 * FAST_MAX_DEPTH
+"""Texts shorter than this cannot nest past :data:`FAST_MAX_DEPTH`."""
+
+
 def _nests_within(obj: dict[str, JSONValue], depth: int) -> bool:
     """Whether the decoded ``obj`` nests at most ``depth`` levels (``obj`` is level 1)."""
     layer: list[dict[str, JSONValue] | list[JSONValue]] = [obj]
@@ -418,9 +422,7 @@ def decode_object(data: str | bytes) -> dict[str, JSONValue]:
         fast = _fast_decode(data)
     except Exception:  # any refusal (msgspec's, an encoding's, a recursion's): see below
         fast = None
-    if type(fast) is dict and (
-        len(data) < 2 * FAST_MAX_DEPTH or _nests_within(fast, FAST_MAX_DEPTH)
-    ):
+    if type(fast) is dict and (len(data) < _SHALLOW_LEN or _nests_within(fast, FAST_MAX_DEPTH)):
         return fast
     # The fast reader refused the text, or it is not an object, or it nests deep: the
     # stdlib decoder decides (it is the definition), with its own messages.
@@ -570,22 +572,52 @@ def parse_client_frame(
     return _parse_client_object(decode_object(data), limits)
 
 
+_SIGNALING: str = Channel.SIGNALING.value
+"""The channel's name as a plain str (an enum member's ``.value`` costs a lookup)."""
+_ICE, _RENEGOTIATE = Ice.TYPE, Renegotiate.TYPE
+_DESCRIPTION_KEYS = {Offer.TYPE: "offer", Answer.TYPE: "answer"}
+"""The field holding the session description, by signaling type."""
+
+
 def check_signal(obj: Mapping[str, JSONValue], type_: str, limits: WireLimits) -> str:
     """Check the fields of a signaling frame of ``type_``; return its ``toUserId``.
 
-    The relay calls this and forwards the decoded object itself, so that every field it
-    does not check passes unchanged (and no message object is built per frame).
+    The relay calls this and relays the sender's text, so that every field it does not
+    check passes unchanged (and no message object is built per frame).
+
+    It runs for every relayed frame, so each rule is tested first in one expression
+    that only ever accepts what the precise check (:func:`_id`,
+    :func:`_candidate_fields`, :func:`_read_description`) accepts; anything else goes
+    to that check, which raises the error naming the fault (in the same order as
+    ever) or accepts a rarer spelling (``"sdpMLineIndex": 0.0``).
     """
-    channel = Channel.SIGNALING.value
-    to_user_id = _id(obj, "toUserId", channel, limits)
-    if type_ == Ice.TYPE:
-        _candidate_fields(obj)
-    elif type_ == Offer.TYPE:
-        _read_description(obj, "offer")
-    elif type_ == Answer.TYPE:
-        _read_description(obj, "answer")
-    elif type_ != Renegotiate.TYPE:
-        raise _unknown_type(channel, type_)
+    to_user_id = obj.get("toUserId")
+    if not (isinstance(to_user_id, str) and limits.valid_id(to_user_id)):
+        to_user_id = _id(obj, "toUserId", _SIGNALING, limits)
+    if type_ == _ICE:
+        value = obj.get("candidate")
+        if type(value) is dict:
+            index = value.get("sdpMLineIndex")
+            mid = value.get("sdpMid")
+            fragment = value.get("usernameFragment")
+            plain = (
+                type(value.get("candidate")) is str
+                and (mid is None or type(mid) is str)
+                and (fragment is None or type(fragment) is str)
+                and (index is None or (type(index) is int and 0 <= index <= MAX_SAFE_INTEGER))
+            )
+        else:
+            plain = value is None and "candidate" in obj  # end of candidates
+        if not plain:
+            _candidate_fields(obj)
+    elif (key := _DESCRIPTION_KEYS.get(type_)) is not None:
+        value = obj.get(key)
+        if not (
+            type(value) is dict and type(value.get("type")) is str and type(value.get("sdp")) is str
+        ):
+            _read_description(obj, key)
+    elif type_ != _RENEGOTIATE:
+        raise _unknown_type(_SIGNALING, type_)
     return to_user_id
 
 
@@ -628,11 +660,24 @@ CLIENT_TYPES: Mapping[str, frozenset[str]] = {
 }
 """The frame types a client may send, per channel. ``system`` is a channel only the
 server sends on, so any client frame on it is ``unknown-type``."""
+_NO_TYPES: frozenset[str] = frozenset()
 
 
 def client_envelope(obj: Mapping[str, JSONValue]) -> tuple[str, str]:
     """``(channel, type)`` of a client frame, or ``WireError`` (``bad-frame``,
     ``unknown-channel``, or ``unknown-type`` for a type a client may not send)."""
+    channel, type_ = obj.get("channel"), obj.get("type")
+    if (
+        isinstance(channel, str)
+        and isinstance(type_, str)
+        and type_ in CLIENT_TYPES.get(channel, _NO_TYPES)
+    ):
+        return channel, type_  # the common case, in one test
+    return _checked_envelope(obj)
+
+
+def _checked_envelope(obj: Mapping[str, JSONValue]) -> tuple[str, str]:
+    """:func:`client_envelope`, rule by rule: the first that fails names the error."""
     channel = obj.get("channel")
     if not isinstance(channel, str):
         raise WireError(ErrorCode.BAD_FRAME, "field 'channel' must be a string")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -449,3 +450,145 @@ def test_any_signal_is_relayed_verbatim_plus_the_stamp(
     text = relayed(h, a, data)
     assert text == data.rstrip(" \t\n\r")[:-1] + STAMP
     assert json.loads(text) == {**frame, "fromUserId": "a", "roomId": "demo"}
+
+
+# --------------------------------------------------------------------------- field checks
+#
+# check_signal and client_envelope test the common case in one expression and hand
+# anything else to the precise checks; both must answer exactly as the precise checks
+# alone did (the functions below are check_signal and client_envelope as they were).
+
+
+def precise_check_signal(obj: Frame, type_: str, limits: Limits) -> str:
+    to_user_id = wire._id(obj, "toUserId", SIGNALING, limits)
+    if type_ == "webrtc-ice":
+        wire._candidate_fields(obj)
+    elif type_ == "webrtc-offer":
+        wire._read_description(obj, "offer")
+    elif type_ == "webrtc-answer":
+        wire._read_description(obj, "answer")
+    elif type_ != "webrtc-renegotiate":
+        raise wire._unknown_type(SIGNALING, type_)
+    return to_user_id
+
+
+def answer_of(check: Any, *args: Any) -> tuple[Any, ...]:
+    try:
+        return ("ok", check(*args))
+    except WireError as exc:
+        return ("error", exc.code.value, str(exc.channel), exc.message)
+
+
+_ODD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.sampled_from([2**53 - 1, 2**53, 10**30, 0.0, 1.0, 1.5, -1.0]),
+    st.sampled_from(["", "b", "0", "bob", "not an id!", "x" * 65, "\u00e9"]),
+    st.just([]),
+    st.just({}),
+)
+_ABSENT = object()
+
+
+@st.composite
+def field_objs(draw: st.DrawFn, keys: list[str], value: st.SearchStrategy[Any]) -> Frame:
+    """An object with each of ``keys`` absent or set to a drawn value."""
+    out: Frame = {}
+    for key in keys:
+        item = draw(st.one_of(st.just(_ABSENT), value))
+        if item is not _ABSENT:
+            out[key] = item
+    return out
+
+
+_CANDIDATES = st.one_of(
+    _ODD_VALUES,
+    field_objs(["candidate", "sdpMid", "sdpMLineIndex", "usernameFragment"], _ODD_VALUES),
+)
+_DESCRIPTIONS = st.one_of(_ODD_VALUES, field_objs(["type", "sdp"], _ODD_VALUES))
+
+
+@given(
+    type_=st.sampled_from(
+        ["webrtc-ice", "webrtc-offer", "webrtc-answer", "webrtc-renegotiate", "webrtc-x"]
+    ),
+    to=st.one_of(st.just(_ABSENT), _ODD_VALUES),
+    candidate=st.one_of(st.just(_ABSENT), _CANDIDATES),
+    offer=st.one_of(st.just(_ABSENT), _DESCRIPTIONS),
+    answer=st.one_of(st.just(_ABSENT), _DESCRIPTIONS),
+)
+def test_check_signal_answers_as_the_precise_checks(
+    type_: str, to: Any, candidate: Any, offer: Any, answer: Any
+) -> None:
+    obj: Frame = {"channel": SIGNALING, "type": type_}
+    for key, value in (("toUserId", to), ("candidate", candidate), ("offer", offer)):
+        if value is not _ABSENT:
+            obj[key] = value
+    if answer is not _ABSENT:
+        obj["answer"] = answer
+    limits = Limits()
+    assert answer_of(wire.check_signal, obj, type_, limits) == answer_of(
+        precise_check_signal, obj, type_, limits
+    )
+
+
+@given(
+    channel=st.one_of(
+        st.just(_ABSENT),
+        _ODD_VALUES,
+        st.sampled_from([SIGNALING, "webrtc-dashboard-rooms", "webrtc-dashboard-chat", "system"]),
+    ),
+    type_=st.one_of(
+        st.just(_ABSENT),
+        _ODD_VALUES,
+        st.sampled_from(["webrtc-ice", "join-room", "chat-message", "error", "leave-room"]),
+    ),
+)
+def test_client_envelope_answers_as_the_precise_checks(channel: Any, type_: Any) -> None:
+    obj: Frame = {}
+    if channel is not _ABSENT:
+        obj["channel"] = channel
+    if type_ is not _ABSENT:
+        obj["type"] = type_
+    assert answer_of(wire.client_envelope, obj) == answer_of(wire._checked_envelope, obj)
+
+
+# --------------------------------------------------------------------------- the rest
+
+
+def test_send_frame_is_a_send_frame() -> None:
+    import attrs
+
+    from sansio_signal.actions import send_frame
+
+    fields = attrs.fields(SendFrame)
+    assert [f.name for f in fields] == ["conn", "text", "frame_type"]
+    # send_frame fills the slots itself: nothing of attrs' __init__ may be skipped
+    assert all(
+        f.default is attrs.NOTHING and f.validator is None and f.converter is None for f in fields
+    )
+    frame = send_frame(7, "{}", "webrtc-ice")
+    assert type(frame) is SendFrame
+    assert frame == SendFrame(conn=7, text="{}", frame_type="webrtc-ice")
+    assert hash(frame) == hash(SendFrame(conn=7, text="{}", frame_type="webrtc-ice"))
+    assert repr(frame) == repr(SendFrame(conn=7, text="{}", frame_type="webrtc-ice"))
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        frame.text = "x"  # type: ignore[misc]
+
+
+@given(st.lists(st.sampled_from(["bob", "b b", "", "x" * 64, "x" * 65, "\u00e9", "a:b"])))
+def test_valid_id_remembers_the_same_answers(ids: list[str]) -> None:
+    limits = Limits()
+    for value in ids + ids:
+        assert limits.valid_id(value) is (re.fullmatch(limits.id_pattern, value) is not None)
+
+
+def test_valid_id_memory_is_bounded() -> None:
+    limits = Limits()
+    for i in range(10_000):
+        assert limits.valid_id(f"user{i}")
+    assert not limits.valid_id("y" * 1000)
+    known = limits._known_ids
+    assert 0 < len(known) <= 4096
+    assert all(len(value) <= 128 for value in known)

@@ -79,7 +79,13 @@ def test_too_large_matches_utf8_length(text: str, limit: int) -> None:
 def test_the_codec_limits_are_a_part_of_the_relay_limits() -> None:
     wire_fields = {f.name for f in attrs.fields(WireLimits)}
     relay_policy = {f.name for f in attrs.fields(Limits)} - wire_fields
-    assert wire_fields == {"max_frame_bytes", "max_text_chars", "id_pattern", "_id_re"}
+    assert wire_fields == {
+        "max_frame_bytes",
+        "max_text_chars",
+        "id_pattern",
+        "_id_re",
+        "_known_ids",
+    }
     assert relay_policy == {
         "max_room_size",
         "max_rooms",
