@@ -25,7 +25,7 @@ lost/reordered/wrong-sender (must be 0), the server's CPU µs per delivered fram
 Then bench_idle.py's memory per idle joined connection (``--idle-connections``), unless
 ``--no-idle``. A plot of throughput and p99 against offered load goes to ``--plot``.
 
-    python benchmarks/bench_relay.py                  # everything, ~10 min
+    python benchmarks/bench_relay.py                  # everything, ~11 min
     python benchmarks/bench_relay.py --quick          # 1 round, small scenarios, seconds
     python benchmarks/bench_relay.py --json --save /tmp/relay.json --no-idle
 """
