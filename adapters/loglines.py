@@ -29,6 +29,17 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 """The format of every line (``logging``'s default time format)."""
 
 
+class _LevelNames(dict[int, str]):
+    """``logging.getLevelName`` as a dictionary lookup (a custom level: asked once)."""
+
+    def __missing__(self, level: int) -> str:
+        name = self[level] = logging.getLevelName(level)
+        return name
+
+
+_LEVEL_NAMES = _LevelNames()
+
+
 class LogLines(logging.Handler):
     """A handler writing ``FORMAT`` lines to ``stream``, one ``write`` per loop turn."""
 
@@ -43,14 +54,20 @@ class LogLines(logging.Handler):
 
     def line(self, level: int, name: str, message: str) -> None:
         """One line, as a record of ``level`` from logger ``name`` would be written
-        (the caller checked that the logger is enabled for ``level``)."""
+        (the caller checked that the logger is enabled for ``level``). Called from the
+        event loop's thread only (the relay's): :meth:`flush` runs there too, so the two
+        never interleave and this takes no lock."""
         now = time.time()
         second = int(now)
         if second != self._second:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         millis = int((now - second) * 1000)
-        self._add(f"{self._prefix},{millis:03d} {logging.getLevelName(level)} {name}: {message}\n")
+        self._pending.append(
+            f"{self._prefix},{millis:03d} {_LEVEL_NAMES[level]} {name}: {message}\n"
+        )
+        if not self._scheduled:
+            self._schedule()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -61,15 +78,17 @@ class LogLines(logging.Handler):
     def _add(self, text: str) -> None:
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
             self._pending.append(text)
-            if self._scheduled:
-                return
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # no loop in this thread: nothing to batch with
-                self.flush()
-                return
-            self._scheduled = True
-            loop.call_soon(self.flush)
+            if not self._scheduled:
+                self._schedule()
+
+    def _schedule(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop in this thread: nothing to batch with
+            self.flush()
+            return
+        self._scheduled = True
+        loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Write every line kept so far."""
