@@ -15,6 +15,7 @@ from typing import Any, TypeAlias
 import attrs
 
 from .events import ConnId
+from .store import StoreOp
 from .wire import ClientMessage, IceCandidate, SessionDescription, encode
 
 
@@ -82,7 +83,9 @@ class Log:
         return self.message % self.args if self.args else self.message
 
 
-RelayAction: TypeAlias = SendFrame | CloseConnection | Log
+RelayAction: TypeAlias = SendFrame | CloseConnection | Log | StoreOp
+"""What the relay machine asks for: frames, closes, log lines — and, in a cluster
+(``RelayMachine(node=...)``), operations on the shared store (:mod:`.store`)."""
 
 
 # --------------------------------------------------------------------------- client side

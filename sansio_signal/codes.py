@@ -35,6 +35,8 @@ class ErrorCode(StrEnum):
     ROOM_FULL = "room-full"
     RATE_LIMITED = "rate-limited"
     UNAUTHORIZED = "unauthorized"
+    UNAVAILABLE = "unavailable"
+    """Scale-out: the shared store cannot be reached (try again)."""
 
 
 class CloseCode:

@@ -81,7 +81,10 @@ member before any later frame of that room.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import itertools
+import json
 import math
 from collections import Counter, deque
 from collections.abc import Callable
@@ -95,6 +98,22 @@ from .directory import Directory, MemoryDirectory
 from .errors import LocalProtocolError, WireError
 from .events import Connected, ConnId, Disconnected, FrameReceived, RelayEvent
 from .limits import DEFAULT_LIMITS, Limits, WireLimits
+from .store import (
+    CommitRoom,
+    MailNotice,
+    MemberRecord,
+    Members,
+    NodeMessage,
+    Post,
+    Posted,
+    ReadRoom,
+    RoomCommitted,
+    RoomRead,
+    StoreFailed,
+    StoreResult,
+    Take,
+    Taken,
+)
 from .timers import Timers
 from .wire import (
     CLIENT_TYPES,
@@ -179,6 +198,12 @@ class _Conn:
     """How a signal this member sends ends once relayed (:func:`~.wire.signal_stamp`:
     its ``fromUserId``, ``roomId`` and the closing brace), made once per join."""
     last_frame: float = 0.0
+    waiting: deque[tuple[str | bytes, float | None]] | None = None
+    """Cluster: frames that arrived while a change of this member's room is being
+    committed; handled, in order, once it is (``None``: nothing in flight)."""
+    taking: bool = False
+    """Cluster: a take of its mailbox is in flight (``mail``: another notice came)."""
+    mail: bool = False
     errors: deque[float] | None = None
     """When its recent error replies were sent (made at the first: most connections
     never get one, and an empty deque is 600 bytes)."""
@@ -238,8 +263,13 @@ class RelayMachine:
         limits: Limits = DEFAULT_LIMITS,
         directory: Directory | None = None,
         authorize: Authorize | None = None,
+        node: str | None = None,
     ) -> None:
         self.limits = limits
+        self.node = node
+        """Scale-out: this process's node id; membership and delivery then go through
+        the shared store (``StoreOp`` actions, ``StoreResult`` events). ``None``: one
+        process, the directory in memory."""
         self.directory: Directory = directory if directory is not None else MemoryDirectory()
         self.stats = RelayStats()
         self._new_token = new_token
@@ -252,6 +282,11 @@ class RelayMachine:
         """``(tokens, refilled_at)`` of rate buckets that ended not full, by address."""
         self._overflowed: list[ConnId] = []
         self._timers = Timers()
+        self._op_ids = itertools.count(1)
+        self._awaits: dict[int, _Txn | _Callback] = {}
+        """Cluster: store operations in flight, by op id: what to do with the answer."""
+        self._local: dict[tuple[str, str], ConnId] = {}
+        """Cluster: ``(room, user) → conn`` of this node's live members."""
         self._now = float("-inf")
         """The latest ``now`` fed in: ``now`` never goes back."""
 
@@ -274,7 +309,9 @@ class RelayMachine:
 
     @property
     def room_count(self) -> int:
-        """Rooms with at least one member."""
+        """Rooms with at least one member (in a cluster: with one on this node)."""
+        if self.node is not None:
+            return len({room for room, _ in self._local})
         return self.directory.room_count()
 
     def phase(self, conn: ConnId) -> Phase:
@@ -304,6 +341,9 @@ class RelayMachine:
             if kind == _HELD:
                 held = self._held.pop(which)
                 self._release(held.address)
+                if self.node is not None:
+                    actions += self._cluster_expire(held, which)
+                    continue
                 self.stats.holds_expired += 1
                 actions += self._depart(held.room_id, held.user_id, " (resume grace passed)")
             elif kind == _PARKED:
@@ -325,7 +365,7 @@ class RelayMachine:
         self.stats.idle_closes += 1
         return self._close(c, conn, CloseCode.GOING_AWAY, "idle timeout")
 
-    def handle(self, event: RelayEvent, now: float) -> list[RelayAction]:
+    def handle(self, event: RelayEvent | StoreResult, now: float) -> list[RelayAction]:
         """Feed one event; returns the actions to run, in order."""
         if now < self._now:
             self._went_back(now)
@@ -355,7 +395,7 @@ class RelayMachine:
                 actions += self._depart(held.room_id, held.user_id, " (resume queue full)")
         return actions
 
-    def _handle(self, event: RelayEvent, now: float) -> list[RelayAction]:
+    def _handle(self, event: RelayEvent | StoreResult, now: float) -> list[RelayAction]:
         """Every event but ``FrameReceived`` (which :meth:`handle` dispatches itself)."""
         if isinstance(event, Connected):
             return self._on_connected(event.conn, event.address, now)
@@ -370,7 +410,11 @@ class RelayMachine:
             if event.clean or self.limits.resume_grace <= 0 or c.resume_token is None:
                 self._release(c.address)
                 return self._leave(c, event.conn)
+            if self.node is not None:
+                return self._cluster_hold(c, event.conn, now)
             return self._hold(c, event.conn, now)
+        if self.node is not None and isinstance(event, _STORE_RESULTS):
+            return self._on_store(event, now)
         raise LocalProtocolError(f"RelayMachine cannot handle {type(event).__name__}")
 
     # ------------------------------------------------------------------ addresses
@@ -491,6 +535,9 @@ class RelayMachine:
             raise _not_open(conn)
         if c.phase is _CLOSED:
             return []  # still in flight when we closed it; nothing to decide
+        if c.waiting is not None:  # cluster: its room is changing; in order, after that
+            c.waiting.append((data, wall_time))
+            return []
         c.last_frame = now
         limits = self.limits
         # A frame of at most max_frame_bytes / 4 characters cannot be over the limit
@@ -652,6 +699,8 @@ class RelayMachine:
         c.stamp = ""
         if c.phase is Phase.JOINED:
             c.phase = Phase.LOBBY
+        if self.node is not None:
+            return self._cluster_leave(room_id, user_id, conn)
         return self._depart(room_id, user_id)
 
     def _on_join(
@@ -673,28 +722,25 @@ class RelayMachine:
                 ErrorCode.UNAUTHORIZED, "join refused: missing or invalid token", Channel.ROOMS
             )
             return self._refuse_join(c, conn, msg, error, now)
+        if self.node is not None:
+            return self._cluster_join(c, conn, msg, now)
         holder = self.directory.lookup(room_id, user_id)
-        if holder is not None and holder != conn:
-            if msg.resume_token is not None and self._resumable(holder, msg.resume_token):
-                return self._resume(c, conn, holder, room_id, user_id)
-            error = WireError(ErrorCode.USER_ID_TAKEN, self._taken(holder, msg, now), Channel.ROOMS)
-            return self._refuse_join(c, conn, msg, error, now)
-        size = self.directory.size(room_id) - (1 if c.room_id == room_id else 0)
-        if size >= self.limits.max_room_size:
-            error = WireError(
-                ErrorCode.ROOM_FULL,
-                f"room {room_id!r} is full ({self.limits.max_room_size} members)",
-                Channel.ROOMS,
-            )
-            return self._refuse_join(c, conn, msg, error, now)
-        if size == 0 and c.room_id != room_id and self._rooms_exhausted(c):
-            self.stats.rooms_limit_refusals += 1
-            error = WireError(
-                ErrorCode.ROOM_FULL,
-                f"the server's room limit ({self.limits.max_rooms} rooms) is reached",
-                Channel.ROOMS,
-            )
-            return self._refuse_join(c, conn, msg, error, now)
+        other = holder is not None and holder != conn
+        refusal = self._admission(
+            c,
+            msg,
+            other_holder=other,
+            resumable=other
+            and msg.resume_token is not None
+            and self._resumable(holder, msg.resume_token),  # type: ignore[arg-type]
+            taken=lambda: self._taken(holder, msg, now),  # type: ignore[arg-type]
+            size=self.directory.size(room_id),
+        )
+        if refusal is not None:
+            return self._refuse_join(c, conn, msg, refusal, now)
+        if other:
+            assert holder is not None
+            return self._resume(c, conn, holder, room_id, user_id)
 
         actions: list[RelayAction] = []
         if c.phase is Phase.JOINED:
@@ -719,6 +765,42 @@ class RelayMachine:
             )
         )
         return actions
+
+    def _admission(
+        self,
+        c: _Conn,
+        msg: JoinRoom,
+        *,
+        other_holder: bool,
+        resumable: bool,
+        taken: Callable[[], str],
+        size: int,
+    ) -> WireError | None:
+        """The rule of a join, on one process and across a cluster alike: ``None``
+        admits it — as a resume when another connection holds the id (``other_holder``)
+        and the join brings that member's token (``resumable``), as a join otherwise —
+        or the refusal. ``size`` counts the room's members (the joiner's own place, when
+        it is in that room already, is freed by the join)."""
+        if other_holder:
+            if resumable:
+                return None
+            return WireError(ErrorCode.USER_ID_TAKEN, taken(), Channel.ROOMS)
+        if c.room_id == msg.room_id:
+            size -= 1
+        if size >= self.limits.max_room_size:
+            return WireError(
+                ErrorCode.ROOM_FULL,
+                f"room {msg.room_id!r} is full ({self.limits.max_room_size} members)",
+                Channel.ROOMS,
+            )
+        if size == 0 and c.room_id != msg.room_id and self._rooms_exhausted(c):
+            self.stats.rooms_limit_refusals += 1
+            return WireError(
+                ErrorCode.ROOM_FULL,
+                f"the server's room limit ({self.limits.max_rooms} rooms) is reached",
+                Channel.ROOMS,
+            )
+        return None
 
     def _taken(self, holder: ConnId, msg: JoinRoom, now: float) -> str:
         """The ``user-id-taken`` message: a member held for a resume says so, and for how
@@ -747,6 +829,9 @@ class RelayMachine:
     def _rooms_exhausted(self, c: _Conn) -> bool:
         """Whether opening one more room would pass ``max_rooms`` (the joiner's own room
         closes when it is that room's last member, which frees a place)."""
+        if self.node is not None:  # a cluster: the rooms this node has members in
+            local = {room for room, _ in self._local} - {c.room_id}
+            return len(local) >= self.limits.max_rooms
         rooms = self.directory.room_count()
         if c.room_id is not None and self.directory.size(c.room_id) == 1:
             rooms -= 1
@@ -840,8 +925,9 @@ class RelayMachine:
         to_user_id = check_signal(obj, type_, self.limits)
         room_id = c.room_id
         assert room_id is not None
-        target = self.directory.lookup(room_id, to_user_id)
-        if target is None:
+        cluster = self.node is not None  # then the store says whether the target is in
+        target = None if cluster else self.directory.lookup(room_id, to_user_id)
+        if target is None and not cluster:
             raise WireError(
                 ErrorCode.PEER_NOT_FOUND,
                 f"no user {to_user_id!r} in room {room_id!r}",
@@ -861,6 +947,9 @@ class RelayMachine:
             # neither key is in it (checked on the decoded object above, whatever escapes
             # spelled the keys), so each appears once.
             text = text.rstrip(_JSON_WHITESPACE)[:-1] + c.stamp
+        if cluster:
+            return self._cluster_post(c, conn, to_user_id, type_, text)
+        assert target is not None
         if target in self._held:
             self._queue(target, text, type_)
             return [_RELAYED_TO_ONE[type_]]
@@ -882,8 +971,381 @@ class RelayMachine:
         assert room_id is not None and user_id is not None
         ts = _wall_time(wall_time, "a chat-message (its ts)")
         text = encode(ChatMessage(text=msg.text, room_id=room_id, from_user_id=user_id, ts=ts))
+        if self.node is not None:
+            return self._cluster_post(c, conn, None, ChatMessage.TYPE, text)
         actions = self._to_room(room_id, text, ChatMessage.TYPE)
         actions.append(_relayed(ChatMessage.TYPE, Channel.CHAT.value, self.directory.size(room_id)))
+        return actions
+
+    # ------------------------------------------------------------------ a cluster
+    #
+    # With ``node`` set, the room a member is in lives in the shared store
+    # (:mod:`.store`), and so do the frames for it (its mailbox). Every change of a room
+    # is a transaction: read the room, decide with the same rules as one process
+    # (:meth:`_admission` for a join), commit at the version read; when another node
+    # changed the room first, the commit answers the room as it is now and the same
+    # decision is made again on that. Frames a connection sends while its room changes
+    # wait in order (``_Conn.waiting``). Every frame for a member — membership, chat,
+    # signaling — goes through its mailbox, which this node takes when the store says it
+    # filled: one order per member, whichever nodes sent its frames.
+
+    def _transact(self, txn: _Txn) -> list[RelayAction]:
+        op = next(self._op_ids)
+        self._awaits[op] = txn
+        return [ReadRoom(op=op, room=txn.room)]
+
+    def _ask(self, callback: _Callback) -> int:
+        op = next(self._op_ids)
+        self._awaits[op] = callback
+        return op
+
+    def _on_store(self, event: StoreResult, now: float) -> list[RelayAction]:
+        if isinstance(event, MailNotice):
+            return self._on_notice(event.room, event.user)
+        if isinstance(event, NodeMessage):
+            return self._on_node_message(event.text)
+        waiter = self._awaits.pop(event.op, None)
+        if waiter is None:
+            raise LocalProtocolError(f"no store operation {event.op} is waiting for an answer")
+        if not isinstance(waiter, _Txn):
+            return waiter(event, now)
+        if isinstance(event, StoreFailed):
+            return waiter.failed(event.reason)
+        if isinstance(event, RoomCommitted) and event.ok:
+            return waiter.done(event)
+        if not isinstance(event, RoomRead | RoomCommitted):
+            raise LocalProtocolError(f"{type(event).__name__} answers no room transaction")
+        waiter.attempts += 1
+        if waiter.attempts > _MAX_ATTEMPTS:
+            return waiter.failed("the room kept changing")
+        change = waiter.decide(event.members)
+        if change is None:
+            return waiter.done(None)
+        op = next(self._op_ids)
+        self._awaits[op] = waiter
+        return [
+            CommitRoom(
+                op=op,
+                room=waiter.room,
+                expected=event.version,
+                put=change.put,
+                delete=change.delete,
+                post=change.post,
+                tell=change.tell,
+            )
+        ]
+
+    def _mine(self, record: MemberRecord | None, conn: ConnId) -> bool:
+        return record is not None and record.node == self.node and record.conn == conn
+
+    def _busy(self, c: _Conn) -> None:
+        if c.waiting is None:
+            c.waiting = deque()
+
+    def _ready(self, conn: ConnId, now: float) -> list[RelayAction]:
+        """The change of ``conn``'s room is done: the frames it sent meanwhile, in order
+        (until one of them starts another change), and its mail."""
+        c = self._conns.get(conn)
+        if c is None or c.waiting is None:
+            return []
+        waiting, c.waiting = c.waiting, None
+        actions: list[RelayAction] = []
+        while waiting:
+            if c.waiting is not None:  # a frame started another change: the rest wait
+                c.waiting.extend(waiting)
+                return actions
+            data, wall_time = waiting.popleft()
+            actions += self._on_frame(conn, data, now, wall_time)
+        if c.mail and not c.taking and c.room_id is not None and c.user_id is not None:
+            c.mail = False
+            actions += self._on_notice(c.room_id, c.user_id)
+        return actions
+
+    def _cluster_join(self, c: _Conn, conn: ConnId, msg: JoinRoom, now: float) -> list[RelayAction]:
+        room_id, user_id = msg.room_id, msg.user_id
+        token = self._new_token()
+        record = MemberRecord(node=self.node or "", conn=conn, token=_digest(token))
+        plan: dict[str, MemberRecord | None] = {}
+        refused: list[WireError] = []
+        self._busy(c)
+
+        def decide(members: Members) -> _Change | None:
+            plan.clear()
+            held = members.get(user_id)
+            other = held is not None and not self._mine(held, conn)
+            size = len(members)
+            if c.room_id == room_id and c.user_id is not None and c.user_id not in members:
+                size += 1  # its own place (counted by the rule) is not in the store
+            refusal = self._admission(
+                c,
+                msg,
+                other_holder=other,
+                resumable=other
+                and held is not None
+                and msg.resume_token is not None
+                and hmac.compare_digest(held.token, _digest(msg.resume_token)),
+                taken=lambda: f"user id {user_id!r} is taken in room {room_id!r}",
+                size=size,
+            )
+            if refusal is not None:
+                plan["refused"] = None
+                refused[:] = [refusal]
+                return None
+            if c.phase is Phase.JOINED and c.room_id != room_id:
+                plan["leave first"] = None
+                return None
+            if other:
+                assert held is not None
+                plan["resume"] = held
+                tell: tuple[tuple[str, str], ...] = ()
+                if not held.held and held.node != self.node:
+                    replaced = json.dumps({"replaced": [room_id, user_id, held.conn]})
+                    tell = ((held.node, replaced),)
+                return _Change(put={user_id: record}, tell=tell)
+            others = sorted(m for m in members if m not in (user_id, c.user_id))
+            joined = UserJoinedRoom(
+                room_id=room_id, user_id=user_id, existing_participants=tuple(others)
+            )
+            plan["join"] = None
+            entry = _entry(UserJoinedRoom.TYPE, encode(joined))
+            delete: tuple[str, ...] = ()
+            post = [(m, entry) for m in others]
+            if c.room_id == room_id and c.user_id is not None and c.user_id != user_id:
+                # the same connection, another id in this room: the old id leaves
+                delete = (c.user_id,)
+                left = _entry(
+                    UserLeftRoom.TYPE, encode(UserLeftRoom(room_id=room_id, user_id=c.user_id))
+                )
+                post = [(m, left) for m in others] + post
+            return _Change(put={user_id: record}, delete=delete, post=tuple(post))
+
+        def done(result: RoomCommitted | None) -> list[RelayAction]:
+            if "refused" in plan:
+                return self._refuse_join(c, conn, msg, refused[0], now) + self._ready(conn, now)
+            if "leave first" in plan:  # admitted: out of the current room, then in
+                leaving = self._leave(c, conn)
+                return leaving + self._transact(_Txn(room_id, decide, done, failed))
+            assert result is not None
+            if conn not in self._conns:  # gone meanwhile: it leaves again
+                return self._cluster_leave(room_id, user_id, conn)
+            if c.room_id is not None and c.user_id is not None:
+                self._local.pop((c.room_id, c.user_id), None)
+            c.phase, c.room_id, c.user_id = Phase.JOINED, room_id, user_id
+            c.stamp = signal_stamp(user_id, room_id)
+            c.resume_token = token
+            self._local[(room_id, user_id)] = conn
+            others = sorted(m for m in result.members if m != user_id)
+            own = encode(
+                UserJoinedRoom(
+                    room_id=room_id,
+                    user_id=user_id,
+                    existing_participants=tuple(others),
+                    resume_token=token,
+                )
+            )
+            actions: list[RelayAction] = [self._send(conn, own, UserJoinedRoom.TYPE)]
+            if "resume" in plan:
+                actions += self._resumed_here(plan["resume"], room_id, user_id)
+                self.stats.resumes += 1
+                actions.append(
+                    Log(
+                        level=LogLevel.INFO,
+                        message='User "%s" resumed in room "%s"',
+                        args=(user_id, room_id),
+                    )
+                )
+                c.taking = True  # what it missed, before anything else
+                op = self._ask(lambda r, t: self._taken_mail(conn, r, t, then_ready=True))
+                actions.append(
+                    Take(op=op, room=room_id, user=user_id, node=self.node or "", conn=conn)
+                )
+                return actions
+            actions.append(
+                Log(
+                    level=LogLevel.INFO,
+                    message='User "%s" joined room "%s" (%d members)',
+                    args=(user_id, room_id, len(others) + 1),
+                )
+            )
+            return actions + self._ready(conn, now)
+
+        def failed(reason: str) -> list[RelayAction]:
+            error = WireError(
+                ErrorCode.UNAVAILABLE,
+                f"the shared store cannot be reached ({reason}); try again",
+                Channel.ROOMS,
+            )
+            return self._refuse_join(c, conn, msg, error, now) + self._ready(conn, now)
+
+        return self._transact(_Txn(room_id, decide, done, failed))
+
+    def _resumed_here(
+        self, old: MemberRecord | None, room_id: str, user_id: str
+    ) -> list[RelayAction]:
+        """A resume on this node took the place of ``old``: a hold of it here ends, a live
+        socket of it here is replaced (4000; it removes nobody)."""
+        if old is None or old.node != self.node:
+            return []
+        held = self._held.pop(old.conn, None)
+        if held is not None:
+            self._timers.cancel((_HELD, old.conn))
+            self._release(held.address)
+            return []
+        return self._replace(old.conn, room_id, user_id)
+
+    def _replace(self, conn: ConnId, room_id: str, user_id: str) -> list[RelayAction]:
+        c = self._conns.get(conn)
+        if c is None or (c.room_id, c.user_id) != (room_id, user_id):
+            return []
+        if self._local.get((room_id, user_id)) == conn:
+            del self._local[(room_id, user_id)]
+        c.phase = Phase.CLOSED
+        c.room_id = c.user_id = c.resume_token = None
+        self.stats.closes[CloseCode.REPLACED] += 1
+        return [CloseConnection(conn=conn, code=CloseCode.REPLACED, reason="replaced")]
+
+    def _on_node_message(self, text: str) -> list[RelayAction]:
+        message = json.loads(text)
+        room_id, user_id, conn = message["replaced"]
+        return self._replace(int(conn), str(room_id), str(user_id))
+
+    def _cluster_leave(self, room_id: str, user_id: str, conn: ConnId) -> list[RelayAction]:
+        """``user_id`` on ``conn`` leaves ``room_id`` (already out of it here): the store
+        forgets it and the rest are told — unless its place is not this connection's
+        any more (a resume elsewhere took it)."""
+        if self._local.get((room_id, user_id)) == conn:
+            del self._local[(room_id, user_id)]
+        return self._transact(self._departure(room_id, user_id, conn, held=False, why=""))
+
+    def _departure(self, room_id: str, user_id: str, conn: ConnId, *, held: bool, why: str) -> _Txn:
+        def decide(members: Members) -> _Change | None:
+            record = members.get(user_id)
+            if not self._mine(record, conn) or (held and record is not None and not record.held):
+                return None
+            left = _entry(UserLeftRoom.TYPE, encode(UserLeftRoom(room_id=room_id, user_id=user_id)))
+            return _Change(
+                delete=(user_id,), post=tuple((m, left) for m in members if m != user_id)
+            )
+
+        def done(result: RoomCommitted | None) -> list[RelayAction]:
+            if result is None:
+                return []
+            if held:
+                self.stats.holds_expired += 1
+            return [
+                Log(
+                    level=LogLevel.INFO,
+                    message='User "%s" left room "%s"%s',
+                    args=(user_id, room_id, why),
+                )
+            ]
+
+        def failed(reason: str) -> list[RelayAction]:
+            # Not decided: the store decides when it is back (the node sweep of a dead
+            # or unreachable member's node ends its place); say so.
+            return [
+                Log(
+                    level=LogLevel.WARNING,
+                    message='Leave of user "%s" from room "%s" not recorded: %s',
+                    args=(user_id, room_id, reason),
+                )
+            ]
+
+        return _Txn(room_id, decide, done, failed)
+
+    def _cluster_hold(self, c: _Conn, conn: ConnId, now: float) -> list[RelayAction]:
+        """The socket of a member dropped: its record says so (no notices: its mailbox
+        keeps its frames), and this node runs the grace."""
+        room_id, user_id = c.room_id, c.user_id
+        assert room_id is not None and user_id is not None
+        if self._local.get((room_id, user_id)) == conn:
+            del self._local[(room_id, user_id)]
+        actions = self._hold(c, conn, now)
+
+        def decide(members: Members) -> _Change | None:
+            record = members.get(user_id)
+            if record is None or not self._mine(record, conn) or record.held:
+                return None
+            return _Change(put={user_id: attrs.evolve(record, held=True)})
+
+        def done(result: RoomCommitted | None) -> list[RelayAction]:
+            return []
+
+        def failed(reason: str) -> list[RelayAction]:
+            return []
+
+        return actions + self._transact(_Txn(room_id, decide, done, failed))
+
+    def _cluster_expire(self, held: _Held, conn: ConnId) -> list[RelayAction]:
+        """A hold's grace passed: the member leaves, if its place is still this hold."""
+        txn = self._departure(
+            held.room_id, held.user_id, conn, held=True, why=" (resume grace passed)"
+        )
+        return self._transact(txn)
+
+    def _cluster_post(
+        self, c: _Conn, conn: ConnId, to_user_id: str | None, type_: str, text: str
+    ) -> list[RelayAction]:
+        """A signal for ``to_user_id`` (or a chat for the room: ``None``) into mailboxes."""
+        room_id = c.room_id
+        assert room_id is not None
+
+        def posted(result: StoreResult, now: float) -> list[RelayAction]:
+            live = self._conns.get(conn)
+            if isinstance(result, Posted) and result.count:
+                if to_user_id is None:
+                    return [_relayed(type_, Channel.CHAT.value, result.count)]
+                return [_RELAYED_TO_ONE[type_]]
+            if live is None or live.phase is _CLOSED:
+                return []
+            if isinstance(result, StoreFailed):
+                error = WireError(
+                    ErrorCode.UNAVAILABLE,
+                    f"the shared store cannot be reached ({result.reason}); frame dropped",
+                    Channel.CHAT if to_user_id is None else Channel.SIGNALING,
+                )
+            else:
+                error = WireError(
+                    ErrorCode.PEER_NOT_FOUND,
+                    f"no user {to_user_id!r} in room {room_id!r}",
+                    Channel.SIGNALING,
+                )
+            self.stats.frames_in[type_] -= 1
+            self.stats.frames_in["invalid" if isinstance(result, StoreFailed) else type_] += 1
+            return self._reply_error(live, conn, error, now)
+
+        op = self._ask(posted)
+        return [Post(op=op, room=room_id, user=to_user_id, text=_entry(type_, text))]
+
+    def _on_notice(self, room_id: str, user_id: str) -> list[RelayAction]:
+        conn = self._local.get((room_id, user_id))
+        c = None if conn is None else self._conns.get(conn)
+        if conn is None or c is None or c.phase is _CLOSED:
+            return []
+        if c.taking or c.waiting is not None:
+            c.mail = True  # taken once the take or change in flight is done
+            return []
+        c.taking = True
+        op = self._ask(lambda r, t: self._taken_mail(conn, r, t, then_ready=False))
+        return [Take(op=op, room=room_id, user=user_id, node=self.node or "", conn=conn)]
+
+    def _taken_mail(
+        self, conn: ConnId, result: StoreResult, now: float, *, then_ready: bool
+    ) -> list[RelayAction]:
+        c = self._conns.get(conn)
+        if c is None:
+            return []
+        c.taking = False
+        actions: list[RelayAction] = []
+        if isinstance(result, Taken) and c.phase is not _CLOSED:
+            for entry in result.frames:
+                type_, _, text = entry.partition("\n")
+                actions.append(self._send(conn, text, type_))
+        if then_ready:
+            return actions + self._ready(conn, now)
+        if c.mail and c.room_id is not None and c.user_id is not None:
+            c.mail = False
+            actions += self._on_notice(c.room_id, c.user_id)
         return actions
 
 
@@ -896,6 +1358,49 @@ _RULE_ERRORS = frozenset(
         ErrorCode.UNAUTHORIZED,
     }
 )
+
+
+_MAX_ATTEMPTS = 16
+"""Cluster: times one room change is decided again because another node changed the
+room first, before it fails (``unavailable``)."""
+
+_Callback = Callable[[StoreResult, float], list[RelayAction]]
+
+
+@attrs.frozen
+class _Change:
+    """What a room transaction commits (see :class:`~.store.CommitRoom`)."""
+
+    put: Members = attrs.field(factory=dict)
+    delete: tuple[str, ...] = ()
+    post: tuple[tuple[str, str], ...] = ()
+    tell: tuple[tuple[str, str], ...] = ()
+
+
+@attrs.define
+class _Txn:
+    """A room transaction in flight: ``decide`` (the room as read → the change, or
+    ``None`` for no change) runs again on every conflict; then ``done`` (the commit's
+    answer, or ``None`` when nothing was committed) or ``failed``."""
+
+    room: str
+    decide: Callable[[Members], _Change | None]
+    done: Callable[[RoomCommitted | None], list[RelayAction]]
+    failed: Callable[[str], list[RelayAction]]
+    attempts: int = 0
+
+
+_STORE_RESULTS = (RoomRead, RoomCommitted, Posted, Taken, StoreFailed, MailNotice, NodeMessage)
+
+
+def _digest(token: str) -> str:
+    """What the store keeps of a resume token (a node can check one; nobody can use it)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _entry(type_: str, text: str) -> str:
+    """A mailbox entry: the frame's type (for the counters), a newline, the frame."""
+    return f"{type_}\n{text}"
 
 
 def _check_fields(obj: dict[str, JSONValue], type_: str, limits: WireLimits) -> None:

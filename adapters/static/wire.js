@@ -15,7 +15,7 @@ export const Channel = Object.freeze({
 export const ERROR_CODES = Object.freeze([
   "bad-json", "bad-frame", "unknown-channel", "unknown-type", "invalid-id",
   "frame-too-large", "not-in-room", "peer-not-found", "user-id-taken", "room-full",
-  "rate-limited", "unauthorized",
+  "rate-limited", "unauthorized", "unavailable",
 ]);
 
 /** WebSocket close codes (mirrors `wire.CloseCode`). */

@@ -1,0 +1,426 @@
+"""Relay machines of several nodes on one shared store (issue 14): scripted cases and a
+property test over random interleavings.
+
+Each node is a ``RelayMachine(node=...)``; the store is the reference ``SimStore``. The
+harness decides when each node's store operations run, when their answers and the
+store's notices reach the node, and when time passes — so hypothesis explores orders a
+real cluster would produce (one node's operations run in the order it issued them, its
+answers come back in that order; notices come on their own path, in their own order).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import deque
+from typing import Any
+
+import attrs
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sansio_signal import (
+    CloseConnection,
+    Connected,
+    Disconnected,
+    FrameReceived,
+    Limits,
+    RelayMachine,
+    SendFrame,
+)
+from sansio_signal.store import MailNotice, NodeMessage, StoreOp, StoreResult
+from sansio_signal.testing.store import SimStore
+
+ROOMS, SIGNALING, CHAT = "webrtc-dashboard-rooms", "webrtc-signaling", "webrtc-dashboard-chat"
+LIMITS = Limits(rate_limit=0, max_room_size=3, resume_grace=5.0)
+
+
+@attrs.define
+class Client:
+    conn: int
+    node: str
+    frames: list[dict[str, Any]] = attrs.field(factory=list)
+    closed: bool = False
+    seq: int = 0
+    token: dict[tuple[str, str], str] = attrs.field(factory=dict)
+
+
+@attrs.define
+class Node:
+    machine: RelayMachine
+    ops: deque[StoreOp] = attrs.field(factory=deque)
+    answers: deque[StoreResult] = attrs.field(factory=deque)
+    notices: deque[MailNotice | NodeMessage] = attrs.field(factory=deque)
+
+
+class Cluster:
+    def __init__(self, nodes: int = 3) -> None:
+        tokens = itertools.count()
+        self.store = SimStore()
+        self.nodes = {
+            f"n{i}": Node(
+                RelayMachine(limits=LIMITS, new_token=lambda: f"tok{next(tokens)}", node=f"n{i}")
+            )
+            for i in range(nodes)
+        }
+        self.clients: dict[int, Client] = {}
+        self.conns = itertools.count(1)
+        self.now = 0.0
+
+    # ------------------------------------------------------------------ driving
+
+    def feed(self, name: str, event: Any) -> None:
+        self.run(name, self.nodes[name].machine.handle(event, self.now))
+
+    def run(self, name: str, actions: list[Any]) -> None:
+        """What the adapter does with a node's actions."""
+        node = self.nodes[name]
+        for action in actions:
+            if isinstance(action, SendFrame):
+                self.clients[action.conn].frames.append(json.loads(action.text))
+            elif isinstance(action, CloseConnection):
+                client = self.clients[action.conn]
+                if not client.closed:
+                    client.closed = True
+                    self.pending_close.append(client)
+            elif not hasattr(action, "level"):  # a store operation
+                node.ops.append(action)
+
+    pending_close: list[Client]
+    delivered = 0
+
+    def connect(self, name: str) -> Client:
+        client = Client(conn=next(self.conns), node=name)
+        self.clients[client.conn] = client
+        self.feed(name, Connected(conn=client.conn, address=f"10.0.0.{client.conn}"))
+        return client
+
+    def send(self, client: Client, frame: dict[str, Any]) -> None:
+        if not client.closed:
+            self.feed(
+                client.node,
+                FrameReceived(conn=client.conn, data=json.dumps(frame), wall_time=1e9 + self.now),
+            )
+
+    def join(self, client: Client, room: str, user: str, *, resume: bool = False) -> None:
+        frame = {"channel": ROOMS, "type": "join-room", "roomId": room, "userId": user}
+        if resume and (room, user) in self.tokens:
+            frame["resumeToken"] = self.tokens[(room, user)]
+        self.send(client, frame)
+
+    def end(self, client: Client, *, clean: bool) -> None:
+        if not client.closed:
+            client.closed = True
+            self.feed(client.node, Disconnected(conn=client.conn, clean=clean))
+
+    def step_store(self, name: str) -> bool:
+        node = self.nodes[name]
+        if not node.ops:
+            return False
+        node.answers.append(self.store.apply(node.ops.popleft()))
+        for other, n in self.nodes.items():
+            n.notices.extend(self.store.notices(other))
+        return True
+
+    def step_answer(self, name: str) -> bool:
+        node = self.nodes[name]
+        if not node.answers:
+            return False
+        self.feed(name, node.answers.popleft())
+        return True
+
+    def step_notice(self, name: str) -> bool:
+        node = self.nodes[name]
+        if not node.notices:
+            return False
+        self.feed(name, node.notices.popleft())
+        return True
+
+    def closes(self) -> None:
+        """The adapter's side of a machine's close: the socket ends (cleanly)."""
+        while self.pending_close:
+            client = self.pending_close.pop()
+            self.feed(client.node, Disconnected(conn=client.conn, clean=True))
+
+    def settle(self) -> None:
+        """Run every store operation, answer and notice until nothing moves."""
+        moved = True
+        while moved:
+            self.closes()
+            moved = False
+            for name in self.nodes:
+                moved |= self.step_store(name)
+                moved |= self.step_answer(name)
+                moved |= self.step_notice(name)
+
+    def advance(self, dt: float) -> None:
+        self.now += dt
+        for name, node in self.nodes.items():
+            deadline = node.machine.next_deadline()
+            if deadline is not None and deadline <= self.now:
+                self.run(name, node.machine.handle_timer(self.now))
+
+    @property
+    def tokens(self) -> dict[tuple[str, str], str]:
+        out: dict[tuple[str, str], str] = {}
+        for client in self.clients.values():
+            for frame in client.frames:
+                if frame.get("type") == "user-joined-room" and "resumeToken" in frame:
+                    out[(frame["roomId"], frame["userId"])] = frame["resumeToken"]
+        return out
+
+
+def types(client: Client) -> list[str]:
+    return [f["type"] for f in client.frames]
+
+
+def new_cluster() -> Cluster:
+    cluster = Cluster()
+    cluster.pending_close = []
+    return cluster
+
+
+# --------------------------------------------------------------------------- scripted
+
+
+def test_members_on_two_nodes_see_each_other_and_relay() -> None:
+    cl = new_cluster()
+    a, b = cl.connect("n0"), cl.connect("n1")
+    cl.join(a, "r", "alice")
+    cl.settle()
+    cl.join(b, "r", "bob")
+    cl.settle()
+    assert a.frames[0]["existingParticipants"] == [] and "resumeToken" in a.frames[0]
+    assert b.frames[0]["existingParticipants"] == ["alice"] and "resumeToken" in b.frames[0]
+    assert a.frames[1] == {
+        "channel": ROOMS,
+        "type": "user-joined-room",
+        "roomId": "r",
+        "userId": "bob",
+        "existingParticipants": ["alice"],
+    }
+    cl.send(a, {"channel": SIGNALING, "type": "webrtc-ice", "toUserId": "bob", "candidate": None})
+    cl.send(b, {"channel": CHAT, "type": "chat-message", "text": "hi"})
+    cl.settle()
+    assert b.frames[1]["fromUserId"] == "alice" and b.frames[1]["roomId"] == "r"
+    assert [f["text"] for f in a.frames + b.frames if f["type"] == "chat-message"] == ["hi"] * 2
+    cl.send(a, {"channel": SIGNALING, "type": "webrtc-ice", "toUserId": "zed", "candidate": None})
+    cl.settle()
+    assert a.frames[-1]["code"] == "peer-not-found"
+    cl.end(b, clean=True)
+    cl.settle()
+    assert a.frames[-1] == {
+        "channel": ROOMS,
+        "type": "user-left-room",
+        "roomId": "r",
+        "userId": "bob",
+    }
+
+
+def test_racing_joins_of_one_id_on_two_nodes_have_one_winner() -> None:
+    cl = new_cluster()
+    a, b = cl.connect("n0"), cl.connect("n1")
+    cl.join(a, "r", "same")
+    cl.join(b, "r", "same")
+    # both read the empty room before either commits
+    cl.step_store("n0")
+    cl.step_store("n1")
+    cl.step_answer("n0")
+    cl.step_answer("n1")
+    cl.settle()
+    outcomes = sorted(
+        "joined" if c.frames[0]["type"] == "user-joined-room" else c.frames[0]["code"]
+        for c in (a, b)
+    )
+    assert outcomes == ["joined", "user-id-taken"]
+    assert list(cl.store.members("r")) == ["same"]
+
+
+def test_a_dropped_member_resumes_on_another_node_with_what_it_missed() -> None:
+    cl = new_cluster()
+    a, b = cl.connect("n0"), cl.connect("n1")
+    cl.join(a, "r", "alice")
+    cl.settle()
+    cl.join(b, "r", "bob")
+    cl.settle()
+    token = b.frames[0]["resumeToken"]
+    cl.end(b, clean=False)
+    cl.settle()
+    for i in range(3):
+        cl.send(
+            a,
+            {
+                "channel": SIGNALING,
+                "type": "webrtc-ice",
+                "toUserId": "bob",
+                "candidate": None,
+                "x": i,
+            },
+        )
+    cl.settle()
+    b2 = cl.connect("n2")
+    cl.send(
+        b2,
+        {
+            "channel": ROOMS,
+            "type": "join-room",
+            "roomId": "r",
+            "userId": "bob",
+            "resumeToken": token,
+        },
+    )
+    cl.settle()
+    assert types(b2) == ["user-joined-room"] + ["webrtc-ice"] * 3
+    assert [f["x"] for f in b2.frames[1:]] == [0, 1, 2]
+    assert types(a).count("user-left-room") == 0  # the others saw nothing
+    cl.advance(10.0)  # the old hold's grace passes on n1: nobody leaves
+    cl.settle()
+    assert types(a).count("user-left-room") == 0
+    assert cl.store.members("r")["bob"].node == "n2"
+
+
+def test_a_hold_that_is_not_resumed_leaves_once() -> None:
+    cl = new_cluster()
+    a, b = cl.connect("n0"), cl.connect("n1")
+    cl.join(a, "r", "alice")
+    cl.settle()
+    cl.join(b, "r", "bob")
+    cl.settle()
+    cl.end(b, clean=False)
+    cl.settle()
+    cl.advance(LIMITS.resume_grace + 0.1)
+    cl.settle()
+    assert types(a).count("user-left-room") == 1
+    assert list(cl.store.members("r")) == ["alice"]
+
+
+def test_a_resume_while_the_old_socket_is_open_on_another_node_replaces_it() -> None:
+    cl = new_cluster()
+    a = cl.connect("n0")
+    cl.join(a, "r", "alice")
+    cl.settle()
+    a2 = cl.connect("n1")
+    cl.join(a2, "r", "alice", resume=True)
+    cl.settle()
+    assert a2.frames[0]["type"] == "user-joined-room"
+    assert a.closed  # closed with 4000 on its own node
+    cl.settle()
+    assert list(cl.store.members("r")) == ["alice"]
+    assert cl.store.members("r")["alice"].node == "n1"
+
+
+# --------------------------------------------------------------------------- properties
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_random_interleavings_keep_the_rules(data: st.DataObject) -> None:
+    """Joins (fresh and resuming), leaves, drops, closes, signals and chat on three
+    nodes, with store operations, answers and notices delivered in random orders and
+    time passing: ids stay unique per room, rooms never pass their size, every frame a
+    member gets is of its room, each sender's signals reach each target in order, and a
+    member's view of its room is consistent (nobody joins twice or leaves without
+    having joined)."""
+    cl = new_cluster()
+    users = ["u1", "u2", "u3", "u4"]
+    rooms = ["r1", "r1", "r1", "r2"]  # mostly one room: members meet
+    for _ in range(data.draw(st.integers(min_value=5, max_value=60))):
+        live = [c for c in cl.clients.values() if not c.closed]
+        kind = data.draw(
+            st.sampled_from(
+                ["connect", "join", "join", "resume", "leave", "drop", "close", "chat"]
+                + ["signal"] * 4
+                + ["store", "answer", "notice"] * 3
+                + ["time"]
+            )
+        )
+        name = data.draw(st.sampled_from(sorted(cl.nodes)))
+        if kind == "connect" or (not live and kind in {"join", "resume", "leave"}):
+            cl.connect(name)
+        elif kind in {"join", "resume"}:
+            client = data.draw(st.sampled_from(live))
+            cl.join(
+                client,
+                data.draw(st.sampled_from(rooms)),
+                data.draw(st.sampled_from(users)),
+                resume=kind == "resume",
+            )
+        elif kind == "leave" and live:
+            client = data.draw(st.sampled_from(live))
+            room = data.draw(st.sampled_from(rooms))
+            cl.send(client, {"channel": ROOMS, "type": "leave-room", "roomId": room})
+        elif kind in {"drop", "close"} and live:
+            cl.end(data.draw(st.sampled_from(live)), clean=kind == "close")
+        elif kind == "signal" and live:
+            client = data.draw(st.sampled_from(live))
+            target = data.draw(st.sampled_from(users))
+            for _ in range(data.draw(st.integers(min_value=1, max_value=3))):  # a burst
+                client.seq += 1
+                cl.send(
+                    client,
+                    {
+                        "channel": SIGNALING,
+                        "type": "webrtc-ice",
+                        "toUserId": target,
+                        "candidate": None,
+                        "seq": [client.conn, client.seq],
+                    },
+                )
+        elif kind == "chat" and live:
+            cl.send(
+                data.draw(st.sampled_from(live)),
+                {"channel": CHAT, "type": "chat-message", "text": "x"},
+            )
+        elif kind == "store":
+            cl.step_store(name)
+        elif kind == "answer":
+            cl.step_answer(name)
+        elif kind == "notice":
+            cl.step_notice(name)
+        elif kind == "time":
+            cl.advance(data.draw(st.sampled_from([0.5, 3.0, 6.0])))
+        cl.closes()
+        for room in rooms:
+            assert len(cl.store.members(room)) <= LIMITS.max_room_size
+    cl.settle()
+    cl.advance(LIMITS.resume_grace + 1)
+    cl.settle()
+    check_views(cl)
+
+
+def check_views(cl: Cluster) -> None:
+    owners: dict[tuple[str, str], int] = {}
+    for client in cl.clients.values():
+        room: str | None = None
+        view: set[str] = set()
+        last_seq: dict[int, int] = {}
+        for frame in client.frames:
+            kind = frame["type"]
+            if kind == "error":
+                continue
+            cl.delivered += kind == "webrtc-ice"
+            if kind == "user-joined-room" and "resumeToken" in frame:
+                room = frame["roomId"]
+                view = set(frame["existingParticipants"]) | {frame["userId"]}
+                continue
+            assert frame["roomId"] == room, (client.conn, frame, room)
+            if kind == "user-joined-room":
+                assert frame["userId"] not in view, (client.conn, frame, view)
+                view.add(frame["userId"])
+            elif kind == "user-left-room":
+                assert frame["userId"] in view, (client.conn, frame, view)
+                view.discard(frame["userId"])
+            elif kind == "webrtc-ice":
+                sender, seq = frame["seq"]
+                assert seq > last_seq.get(sender, 0), (client.conn, frame)
+                last_seq[sender] = seq
+        if not client.closed and room is not None:
+            mine = [f for f in client.frames if "resumeToken" in f]
+            key = (mine[-1]["roomId"], mine[-1]["userId"])
+            machine = cl.nodes[client.node].machine
+            if machine.member(client.conn) == key:
+                assert key not in owners, (key, owners[key], client.conn)
+                owners[key] = client.conn
+    for (room, user), conn in owners.items():
+        record = cl.store.members(room).get(user)
+        assert record is not None and record.conn == conn, (room, user, record, conn)
