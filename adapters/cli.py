@@ -20,14 +20,18 @@ import sys
 import time
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from sansio_signal import CloseCode, Limits, MemoryDirectory, RelayMachine, __version__
 from sansio_signal.diagnose import diagnose
 from sansio_signal.tokens import TokenAuthority, issue_token, load_secret, valid_ttl
 
 from .loglines import LogLines
+
+if TYPE_CHECKING:
+    from .redis_store import RedisStore
 from .server import (
+    DEFAULT_NODE_TIMEOUT,
     DEFAULT_OPEN_TIMEOUT,
     DEFAULT_PING_INTERVAL,
     DEFAULT_PING_TIMEOUT,
@@ -269,6 +273,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop a connection (1011) whose pong is this late; 0 = wait forever "
         "(default %(default)s)",
     )
+    cluster = serve.add_argument_group("scale-out (many processes on one Redis)")
+    cluster.add_argument(
+        "--redis",
+        metavar="URL",
+        help="join the cluster of every serve started with this Redis URL (redis:// or "
+        "rediss://); needs the 'redis' extra: pip install 'sansio-signal[redis]'",
+    )
+    cluster.add_argument(
+        "--node-id",
+        metavar="NAME",
+        help="this process's name in the cluster, in logs, /metrics and /healthz (default: random)",
+    )
+    cluster.add_argument(
+        "--node-timeout",
+        type=_positive_float,
+        default=DEFAULT_NODE_TIMEOUT,
+        metavar="SECONDS",
+        help="a process that stops answering is noticed within this (default %(default)s)",
+    )
     serve.add_argument(
         "--allowed-origin",
         action="append",
@@ -446,6 +469,8 @@ async def run_serve(
         trace = stack.enter_context(open(args.trace, "w", encoding="utf-8")) if args.trace else None
         limits = limits_from_args(args)
         secret = read_secret(args.secret_file)
+        store = open_store(args.redis)
+        node = (args.node_id or secrets.token_hex(4)) if store is not None else None
         machine = None
         log = logging.getLogger("sansio_signal.relay")
         if secret is None:
@@ -455,8 +480,9 @@ async def run_serve(
             machine = RelayMachine(
                 limits=limits,
                 directory=directory,
-                authorize=TokenAuthority(secret, room_size=directory.size),
+                authorize=TokenAuthority(secret, room_size=None if args.redis else directory.size),
                 new_token=lambda: secrets.token_urlsafe(18),
+                node=node,
             )
             log.info("Joins need a token signed with the configured secret")
         server = RelayServer(
@@ -473,6 +499,9 @@ async def run_serve(
             ping_interval=args.ping_interval,
             ping_timeout=args.ping_timeout,
             log_lines=log_lines,
+            store=store,
+            node_id=node,
+            node_timeout=args.node_timeout,
         )
         signals: list[int] = []
         stop = asyncio.Event()
@@ -510,6 +539,21 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 SECRET_ENV = "SANSIO_SIGNAL_SECRET"
+
+
+def open_store(url: str | None) -> RedisStore | None:
+    """The shared store of ``--redis URL`` (``None`` without one)."""
+    if url is None:
+        return None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"--redis wants a redis:// or rediss:// URL, got {url!r}")
+    try:
+        from .redis_store import RedisStore
+    except ImportError as exc:  # redis-py is the optional 'redis' extra
+        raise ValueError(
+            f"--redis needs redis-py ({exc}); install it with: pip install 'sansio-signal[redis]'"
+        ) from None
+    return RedisStore.from_url(url)
 
 
 def read_secret(path: str | None) -> bytes | None:

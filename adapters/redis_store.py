@@ -150,6 +150,21 @@ return frames
 """
 
 
+def _result(op: StoreOp, reply: Any) -> StoreResult:
+    """The answer to ``op`` from its Redis reply."""
+    if isinstance(op, ReadRoom):
+        flat = _flat(reply)
+        return RoomRead(op=op.op, room=op.room, version=_version(flat), members=_members(flat))
+    if isinstance(op, CommitRoom):
+        ok, version, flat = reply
+        return RoomCommitted(
+            op=op.op, room=op.room, ok=bool(ok), version=int(version), members=_members(flat)
+        )
+    if isinstance(op, Post):
+        return Posted(op=op.op, count=int(reply))
+    return Taken(op=op.op, frames=tuple(_text(f) for f in reply))
+
+
 def _record_json(record: MemberRecord) -> str:
     return json.dumps(
         {"node": record.node, "conn": record.conn, "token": record.token, "held": record.held},
@@ -190,6 +205,8 @@ class RedisStore:
         mailbox_ttl_ms: int = MAILBOX_TTL_MS,
     ) -> None:
         self.redis = client
+        self.errors: tuple[type[BaseException], ...] = (RedisError, OSError)
+        """What :meth:`notices` and :meth:`heartbeat` raise when Redis cannot be reached."""
         self.prefix = prefix
         self.mailbox_cap = mailbox_cap
         self.mailbox_ttl_ms = mailbox_ttl_ms
@@ -210,19 +227,30 @@ class RedisStore:
 
     async def apply(self, op: StoreOp) -> StoreResult:
         """Run one operation; a Redis that cannot be reached is :class:`StoreFailed`."""
-        try:
-            return await self._apply(op)
-        except (RedisError, OSError) as exc:
-            return StoreFailed(op=op.op, reason=f"{type(exc).__name__}: {exc}")
+        (result,) = await self.apply_many([op])
+        return result
 
-    async def _apply(self, op: StoreOp) -> StoreResult:
+    async def apply_many(self, ops: Sequence[StoreOp]) -> list[StoreResult]:
+        """Run ``ops`` in order in one round trip (a pipeline, not a transaction: each
+        operation is atomic on its own, and Redis runs them in this order). A Redis that
+        cannot be reached answers :class:`StoreFailed` to each of them."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for op in ops:
+                    await self._queue(pipe, op)
+                replies = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            return [StoreFailed(op=op.op, reason=reason) for op in ops]
+        return [_result(op, reply) for op, reply in zip(ops, replies, strict=True)]
+
+    async def _queue(self, pipe: Any, op: StoreOp) -> None:
+        """Queue ``op`` on ``pipe`` (a script call on a pipeline queues it: awaited, it
+        sends nothing)."""
         key = self._room_key(op.room)
         if isinstance(op, ReadRoom):
-            flat: Any = await self.redis.hgetall(key)
-            members = _members(_flat(flat))
-            version = _version(flat)
-            return RoomRead(op=op.op, room=op.room, version=version, members=members)
-        if isinstance(op, CommitRoom):
+            pipe.hgetall(key)
+        elif isinstance(op, CommitRoom):
             args: list[str | int] = [*self._common(op.room), op.expected]
             args.append(len(op.put))
             for user, record in op.put.items():
@@ -236,22 +264,19 @@ class RedisStore:
             for node, text in op.tell:
                 args += [node, text]
             args.append(EMPTY_ROOM_TTL_MS)
-            ok, version, flat = await self._commit(keys=[key], args=args)
-            return RoomCommitted(
-                op=op.op,
-                room=op.room,
-                ok=bool(ok),
-                version=int(version),
-                members=_members(flat),
+            await self._commit(keys=[key], args=args, client=pipe)
+        elif isinstance(op, Post):
+            await self._post(
+                keys=[key], args=[*self._common(op.room), op.user or "", op.text], client=pipe
             )
-        if isinstance(op, Post):
-            count = await self._post(
-                keys=[key], args=[*self._common(op.room), op.user or "", op.text]
-            )
-            return Posted(op=op.op, count=int(count))
-        box = f"{self.prefix}{{{op.room}}}:box:{op.user}"
-        frames = await self._take(keys=[key, box], args=[op.user, op.node, str(op.conn)])
-        return Taken(op=op.op, frames=tuple(_text(f) for f in frames))
+        else:
+            box = f"{self.prefix}{{{op.room}}}:box:{op.user}"
+            await self._take(keys=[key, box], args=[op.user, op.node, str(op.conn)], client=pipe)
+
+    async def heartbeat(self, node: str, ttl_ms: int) -> None:
+        """Say that ``node`` is alive for ``ttl_ms`` more (raises when Redis cannot be
+        reached)."""
+        await self.redis.set(f"{self.prefix}alive:{node}", "1", px=ttl_ms)
 
     async def notices(
         self, node: str, *, block_ms: int | None = None, count: int = 1000

@@ -51,6 +51,7 @@ import asyncio
 import base64
 import binascii
 import bisect
+import contextlib
 import http
 import itertools
 import json
@@ -63,7 +64,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import resources
 from importlib.resources.abc import Traversable
 from types import TracebackType
-from typing import Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import attrs
 from picows import (
@@ -99,9 +100,13 @@ from sansio_signal import (
     SendFrame,
     is_clean_close,
 )
+from sansio_signal.store import StoreFailed, StoreOp, StoreResult
 from sansio_signal.trace import record_line
 
 from .loglines import LogLines
+
+if TYPE_CHECKING:  # redis-py is the optional 'redis' extra
+    from .redis_store import RedisStore
 
 logger = logging.getLogger("sansio_signal.relay")
 
@@ -127,6 +132,9 @@ CLOSE_DRAIN_TIMEOUT = 2.0
 """Seconds a close may wait behind data the client has not read (or the server's own
 ``close_timeout`` if shorter). A client that stops reading would otherwise hold its
 close, and its memory, forever: past this bound the TCP connection is aborted."""
+
+DEFAULT_NODE_TIMEOUT = 5.0
+"""Scale-out: seconds a dead node goes unnoticed at most (its liveness key's lifetime)."""
 
 MAX_REQUEST_HEAD = 16 * 1024
 """Bytes of an HTTP request line and headers; a longer head is a 400."""
@@ -706,6 +714,9 @@ class RelayServer:
         ping_interval: float | None = DEFAULT_PING_INTERVAL,
         ping_timeout: float | None = DEFAULT_PING_TIMEOUT,
         log_lines: LogLines | None = None,
+        store: RedisStore | None = None,
+        node_id: str | None = None,
+        node_timeout: float = DEFAULT_NODE_TIMEOUT,
     ) -> None:
         if max_connections_per_ip < 0:
             raise ValueError(f"max_connections_per_ip must be >= 0, got {max_connections_per_ip}")
@@ -733,9 +744,23 @@ class RelayServer:
         """Bytes of one message the WebSocket layer reads at most: the machine answers
         frames up to its limit and a bit beyond with frame-too-large + 1009; anything
         larger is cut off here (1009)."""
+        self.store = store
+        self.node_timeout = node_timeout
+        node = None
+        if store is not None:
+            node = (machine.node if machine is not None else None) or node_id
+            node = node or secrets.token_hex(4)
         self.machine = machine or RelayMachine(
-            limits=self.limits, new_token=lambda: secrets.token_urlsafe(18)
+            limits=self.limits, new_token=lambda: secrets.token_urlsafe(18), node=node
         )
+        if store is not None and self.machine.node is None:
+            raise ValueError("a relay with a store needs a machine with a node id")
+        self.redis_ok = True
+        """With a store: whether Redis answered the last time it was asked."""
+        self._store_ops: list[StoreOp] = []
+        self._pump: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._heart: asyncio.Task[None] | None = None
         self.host = host
         self.port = port
         self.send_buffer = send_buffer
@@ -789,6 +814,65 @@ class RelayServer:
             self.port = self._server.sockets[0].getsockname()[1]
         if self.ping_interval is not None:
             self._pinger = loop.call_later(self.ping_interval, self._keepalive)
+        if self.store is not None:
+            self._listener = loop.create_task(self._listen())
+            self._heart = loop.create_task(self._heartbeat())
+
+    # ------------------------------------------------------------------ the store
+
+    def _queue_store(self, op: StoreOp) -> None:
+        """One store operation the machine asked for: sent with the others of this turn
+        in one round trip, in order (:meth:`_run_store`)."""
+        self._store_ops.append(op)
+        if self._pump is None:
+            self._pump = asyncio.get_running_loop().create_task(self._run_store())
+
+    async def _run_store(self) -> None:
+        assert self.store is not None
+        try:
+            while self._store_ops:
+                batch, self._store_ops = self._store_ops, []
+                results = await self.store.apply_many(batch)
+                failed = any(isinstance(r, StoreFailed) for r in results)
+                self._set_redis(not failed)
+                for result in results:
+                    self._feed(result)
+        finally:
+            self._pump = None
+
+    async def _listen(self) -> None:
+        """The notices of this node (mail for its members, tells), fed to the machine."""
+        assert self.store is not None and self.machine.node is not None
+        while True:
+            try:
+                notices = await self.store.notices(self.machine.node, block_ms=1000)
+            except self.store.errors as exc:
+                self._set_redis(False, exc)
+                await asyncio.sleep(min(1.0, self.node_timeout / 3))
+                continue
+            self._set_redis(True)
+            for notice in notices:
+                self._feed(notice)
+
+    async def _heartbeat(self) -> None:
+        """This node's liveness key, refreshed every node timeout / 3."""
+        assert self.store is not None and self.machine.node is not None
+        ttl_ms = int(self.node_timeout * 1000)
+        while True:
+            try:
+                await self.store.heartbeat(self.machine.node, ttl_ms)
+                self._set_redis(True)
+            except self.store.errors as exc:
+                self._set_redis(False, exc)
+            await asyncio.sleep(self.node_timeout / 3)
+
+    def _set_redis(self, ok: bool, exc: BaseException | None = None) -> None:
+        if ok != self.redis_ok:
+            if ok:
+                logger.warning("Redis answers again")
+            else:
+                logger.warning("Redis cannot be reached: %s", exc or "an operation failed")
+        self.redis_ok = ok
 
     def _keepalive(self) -> None:
         """Ping every open connection; ``ping_timeout`` later, close those that have
@@ -841,6 +925,17 @@ class RelayServer:
         if self._pinger is not None:
             self._pinger.cancel()
             self._pinger = None
+        for task in (self._listener, self._heart):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._listener = self._heart = None
+        if self._pump is not None:  # the last leaves and holds, recorded
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._pump), self.close_timeout)
+        if self.store is not None:
+            await self.store.redis.aclose()
         if self._timer is not None:
             self._timer.cancel()
         if self.trace is not None:
@@ -866,9 +961,18 @@ class RelayServer:
 
         await asyncio.wait_for(wait(), timeout)
 
-    def health(self) -> dict[str, int]:
-        """The ``/healthz`` body."""
-        return {"connections": len(self._links), "rooms": self.machine.room_count}
+    def health(self) -> dict[str, int | str]:
+        """The ``/healthz`` body (with a store: this node's id, and whether Redis answers;
+        the rooms are those with members on this node)."""
+        body: dict[str, int | str] = {
+            "connections": len(self._links),
+            "rooms": self.machine.room_count,
+        }
+        if self.store is not None:
+            assert self.machine.node is not None
+            body["node"] = self.machine.node
+            body["redis"] = "ok" if self.redis_ok else "down"
+        return body
 
     def refusal_counts(self) -> dict[str, int]:
         """Every refusal so far by reason (:data:`REFUSAL_REASONS`): the adapter's own
@@ -969,9 +1073,8 @@ class RelayServer:
 
     def _http_get(self, path: str) -> _Response:
         if path == "/healthz":
-            return _response(
-                http.HTTPStatus.OK, json.dumps(self.health()).encode(), "application/json"
-            )
+            status = http.HTTPStatus.OK if self.redis_ok else http.HTTPStatus.SERVICE_UNAVAILABLE
+            return _response(status, json.dumps(self.health()).encode(), "application/json")
         if path == "/metrics":
             return _response(
                 http.HTTPStatus.OK, generate_latest(self.registry), CONTENT_TYPE_LATEST
@@ -1079,7 +1182,7 @@ class RelayServer:
 
     # ------------------------------------------------------------------ the machine
 
-    def _feed(self, event: RelayEvent) -> None:
+    def _feed(self, event: RelayEvent | StoreResult) -> None:
         arrived = time.perf_counter()
         loop = self._loop or asyncio.get_running_loop()
         now = loop.time()
@@ -1112,7 +1215,9 @@ class RelayServer:
         if deadline is not None:  # the machine runs on the loop's clock
             self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
 
-    def _trace(self, now: float, event: RelayEvent | None, actions: list[RelayAction]) -> None:
+    def _trace(
+        self, now: float, event: RelayEvent | StoreResult | None, actions: list[RelayAction]
+    ) -> None:
         assert self.trace is not None
         lines = [] if event is None else [record_line(now, "in", event)]
         lines += [record_line(now, "out", action) for action in actions]
@@ -1159,6 +1264,8 @@ class RelayServer:
                     self._close(link, action.code, action.reason)
                 elif (opening := self._opening.get(action.conn)) is not None:
                     opening.refuse(action.code, action.reason)
+            elif not isinstance(action, SendFrame):  # a store operation (a cluster)
+                self._queue_store(action)
         # A slow consumer leaves only after this batch is out, so the others see the
         # batch's frames before its user-left-room, in the order the machine decided.
         for conn in overflowed:
