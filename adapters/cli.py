@@ -457,6 +457,7 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
         resume_grace=args.resume_grace,
         resume_queue_frames=args.resume_queue_frames,
         resume_queue_bytes=args.resume_queue_bytes,
+        node_timeout=args.node_timeout,
     )
 
 
@@ -501,7 +502,6 @@ async def run_serve(
             log_lines=log_lines,
             store=store,
             node_id=node,
-            node_timeout=args.node_timeout,
         )
         signals: list[int] = []
         stop = asyncio.Event()

@@ -25,9 +25,13 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from sansio_signal.store import (
+    ClaimNode,
     CommitRoom,
+    DeadNodes,
+    FindDeadNodes,
     MailNotice,
     MemberRecord,
+    NodeClaimed,
     NodeMessage,
     Post,
     Posted,
@@ -89,11 +93,26 @@ local version = tonumber(redis.call('HGET', room, '#') or '0')
 if version ~= expected then
   return {0, version, redis.call('HGETALL', room)}
 end
+local function unindex(user)
+  local old = redis.call('HGET', room, user)
+  if old then
+    redis.call('SREM', prefix .. 'idx:' .. cjson.decode(old).node, roomid .. '\\n' .. user)
+  end
+end
 local i = 7
 local n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do redis.call('HSET', room, ARGV[i], ARGV[i + 1]); i = i + 2 end
+for _ = 1, n do
+  local user, raw = ARGV[i], ARGV[i + 1]
+  unindex(user)
+  redis.call('HSET', room, user, raw)
+  local node = cjson.decode(raw).node
+  redis.call('SADD', prefix .. 'idx:' .. node, roomid .. '\\n' .. user)
+  redis.call('SADD', prefix .. 'nodes', node)
+  i = i + 2
+end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
+  unindex(ARGV[i])
   redis.call('HDEL', room, ARGV[i])
   redis.call('DEL', prefix .. '{' .. roomid .. '}:box:' .. ARGV[i])
   i = i + 1
@@ -138,6 +157,27 @@ return count
 """
 )
 
+_FIND_DEAD = """
+local prefix = ARGV[1]
+local dead = {}
+for _, node in ipairs(redis.call('SMEMBERS', prefix .. 'nodes')) do
+  if redis.call('EXISTS', prefix .. 'alive:' .. node) == 0 then
+    if redis.call('SCARD', prefix .. 'idx:' .. node) == 0 then
+      redis.call('SREM', prefix .. 'nodes', node)
+    else
+      table.insert(dead, node)
+    end
+  end
+end
+return dead
+"""
+
+_CLAIM = """
+local prefix, node, ttl = ARGV[1], ARGV[2], ARGV[3]
+if not redis.call('SET', prefix .. 'sweep:' .. node, '1', 'NX', 'PX', ttl) then return {0} end
+return {1, redis.call('SMEMBERS', prefix .. 'idx:' .. node)}
+"""
+
 _TAKE = """
 local room, box = KEYS[1], KEYS[2]
 local raw = redis.call('HGET', room, ARGV[1])
@@ -162,6 +202,14 @@ def _result(op: StoreOp, reply: Any) -> StoreResult:
         )
     if isinstance(op, Post):
         return Posted(op=op.op, count=int(reply))
+    if isinstance(op, FindDeadNodes):
+        return DeadNodes(op=op.op, nodes=tuple(sorted(_text(n) for n in reply)))
+    if isinstance(op, ClaimNode):
+        if not int(reply[0]):
+            return NodeClaimed(op=op.op, node=op.node, members=None)
+        pairs = (_text(m).split("\n", 1) for m in reply[1])
+        members = tuple(sorted((room, user) for room, user in pairs))
+        return NodeClaimed(op=op.op, node=op.node, members=members)
     return Taken(op=op.op, frames=tuple(_text(f) for f in reply))
 
 
@@ -213,6 +261,8 @@ class RedisStore:
         self._commit = client.register_script(_COMMIT)
         self._post = client.register_script(_POST)
         self._take = client.register_script(_TAKE)
+        self._find_dead = client.register_script(_FIND_DEAD)
+        self._claim = client.register_script(_CLAIM)
         self._last_notice: dict[str, str] = {}
 
     @classmethod
@@ -247,6 +297,12 @@ class RedisStore:
     async def _queue(self, pipe: Any, op: StoreOp) -> None:
         """Queue ``op`` on ``pipe`` (a script call on a pipeline queues it: awaited, it
         sends nothing)."""
+        if isinstance(op, FindDeadNodes):
+            await self._find_dead(keys=[], args=[self.prefix], client=pipe)
+            return
+        if isinstance(op, ClaimNode):
+            await self._claim(keys=[], args=[self.prefix, op.node, op.ttl_ms], client=pipe)
+            return
         key = self._room_key(op.room)
         if isinstance(op, ReadRoom):
             pipe.hgetall(key)
@@ -276,7 +332,15 @@ class RedisStore:
     async def heartbeat(self, node: str, ttl_ms: int) -> None:
         """Say that ``node`` is alive for ``ttl_ms`` more (raises when Redis cannot be
         reached)."""
-        await self.redis.set(f"{self.prefix}alive:{node}", "1", px=ttl_ms)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(f"{self.prefix}alive:{node}", "1", px=ttl_ms)
+            pipe.sadd(f"{self.prefix}nodes", node)
+            await pipe.execute()
+
+    async def retire(self, node: str) -> None:
+        """``node`` stops (a clean shutdown): its liveness ends now, so the others take
+        its held members over at their next sweep instead of after the node timeout."""
+        await self.redis.delete(f"{self.prefix}alive:{node}")
 
     async def notices(
         self, node: str, *, block_ms: int | None = None, count: int = 1000

@@ -133,8 +133,8 @@ CLOSE_DRAIN_TIMEOUT = 2.0
 ``close_timeout`` if shorter). A client that stops reading would otherwise hold its
 close, and its memory, forever: past this bound the TCP connection is aborted."""
 
-DEFAULT_NODE_TIMEOUT = 5.0
-"""Scale-out: seconds a dead node goes unnoticed at most (its liveness key's lifetime)."""
+DEFAULT_NODE_TIMEOUT = Limits().node_timeout
+"""Scale-out: seconds a dead node goes unnoticed at most (``Limits.node_timeout``)."""
 
 MAX_REQUEST_HEAD = 16 * 1024
 """Bytes of an HTTP request line and headers; a longer head is a 400."""
@@ -716,7 +716,6 @@ class RelayServer:
         log_lines: LogLines | None = None,
         store: RedisStore | None = None,
         node_id: str | None = None,
-        node_timeout: float = DEFAULT_NODE_TIMEOUT,
     ) -> None:
         if max_connections_per_ip < 0:
             raise ValueError(f"max_connections_per_ip must be >= 0, got {max_connections_per_ip}")
@@ -745,7 +744,6 @@ class RelayServer:
         frames up to its limit and a bit beyond with frame-too-large + 1009; anything
         larger is cut off here (1009)."""
         self.store = store
-        self.node_timeout = node_timeout
         node = None
         if store is not None:
             node = (machine.node if machine is not None else None) or node_id
@@ -755,6 +753,9 @@ class RelayServer:
         )
         if store is not None and self.machine.node is None:
             raise ValueError("a relay with a store needs a machine with a node id")
+        self.node_timeout = self.machine.limits.node_timeout
+        """Scale-out: the heartbeat's period is a third of it (the machine sweeps for
+        dead nodes as often)."""
         self.redis_ok = True
         """With a store: whether Redis answered the last time it was asked."""
         self._store_ops: list[StoreOp] = []
@@ -855,9 +856,13 @@ class RelayServer:
                 self._feed(notice)
 
     async def _heartbeat(self) -> None:
-        """This node's liveness key, refreshed every node timeout / 3."""
+        """This node's liveness key, refreshed every node timeout / 3 (its machine's
+        ``Limits.node_timeout`` is the same figure: serve sets both)."""
         assert self.store is not None and self.machine.node is not None
-        ttl_ms = int(self.node_timeout * 1000)
+        # Beats every third of the timeout, each good for two thirds: one late beat is
+        # forgiven, and a dead node's key is gone within 2/3 of the timeout — the other
+        # nodes' sweeps (every third) notice it within the timeout.
+        ttl_ms = int(self.node_timeout * 2000 / 3)
         while True:
             try:
                 await self.store.heartbeat(self.machine.node, ttl_ms)
@@ -935,6 +940,9 @@ class RelayServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._pump), self.close_timeout)
         if self.store is not None:
+            assert self.machine.node is not None
+            with contextlib.suppress(*self.store.errors):  # then they wait for the timeout
+                await self.store.retire(self.machine.node)  # held members: swept at once
             await self.store.redis.aclose()
         if self._timer is not None:
             self._timer.cancel()

@@ -114,6 +114,10 @@ class Limits(WireLimits):
     One more connection is closed as it arrives (:attr:`~.codes.CloseCode.TRY_AGAIN_LATER`;
     an HTTP adapter answers it 429 before the handshake). A held member counts until
     its grace ends, so dropping sockets on purpose does not escape the limit."""
+    node_timeout: float = attrs.field(default=5.0, validator=_positive)
+    """Scale-out: seconds a node's heartbeat lasts. Every node looks for dead nodes
+    each third of it and holds a dead node's members for a resume (PROTOCOL.md,
+    "Scale-out"), so they are noticed within it."""
     resume_queue_frames: int = attrs.field(default=512, validator=_positive)
     resume_queue_bytes: int = attrs.field(default=1_048_576, validator=_positive)
     """Frames addressed to a held member are queued up to these bounds; one more ends

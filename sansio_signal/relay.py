@@ -99,10 +99,14 @@ from .errors import LocalProtocolError, WireError
 from .events import Connected, ConnId, Disconnected, FrameReceived, RelayEvent
 from .limits import DEFAULT_LIMITS, Limits, WireLimits
 from .store import (
+    ClaimNode,
     CommitRoom,
+    DeadNodes,
+    FindDeadNodes,
     MailNotice,
     MemberRecord,
     Members,
+    NodeClaimed,
     NodeMessage,
     Post,
     Posted,
@@ -158,7 +162,7 @@ def is_clean_close(code: int | None, *, by_server: bool, server_code: int | None
     return code in (CloseCode.NORMAL, CloseCode.GOING_AWAY)
 
 
-_IDLE, _HELD, _PARKED = "idle", "held", "parked"
+_IDLE, _HELD, _PARKED, _SWEEP = "idle", "held", "parked", "sweep"
 """The kinds of deadline in the machine's ``Timers``: ``(kind, conn)`` for the first two,
 ``(_PARKED, address)`` for the rate buckets an address's ended connections left."""
 
@@ -287,8 +291,10 @@ class RelayMachine:
         """Cluster: store operations in flight, by op id: what to do with the answer."""
         self._local: dict[tuple[str, str], ConnId] = {}
         """Cluster: ``(room, user) → conn`` of this node's live members."""
-        self._now = float("-inf")
+        self._now = _NEVER
         """The latest ``now`` fed in: ``now`` never goes back."""
+        self._pseudo = itertools.count(1)
+        """Cluster: ids (negated) of the holds this node took over from dead nodes."""
 
     # ------------------------------------------------------------------ public API
 
@@ -348,6 +354,8 @@ class RelayMachine:
                 actions += self._depart(held.room_id, held.user_id, " (resume grace passed)")
             elif kind == _PARKED:
                 self._expire_parked(which, now)
+            elif kind == _SWEEP:
+                actions += self._sweep(now)
             else:
                 actions += self._idle_check(which, now)
         return self._after(actions)
@@ -369,6 +377,8 @@ class RelayMachine:
         """Feed one event; returns the actions to run, in order."""
         if now < self._now:
             self._went_back(now)
+        if self._now == _NEVER and self.node is not None:  # the first event: sweeps start
+            self._timers.schedule((_SWEEP, ""), now + self.limits.node_timeout / 3)
         self._now = now
         if isinstance(event, FrameReceived):  # nearly every event: dispatched here
             actions = self._on_frame(event.conn, event.data, now, event.wall_time)
@@ -1283,6 +1293,63 @@ class RelayMachine:
         )
         return self._transact(txn)
 
+    def _sweep(self, now: float) -> list[RelayAction]:
+        """Look for dead nodes (every third of the node timeout); the members of each
+        are held again here — the first node to claim it does it — so they may resume
+        anywhere within the grace, and the rest leave once it passes."""
+        self._timers.schedule((_SWEEP, ""), now + self.limits.node_timeout / 3)
+        op = self._ask(self._dead_nodes)
+        return [FindDeadNodes(op=op)]
+
+    def _dead_nodes(self, result: StoreResult, now: float) -> list[RelayAction]:
+        if not isinstance(result, DeadNodes):
+            return []  # the store is unreachable: the next sweep asks again
+        ttl_ms = int(self.limits.node_timeout * 1000)
+        actions: list[RelayAction] = []
+        for node in result.nodes:
+            if node != self.node:
+                op = self._ask(self._claimed)
+                actions.append(ClaimNode(op=op, node=node, ttl_ms=ttl_ms))
+        return actions
+
+    def _claimed(self, result: StoreResult, now: float) -> list[RelayAction]:
+        if not isinstance(result, NodeClaimed) or result.members is None:
+            return []
+        actions: list[RelayAction] = [
+            Log(
+                level=LogLevel.WARNING,
+                message='Node "%s" is gone: holding its %d members for a resume',
+                args=(result.node, len(result.members)),
+            )
+        ]
+        for room_id, user_id in result.members:
+            actions += self._transact(self._take_over(result.node, room_id, user_id, now))
+        return actions
+
+    def _take_over(self, dead: str, room_id: str, user_id: str, now: float) -> _Txn:
+        """The hold of ``user_id``, whose record names the dead node, moves here (a
+        pseudo connection id; nobody is told), unless it resumed elsewhere meanwhile."""
+        pseudo = -next(self._pseudo)
+
+        def decide(members: Members) -> _Change | None:
+            record = members.get(user_id)
+            if record is None or record.node != dead:
+                return None
+            mine = MemberRecord(node=self.node or "", conn=pseudo, token=record.token, held=True)
+            return _Change(put={user_id: mine})
+
+        def done(result: RoomCommitted | None) -> list[RelayAction]:
+            if result is None:
+                return []
+            self._held[pseudo] = _Held(room_id=room_id, user_id=user_id, resume_token="")
+            self._timers.schedule((_HELD, pseudo), now + self.limits.resume_grace)
+            return []
+
+        def failed(reason: str) -> list[RelayAction]:
+            return []  # the claim lapses; a later sweep claims the node again
+
+        return _Txn(room_id, decide, done, failed)
+
     def _cluster_post(
         self, c: _Conn, conn: ConnId, to_user_id: str | None, type_: str, text: str
     ) -> list[RelayAction]:
@@ -1360,6 +1427,8 @@ _RULE_ERRORS = frozenset(
 )
 
 
+_NEVER = float("-inf")
+
 _MAX_ATTEMPTS = 16
 """Cluster: times one room change is decided again because another node changed the
 room first, before it fails (``unavailable``)."""
@@ -1390,7 +1459,17 @@ class _Txn:
     attempts: int = 0
 
 
-_STORE_RESULTS = (RoomRead, RoomCommitted, Posted, Taken, StoreFailed, MailNotice, NodeMessage)
+_STORE_RESULTS = (
+    RoomRead,
+    RoomCommitted,
+    Posted,
+    Taken,
+    DeadNodes,
+    NodeClaimed,
+    StoreFailed,
+    MailNotice,
+    NodeMessage,
+)
 
 
 def _digest(token: str) -> str:

@@ -24,7 +24,10 @@ The shared state
 ``node N``
     alive while its heartbeat is fresher than the node timeout; a node learns which of
     its members have mail through *notices*: ``(R, U)`` pairs the store hands to node
-    ``N`` when a frame lands in the mailbox of a member whose record names ``N``.
+    ``N`` when a frame lands in the mailbox of a member whose record names ``N``. The
+    store also keeps, per node, the ``(R, U)`` of every record that names it (so that
+    the members of a node that died can be found), and hands a dead node's list to the
+    one node that claims it first.
 
 Every primitive on one room is atomic and all of them run in one total order (one Redis
 instance executes one command at a time), and the answers one node receives come in the
@@ -119,7 +122,25 @@ class Take:
     conn: ConnId
 
 
-StoreOp: TypeAlias = ReadRoom | CommitRoom | Post | Take
+@attrs.frozen(kw_only=True)
+class FindDeadNodes:
+    """Which nodes have records but no fresh heartbeat: answered by :class:`DeadNodes`.
+    (A dead node with no record left is forgotten.)"""
+
+    op: int
+
+
+@attrs.frozen(kw_only=True)
+class ClaimNode:
+    """Claim dead node ``node``'s members, if no other node claimed them within the last
+    ``ttl_ms`` milliseconds: answered by :class:`NodeClaimed`."""
+
+    op: int
+    node: str
+    ttl_ms: int
+
+
+StoreOp: TypeAlias = ReadRoom | CommitRoom | Post | Take | FindDeadNodes | ClaimNode
 """An action: one primitive the adapter carries to the store."""
 
 
@@ -165,6 +186,24 @@ class Taken:
 
 
 @attrs.frozen(kw_only=True)
+class DeadNodes:
+    """The answer to :class:`FindDeadNodes`."""
+
+    op: int
+    nodes: tuple[str, ...]
+
+
+@attrs.frozen(kw_only=True)
+class NodeClaimed:
+    """The answer to :class:`ClaimNode`: ``members`` — the ``(room, user)`` of every record
+    naming the node — when this node got the claim, ``None`` when another has it."""
+
+    op: int
+    node: str
+    members: tuple[tuple[str, str], ...] | None
+
+
+@attrs.frozen(kw_only=True)
 class StoreFailed:
     """The store could not be reached for operation ``op`` (nothing is known about
     whether it applied: a commit is re-read before it is retried)."""
@@ -189,6 +228,14 @@ class NodeMessage:
 
 
 StoreResult: TypeAlias = (
-    RoomRead | RoomCommitted | Posted | Taken | StoreFailed | MailNotice | NodeMessage
+    RoomRead
+    | RoomCommitted
+    | Posted
+    | Taken
+    | DeadNodes
+    | NodeClaimed
+    | StoreFailed
+    | MailNotice
+    | NodeMessage
 )
 """An event: what the store answered (or announced)."""

@@ -63,6 +63,8 @@ class Cluster:
             )
             for i in range(nodes)
         }
+        for name in self.nodes:
+            self.store.heartbeat(name)
         self.clients: dict[int, Client] = {}
         self.conns = itertools.count(1)
         self.now = 0.0
@@ -113,6 +115,15 @@ class Cluster:
             client.closed = True
             self.feed(client.node, Disconnected(conn=client.conn, clean=clean))
 
+    def kill(self, name: str) -> None:
+        """Node ``name`` dies (SIGKILL): it stops beating and answering; what it had not
+        sent to the store is lost; its clients' sockets are gone."""
+        self.store.kill(name)
+        del self.nodes[name]
+        for client in self.clients.values():
+            if client.node == name:
+                client.closed = True
+
     def step_store(self, name: str) -> bool:
         node = self.nodes[name]
         if not node.ops:
@@ -120,6 +131,8 @@ class Cluster:
         node.answers.append(self.store.apply(node.ops.popleft()))
         for other, n in self.nodes.items():
             n.notices.extend(self.store.notices(other))
+        for gone in set(self.store.alive) - set(self.nodes):
+            self.store.notices(gone)  # nobody reads a dead node's notices
         return True
 
     def step_answer(self, name: str) -> bool:
@@ -309,6 +322,70 @@ def test_a_resume_while_the_old_socket_is_open_on_another_node_replaces_it() -> 
     assert cl.store.members("r")["alice"].node == "n1"
 
 
+def test_a_dead_nodes_members_resume_elsewhere_or_leave_once() -> None:
+    cl = new_cluster()
+    a, b, c = cl.connect("n0"), cl.connect("n1"), cl.connect("n1")
+    for client, user in ((a, "alice"), (b, "bob"), (c, "carol")):
+        cl.join(client, "r", user)
+        cl.settle()
+    bob_token = b.frames[0]["resumeToken"]
+    cl.send(a, {"channel": SIGNALING, "type": "webrtc-ice", "toUserId": "bob", "candidate": None})
+    cl.kill("n1")  # before it took bob's mail
+    cl.settle()
+    cl.advance(LIMITS.node_timeout / 3 + 0.01)  # the sweeps run on n0 and n2
+    cl.settle()
+    records = cl.store.members("r")
+    assert records["bob"].held and records["carol"].held
+    assert {records["bob"].node, records["carol"].node} <= {"n0", "n2"}
+    b2 = cl.connect("n2")
+    cl.send(
+        b2,
+        {
+            "channel": ROOMS,
+            "type": "join-room",
+            "roomId": "r",
+            "userId": "bob",
+            "resumeToken": bob_token,
+        },
+    )
+    cl.settle()
+    assert types(b2) == ["user-joined-room", "webrtc-ice"]  # what it missed
+    cl.advance(LIMITS.resume_grace)
+    cl.settle()
+    assert [f["userId"] for f in a.frames if f["type"] == "user-left-room"] == ["carol"]
+    assert sorted(cl.store.members("r")) == ["alice", "bob"]
+
+
+def test_two_sweepers_one_claim_and_a_resume_first_is_not_swept() -> None:
+    cl = new_cluster()
+    a, b = cl.connect("n0"), cl.connect("n1")
+    cl.join(a, "r", "alice")
+    cl.settle()
+    cl.join(b, "r", "bob")
+    cl.settle()
+    token = b.frames[0]["resumeToken"]
+    cl.kill("n1")
+    cl.advance(LIMITS.node_timeout / 3 + 0.01)  # n0 and n2 both look; one claims
+    b2 = cl.connect("n2")  # bob resumes before the claimant commits its take-over
+    cl.send(
+        b2,
+        {
+            "channel": ROOMS,
+            "type": "join-room",
+            "roomId": "r",
+            "userId": "bob",
+            "resumeToken": token,
+        },
+    )
+    cl.settle()
+    assert b2.frames[0]["type"] == "user-joined-room"
+    record = cl.store.members("r")["bob"]
+    assert (record.node, record.held) == ("n2", False)
+    cl.advance(LIMITS.resume_grace + 1)
+    cl.settle()
+    assert "user-left-room" not in types(a)
+
+
 # --------------------------------------------------------------------------- properties
 
 
@@ -331,7 +408,7 @@ def test_random_interleavings_keep_the_rules(data: st.DataObject) -> None:
                 ["connect", "join", "join", "resume", "leave", "drop", "close", "chat"]
                 + ["signal"] * 4
                 + ["store", "answer", "notice"] * 3
-                + ["time"]
+                + ["time", "die"]
             )
         )
         name = data.draw(st.sampled_from(sorted(cl.nodes)))
@@ -379,13 +456,21 @@ def test_random_interleavings_keep_the_rules(data: st.DataObject) -> None:
             cl.step_notice(name)
         elif kind == "time":
             cl.advance(data.draw(st.sampled_from([0.5, 3.0, 6.0])))
+        elif kind == "die" and len(cl.nodes) == 3:
+            cl.kill(name)
+            continue
         cl.closes()
         for room in rooms:
             assert len(cl.store.members(room)) <= LIMITS.max_room_size
     cl.settle()
-    cl.advance(LIMITS.resume_grace + 1)
+    cl.advance(LIMITS.node_timeout)  # every dead node swept
+    cl.settle()
+    cl.advance(LIMITS.resume_grace + 1)  # every hold ended
     cl.settle()
     check_views(cl)
+    for room in rooms:  # nobody is left behind for a dead node
+        assert all(record.node in cl.nodes for record in cl.store.members(room).values())
+        assert not any(record.held for record in cl.store.members(room).values())
 
 
 def check_views(cl: Cluster) -> None:

@@ -96,6 +96,7 @@ def test_the_codec_limits_are_a_part_of_the_relay_limits() -> None:
         "idle_timeout",
         "resume_grace",
         "max_per_address",
+        "node_timeout",
         "resume_queue_frames",
         "resume_queue_bytes",
     }

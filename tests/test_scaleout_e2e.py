@@ -1,15 +1,17 @@
 """Scale-out end to end (issue 14): real ``sansio-signal serve --redis`` processes on one
 real ``redis-server``, raw WebSocket clients speaking the wire protocol.
 
-What works so far: membership, signaling and chat across processes; racing joins of one
-id on two processes (one winner each round); a resume on another process after a
-dropped socket, with the missed frames in order; Redis killed and restarted (``/healthz``
-503, ``unavailable``, recovery). Node death (SIGKILL) and its sweep are not built yet.
+Membership, signaling and chat across processes; racing joins of one id on two processes
+(one winner each round); a resume on another process after a dropped socket, with the
+missed frames in order; a process killed (its members resume elsewhere, or leave once
+within grace + node timeout); a process stopped with SIGTERM (1012, resume elsewhere);
+Redis killed and restarted (``/healthz`` 503, ``unavailable``, recovery).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import urllib.error
 import urllib.request
@@ -21,10 +23,41 @@ from typing import Any
 import pytest
 from redisfix import RedisServer, redis_server  # noqa: F401 (a fixture)
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 from wsutil import reap, recv, send, spawn_serve
 
 ROOMS, SIGNALING, CHAT = "webrtc-dashboard-rooms", "webrtc-signaling", "webrtc-dashboard-chat"
 TIMEOUT = 10.0
+
+
+def cluster_flags(redis: RedisServer, name: str) -> tuple[str, ...]:
+    return (
+        "--redis",
+        redis.url,
+        "--node-id",
+        name,
+        "--rate-limit",
+        "0",
+        "--node-timeout",
+        "1.5",
+        "--resume-grace",
+        "3",
+    )
+
+
+async def closed_with(ws: ClientConnection) -> int | None:
+    """The close code the server sent ``ws`` (frames before it are skipped)."""
+    with contextlib.suppress(ConnectionClosed):
+        while True:
+            await asyncio.wait_for(ws.recv(), TIMEOUT)
+    return ws.protocol.close_rcvd.code if ws.protocol.close_rcvd else None
+
+
+async def recv_until(ws: ClientConnection, kind: str) -> dict[str, Any]:
+    while True:
+        frame = await recv(ws)
+        if frame["type"] == kind:
+            return frame
 
 
 @asynccontextmanager
@@ -36,18 +69,7 @@ async def nodes(
     urls: list[str] = []
     try:
         for name in names:
-            proc, url = await spawn_serve(
-                tmp_path,
-                "--redis",
-                redis.url,
-                "--node-id",
-                name,
-                "--rate-limit",
-                "0",
-                "--node-timeout",
-                "1.5",
-                *flags,
-            )
+            proc, url = await spawn_serve(tmp_path, *cluster_flags(redis, name), *flags)
             procs.append(proc)
             urls.append(url)
         yield urls
@@ -180,6 +202,65 @@ def test_a_dropped_member_resumes_on_the_other_process(
             assert missed == list(range(5))
             await alice.close()
             await bob2.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_a_process_that_dies_hands_its_members_over(
+    how: str,
+    redis_server: RedisServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """bob and carol are on east; east dies. bob resumes on west with what he missed;
+    carol does not come back and leaves, once, within grace + node timeout."""
+
+    async def scenario() -> None:
+        east, east_url = await spawn_serve(tmp_path, *cluster_flags(redis_server, "east"))
+        try:
+            async with nodes(redis_server, tmp_path, "west") as (west,):
+                alice = await joined(west, "demo", "alice")
+                await recv(alice)
+                bob = await joined(east_url, "demo", "bob")
+                token = (await recv(bob))["resumeToken"]
+                carol = await joined(east_url, "demo", "carol")
+                await recv(carol)
+                assert [(await recv(alice))["userId"] for _ in range(2)] == ["bob", "carol"]
+                died = asyncio.get_running_loop().time()
+                if how == "SIGKILL":
+                    east.kill()
+                else:
+                    east.terminate()
+                    code = await closed_with(bob)
+                    assert code == 1012
+                await east.wait()
+                await send(
+                    alice,
+                    {
+                        "channel": SIGNALING,
+                        "type": "webrtc-ice",
+                        "toUserId": "bob",
+                        "n": 1,
+                        "candidate": None,
+                    },
+                )
+                bob2 = await joined(west, "demo", "bob", token=token)
+                own = await recv(bob2)
+                assert own["type"] == "user-joined-room", own
+                assert own["existingParticipants"] == ["alice", "carol"]
+                # what it missed: maybe carol's join (if east died before taking it),
+                # then alice's signal
+                missed = await recv_until(bob2, "webrtc-ice")
+                assert (missed["fromUserId"], missed["n"]) == ("alice", 1)
+                left = await asyncio.wait_for(recv_until(alice, "user-left-room"), TIMEOUT)
+                took = asyncio.get_running_loop().time() - died
+                assert left["userId"] == "carol"
+                print(f"\ncarol left {took:.2f} s after the {how} (bound: grace 3 + timeout 1.5)")
+                assert took <= 3.0 + 1.5 + 0.5  # the bound, and scheduling slack
+                for ws in (alice, bob2):
+                    await ws.close()
+        finally:
+            await reap(east)
 
     run(scenario())
 

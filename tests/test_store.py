@@ -16,9 +16,13 @@ from redisfix import RedisServer, require_redis_server
 
 from sansio_signal.adapters.redis_store import RedisStore
 from sansio_signal.store import (
+    ClaimNode,
     CommitRoom,
+    DeadNodes,
+    FindDeadNodes,
     MailNotice,
     MemberRecord,
+    NodeClaimed,
     NodeMessage,
     Post,
     Posted,
@@ -39,6 +43,8 @@ B = MemberRecord(node="n2", conn=7, token="tb")
 class Store(Protocol):
     def apply(self, op: StoreOp) -> StoreResult: ...
     def notices(self, node: str) -> list[MailNotice | NodeMessage]: ...
+    def heartbeat(self, node: str) -> None: ...
+    def kill(self, node: str) -> None: ...
 
 
 class SyncRedis:
@@ -54,6 +60,12 @@ class SyncRedis:
 
     def notices(self, node: str) -> list[MailNotice | NodeMessage]:
         return self.loop.run_until_complete(self.store.notices(node))
+
+    def heartbeat(self, node: str) -> None:
+        self.loop.run_until_complete(self.store.heartbeat(node, 60_000))
+
+    def kill(self, node: str) -> None:
+        self.loop.run_until_complete(self.store.retire(node))
 
     def close(self) -> None:
         self.loop.run_until_complete(self.store.redis.aclose())
@@ -155,6 +167,26 @@ def test_a_leave_drops_the_mailbox_and_the_cap_drops_the_oldest(make_store: Make
     commit(store, 3, delete=("a", "b"))
     assert commit(store, 1, put={"a": A}).ok is False
     assert commit(store, 4, put={"a": A}).version == 5
+
+
+def test_a_dead_nodes_members_go_to_the_first_that_claims_them(make_store: MakeStore) -> None:
+    store = make_store()
+    for node in ("n1", "n2", "n3"):
+        store.heartbeat(node)
+    commit(store, 0, put={"a": A, "b": B, "c": MemberRecord(node="n2", conn=8, token="tc")})
+    assert store.apply(FindDeadNodes(op=1)) == DeadNodes(op=1, nodes=())
+    store.kill("n2")
+    assert store.apply(FindDeadNodes(op=2)) == DeadNodes(op=2, nodes=("n2",))
+    claim = ClaimNode(op=3, node="n2", ttl_ms=60_000)
+    assert store.apply(claim) == NodeClaimed(op=3, node="n2", members=(("r", "b"), ("r", "c")))
+    assert store.apply(claim) == NodeClaimed(op=3, node="n2", members=None)  # claimed
+    # the claimant holds them: the records name it, the dead node has none left
+    moved = {
+        u: MemberRecord(node="n1", conn=-1 - i, token="t", held=True) for i, u in enumerate("bc")
+    }
+    commit(store, 1, put=moved)
+    store.kill("n3")  # dead, but without records: forgotten, not reported
+    assert store.apply(FindDeadNodes(op=4)) == DeadNodes(op=4, nodes=())
 
 
 @pytest.mark.parametrize("kind", ["sim", "redis"])

@@ -14,9 +14,13 @@ from collections import deque
 import attrs
 
 from sansio_signal.store import (
+    ClaimNode,
     CommitRoom,
+    DeadNodes,
+    FindDeadNodes,
     MailNotice,
     MemberRecord,
+    NodeClaimed,
     NodeMessage,
     Post,
     Posted,
@@ -49,6 +53,11 @@ class SimStore:
         self._notices: dict[str, list[MailNotice | NodeMessage]] = {}
         self.ops = 0
         """Operations applied so far (a cost measure for tests)."""
+        self.alive: set[str] = set()
+        """Nodes whose heartbeat is fresh (tests say who lives: :meth:`heartbeat`,
+        :meth:`kill`)."""
+        self._index: dict[str, set[tuple[str, str]]] = {}
+        self._claimed: set[str] = set()
 
     # ------------------------------------------------------------------ inspection
 
@@ -72,6 +81,20 @@ class SimStore:
         """The notices for ``node`` since the last call, oldest first."""
         return self._notices.pop(node, [])
 
+    def heartbeat(self, node: str) -> None:
+        self.alive.add(node)
+
+    def kill(self, node: str) -> None:
+        """``node`` stops beating (it died, or its node timeout passed)."""
+        self.alive.discard(node)
+
+    def release_claims(self) -> None:
+        """Every claim's ``ttl_ms`` passed."""
+        self._claimed.clear()
+
+    def index(self, node: str) -> set[tuple[str, str]]:
+        return set(self._index.get(node, ()))
+
     # ------------------------------------------------------------------ operations
 
     def apply(self, op: StoreOp) -> StoreResult:
@@ -86,7 +109,26 @@ class SimStore:
             return self._commit(op)
         if isinstance(op, Post):
             return self._post(op)
-        return self._take(op)
+        if isinstance(op, Take):
+            return self._take(op)
+        if isinstance(op, FindDeadNodes):
+            dead = sorted(n for n, keys in self._index.items() if keys and n not in self.alive)
+            return DeadNodes(op=op.op, nodes=tuple(dead))
+        return self._claim(op)
+
+    def _claim(self, op: ClaimNode) -> NodeClaimed:
+        if op.node in self._claimed:
+            return NodeClaimed(op=op.op, node=op.node, members=None)
+        self._claimed.add(op.node)
+        return NodeClaimed(op=op.op, node=op.node, members=tuple(sorted(self.index(op.node))))
+
+    def _reindex(
+        self, room: str, user: str, old: MemberRecord | None, new: MemberRecord | None
+    ) -> None:
+        if old is not None:
+            self._index.get(old.node, set()).discard((room, user))
+        if new is not None:
+            self._index.setdefault(new.node, set()).add((room, user))
 
     def _commit(self, op: CommitRoom) -> RoomCommitted:
         room = self._rooms.setdefault(op.room, _Room())
@@ -94,9 +136,11 @@ class SimStore:
             return RoomCommitted(
                 op=op.op, room=op.room, ok=False, version=room.version, members=dict(room.members)
             )
-        room.members.update(op.put)
+        for user, record in op.put.items():
+            self._reindex(op.room, user, room.members.get(user), record)
+            room.members[user] = record
         for user in op.delete:
-            room.members.pop(user, None)
+            self._reindex(op.room, user, room.members.pop(user, None), None)
             self._mailboxes.pop((op.room, user), None)
         room.version += 1
         for user, text in op.post:
