@@ -256,7 +256,8 @@ def test_a_process_that_dies_hands_its_members_over(
                 took = asyncio.get_running_loop().time() - died
                 assert left["userId"] == "carol"
                 print(f"\ncarol left {took:.2f} s after the {how} (bound: grace 3 + timeout 1.5)")
-                assert took <= 3.0 + 1.5 + 0.5  # the bound, and scheduling slack
+                # the bound (grace + node timeout), and slack for a loaded machine
+                assert took <= 3.0 + 1.5 + 1.5
                 for ws in (alice, bob2):
                     await ws.close()
         finally:
