@@ -622,7 +622,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sansio-signal`` console script."""
     args = build_parser().parse_args(argv)
     if args.command == "serve":
-        lines = LogLines(sys.stderr)
+        if args.redis and not args.node_id:
+            args.node_id = secrets.token_hex(4)  # one name for the logs and the cluster
+        lines = LogLines(sys.stderr, tag=args.node_id if args.redis else "")
         logging.basicConfig(level=args.log_level, handlers=[lines])
         try:
             run_loop(run_serve(args, log_lines=lines))

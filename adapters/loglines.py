@@ -43,10 +43,13 @@ _LEVEL_NAMES = _LevelNames()
 class LogLines(logging.Handler):
     """A handler writing ``FORMAT`` lines to ``stream``, one ``write`` per loop turn."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, tag: str = "") -> None:
         super().__init__()
         self.stream = stream
-        self.setFormatter(logging.Formatter(FORMAT))
+        self.tag = tag
+        """Written after the logger's name, in brackets (a cluster's node id), if any."""
+        name = f"%(name)s [{tag}]" if tag else "%(name)s"
+        self.setFormatter(logging.Formatter(FORMAT.replace("%(name)s", name)))
         self._pending: list[str] = []
         self._scheduled = False
         self._second = -1
@@ -63,6 +66,8 @@ class LogLines(logging.Handler):
             self._second = second
             self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         millis = int((now - second) * 1000)
+        if self.tag:
+            name = f"{name} [{self.tag}]"
         self._pending.append(
             f"{self._prefix},{millis:03d} {_LEVEL_NAMES[level]} {name}: {message}\n"
         )

@@ -796,6 +796,13 @@ class RelayServer:
             registry=self.registry,
         ).set_function(lambda: self.machine.held_count)
         self.registry.register(_StatsCollector(self))
+        if self.machine.node is not None:
+            Gauge(
+                "sansio_signal_node",
+                "This process in a cluster (always 1; the label is its node id).",
+                ["node"],
+                registry=self.registry,
+            ).labels(node=self.machine.node).set(1)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -90,3 +90,18 @@ def test_the_line_is_what_logging_would_write(relay_log: logging.Logger) -> None
     strip = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", re.M)
     assert strip.sub("", ours.getvalue()) == strip.sub("", plain.getvalue())
     assert "ValueError: boom" in ours.getvalue()
+
+
+def test_a_cluster_node_is_named_in_every_line(relay_log: logging.Logger) -> None:
+    stream = io.StringIO()
+    handler = LogLines(stream, tag="east")
+    relay_log.addHandler(handler)
+    try:
+        relay_log.info("via logging")
+        handler.line(logging.INFO, relay_log.name, "direct")
+    finally:
+        relay_log.removeHandler(handler)
+    assert rests(stream) == [
+        "INFO test_loglines.relay [east]: via logging",
+        "INFO test_loglines.relay [east]: direct",
+    ]

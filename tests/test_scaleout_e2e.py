@@ -149,6 +149,7 @@ def test_members_on_two_processes_share_a_room(redis_server: RedisServer, tmp_pa
                 )
             status, body = healthz(east)
             assert status == 200 and body["node"] == "east" and body["redis"] == "ok"
+            assert metric(west, 'sansio_signal_node{node="west"}') == 1.0
             await bob.close()
             left = await recv(alice)
             assert (left["type"], left["userId"]) == ("user-left-room", "bob")
