@@ -470,7 +470,7 @@ async def run_serve(
         trace = stack.enter_context(open(args.trace, "w", encoding="utf-8")) if args.trace else None
         limits = limits_from_args(args)
         secret = read_secret(args.secret_file)
-        store = open_store(args.redis)
+        store = open_store(args.redis, limits)
         node = (args.node_id or secrets.token_hex(4)) if store is not None else None
         machine = None
         log = logging.getLogger("sansio_signal.relay")
@@ -541,8 +541,9 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 SECRET_ENV = "SANSIO_SIGNAL_SECRET"
 
 
-def open_store(url: str | None) -> RedisStore | None:
-    """The shared store of ``--redis URL`` (``None`` without one)."""
+def open_store(url: str | None, limits: Limits) -> RedisStore | None:
+    """The shared store of ``--redis URL`` (``None`` without one); a mailbox holds what
+    a resume queue would (``--resume-queue-frames``)."""
     if url is None:
         return None
     if not url.startswith(("redis://", "rediss://", "unix://")):
@@ -553,7 +554,7 @@ def open_store(url: str | None) -> RedisStore | None:
         raise ValueError(
             f"--redis needs redis-py ({exc}); install it with: pip install 'sansio-signal[redis]'"
         ) from None
-    return RedisStore.from_url(url)
+    return RedisStore.from_url(url, mailbox_cap=limits.resume_queue_frames)
 
 
 def read_secret(path: str | None) -> bytes | None:

@@ -44,8 +44,11 @@ from sansio_signal.store import (
     Taken,
 )
 
-MAILBOX_CAP = 10_000
-"""Frames a mailbox keeps at most (the oldest go first); the machine bounds it tighter."""
+MAILBOX_CAP = 512
+"""Frames a mailbox holds at most (serve passes ``--resume-queue-frames``)."""
+
+_FULL = "\x00full"
+"""Marks a mailbox that refused a frame (so that it is said once); never taken."""
 
 MAILBOX_TTL_MS = 300_000
 """A mailbox nobody takes is dropped this long after its last frame."""
@@ -64,12 +67,21 @@ _VERSION = "#"  # not an id character: never a member's field
 # cap and expiry, and a notice to the member's node when the mailbox was empty and the
 # member is not held. Returns 1 when appended, 0 when `user` is not a member.
 _APPEND = """
+local FULL = '\\0full'
 local function append(room, prefix, roomid, user, text, cap, ttl, noticecap)
   local raw = redis.call('HGET', room, user)
   if not raw then return 0 end
   local box = prefix .. '{' .. roomid .. '}:box:' .. user
+  local length = redis.call('LLEN', box)
+  if length >= cap then
+    if length == cap then  -- said once: the refused frame marks the mailbox full
+      redis.call('RPUSH', box, FULL)
+      redis.call('XADD', prefix .. 'node:' .. cjson.decode(raw).node, 'MAXLEN', '~',
+                 noticecap, '*', 'room', roomid, 'user', user, 'full', '1')
+    end
+    return 0
+  end
   local size = redis.call('RPUSH', box, text)
-  if size > cap then redis.call('LTRIM', box, -cap, -1) end
   redis.call('PEXPIRE', box, ttl)
   if size == 1 then
     local record = cjson.decode(raw)
@@ -210,7 +222,7 @@ def _result(op: StoreOp, reply: Any) -> StoreResult:
         pairs = (_text(m).split("\n", 1) for m in reply[1])
         members = tuple(sorted((room, user) for room, user in pairs))
         return NodeClaimed(op=op.op, node=op.node, members=members)
-    return Taken(op=op.op, frames=tuple(_text(f) for f in reply))
+    return Taken(op=op.op, frames=tuple(t for t in map(_text, reply) if t != _FULL))
 
 
 def _record_json(record: MemberRecord) -> str:
@@ -360,7 +372,8 @@ class RedisStore:
                 if "tell" in decoded:
                     out.append(NodeMessage(text=decoded["tell"]))
                 else:
-                    out.append(MailNotice(room=decoded["room"], user=decoded["user"]))
+                    full = decoded.get("full") == "1"
+                    out.append(MailNotice(room=decoded["room"], user=decoded["user"], full=full))
         return out
 
 

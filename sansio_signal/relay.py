@@ -351,7 +351,7 @@ class RelayMachine:
                     actions += self._cluster_expire(held, which)
                     continue
                 self.stats.holds_expired += 1
-                actions += self._depart(held.room_id, held.user_id, " (resume grace passed)")
+                actions += self._depart(held.room_id, held.user_id, _GRACE_PASSED)
             elif kind == _PARKED:
                 self._expire_parked(which, now)
             elif kind == _SWEEP:
@@ -1011,6 +1011,8 @@ class RelayMachine:
 
     def _on_store(self, event: StoreResult, now: float) -> list[RelayAction]:
         if isinstance(event, MailNotice):
+            if event.full:
+                return self._mailbox_full(event.room, event.user)
             return self._on_notice(event.room, event.user)
         if isinstance(event, NodeMessage):
             return self._on_node_message(event.text)
@@ -1240,7 +1242,7 @@ class RelayMachine:
         def done(result: RoomCommitted | None) -> list[RelayAction]:
             if result is None:
                 return []
-            if held:
+            if held and why == _GRACE_PASSED:
                 self.stats.holds_expired += 1
             return [
                 Log(
@@ -1288,9 +1290,7 @@ class RelayMachine:
 
     def _cluster_expire(self, held: _Held, conn: ConnId) -> list[RelayAction]:
         """A hold's grace passed: the member leaves, if its place is still this hold."""
-        txn = self._departure(
-            held.room_id, held.user_id, conn, held=True, why=" (resume grace passed)"
-        )
+        txn = self._departure(held.room_id, held.user_id, conn, held=True, why=_GRACE_PASSED)
         return self._transact(txn)
 
     def _sweep(self, now: float) -> list[RelayAction]:
@@ -1384,6 +1384,19 @@ class RelayMachine:
         op = self._ask(posted)
         return [Post(op=op, room=room_id, user=to_user_id, text=_entry(type_, text))]
 
+    def _mailbox_full(self, room_id: str, user_id: str) -> list[RelayAction]:
+        """A member's mailbox refused a frame: held here, its hold ends (it leaves, as
+        when one process's resume queue overflows); live here, it is taken now."""
+        for conn, held in list(self._held.items()):
+            if (held.room_id, held.user_id) == (room_id, user_id):
+                del self._held[conn]
+                self._timers.cancel((_HELD, conn))
+                self._release(held.address)
+                self.stats.holds_overflowed += 1
+                txn = self._departure(room_id, user_id, conn, held=True, why=" (resume queue full)")
+                return self._transact(txn)
+        return self._on_notice(room_id, user_id)
+
     def _on_notice(self, room_id: str, user_id: str) -> list[RelayAction]:
         conn = self._local.get((room_id, user_id))
         c = None if conn is None else self._conns.get(conn)
@@ -1428,6 +1441,8 @@ _RULE_ERRORS = frozenset(
 
 
 _NEVER = float("-inf")
+
+_GRACE_PASSED = " (resume grace passed)"
 
 _MAX_ATTEMPTS = 16
 """Cluster: times one room change is decided again because another node changed the

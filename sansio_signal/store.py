@@ -19,8 +19,10 @@ The shared state
 ``mailbox R/U``
     the frames waiting for member ``U`` of ``R``, oldest first: every frame for a member
     goes through its mailbox, so one member's frames have one order, whichever node
-    sends them. Capped (the oldest go first; the machine bounds it tighter than the
-    store does) and expiring (a mailbox nobody takes is dropped eventually).
+    sends them. Bounded: a full mailbox refuses the next frame and its member's node
+    is told (the holder of a held member ends the hold, as one process does when its
+    resume queue overflows); and expiring (a mailbox nobody takes is dropped
+    eventually).
 ``node N``
     alive while its heartbeat is fresher than the node timeout; a node learns which of
     its members have mail through *notices*: ``(R, U)`` pairs the store hands to node
@@ -214,10 +216,12 @@ class StoreFailed:
 
 @attrs.frozen(kw_only=True)
 class MailNotice:
-    """Member ``user`` of ``room``, on this node, has frames in its mailbox."""
+    """Member ``user`` of ``room``, on this node, has frames in its mailbox. ``full``:
+    its mailbox is full and refused a frame (said once, even when the member is held)."""
 
     room: str
     user: str
+    full: bool = False
 
 
 @attrs.frozen(kw_only=True)

@@ -54,9 +54,9 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, nodes: int = 3) -> None:
+    def __init__(self, nodes: int = 3, mailbox_cap: int = LIMITS.resume_queue_frames) -> None:
         tokens = itertools.count()
-        self.store = SimStore()
+        self.store = SimStore(mailbox_cap=mailbox_cap)
         self.nodes = {
             f"n{i}": Node(
                 RelayMachine(limits=LIMITS, new_token=lambda: f"tok{next(tokens)}", node=f"n{i}")
@@ -187,8 +187,8 @@ def types(client: Client) -> list[str]:
     return [f["type"] for f in client.frames]
 
 
-def new_cluster() -> Cluster:
-    cluster = Cluster()
+def new_cluster(mailbox_cap: int = LIMITS.resume_queue_frames) -> Cluster:
+    cluster = Cluster(mailbox_cap=mailbox_cap)
     cluster.pending_close = []
     return cluster
 
@@ -305,6 +305,28 @@ def test_a_hold_that_is_not_resumed_leaves_once() -> None:
     cl.settle()
     assert types(a).count("user-left-room") == 1
     assert list(cl.store.members("r")) == ["alice"]
+
+
+def test_a_held_members_full_mailbox_ends_its_hold() -> None:
+    """As one process's resume queue overflowing: the member leaves at once, once."""
+    cl = new_cluster(mailbox_cap=3)
+    a, b = cl.connect("n0"), cl.connect("n1")
+    cl.join(a, "r", "alice")
+    cl.settle()
+    cl.join(b, "r", "bob")
+    cl.settle()
+    cl.end(b, clean=False)
+    cl.settle()
+    for _ in range(4):
+        cl.send(
+            a, {"channel": SIGNALING, "type": "webrtc-ice", "toUserId": "bob", "candidate": None}
+        )
+    cl.settle()
+    assert [f["userId"] for f in a.frames if f["type"] == "user-left-room"] == ["bob"]
+    assert cl.nodes["n1"].machine.stats.holds_overflowed == 1
+    cl.advance(LIMITS.resume_grace + 1)
+    cl.settle()
+    assert [f["userId"] for f in a.frames if f["type"] == "user-left-room"] == ["bob"]
 
 
 def test_a_resume_while_the_old_socket_is_open_on_another_node_replaces_it() -> None:

@@ -86,12 +86,12 @@ MakeStore = Callable[..., Store]
 def make_store(request: pytest.FixtureRequest) -> Iterator[MakeStore]:
     """A function making a fresh, empty store (``mailbox_cap=``) of each kind."""
     if request.param == "sim":
-        yield lambda mailbox_cap=10_000: SimStore(mailbox_cap=mailbox_cap)
+        yield lambda mailbox_cap=512: SimStore(mailbox_cap=mailbox_cap)
         return
     url: str = request.getfixturevalue("redis_url")
     made: list[SyncRedis] = []
 
-    def make(mailbox_cap: int = 10_000) -> Store:
+    def make(mailbox_cap: int = 512) -> Store:
         made.append(SyncRedis(url, mailbox_cap))
         return made[-1]
 
@@ -153,12 +153,21 @@ def test_a_mailbox_is_taken_only_by_the_socket_its_record_names(make_store: Make
     assert take(store, "a", moved) == ("f1", "f2")  # the resume takes what it missed
 
 
-def test_a_leave_drops_the_mailbox_and_the_cap_drops_the_oldest(make_store: MakeStore) -> None:
+def test_a_leave_drops_the_mailbox_and_a_full_one_refuses_and_says_so(
+    make_store: MakeStore,
+) -> None:
     store = make_store(mailbox_cap=3)
     commit(store, 0, put={"a": A, "b": B})
+    store.notices("n1")
     for i in range(5):
         store.apply(Post(op=i, room="r", user="a", text=str(i)))
-    assert take(store, "a", A) == ("2", "3", "4")
+    assert store.notices("n1") == [
+        MailNotice(room="r", user="a"),
+        MailNotice(room="r", user="a", full=True),  # once, at the first refused frame
+    ]
+    assert take(store, "a", A) == ("0", "1", "2")
+    store.apply(Post(op=8, room="r", user="a", text="3"))  # room again: taken, then noticed
+    assert take(store, "a", A) == ("3",)
     store.apply(Post(op=9, room="r", user="a", text="left behind"))
     commit(store, 1, delete=("a",))
     commit(store, 2, put={"a": A})

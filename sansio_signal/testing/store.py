@@ -33,8 +33,11 @@ from sansio_signal.store import (
     Taken,
 )
 
-MAILBOX_CAP = 10_000
-"""Frames a mailbox keeps at most (the oldest go first), as the Redis store caps it."""
+MAILBOX_CAP = 512
+"""Frames a mailbox holds at most (``Limits.resume_queue_frames``'s default)."""
+
+_FULL = "\x00full"
+"""Marks a mailbox that refused a frame (so that it is said once); never taken."""
 
 
 @attrs.define
@@ -75,7 +78,7 @@ class SimStore:
         return sorted(r for r, room in self._rooms.items() if room.members)
 
     def mailbox(self, room: str, user: str) -> list[str]:
-        return list(self._mailboxes.get((room, user), ()))
+        return [f for f in self._mailboxes.get((room, user), ()) if f is not _FULL]
 
     def notices(self, node: str) -> list[MailNotice | NodeMessage]:
         """The notices for ``node`` since the last call, oldest first."""
@@ -168,10 +171,14 @@ class SimStore:
         if record is None:
             return
         box = self._mailboxes.setdefault((room_id, user), deque())
+        if len(box) >= self.mailbox_cap:
+            if len(box) == self.mailbox_cap:  # said once: the refused frame marks it
+                box.append(_FULL)
+                notice = MailNotice(room=room_id, user=user, full=True)
+                self._notices.setdefault(record.node, []).append(notice)
+            return
         was_empty = not box
         box.append(text)
-        while len(box) > self.mailbox_cap:
-            box.popleft()
         if was_empty and not record.held:
             self._notices.setdefault(record.node, []).append(MailNotice(room=room_id, user=user))
 
@@ -181,4 +188,4 @@ class SimStore:
         if record is None or record.held or (record.node, record.conn) != (op.node, op.conn):
             return Taken(op=op.op, frames=())
         box = self._mailboxes.pop((op.room, op.user), deque())
-        return Taken(op=op.op, frames=tuple(box))
+        return Taken(op=op.op, frames=tuple(f for f in box if f is not _FULL))
