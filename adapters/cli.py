@@ -554,7 +554,9 @@ def open_store(url: str | None, limits: Limits) -> RedisStore | None:
         raise ValueError(
             f"--redis needs redis-py ({exc}); install it with: pip install 'sansio-signal[redis]'"
         ) from None
-    return RedisStore.from_url(url, mailbox_cap=limits.resume_queue_frames)
+    return RedisStore.from_url(
+        url, timeout=limits.node_timeout, mailbox_cap=limits.resume_queue_frames
+    )
 
 
 def read_secret(path: str | None) -> bytes | None:

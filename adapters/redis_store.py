@@ -278,8 +278,14 @@ class RedisStore:
         self._last_notice: dict[str, str] = {}
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RedisStore:
-        return cls(aioredis.Redis.from_url(url), **kwargs)
+    def from_url(cls, url: str, *, timeout: float = 5.0, **kwargs: Any) -> RedisStore:
+        """A store on the Redis at ``url``. ``timeout``: seconds a command may take (or a
+        connection to open) before it counts as Redis being unreachable — a Redis that
+        accepts connections but stops answering must not hold the relay's joins."""
+        client = aioredis.Redis.from_url(
+            url, socket_timeout=max(timeout, 2.0), socket_connect_timeout=timeout
+        )
+        return cls(client, **kwargs)
 
     def _room_key(self, room: str) -> str:
         return f"{self.prefix}{{{room}}}:room"

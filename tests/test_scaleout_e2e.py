@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -267,19 +269,32 @@ def test_a_process_that_dies_hands_its_members_over(
     run(scenario())
 
 
+@pytest.mark.parametrize("how", ["killed", "frozen"])
 def test_redis_down_is_503_and_unavailable_then_recovers(
+    how: str,
     redis_server: RedisServer,  # noqa: F811
     tmp_path: Path,
 ) -> None:
+    """Killed: connections refused. Frozen (SIGSTOP): it accepts and never answers —
+    the relay's commands time out instead of holding joins forever."""
+
     async def scenario() -> None:
         async with nodes(redis_server, tmp_path, "east") as (east,):
-            redis_server.kill()
-            await until(lambda: healthz(east)[0] == 503)
-            assert healthz(east)[1]["redis"] == "down"
-            ws = await joined(east, "demo", "alice")
-            error = await recv(ws)
-            assert (error["type"], error["code"]) == ("error", "unavailable")
-            redis_server.restart()
+            if how == "killed":
+                redis_server.kill()
+            else:
+                os.kill(redis_server.pid, signal.SIGSTOP)
+            try:
+                await until(lambda: healthz(east)[0] == 503)
+                assert healthz(east)[1]["redis"] == "down"
+                ws = await joined(east, "demo", "alice")
+                error = await recv(ws)
+                assert (error["type"], error["code"]) == ("error", "unavailable")
+            finally:
+                if how == "killed":
+                    redis_server.restart()
+                else:
+                    os.kill(redis_server.pid, signal.SIGCONT)
             await until(lambda: healthz(east)[0] == 200)
             await send(
                 ws, {"channel": ROOMS, "type": "join-room", "roomId": "demo", "userId": "alice"}
