@@ -730,6 +730,23 @@ class ClientMachine:
             ServerErrorReceived(channel=error.channel, code=error.code.value, message=error.message)
         ]
         refused = error.channel == Channel.ROOMS and error.code in _JOIN_REFUSALS
+        if (
+            error.channel == Channel.ROOMS
+            and error.code == ErrorCode.UNAVAILABLE
+            and self.state in (ClientState.JOINING, ClientState.REJOINING)
+        ):
+            # A server of a cluster cannot reach its shared store: our join was not
+            # decided. Reconnect (with the usual back-off; behind a load balancer maybe
+            # to another server) and join — or resume — again.
+            actions.append(
+                Log(
+                    level=LogLevel.INFO,
+                    message="the server cannot decide our join now (%s): reconnecting",
+                    args=(error.message,),
+                )
+            )
+            actions.append(DisconnectFromServer())
+            return actions
         if refused:
             self._joins_in_flight = max(0, self._joins_in_flight - 1)
         if refused and self.resuming and self._joins_in_flight == 0:

@@ -456,6 +456,29 @@ def test_a_refused_join_returns_to_the_lobby() -> None:
     assert (m.state, m.room_id) == (ClientState.LOBBY, None)
 
 
+def test_an_undecided_join_reconnects_and_joins_again() -> None:
+    """``unavailable`` (a cluster's server cannot reach its store): not a refusal — the
+    client reconnects with its back-off and joins again."""
+    m = machine("alice")
+    m.handle(ConnectRequested(), 0.0)
+    m.handle(ServerConnected(), 0.0)
+    m.handle(JoinRequested(room_id=ROOM), 0.0)
+    error = Error(channel="webrtc-dashboard-rooms", code=ErrorCode.UNAVAILABLE, message="down")
+    out = m.handle(server(error), 0.1)
+    assert out[0] == ServerErrorReceived(
+        channel="webrtc-dashboard-rooms", code="unavailable", message="down"
+    )
+    assert out[-1] == DisconnectFromServer()
+    assert not any(isinstance(a, JoinRefused) for a in out)
+    m.handle(ServerDisconnected(close_code=1000), 0.2)
+    deadline = m.next_deadline()
+    assert deadline is not None and deadline > 0.2
+    assert ConnectToServer() in m.handle_timer(deadline)
+    again = m.handle(ServerConnected(), deadline + 0.1)
+    joins = [a for a in again if isinstance(a, SendToServer) and '"join-room"' in a.text]
+    assert len(joins) == 1 and m.room_id == ROOM
+
+
 def test_a_taken_user_id_through_the_relay() -> None:
     net = Net()
     net.add("alice")

@@ -594,6 +594,13 @@ export class ClientMachine {
   _onError(now, error) {
     const actions = [{ kind: "ServerErrorReceived", channel: error.channel, code: error.code, message: error.message }];
     const refused = error.channel === Channel.ROOMS && JOIN_REFUSALS.has(error.code);
+    if (error.channel === Channel.ROOMS && error.code === "unavailable"
+        && (this.state === ClientState.JOINING || this.state === ClientState.REJOINING)) {
+      // a cluster's server cannot reach its store: reconnect (back-off) and join again
+      actions.push(log("info", `the server cannot decide our join now (${error.message}): reconnecting`));
+      actions.push({ kind: "DisconnectFromServer" });
+      return actions;
+    }
     if (refused) this._joinsInFlight = Math.max(0, this._joinsInFlight - 1);
     if (refused && this.resuming && this._joinsInFlight === 0) actions.push(...this._giveUpResume(now));
     if (refused && this.state === ClientState.JOINING && this._joinsInFlight === 0) {
