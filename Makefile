@@ -53,5 +53,6 @@ test: lint typecheck
 bench: install
 	$(BIN)/python benchmarks/bench_core.py
 	$(BIN)/python benchmarks/bench_relay.py
+	$(BIN)/python benchmarks/bench_scaleout.py
 	$(BIN)/python benchmarks/bench_client.py
 	$(BIN)/python benchmarks/bench_mesh.py
