@@ -368,9 +368,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a relay and N Python peers in one room, check the full mesh",
         description="Start a relay on a free loopback port, let N aiortc peers join one "
         "room, form the full mesh and exchange a message over every pair's data channel. "
+        "With --nodes N > 1 the relay is N 'serve --redis' processes on a redis-server "
+        "the demo starts (and stops), the peers spread over them round-robin. "
         "Exits 0 only if every pair worked.",
     )
     demo.add_argument("--peers", type=_positive_int, default=4, help="(default %(default)s)")
+    demo.add_argument(
+        "--nodes",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="relay processes; more than 1 starts a redis-server (Debian package "
+        "redis-server) and N 'serve --redis' processes on it (default %(default)s: one "
+        "relay in this process, no Redis)",
+    )
     demo.add_argument("--json", action="store_true", help="print one JSON object")
     demo.add_argument("--trace", metavar="DIR", help="write relay and client traces to DIR")
     demo.add_argument(
@@ -647,7 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo import main_demo  # aiortc is needed for this command only
         except ModuleNotFoundError as exc:
             return _without_rtc("demo", exc)
-        return main_demo(args.peers, args.json, args.trace, args.timeout)
+        return main_demo(args.peers, args.json, args.trace, args.timeout, nodes=args.nodes)
     if args.command == "token":
         try:
             secret = load_secret(Path(args.secret_file).read_bytes())
