@@ -702,7 +702,7 @@ class RelayMachine:
 
     # ------------------------------------------------------------------ membership
 
-    def _leave(self, c: _Conn, conn: ConnId) -> list[RelayAction]:
+    def _leave(self, c: _Conn, conn: ConnId, then: _Then | None = None) -> list[RelayAction]:
         room_id, user_id = c.room_id, c.user_id
         assert room_id is not None and user_id is not None
         c.room_id = c.user_id = c.resume_token = None
@@ -710,7 +710,7 @@ class RelayMachine:
         if c.phase is Phase.JOINED:
             c.phase = Phase.LOBBY
         if self.node is not None:
-            return self._cluster_leave(room_id, user_id, conn)
+            return self._cluster_leave(room_id, user_id, conn, then)
         return self._depart(room_id, user_id)
 
     def _on_join(
@@ -1103,7 +1103,9 @@ class RelayMachine:
                 plan["refused"] = None
                 refused[:] = [refusal]
                 return None
-            if c.phase is Phase.JOINED and c.room_id != room_id:
+            if c.phase is Phase.JOINED:
+                # admitted: out of the current room first (as one process does: the
+                # others see it leave, its mailbox goes), then in as a new member
                 plan["leave first"] = None
                 return None
             if other:
@@ -1120,23 +1122,17 @@ class RelayMachine:
             )
             plan["join"] = None
             entry = _entry(UserJoinedRoom.TYPE, encode(joined))
-            delete: tuple[str, ...] = ()
-            post = [(m, entry) for m in others]
-            if c.room_id == room_id and c.user_id is not None and c.user_id != user_id:
-                # the same connection, another id in this room: the old id leaves
-                delete = (c.user_id,)
-                left = _entry(
-                    UserLeftRoom.TYPE, encode(UserLeftRoom(room_id=room_id, user_id=c.user_id))
-                )
-                post = [(m, left) for m in others] + post
-            return _Change(put={user_id: record}, delete=delete, post=tuple(post))
+            return _Change(put={user_id: record}, post=tuple((m, entry) for m in others))
 
         def done(result: RoomCommitted | None) -> list[RelayAction]:
             if "refused" in plan:
                 return self._refuse_join(c, conn, msg, refused[0], now) + self._ready(conn, now)
-            if "leave first" in plan:  # admitted: out of the current room, then in
-                leaving = self._leave(c, conn)
-                return leaving + self._transact(_Txn(room_id, decide, done, failed))
+            if "leave first" in plan:
+
+                def rejoin(now: float) -> list[RelayAction]:
+                    return self._transact(_Txn(room_id, decide, done, failed))
+
+                return self._leave(c, conn, rejoin)
             assert result is not None
             if conn not in self._conns:  # gone meanwhile: it leaves again
                 return self._cluster_leave(room_id, user_id, conn)
@@ -1166,20 +1162,21 @@ class RelayMachine:
                         args=(user_id, room_id),
                     )
                 )
-                c.taking = True  # what it missed, before anything else
-                op = self._ask(lambda r, t: self._taken_mail(conn, r, t, then_ready=True))
+            else:
                 actions.append(
-                    Take(op=op, room=room_id, user=user_id, node=self.node or "", conn=conn)
+                    Log(
+                        level=LogLevel.INFO,
+                        message='User "%s" joined room "%s" (%d members)',
+                        args=(user_id, room_id, len(others) + 1),
+                    )
                 )
-                return actions
-            actions.append(
-                Log(
-                    level=LogLevel.INFO,
-                    message='User "%s" joined room "%s" (%d members)',
-                    args=(user_id, room_id, len(others) + 1),
-                )
-            )
-            return actions + self._ready(conn, now)
+            # Its mailbox now: what it missed (a resume), or what others posted between
+            # the commit and this answer — whose notice may have come first, when this
+            # node did not know the member yet.
+            c.taking = True
+            op = self._ask(lambda r, t: self._taken_mail(conn, r, t, then_ready=True))
+            actions.append(Take(op=op, room=room_id, user=user_id, node=self.node or "", conn=conn))
+            return actions
 
         def failed(reason: str) -> list[RelayAction]:
             error = WireError(
@@ -1221,15 +1218,36 @@ class RelayMachine:
         room_id, user_id, conn = message["replaced"]
         return self._replace(int(conn), str(room_id), str(user_id))
 
-    def _cluster_leave(self, room_id: str, user_id: str, conn: ConnId) -> list[RelayAction]:
+    def _cluster_leave(
+        self, room_id: str, user_id: str, conn: ConnId, then: _Then | None = None
+    ) -> list[RelayAction]:
         """``user_id`` on ``conn`` leaves ``room_id`` (already out of it here): the store
         forgets it and the rest are told — unless its place is not this connection's
-        any more (a resume elsewhere took it)."""
+        any more (a resume elsewhere took it). A connection still open waits for that
+        (its next frames, a join, must not race its own leave); ``then`` runs once the
+        leave is decided."""
         if self._local.get((room_id, user_id)) == conn:
             del self._local[(room_id, user_id)]
-        return self._transact(self._departure(room_id, user_id, conn, held=False, why=""))
+        c = self._conns.get(conn)
+        if then is None and c is not None and c.phase is not _CLOSED:
+            self._busy(c)
 
-    def _departure(self, room_id: str, user_id: str, conn: ConnId, *, held: bool, why: str) -> _Txn:
+            def then(now: float) -> list[RelayAction]:
+                return self._ready(conn, now)
+
+        txn = self._departure(room_id, user_id, conn, held=False, why="", then=then)
+        return self._transact(txn)
+
+    def _departure(
+        self,
+        room_id: str,
+        user_id: str,
+        conn: ConnId,
+        *,
+        held: bool,
+        why: str,
+        then: _Then | None = None,
+    ) -> _Txn:
         def decide(members: Members) -> _Change | None:
             record = members.get(user_id)
             if not self._mine(record, conn) or (held and record is not None and not record.held):
@@ -1239,18 +1257,20 @@ class RelayMachine:
                 delete=(user_id,), post=tuple((m, left) for m in members if m != user_id)
             )
 
+        def after() -> list[RelayAction]:
+            return [] if then is None else then(self._now)
+
         def done(result: RoomCommitted | None) -> list[RelayAction]:
             if result is None:
-                return []
+                return after()
             if held and why == _GRACE_PASSED:
                 self.stats.holds_expired += 1
-            return [
-                Log(
-                    level=LogLevel.INFO,
-                    message='User "%s" left room "%s"%s',
-                    args=(user_id, room_id, why),
-                )
-            ]
+            left = Log(
+                level=LogLevel.INFO,
+                message='User "%s" left room "%s"%s',
+                args=(user_id, room_id, why),
+            )
+            return [left, *after()]
 
         def failed(reason: str) -> list[RelayAction]:
             # Not decided: the store decides when it is back (the node sweep of a dead
@@ -1260,7 +1280,8 @@ class RelayMachine:
                     level=LogLevel.WARNING,
                     message='Leave of user "%s" from room "%s" not recorded: %s',
                     args=(user_id, room_id, reason),
-                )
+                ),
+                *after(),
             ]
 
         return _Txn(room_id, decide, done, failed)
@@ -1449,6 +1470,9 @@ _MAX_ATTEMPTS = 16
 room first, before it fails (``unavailable``)."""
 
 _Callback = Callable[[StoreResult, float], list[RelayAction]]
+
+_Then = Callable[[float], list[RelayAction]]
+"""What runs once a room change is decided (given ``now``)."""
 
 
 @attrs.frozen

@@ -88,6 +88,12 @@ async def joined(url: str, room: str, user: str, token: str | None = None) -> Cl
     return ws
 
 
+async def ice(ws: ClientConnection, to: str, **fields: Any) -> None:
+    """A ``webrtc-ice`` (end of candidates) to ``to``, with ``fields`` of its own."""
+    frame = {"channel": SIGNALING, "type": "webrtc-ice", "toUserId": to, "candidate": None}
+    await send(ws, {**frame, **fields})
+
+
 def healthz(url: str) -> tuple[int, dict[str, Any]]:
     http_url = url.replace("ws://", "http://") + "healthz"
     try:
@@ -128,16 +134,7 @@ def test_members_on_two_processes_share_a_room(redis_server: RedisServer, tmp_pa
             assert own["existingParticipants"] == ["alice"] and "resumeToken" in own
             assert (await recv(alice))["userId"] == "bob"
             for i in range(20):
-                await send(
-                    alice,
-                    {
-                        "channel": SIGNALING,
-                        "type": "webrtc-ice",
-                        "toUserId": "bob",
-                        "candidate": None,
-                        "n": i,
-                    },
-                )
+                await ice(alice, "bob", n=i)
             got = [await recv(bob) for _ in range(20)]
             assert [f["n"] for f in got] == list(range(20))
             assert {(f["fromUserId"], f["roomId"]) for f in got} == {("alice", "demo")}
@@ -188,16 +185,7 @@ def test_a_dropped_member_resumes_on_the_other_process(
             bob.transport.abort()  # the socket drops: held for a resume
             await until(lambda: metric(east, "sansio_signal_held_members") == 1)
             for i in range(5):
-                await send(
-                    alice,
-                    {
-                        "channel": SIGNALING,
-                        "type": "webrtc-ice",
-                        "toUserId": "bob",
-                        "candidate": None,
-                        "n": i,
-                    },
-                )
+                await ice(alice, "bob", n=i)
             bob2 = await joined(west, "demo", "bob", token=token)
             own = await recv(bob2)
             assert own["type"] == "user-joined-room" and own["existingParticipants"] == ["alice"]
