@@ -5,8 +5,7 @@ real ``redis-server`` act as one relay.
   process) and every one sends :data:`ROUNDS` numbered ``webrtc-ice`` frames to every
   other, all at once: nothing lost, duplicated, misrouted or reordered per sender →
   target, and every member's view of the room is the one a single global order of joins
-  gives; then a third of them leave and the rest hear each leave once. (xfail, not
-  strict: a lost mail notice in the relay makes it fail about one run in three.)
+  gives; then a third of them leave and the rest hear each leave once.
 - 30 joins of one room at once on 3 processes are all admitted (xfail, strict: the
   relay's bound on retries of a room change refuses some with ``unavailable``).
 - 6 aiortc peers (the asyncio ``Client``) on 3 processes form the full mesh.
@@ -196,14 +195,6 @@ def delivery_report(members: list[Member]) -> str:
     return ", ".join(f"{m.user}: {arrived[m.user]}" for m in members)
 
 
-@pytest.mark.xfail(
-    strict=False,  # it passes when the race below does not strike (about 2 runs in 3)
-    reason="relay bug (issue 14, cluster mail): a node that reads a mail notice for its "
-    "member before the result of that member's own join commit drops it "
-    "(RelayMachine._on_notice finds no local member), and the mailbox script notifies "
-    "only when a box goes from empty to one frame, so that member never gets another "
-    "frame: a user-joined-room or signals go missing",
-)
 def test_thirty_clients_on_three_processes_signal_without_loss_or_reordering(
     redis_server: RedisServer,  # noqa: F811
     tmp_path: Path,
