@@ -38,6 +38,7 @@ from .server import (
     DEFAULT_SEND_BUFFER,
     SERVICE_RESTART,
     RelayServer,
+    incarnation,
     normalize_origin,
 )
 
@@ -482,7 +483,7 @@ async def run_serve(
         limits = limits_from_args(args)
         secret = read_secret(args.secret_file)
         store = open_store(args.redis, limits)
-        node = (args.node_id or secrets.token_hex(4)) if store is not None else None
+        node = incarnation(args.node_id or secrets.token_hex(4)) if store is not None else None
         machine = None
         log = logging.getLogger("sansio_signal.relay")
         if secret is None:
@@ -512,7 +513,7 @@ async def run_serve(
             ping_timeout=args.ping_timeout,
             log_lines=log_lines,
             store=store,
-            node_id=node,
+            node_id=args.node_id if store is not None else None,
         )
         signals: list[int] = []
         stop = asyncio.Event()

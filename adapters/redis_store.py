@@ -347,13 +347,15 @@ class RedisStore:
             box = f"{self.prefix}{{{op.room}}}:box:{op.user}"
             await self._take(keys=[key, box], args=[op.user, op.node, str(op.conn)], client=pipe)
 
-    async def heartbeat(self, node: str, ttl_ms: int) -> None:
-        """Say that ``node`` is alive for ``ttl_ms`` more (raises when Redis cannot be
-        reached)."""
+    async def heartbeat(self, node: str, ttl_ms: int) -> bool:
+        """Say that ``node`` is alive for ``ttl_ms`` more; whether it was still alive
+        (false for the first beat, and after a lapse: the others may have swept it).
+        Raises when Redis cannot be reached."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(f"{self.prefix}alive:{node}", "1", px=ttl_ms)
+            pipe.set(f"{self.prefix}alive:{node}", "1", px=ttl_ms, get=True)
             pipe.sadd(f"{self.prefix}nodes", node)
-            await pipe.execute()
+            was, _added = await pipe.execute()
+        return was is not None
 
     async def retire(self, node: str) -> None:
         """``node`` stops (a clean shutdown): its liveness ends now, so the others take

@@ -100,7 +100,7 @@ from sansio_signal import (
     SendFrame,
     is_clean_close,
 )
-from sansio_signal.store import StoreFailed, StoreOp, StoreResult
+from sansio_signal.store import NodeLapsed, StoreFailed, StoreOp, StoreResult
 from sansio_signal.trace import record_line
 
 from .loglines import LogLines
@@ -744,10 +744,12 @@ class RelayServer:
         frames up to its limit and a bit beyond with frame-too-large + 1009; anything
         larger is cut off here (1009)."""
         self.store = store
+        self.node_name = node_id or (machine.node if machine is not None else None)
+        """Scale-out: this process's name (``--node-id``) in /healthz and /metrics."""
         node = None
         if store is not None:
-            node = (machine.node if machine is not None else None) or node_id
-            node = node or secrets.token_hex(4)
+            self.node_name = self.node_name or secrets.token_hex(4)
+            node = incarnation(self.node_name)
         self.machine = machine or RelayMachine(
             limits=self.limits, new_token=lambda: secrets.token_urlsafe(18), node=node
         )
@@ -802,7 +804,7 @@ class RelayServer:
                 "This process in a cluster (always 1; the label is its node id).",
                 ["node"],
                 registry=self.registry,
-            ).labels(node=self.machine.node).set(1)
+            ).labels(node=self.node_name or self.machine.node).set(1)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -870,10 +872,14 @@ class RelayServer:
         # forgiven, and a dead node's key is gone within 2/3 of the timeout — the other
         # nodes' sweeps (every third) notice it within the timeout.
         ttl_ms = int(self.node_timeout * 2000 / 3)
+        first = True
         while True:
             try:
-                await self.store.heartbeat(self.machine.node, ttl_ms)
+                alive = await self.store.heartbeat(self.machine.node, ttl_ms)
                 self._set_redis(True)
+                if not alive and not first:  # the others may have taken our members
+                    self._feed(NodeLapsed())
+                first = False
             except self.store.errors as exc:
                 self._set_redis(False, exc)
             await asyncio.sleep(self.node_timeout / 3)
@@ -984,8 +990,8 @@ class RelayServer:
             "rooms": self.machine.room_count,
         }
         if self.store is not None:
-            assert self.machine.node is not None
-            body["node"] = self.machine.node
+            assert self.node_name is not None
+            body["node"] = self.node_name
             body["redis"] = "ok" if self.redis_ok else "down"
         return body
 
@@ -1381,6 +1387,13 @@ def _feed_protocol(protocol: asyncio.BufferedProtocol, data: bytes) -> None:
 def _code(code: object) -> int:
     """A picows close code as an int (it reports codes it has no name for as ints)."""
     return int(code.value) if isinstance(code, WSCloseCode) else int(code)  # type: ignore[call-overload]
+
+
+def incarnation(name: str) -> str:
+    """The id a process named ``name`` has in the store: the name and a random part, so
+    that a process restarted under the same ``--node-id`` is a new node — the old one's
+    members are swept, not taken for its own."""
+    return f"{name}.{secrets.token_hex(3)}"
 
 
 def _close_bound(close_timeout: float | None) -> float:

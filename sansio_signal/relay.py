@@ -107,6 +107,7 @@ from .store import (
     MemberRecord,
     Members,
     NodeClaimed,
+    NodeLapsed,
     NodeMessage,
     Post,
     Posted,
@@ -162,7 +163,7 @@ def is_clean_close(code: int | None, *, by_server: bool, server_code: int | None
     return code in (CloseCode.NORMAL, CloseCode.GOING_AWAY)
 
 
-_IDLE, _HELD, _PARKED, _SWEEP = "idle", "held", "parked", "sweep"
+_IDLE, _HELD, _PARKED, _SWEEP, _RETRY = "idle", "held", "parked", "sweep", "retry"
 """The kinds of deadline in the machine's ``Timers``: ``(kind, conn)`` for the first two,
 ``(_PARKED, address)`` for the rate buckets an address's ended connections left."""
 
@@ -294,6 +295,9 @@ class RelayMachine:
         self._now = _NEVER
         """The latest ``now`` fed in: ``now`` never goes back."""
         self._pseudo = itertools.count(1)
+        self._retries: dict[int, _Txn] = {}
+        """Cluster: room changes that must happen (a leave, a hold, its end) whose store
+        could not be reached: tried again a second later, until it can."""
         """Cluster: ids (negated) of the holds this node took over from dead nodes."""
 
     # ------------------------------------------------------------------ public API
@@ -356,6 +360,10 @@ class RelayMachine:
                 self._expire_parked(which, now)
             elif kind == _SWEEP:
                 actions += self._sweep(now)
+            elif kind == _RETRY:
+                txn = self._retries.pop(which)
+                txn.attempts = 0
+                actions += self._transact(txn)
             else:
                 actions += self._idle_check(which, now)
         return self._after(actions)
@@ -545,9 +553,6 @@ class RelayMachine:
             raise _not_open(conn)
         if c.phase is _CLOSED:
             return []  # still in flight when we closed it; nothing to decide
-        if c.waiting is not None:  # cluster: its room is changing; in order, after that
-            c.waiting.append((data, wall_time))
-            return []
         c.last_frame = now
         limits = self.limits
         # A frame of at most max_frame_bytes / 4 characters cannot be over the limit
@@ -576,6 +581,16 @@ class RelayMachine:
                 )
                 return self._reply_error(c, conn, error, now)
             c.tokens = tokens - 1.0
+        if c.waiting is not None:  # cluster: its room is changing; in order, after that
+            if len(c.waiting) >= _MAX_WAITING:
+                error = WireError(
+                    ErrorCode.UNAVAILABLE,
+                    "the shared store is slow to answer; frame dropped",
+                    _channel_hint(data),
+                )
+                return self._reply_error(c, conn, error, now)
+            c.waiting.append((data, wall_time))
+            return []
         type_ = "invalid"
         try:
             obj = decode_object(data)  # text from here on: binary frames are bad-frame
@@ -1010,6 +1025,8 @@ class RelayMachine:
         return op
 
     def _on_store(self, event: StoreResult, now: float) -> list[RelayAction]:
+        if isinstance(event, NodeLapsed):
+            return self._lapsed(now)
         if isinstance(event, MailNotice):
             if event.full:
                 return self._mailbox_full(event.room, event.user)
@@ -1022,6 +1039,16 @@ class RelayMachine:
         if not isinstance(waiter, _Txn):
             return waiter(event, now)
         if isinstance(event, StoreFailed):
+            if waiter.retry:
+                self._retries[event.op] = waiter
+                self._timers.schedule((_RETRY, event.op), now + _RETRY_AFTER)
+                return [
+                    Log(
+                        level=LogLevel.WARNING,
+                        message='A change of room "%s" waits for the store (%s)',
+                        args=(waiter.room, event.reason),
+                    )
+                ]
             return waiter.failed(event.reason)
         if isinstance(event, RoomCommitted) and event.ok:
             return waiter.done(event)
@@ -1272,9 +1299,7 @@ class RelayMachine:
             )
             return [left, *after()]
 
-        def failed(reason: str) -> list[RelayAction]:
-            # Not decided: the store decides when it is back (the node sweep of a dead
-            # or unreachable member's node ends its place); say so.
+        def failed(reason: str) -> list[RelayAction]:  # the room kept changing
             return [
                 Log(
                     level=LogLevel.WARNING,
@@ -1284,7 +1309,7 @@ class RelayMachine:
                 *after(),
             ]
 
-        return _Txn(room_id, decide, done, failed)
+        return _Txn(room_id, decide, done, failed, retry=True)
 
     def _cluster_hold(self, c: _Conn, conn: ConnId, now: float) -> list[RelayAction]:
         """The socket of a member dropped: its record says so (no notices: its mailbox
@@ -1307,12 +1332,31 @@ class RelayMachine:
         def failed(reason: str) -> list[RelayAction]:
             return []
 
-        return actions + self._transact(_Txn(room_id, decide, done, failed))
+        return actions + self._transact(_Txn(room_id, decide, done, failed, retry=True))
 
     def _cluster_expire(self, held: _Held, conn: ConnId) -> list[RelayAction]:
         """A hold's grace passed: the member leaves, if its place is still this hold."""
         txn = self._departure(held.room_id, held.user_id, conn, held=True, why=_GRACE_PASSED)
         return self._transact(txn)
+
+    def _lapsed(self, now: float) -> list[RelayAction]:
+        """This node's heartbeat lapsed: another node may have swept its members (their
+        records then name it, and a resume may have moved some). Every member here is
+        closed with 1012 so that its client comes back and resumes — here or elsewhere —
+        from what the store says now."""
+        actions: list[RelayAction] = [
+            Log(
+                level=LogLevel.WARNING,
+                message="This node's heartbeat lapsed: closing its %d members (1012) so they"
+                " resume from what the cluster holds now",
+                args=(len(self._local),),
+            )
+        ]
+        for conn in list(self._local.values()):
+            c = self._conns.get(conn)
+            if c is not None and c.phase is Phase.JOINED:
+                actions += self._close(c, conn, CloseCode.SERVICE_RESTART, "rejoin the cluster")
+        return actions
 
     def _sweep(self, now: float) -> list[RelayAction]:
         """Look for dead nodes (every third of the node timeout); the members of each
@@ -1465,7 +1509,19 @@ _NEVER = float("-inf")
 
 _GRACE_PASSED = " (resume grace passed)"
 
-_MAX_ATTEMPTS = 16
+_MAX_ATTEMPTS = 1024
+"""Cluster: times one room change is decided again because another change of the room
+committed first. Optimistic, not locked: every conflict means another change went
+through, so k changes racing on one room take at most k rounds — a burst of joins of a
+full room, twice that with leaves; the bound only stops a change that could never go
+through (then it fails: ``unavailable``)."""
+
+_MAX_WAITING = 256
+"""Cluster: frames one connection may have waiting for its room's change; more are
+answered ``unavailable`` (a flood during a long store outage costs bounded memory)."""
+
+_RETRY_AFTER = 1.0
+"""Cluster: seconds before a room change that must happen is tried again."""
 """Cluster: times one room change is decided again because another node changed the
 room first, before it fails (``unavailable``)."""
 
@@ -1496,6 +1552,9 @@ class _Txn:
     done: Callable[[RoomCommitted | None], list[RelayAction]]
     failed: Callable[[str], list[RelayAction]]
     attempts: int = 0
+    retry: bool = False
+    """Tried again while the store cannot be reached (a change that must happen: a
+    leave, a hold, its end), rather than ``failed``."""
 
 
 _STORE_RESULTS = (
@@ -1508,6 +1567,7 @@ _STORE_RESULTS = (
     StoreFailed,
     MailNotice,
     NodeMessage,
+    NodeLapsed,
 )
 
 

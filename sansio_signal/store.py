@@ -231,6 +231,12 @@ class NodeMessage:
     text: str
 
 
+@attrs.frozen(kw_only=True)
+class NodeLapsed:
+    """This node's heartbeat lapsed (it was paused, or cut off from the store, longer
+    than its liveness lasts): the others may have taken its members over."""
+
+
 StoreResult: TypeAlias = (
     RoomRead
     | RoomCommitted
@@ -241,5 +247,6 @@ StoreResult: TypeAlias = (
     | StoreFailed
     | MailNotice
     | NodeMessage
+    | NodeLapsed
 )
 """An event: what the store answered (or announced)."""

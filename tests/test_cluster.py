@@ -28,7 +28,14 @@ from sansio_signal import (
     RelayMachine,
     SendFrame,
 )
-from sansio_signal.store import MailNotice, NodeMessage, StoreOp, StoreResult
+from sansio_signal.store import (
+    MailNotice,
+    NodeLapsed,
+    NodeMessage,
+    StoreFailed,
+    StoreOp,
+    StoreResult,
+)
 from sansio_signal.testing.store import SimStore
 
 ROOMS, SIGNALING, CHAT = "webrtc-dashboard-rooms", "webrtc-signaling", "webrtc-dashboard-chat"
@@ -146,11 +153,18 @@ class Cluster:
             if client.node == name:
                 client.closed = True
 
+    store_down = False
+    """While true, every store operation fails (Redis unreachable)."""
+
     def step_store(self, name: str) -> bool:
         node = self.nodes[name]
         if not node.ops:
             return False
-        node.answers.append(self.store.apply(node.ops.popleft()))
+        op = node.ops.popleft()
+        if self.store_down:
+            node.answers.append(StoreFailed(op=op.op, reason="down"))
+            return True
+        node.answers.append(self.store.apply(op))
         for other, n in self.nodes.items():
             n.notices.extend(self.store.notices(other))
         for gone in set(self.store.alive) - set(self.nodes):
@@ -274,6 +288,44 @@ def test_mail_noticed_before_the_joins_own_answer_is_delivered() -> None:
     assert cl.step_notice("n1")  # ... which arrives first
     cl.settle()
     assert types(b) == ["user-joined-room", "webrtc-ice"]
+
+
+def test_a_leave_while_the_store_is_down_happens_once_it_is_back() -> None:
+    cl = new_cluster()
+    a, b = alice_and_bob(cl)
+    cl.store_down = True
+    cl.end(b, clean=True)
+    cl.settle()
+    assert "user-left-room" not in types(a)
+    cl.store_down = False
+    cl.advance(1.0)  # the retry
+    cl.settle()
+    assert [f["userId"] for f in a.frames if f["type"] == "user-left-room"] == ["bob"]
+
+
+def test_a_node_whose_heartbeat_lapsed_sends_its_members_to_resume() -> None:
+    """n1 was paused past its liveness: n0 swept bob. When n1 runs again it closes bob
+    (1012); bob resumes — here on n2 — with what he missed; nobody left."""
+    cl = new_cluster()
+    a, b = alice_and_bob(cl)
+    token = b.frames[0]["resumeToken"]
+    cl.store.kill("n1")  # n1 stops beating...
+    paused = cl.nodes.pop("n1")  # ... and runs nothing
+    cl.advance(LIMITS.node_timeout / 3 + 0.01)
+    cl.settle()
+    assert cl.store.members("r")["bob"].held  # swept
+    cl.ice(a, "bob")
+    cl.settle()
+    cl.nodes["n1"] = paused  # it runs again; its next beat finds it lapsed
+    cl.store.heartbeat("n1")
+    cl.feed("n1", NodeLapsed())
+    cl.closes()
+    assert b.closed
+    b2 = cl.connect("n2")
+    cl.join(b2, "r", "bob", token=token)
+    cl.settle()
+    assert types(b2) == ["user-joined-room", "webrtc-ice"]
+    assert "user-left-room" not in types(a)
 
 
 def test_racing_joins_of_one_id_on_two_nodes_have_one_winner() -> None:

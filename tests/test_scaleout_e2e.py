@@ -257,6 +257,69 @@ def test_a_process_that_dies_hands_its_members_over(
     run(scenario())
 
 
+def test_a_paused_process_sends_its_members_to_resume(
+    redis_server: RedisServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """east is paused (SIGSTOP) past its liveness; west sweeps bob. When east runs
+    again it closes bob with 1012, and bob resumes on west with what he missed."""
+
+    async def scenario() -> None:
+        east, east_url = await spawn_serve(tmp_path, *cluster_flags(redis_server, "east"))
+        try:
+            async with nodes(redis_server, tmp_path, "west") as (west,):
+                alice = await joined(west, "demo", "alice")
+                await recv(alice)
+                bob = await joined(east_url, "demo", "bob")
+                token = (await recv(bob))["resumeToken"]
+                await recv(alice)
+                east.send_signal(signal.SIGSTOP)
+                try:
+                    await until(lambda: metric(west, "sansio_signal_held_members") == 1)
+                    await ice(alice, "bob", n=7)
+                finally:
+                    east.send_signal(signal.SIGCONT)
+                assert await closed_with(bob) == 1012
+                bob2 = await joined(west, "demo", "bob", token=token)
+                assert (await recv(bob2))["type"] == "user-joined-room"
+                missed = await recv_until(bob2, "webrtc-ice")
+                assert missed["n"] == 7
+                for ws in (alice, bob2):
+                    await ws.close()
+        finally:
+            await reap(east)
+
+    run(scenario())
+
+
+def test_a_process_restarted_under_its_name_is_a_new_node(
+    redis_server: RedisServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """east is killed and started again at once with the same --node-id: its old
+    members are the dead incarnation's, swept (carol leaves), not taken for its own."""
+
+    async def scenario() -> None:
+        async with nodes(redis_server, tmp_path, "west") as (west,):
+            east, east_url = await spawn_serve(tmp_path, *cluster_flags(redis_server, "east"))
+            try:
+                alice = await joined(west, "demo", "alice")
+                await recv(alice)
+                carol = await joined(east_url, "demo", "carol")
+                await recv(carol)
+                await recv(alice)
+                east.kill()
+                await east.wait()
+                east, east_url = await spawn_serve(tmp_path, *cluster_flags(redis_server, "east"))
+                left = await asyncio.wait_for(recv_until(alice, "user-left-room"), TIMEOUT)
+                assert left["userId"] == "carol"
+                await alice.close()
+            finally:
+                await reap(east)
+
+    run(scenario())
+
+
 @pytest.mark.parametrize("how", ["killed", "frozen"])
 def test_redis_down_is_503_and_unavailable_then_recovers(
     how: str,

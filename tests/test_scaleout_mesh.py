@@ -6,8 +6,8 @@ real ``redis-server`` act as one relay.
   other, all at once: nothing lost, duplicated, misrouted or reordered per sender →
   target, and every member's view of the room is the one a single global order of joins
   gives; then a third of them leave and the rest hear each leave once.
-- 30 joins of one room at once on 3 processes are all admitted (xfail, strict: the
-  relay's bound on retries of a room change refuses some with ``unavailable``).
+- 30 joins of one room at once on 3 processes are all admitted (a bound of 16 on the
+  retries of a room change refused some with ``unavailable``; found here).
 - 6 aiortc peers (the asyncio ``Client``) on 3 processes form the full mesh.
 - ``sansio-signal demo --nodes 3`` starts its own Redis and 3 processes, reports the full
   mesh, and leaves no process behind (also when interrupted); without ``redis-server`` it
@@ -289,14 +289,6 @@ def test_thirty_clients_on_three_processes_signal_without_loss_or_reordering(
     asyncio.run(mesh_of(redis_server, tmp_path, body))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relay bug (issue 14, cluster joins): a room change is decided again at most "
-    "16 times (relay._MAX_ATTEMPTS) when another change committed first, and concurrent "
-    "joins of one room retry in lock step, so the 17th of a burst of joins gets "
-    "'unavailable' (the room kept changing) while Redis is up; one process without "
-    "--redis admits them all",
-)
 def test_a_burst_of_thirty_joins_on_three_processes_is_all_admitted(
     redis_server: RedisServer,  # noqa: F811
     tmp_path: Path,
