@@ -25,6 +25,8 @@ import logging
 import time
 from typing import TextIO
 
+from sansio_signal.actions import Log
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 """The format of every line (``logging``'s default time format)."""
 
@@ -38,6 +40,10 @@ class _LevelNames(dict[int, str]):
 
 
 _LEVEL_NAMES = _LevelNames()
+
+_TAILS = 256
+"""Log actions whose text :meth:`LogLines.action_line` keeps (the machine's constant
+ones come first; a line built anew each time is not worth keeping)."""
 
 
 class LogLines(logging.Handler):
@@ -54,25 +60,52 @@ class LogLines(logging.Handler):
         self._scheduled = False
         self._second = -1
         self._prefix = ""
+        self._millis = -1
+        self._stamped = ""
+        self._tails: dict[int, tuple[Log, str]] = {}
 
     def line(self, level: int, name: str, message: str) -> None:
         """One line, as a record of ``level`` from logger ``name`` would be written
         (the caller checked that the logger is enabled for ``level``). Called from the
         event loop's thread only (the relay's): :meth:`flush` runs there too, so the two
         never interleave and this takes no lock."""
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        millis = int((now - second) * 1000)
-        if self.tag:
-            name = f"{name} [{self.tag}]"
-        self._pending.append(
-            f"{self._prefix},{millis:03d} {_LEVEL_NAMES[level]} {name}: {message}\n"
-        )
+        self._pending.append(self._stamp() + self._tail(level, name, message))
         if not self._scheduled:
             self._schedule()
+
+    def action_line(self, action: Log, name: str) -> None:
+        """:meth:`line` for a machine's :class:`~sansio_signal.actions.Log` action. The
+        machine builds the line of a relayed frame once per frame type and hands the
+        same object every time: its text after the time is made once (the cache keeps
+        the object, so its id cannot be another's)."""
+        entry = self._tails.get(id(action))
+        if entry is not None and entry[0] is action:
+            tail = entry[1]
+        else:
+            tail = self._tail(action.level, name, action.text())
+            if len(self._tails) < _TAILS:
+                self._tails[id(action)] = (action, tail)
+        self._pending.append(self._stamp() + tail)
+        if not self._scheduled:
+            self._schedule()
+
+    def _tail(self, level: int, name: str, message: str) -> str:
+        if self.tag:
+            name = f"{name} [{self.tag}]"
+        return f" {_LEVEL_NAMES[level]} {name}: {message}\n"
+
+    def _stamp(self) -> str:
+        """``logging``'s time, ``YYYY-MM-DD HH:MM:SS,mmm``, made once per millisecond."""
+        now = time.time()
+        millis = int(now * 1000)
+        if millis != self._millis:
+            self._millis = millis
+            second = millis // 1000
+            if second != self._second:
+                self._second = second
+                self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            self._stamped = f"{self._prefix},{millis % 1000:03d}"
+        return self._stamped
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

@@ -1278,7 +1278,7 @@ class RelayServer:
                     if lines is None:
                         logger.log(action.level, action.message, *action.args)
                     else:  # the same line, without a LogRecord (a relayed frame's)
-                        lines.line(action.level, logger.name, action.message % action.args)
+                        lines.action_line(action, logger.name)
             elif isinstance(action, CloseConnection):
                 link = links.get(action.conn)
                 if link is not None:

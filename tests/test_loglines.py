@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from sansio_signal.actions import Log, LogLevel
 from sansio_signal.adapters.loglines import FORMAT, LogLines
 
 LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<rest>.*)")
@@ -104,4 +105,26 @@ def test_a_cluster_node_is_named_in_every_line(relay_log: logging.Logger) -> Non
     assert rests(stream) == [
         "INFO test_loglines.relay [east]: via logging",
         "INFO test_loglines.relay [east]: direct",
+    ]
+
+
+def test_a_machines_log_action_reads_as_its_text_every_time(relay_log: logging.Logger) -> None:
+    """action_line keeps the text of an action it saw; a new action with other
+    arguments is never mistaken for it (even at a reused id)."""
+    stream = io.StringIO()
+    handler = LogLines(stream)
+    message = "Message relayed to %d clients"
+    for n in (1, 1, 2, 3):
+        handler.action_line(Log(level=LogLevel.INFO, message=message, args=(n,)), "relay")
+    constant = Log(level=LogLevel.WARNING, message="slow %s", args=("x",))
+    handler.action_line(constant, "relay")
+    handler.action_line(constant, "relay")
+    handler.flush()
+    assert rests(stream) == [
+        "INFO relay: Message relayed to 1 clients",
+        "INFO relay: Message relayed to 1 clients",
+        "INFO relay: Message relayed to 2 clients",
+        "INFO relay: Message relayed to 3 clients",
+        "WARNING relay: slow x",
+        "WARNING relay: slow x",
     ]
