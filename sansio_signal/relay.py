@@ -1702,10 +1702,12 @@ _CLOSES: tuple[tuple[int, str, tuple[Phase, ...]], ...] = (
     (CloseCode.POLICY, "abuse", _OPEN),
     (CloseCode.TOO_BIG, "too large", _OPEN),
     (CloseCode.REPLACED, "replaced", (Phase.JOINED,)),
+    (CloseCode.SERVICE_RESTART, "node lapsed", (Phase.JOINED,)),
 )
 """The machine's own closes, around the table: ``(close code, why, from phases)``. The
 idle deadline, the abuse rule and the size check close any open connection; a resume
-elsewhere closes the member's old connection if it is still open."""
+elsewhere closes the member's old connection if it is still open; in a cluster, a node
+whose heartbeat lapsed closes its members so that they resume."""
 
 _REFUSED_AT_CONNECT = (CloseCode.TRY_AGAIN_LATER, "address at its limit")
 """The close of a connection refused as it arrives (``Limits.max_per_address``)."""

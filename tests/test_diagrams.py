@@ -18,12 +18,14 @@ from typing import Any
 import pytest
 
 from sansio_signal import relay
-from sansio_signal.actions import CloseConnection, RelayAction
+from sansio_signal.actions import CloseConnection, Log, RelayAction, SendFrame
 from sansio_signal.codes import Channel, CloseCode, ErrorCode
 from sansio_signal.events import Connected, ConnId, FrameReceived
 from sansio_signal.limits import Limits
 from sansio_signal.relay import NEXT_PHASE, Phase, RelayMachine
+from sansio_signal.store import NodeLapsed
 from sansio_signal.testing import RelayHarness
+from sansio_signal.testing.store import SimStore
 from sansio_signal.wire import CLIENT_TYPES, dumps
 
 ROOM = "demo"
@@ -165,11 +167,26 @@ def _replaced(phase: Phase) -> Scenario:
     return h.machine, alice, h.machine.handle(FrameReceived(conn=again, data=join), h.now)
 
 
+def _lapsed(phase: Phase) -> Scenario:
+    """A cluster node whose heartbeat lapsed (its store is the reference SimStore)."""
+    assert phase is Phase.JOINED
+    store = SimStore()
+    machine = RelayMachine(new_token=lambda: "t", node="n1")
+    alice = 1
+    pending = machine.handle(Connected(conn=alice), 0.0)
+    pending += machine.handle(FrameReceived(conn=alice, data=dumps(frame("join-room"))), 0.0)
+    while ops := [a for a in pending if not isinstance(a, SendFrame | Log)]:
+        pending = [a for op in ops for a in machine.handle(store.apply(op), 0.0)]  # type: ignore[arg-type]
+    assert machine.phase(alice) is Phase.JOINED
+    return machine, alice, machine.handle(NodeLapsed(), 0.0)
+
+
 SCENARIOS: dict[int, Callable[[Phase], Scenario]] = {
     CloseCode.GOING_AWAY: _idle,
     CloseCode.POLICY: _abuse,
     CloseCode.TOO_BIG: _too_large,
     CloseCode.REPLACED: _replaced,
+    CloseCode.SERVICE_RESTART: _lapsed,
 }
 """How to make the machine close alice's connection with each code it draws."""
 

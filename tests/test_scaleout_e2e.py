@@ -171,6 +171,29 @@ def test_racing_joins_of_one_id_on_two_processes(redis_server: RedisServer, tmp_
     run(scenario())
 
 
+def test_racing_joins_over_the_room_size_on_two_processes(
+    redis_server: RedisServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """--max-room-size 3 holds across processes when 6 joins race on two of them."""
+
+    async def scenario() -> None:
+        async with nodes(
+            redis_server, tmp_path, "east", "west", flags=("--max-room-size", "3")
+        ) as (east, west):
+            for round_ in range(5):
+                room = f"full-{round_}"
+                clients = await asyncio.gather(
+                    *(joined((east, west)[i % 2], room, f"u{i}") for i in range(6))
+                )
+                answers = [await recv(ws) for ws in clients]
+                kinds = sorted(f["type"] if f["type"] != "error" else f["code"] for f in answers)
+                assert kinds == ["room-full"] * 3 + ["user-joined-room"] * 3, (round_, kinds)
+                await asyncio.gather(*(ws.close() for ws in clients))
+
+    run(scenario())
+
+
 def test_a_dropped_member_resumes_on_the_other_process(
     redis_server: RedisServer,  # noqa: F811
     tmp_path: Path,
@@ -327,10 +350,14 @@ def test_redis_down_is_503_and_unavailable_then_recovers(
     tmp_path: Path,
 ) -> None:
     """Killed: connections refused. Frozen (SIGSTOP): it accepts and never answers —
-    the relay's commands time out instead of holding joins forever."""
+    the relay's commands time out instead of holding joins forever. bob, joined before:
+    a killed Redis without persistence comes back empty, the relay finds its place there
+    lapsed and sends bob to rejoin (1012); a frozen one kept everything, bob stays."""
 
     async def scenario() -> None:
         async with nodes(redis_server, tmp_path, "east") as (east,):
+            bob = await joined(east, "demo", "bob")
+            token = (await recv(bob))["resumeToken"]
             if how == "killed":
                 redis_server.kill()
             else:
@@ -347,11 +374,18 @@ def test_redis_down_is_503_and_unavailable_then_recovers(
                 else:
                     os.kill(redis_server.pid, signal.SIGCONT)
             await until(lambda: healthz(east)[0] == 200)
+            if how == "killed":  # it came back empty: bob's place is gone with it
+                assert await closed_with(bob) == 1012
+                bob = await joined(east, "demo", "bob", token=token)  # now a fresh join
+                assert (await recv(bob))["type"] == "user-joined-room"
+            # frozen: nothing was lost (Redis kept its data): bob stays, untouched
             await send(
                 ws, {"channel": ROOMS, "type": "join-room", "roomId": "demo", "userId": "alice"}
             )
             assert (await recv(ws))["type"] == "user-joined-room"
+            assert (await recv(bob))["userId"] == "alice"
             await ws.close()
+            await bob.close()
 
     run(scenario())
 
