@@ -489,14 +489,15 @@ async def run_serve(
         if secret is None:
             log.warning("No --secret-file: the server is open, anyone may join any room")
         else:
-            directory = MemoryDirectory()
+            authority = TokenAuthority(secret)
             machine = RelayMachine(
                 limits=limits,
-                directory=directory,
-                authorize=TokenAuthority(secret, room_size=None if args.redis else directory.size),
+                directory=MemoryDirectory(),
+                authorize=authority,
                 new_token=lambda: secrets.token_urlsafe(18),
                 node=node,
             )
+            authority.room_size = machine.room_size  # a token's max, on one process or many
             log.info("Joins need a token signed with the configured secret")
         server = RelayServer(
             host=args.host,

@@ -292,6 +292,8 @@ class RelayMachine:
         """Cluster: store operations in flight, by op id: what to do with the answer."""
         self._local: dict[tuple[str, str], ConnId] = {}
         """Cluster: ``(room, user) → conn`` of this node's live members."""
+        self._reading: tuple[str, int] | None = None
+        """Cluster: the room (and its size) a join is being decided on, for room_size()."""
         self._now = _NEVER
         """The latest ``now`` fed in: ``now`` never goes back."""
         self._pseudo = itertools.count(1)
@@ -323,6 +325,15 @@ class RelayMachine:
         if self.node is not None:
             return len({room for room, _ in self._local})
         return self.directory.room_count()
+
+    def room_size(self, room_id: str) -> int:
+        """How many members ``room_id`` has (for an ``authorize`` hook that caps it, such
+        as :class:`~.tokens.TokenAuthority`'s ``max`` claim). In a cluster: as the store
+        answered the join being decided (the hook runs inside that decision)."""
+        if self.node is not None:
+            reading = self._reading
+            return reading[1] if reading is not None and reading[0] == room_id else 0
+        return self.directory.size(room_id)
 
     def phase(self, conn: ConnId) -> Phase:
         """The phase of ``conn`` (raises ``LocalProtocolError`` for an unknown one)."""
@@ -740,15 +751,12 @@ class RelayMachine:
     ) -> list[RelayAction]:
         msg = parse_join_room(obj, self.limits)
         room_id, user_id = msg.room_id, msg.user_id
-        if self._authorize is not None and not self._authorize(
-            msg, _wall_time(wall_time, "a join on a relay with authorize")
-        ):
-            error = WireError(
-                ErrorCode.UNAUTHORIZED, "join refused: missing or invalid token", Channel.ROOMS
-            )
-            return self._refuse_join(c, conn, msg, error, now)
-        if self.node is not None:
-            return self._cluster_join(c, conn, msg, now)
+        if self._authorize is not None:
+            wall_time = _wall_time(wall_time, "a join on a relay with authorize")
+        if self.node is not None:  # authorized in the transaction: on the room as read
+            return self._cluster_join(c, conn, msg, now, wall_time)
+        if self._authorize is not None and not self._authorize(msg, wall_time or 0.0):
+            return self._refuse_join(c, conn, msg, _unauthorized(), now)
         holder = self.directory.lookup(room_id, user_id)
         other = holder is not None and holder != conn
         refusal = self._admission(
@@ -1100,7 +1108,9 @@ class RelayMachine:
             actions += self._on_notice(c.room_id, c.user_id)
         return actions
 
-    def _cluster_join(self, c: _Conn, conn: ConnId, msg: JoinRoom, now: float) -> list[RelayAction]:
+    def _cluster_join(
+        self, c: _Conn, conn: ConnId, msg: JoinRoom, now: float, wall_time: float | None
+    ) -> list[RelayAction]:
         room_id, user_id = msg.room_id, msg.user_id
         token = self._new_token()
         record = MemberRecord(node=self.node or "", conn=conn, token=_digest(token))
@@ -1110,6 +1120,18 @@ class RelayMachine:
 
         def decide(members: Members) -> _Change | None:
             plan.clear()
+            if self._authorize is not None:
+                # room_size() answers from this room as read while the hook runs (a
+                # token's own cap on the room's size is checked on it)
+                self._reading = (room_id, len(members))
+                try:
+                    allowed = self._authorize(msg, wall_time or 0.0)
+                finally:
+                    self._reading = None
+                if not allowed:
+                    plan["refused"] = None
+                    refused[:] = [_unauthorized()]
+                    return None
             held = members.get(user_id)
             other = held is not None and not self._mine(held, conn)
             size = len(members)
@@ -1506,6 +1528,13 @@ _RULE_ERRORS = frozenset(
 
 
 _NEVER = float("-inf")
+
+
+def _unauthorized() -> WireError:
+    return WireError(
+        ErrorCode.UNAUTHORIZED, "join refused: missing or invalid token", Channel.ROOMS
+    )
+
 
 _GRACE_PASSED = " (resume grace passed)"
 

@@ -37,6 +37,7 @@ from sansio_signal.store import (
     StoreResult,
 )
 from sansio_signal.testing.store import SimStore
+from sansio_signal.tokens import TokenAuthority, issue_token
 
 ROOMS, SIGNALING, CHAT = "webrtc-dashboard-rooms", "webrtc-signaling", "webrtc-dashboard-chat"
 LIMITS = Limits(rate_limit=0, max_room_size=3, resume_grace=5.0)
@@ -65,15 +66,26 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, nodes: int = 3, mailbox_cap: int = LIMITS.resume_queue_frames) -> None:
+    def __init__(
+        self,
+        nodes: int = 3,
+        mailbox_cap: int = LIMITS.resume_queue_frames,
+        secret: bytes | None = None,
+    ) -> None:
         tokens = itertools.count()
         self.store = SimStore(mailbox_cap=mailbox_cap)
-        self.nodes = {
-            f"n{i}": Node(
-                RelayMachine(limits=LIMITS, new_token=lambda: f"tok{next(tokens)}", node=f"n{i}")
+        self.nodes: dict[str, Node] = {}
+        for i in range(nodes):
+            authority = None if secret is None else TokenAuthority(secret)
+            machine = RelayMachine(
+                limits=LIMITS,
+                new_token=lambda: f"tok{next(tokens)}",
+                node=f"n{i}",
+                authorize=authority,
             )
-            for i in range(nodes)
-        }
+            if authority is not None:  # as serve wires it
+                authority.room_size = machine.room_size
+            self.nodes[f"n{i}"] = Node(machine)
         for name in self.nodes:
             self.store.heartbeat(name)
         self.clients: dict[int, Client] = {}
@@ -326,6 +338,30 @@ def test_a_node_whose_heartbeat_lapsed_sends_its_members_to_resume() -> None:
     cl.settle()
     assert types(b2) == ["user-joined-room", "webrtc-ice"]
     assert "user-left-room" not in types(a)
+
+
+def test_a_tokens_own_room_cap_holds_across_nodes() -> None:
+    """A token's ``max`` claim is checked on the room as the store answered, inside the
+    join's transaction: three joins racing on three nodes with max 2 — two get in."""
+    secret = b"s" * 32
+    cl = Cluster(secret=secret)
+    cl.pending_close = []
+    clients = [cl.connect(f"n{i}") for i in range(3)]
+    for i, client in enumerate(clients):
+        token = issue_token(
+            secret, user_id=f"u{i}", room="r", ttl=600, wall_time=1e9, max_room_size=2
+        )
+        frame = {"channel": ROOMS, "type": "join-room", "roomId": "r", "userId": f"u{i}"}
+        cl.send(client, {**frame, "token": token})
+    for name in cl.nodes:  # every read before any commit: they race
+        cl.step_store(name)
+    cl.settle()
+    outcomes = sorted(
+        "joined" if c.frames[0]["type"] == "user-joined-room" else c.frames[0]["code"]
+        for c in clients
+    )
+    assert outcomes == ["joined", "joined", "unauthorized"]
+    assert len(cl.store.members("r")) == 2
 
 
 def test_racing_joins_of_one_id_on_two_nodes_have_one_winner() -> None:
