@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from redisfix import RedisServer, redis_server  # noqa: F401 (a fixture)
 from websockets.asyncio.client import ClientConnection, connect
@@ -220,6 +221,40 @@ def test_a_dropped_member_resumes_on_the_other_process(
     run(scenario())
 
 
+@asynccontextmanager
+async def east_and_west(
+    redis: RedisServer, tmp_path: Path, *east_users: str
+) -> AsyncIterator[EastWest]:
+    """west, a steady process with alice; east, one the test kills, stops or restarts
+    (``procs[0]``: whatever is there at the end is reaped), with ``east_users`` joined
+    after alice (she has seen them join)."""
+    east, east_url = await spawn_serve(tmp_path, *cluster_flags(redis, "east"))
+    procs = [east]
+    try:
+        async with nodes(redis, tmp_path, "west") as (west,):
+            alice = await joined(west, "demo", "alice")
+            await recv(alice)
+            members: dict[str, tuple[ClientConnection, str]] = {}
+            for user in east_users:
+                ws = await joined(east_url, "demo", user)
+                members[user] = (ws, (await recv(ws))["resumeToken"])
+                assert (await recv(alice))["userId"] == user
+            yield EastWest(procs, east_url, west, alice, members)
+            await alice.close()
+    finally:
+        await reap(*procs)
+
+
+@attrs.define
+class EastWest:
+    procs: list[asyncio.subprocess.Process]
+    east: str
+    west: str
+    alice: ClientConnection
+    members: dict[str, tuple[ClientConnection, str]]
+    """On east: user → (its connection, its resume token)."""
+
+
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
 def test_a_process_that_dies_hands_its_members_over(
     how: str,
@@ -230,52 +265,31 @@ def test_a_process_that_dies_hands_its_members_over(
     carol does not come back and leaves, once, within grace + node timeout."""
 
     async def scenario() -> None:
-        east, east_url = await spawn_serve(tmp_path, *cluster_flags(redis_server, "east"))
-        try:
-            async with nodes(redis_server, tmp_path, "west") as (west,):
-                alice = await joined(west, "demo", "alice")
-                await recv(alice)
-                bob = await joined(east_url, "demo", "bob")
-                token = (await recv(bob))["resumeToken"]
-                carol = await joined(east_url, "demo", "carol")
-                await recv(carol)
-                assert [(await recv(alice))["userId"] for _ in range(2)] == ["bob", "carol"]
-                died = asyncio.get_running_loop().time()
-                if how == "SIGKILL":
-                    east.kill()
-                else:
-                    east.terminate()
-                    code = await closed_with(bob)
-                    assert code == 1012
-                await east.wait()
-                await send(
-                    alice,
-                    {
-                        "channel": SIGNALING,
-                        "type": "webrtc-ice",
-                        "toUserId": "bob",
-                        "n": 1,
-                        "candidate": None,
-                    },
-                )
-                bob2 = await joined(west, "demo", "bob", token=token)
-                own = await recv(bob2)
-                assert own["type"] == "user-joined-room", own
-                assert own["existingParticipants"] == ["alice", "carol"]
-                # what it missed: maybe carol's join (if east died before taking it),
-                # then alice's signal
-                missed = await recv_until(bob2, "webrtc-ice")
-                assert (missed["fromUserId"], missed["n"]) == ("alice", 1)
-                left = await asyncio.wait_for(recv_until(alice, "user-left-room"), TIMEOUT)
-                took = asyncio.get_running_loop().time() - died
-                assert left["userId"] == "carol"
-                print(f"\ncarol left {took:.2f} s after the {how} (bound: grace 3 + timeout 1.5)")
-                # the bound (grace + node timeout), and slack for a loaded machine
-                assert took <= 3.0 + 1.5 + 1.5
-                for ws in (alice, bob2):
-                    await ws.close()
-        finally:
-            await reap(east)
+        async with east_and_west(redis_server, tmp_path, "bob", "carol") as c:
+            (east,), (bob, token) = c.procs, c.members["bob"]
+            died = asyncio.get_running_loop().time()
+            if how == "SIGKILL":
+                east.kill()
+            else:
+                east.terminate()
+                assert await closed_with(bob) == 1012
+            await east.wait()
+            await ice(c.alice, "bob", n=1)
+            bob2 = await joined(c.west, "demo", "bob", token=token)
+            own = await recv(bob2)
+            assert own["type"] == "user-joined-room", own
+            assert own["existingParticipants"] == ["alice", "carol"]
+            # what it missed: maybe carol's join (if east died before taking it),
+            # then alice's signal
+            missed = await recv_until(bob2, "webrtc-ice")
+            assert (missed["fromUserId"], missed["n"]) == ("alice", 1)
+            left = await asyncio.wait_for(recv_until(c.alice, "user-left-room"), TIMEOUT)
+            took = asyncio.get_running_loop().time() - died
+            assert left["userId"] == "carol"
+            print(f"\ncarol left {took:.2f} s after the {how} (bound: grace 3 + timeout 1.5)")
+            # the bound (grace + node timeout), and slack for a loaded machine
+            assert took <= 3.0 + 1.5 + 1.5
+            await bob2.close()
 
     run(scenario())
 
@@ -288,29 +302,20 @@ def test_a_paused_process_sends_its_members_to_resume(
     again it closes bob with 1012, and bob resumes on west with what he missed."""
 
     async def scenario() -> None:
-        east, east_url = await spawn_serve(tmp_path, *cluster_flags(redis_server, "east"))
-        try:
-            async with nodes(redis_server, tmp_path, "west") as (west,):
-                alice = await joined(west, "demo", "alice")
-                await recv(alice)
-                bob = await joined(east_url, "demo", "bob")
-                token = (await recv(bob))["resumeToken"]
-                await recv(alice)
-                east.send_signal(signal.SIGSTOP)
-                try:
-                    await until(lambda: metric(west, "sansio_signal_held_members") == 1)
-                    await ice(alice, "bob", n=7)
-                finally:
-                    east.send_signal(signal.SIGCONT)
-                assert await closed_with(bob) == 1012
-                bob2 = await joined(west, "demo", "bob", token=token)
-                assert (await recv(bob2))["type"] == "user-joined-room"
-                missed = await recv_until(bob2, "webrtc-ice")
-                assert missed["n"] == 7
-                for ws in (alice, bob2):
-                    await ws.close()
-        finally:
-            await reap(east)
+        async with east_and_west(redis_server, tmp_path, "bob") as c:
+            (east,), (bob, token) = c.procs, c.members["bob"]
+            east.send_signal(signal.SIGSTOP)
+            try:
+                await until(lambda: metric(c.west, "sansio_signal_held_members") == 1)
+                await ice(c.alice, "bob", n=7)
+            finally:
+                east.send_signal(signal.SIGCONT)
+            assert await closed_with(bob) == 1012
+            bob2 = await joined(c.west, "demo", "bob", token=token)
+            assert (await recv(bob2))["type"] == "user-joined-room"
+            missed = await recv_until(bob2, "webrtc-ice")
+            assert missed["n"] == 7
+            await bob2.close()
 
     run(scenario())
 
@@ -323,22 +328,12 @@ def test_a_process_restarted_under_its_name_is_a_new_node(
     members are the dead incarnation's, swept (carol leaves), not taken for its own."""
 
     async def scenario() -> None:
-        async with nodes(redis_server, tmp_path, "west") as (west,):
-            east, east_url = await spawn_serve(tmp_path, *cluster_flags(redis_server, "east"))
-            try:
-                alice = await joined(west, "demo", "alice")
-                await recv(alice)
-                carol = await joined(east_url, "demo", "carol")
-                await recv(carol)
-                await recv(alice)
-                east.kill()
-                await east.wait()
-                east, east_url = await spawn_serve(tmp_path, *cluster_flags(redis_server, "east"))
-                left = await asyncio.wait_for(recv_until(alice, "user-left-room"), TIMEOUT)
-                assert left["userId"] == "carol"
-                await alice.close()
-            finally:
-                await reap(east)
+        async with east_and_west(redis_server, tmp_path, "carol") as c:
+            c.procs[0].kill()
+            await c.procs[0].wait()
+            c.procs[0], _url = await spawn_serve(tmp_path, *cluster_flags(redis_server, "east"))
+            left = await asyncio.wait_for(recv_until(c.alice, "user-left-room"), TIMEOUT)
+            assert left["userId"] == "carol"
 
     run(scenario())
 
