@@ -576,10 +576,6 @@ class _Member(WSListener):
         size: int = self.transport.underlying_transport.get_write_buffer_size()
         return size + self.out_size
 
-    @property
-    def remote_address(self) -> object:
-        return self.peer
-
 
 class _PicowsLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """picows' own log lines at DEBUG: what it reports (a client's protocol error, a
