@@ -49,7 +49,6 @@ import tempfile
 import time
 import unittest.mock
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +58,22 @@ if not __package__:  # run as a script: benchmarks/ is on sys.path, the project 
 from benchmarks import bench_idle
 from benchmarks.bench_idle import ANY_LISTENING, NODE_DIR, SHARED_BENCH, free_port, node_relay
 from benchmarks.harness import (
+    CHECKED,
+    LG_SATURATED,
     CpuTimes,
+    Scenario,
     ServerProcess,
     console_script,
+    fmt_num,
+    loadgen_report,
+    log,
+    median_rows,
     print_table,
     profile_table,
     raise_nofile,
+    run_figures,
+    run_line,
+    run_problems,
     serve_argv,
 )
 
@@ -73,49 +82,9 @@ DEFAULT_PLOT = ROOT / "docs" / "bench-relay.png"
 SERVERS = ("ours", "ours-info", "bare", "node")
 PLOTTED = ("ours", "bare", "node")
 FLAT_ONLY = {"ours-info"}
-LG_SATURATED = 90.0
-"""The generator's send-phase CPU % (100 = one core) from which its figure is a lower bound."""
 OTHER_BUSY = 20.0
 """The CPU % (100 = one core) of everything else on the machine that makes a run noisy."""
-CHECKED = ("lost", "reordered", "duplicates", "wrong_sender", "wrong_room", "misrouted")
-"""Loadgen's counters that must stay 0."""
-FIGURES = (
-    "throughput_fps",
-    "p50_ms",
-    "p99_ms",
-    "server_cpu_us_per_frame",
-    "server_cpu_pct",
-    "loadgen_cpu_pct",
-    "other_cpu_pct",
-)
-"""The figures of a run of which the report shows medians."""
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    rooms: int
-    per_room: int
-    frames: int
-    rate: float = 0.0
-    """Frames/s per client; 0: flat out."""
-
-    @property
-    def clients(self) -> int:
-        return self.rooms * self.per_room
-
-    @property
-    def load(self) -> float:
-        """Offered frames/s in total (0: flat out)."""
-        return self.rate * self.clients
-
-    def loadgen_args(self, rooms: int) -> list[str]:
-        return [
-            f"--rooms={rooms}",
-            f"--per-room={self.per_room}",
-            f"--frames={self.frames}",
-            f"--rate={self.rate:g}",
-        ]
+FIGURES = run_figures("server_cpu_us_per_frame", "server_cpu_pct")
 
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
@@ -128,11 +97,7 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
             Scenario("flat-100x10", 100, 10, args.frames_100),
         ]
         loads, seconds = args.loads, args.paced_seconds
-    paced = [
-        Scenario(f"paced-{load:g}", 10, 10, max(1, round(load / 100 * seconds)), load / 100)
-        for load in loads
-    ]
-    return flat + paced
+    return flat + [Scenario.paced(load, seconds) for load in loads]
 
 
 # --------------------------------------------------------------------------- set-up
@@ -261,31 +226,10 @@ class CpuSampler:
 async def run_loadgen(
     script: Path, url: str, scenario: Scenario, rooms: int, timeout: float
 ) -> dict[str, Any]:
-    """One loadgen process; its JSON report (``status`` ``loadgen-failed`` if none)."""
-    proc = await asyncio.create_subprocess_exec(
-        "node",
-        str(script),
-        f"--url={url}",
-        "--json",
-        "--quiet",
-        f"--timeout={timeout:g}",
-        *scenario.loadgen_args(rooms),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout + 15)
-    except BaseException:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        raise
-    try:
-        report: dict[str, Any] = json.loads(out)
-    except ValueError:
-        return {"status": "loadgen-failed", "detail": err.decode(errors="replace")[-500:]}
-    return report
+    """One loadgen process over ``rooms`` of the scenario's rooms; its JSON report
+    (``status`` ``loadgen-failed`` if none)."""
+    argv = ["node", str(script), f"--url={url}", "--json", "--quiet", f"--timeout={timeout:g}"]
+    return await loadgen_report([*argv, *scenario.loadgen_args(rooms)], timeout)
 
 
 def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
@@ -392,16 +336,7 @@ async def one_run(
 
 def problems(run: dict[str, Any]) -> list[str]:
     """What went wrong in a run (empty: nothing)."""
-    out = [f"{key}={run[key]}" for key in (*CHECKED, "rejected") if run.get(key)]
-    if run.get("detail"):
-        out.append(f"detail: {run['detail'][-200:]!r}")
-    if run["status"] != "ok":
-        out.append(f"status={run['status']}")
-    if not run["server_alive"]:
-        out.append("server died")
-    if not run["delivered"]:
-        out.append("nothing delivered")
-    return out
+    return run_problems(run, alive="server_alive", died="server died", detail_apart=True)
 
 
 def falls_behind(run: dict[str, Any]) -> bool:
@@ -410,10 +345,6 @@ def falls_behind(run: dict[str, Any]) -> bool:
 
 
 # --------------------------------------------------------------------------- all runs
-
-
-def log(*parts: object) -> None:
-    print(*parts, file=sys.stderr, flush=True)
 
 
 async def run_all(args: argparse.Namespace) -> dict[str, Any]:
@@ -453,15 +384,15 @@ async def _run_all(args: argparse.Namespace, stack: contextlib.ExitStack) -> dic
                 run["round"] = r + 1
                 run["server_code"] = code
                 runs.append(run)
-                flags = problems(run)
-                lg = run["loadgen_cpu_pct"] or 0.0
                 log(
-                    f"round {r + 1}/{rounds} {scenario.name:12} {name:9} "
-                    f"{run['throughput_fps'] or 0:9,.0f} f/s  p50 {run['p50_ms']} ms  "
-                    f"p99 {run['p99_ms']} ms  srv {_num(run['server_cpu_us_per_frame'], 1)} µs/f"
-                    f"  lg {lg:.0f}%  other {_num(run['other_cpu_pct'])}%"
-                    + ("  (generator saturated: a lower bound)" if lg >= LG_SATURATED else "")
-                    + (f"  !!! {', '.join(flags)}" if flags else "")
+                    run_line(
+                        f"{r + 1}/{rounds}",
+                        f"{scenario.name:12} {name:9}",
+                        run,
+                        f"srv {fmt_num(run['server_cpu_us_per_frame'], 1)} µs/f",
+                        problems(run),
+                        saturated="generator saturated: a lower bound",
+                    )
                 )
                 if scenario.rate and falls_behind(run):
                     behind.add(name)
@@ -618,10 +549,6 @@ def _git_commit(rev: str | None = None) -> str:
 # --------------------------------------------------------------------------- report
 
 
-def _num(x: float | None, digits: int = 0, suffix: str = "") -> str:
-    return "—" if x is None else f"{x:,.{digits}f}{suffix}"
-
-
 def report(results: dict[str, Any]) -> None:
     m = results["machine"]
     print(
@@ -632,27 +559,23 @@ def report(results: dict[str, Any]) -> None:
         f"{results['loadgens']} loadgen process(es)"
     )
     rows = []
-    for scenario, by_server in results["medians"].items():
-        for name in SERVERS:
-            f = by_server.get(name)
-            if f is None:
-                continue
-            lg = f["loadgen_cpu_pct"]
-            rows.append(
-                [
-                    scenario,
-                    name,
-                    _num(f["throughput_fps"]),
-                    _num(f["vs_node"], 2, "×"),
-                    _num(f["p50_ms"], 2),
-                    _num(f["p99_ms"], 2),
-                    _num(f["server_cpu_us_per_frame"], 1),
-                    _num(f["server_cpu_pct"]),
-                    _num(lg) + (" !" if lg is not None and lg >= LG_SATURATED else ""),
-                    _num(f["other_cpu_pct"]),
-                    "ok" if f["clean"] else "PROBLEM",
-                ]
-            )
+    for scenario, name, f in median_rows(results["medians"], SERVERS):
+        lg = f["loadgen_cpu_pct"]
+        rows.append(
+            [
+                scenario,
+                name,
+                fmt_num(f["throughput_fps"]),
+                fmt_num(f["vs_node"], 2, "×"),
+                fmt_num(f["p50_ms"], 2),
+                fmt_num(f["p99_ms"], 2),
+                fmt_num(f["server_cpu_us_per_frame"], 1),
+                fmt_num(f["server_cpu_pct"]),
+                fmt_num(lg) + (" !" if lg is not None and lg >= LG_SATURATED else ""),
+                fmt_num(f["other_cpu_pct"]),
+                "ok" if f["clean"] else "PROBLEM",
+            ]
+        )
     print_table(
         [
             "scenario",

@@ -48,7 +48,6 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import json
 import os
 import shutil
 import signal
@@ -71,51 +70,42 @@ from redisfix import RedisServer, redis_server_executable
 
 from benchmarks.bench_idle import NODE_DIR, node_relay
 from benchmarks.bench_relay import _git_commit, machine, ours_argv, ours_at
-from benchmarks.harness import CpuTimes, ServerProcess, print_results, print_table, raise_nofile
+from benchmarks.harness import (
+    CHECKED,
+    CpuTimes,
+    Scenario,
+    ServerProcess,
+    fmt_num,
+    loadgen_report,
+    log,
+    median_rows,
+    print_results,
+    print_table,
+    raise_nofile,
+    run_figures,
+    run_line,
+    run_problems,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADGEN = Path(__file__).resolve().parent / "loadgen_multi.mjs"
 SETUPS = ("single", "redis-1", "redis-2")
-CHECKED = ("lost", "reordered", "duplicates", "wrong_sender", "wrong_room", "misrouted")
-"""The generator's counters that must stay 0."""
-LG_SATURATED = 90.0
-FIGURES = (
-    "throughput_fps",
-    "p50_ms",
-    "p99_ms",
+COST_FIGURES = (
     "serve_us_per_frame",
     "redis_us_per_frame",
     "redis_cmds_per_frame",
     "evalsha_per_frame",
     "xread_per_frame",
-    "loadgen_cpu_pct",
-    "other_cpu_pct",
 )
-"""The figures of a run of which the report shows medians."""
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    rooms: int
-    per_room: int
-    frames: int
-    rate: float = 0.0
-    """Frames/s per client; 0: flat out (16 in flight per client)."""
-
-    @property
-    def load(self) -> float:
-        return self.rate * self.rooms * self.per_room
+"""What a delivered frame costs: measured over the send phase (None when it is not)."""
+FIGURES = run_figures(*COST_FIGURES)
 
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
     if args.quick:
         return [Scenario("flat", 10, 10, 50)]  # 3 runs: the smoke test's, kept short
-    out = [Scenario("flat", 10, 10, args.frames)]
-    for load in args.loads:
-        rate = load / 100
-        out.append(Scenario(f"paced-{load:g}", 10, 10, max(1, round(rate * args.seconds)), rate))
-    return out
+    flat = Scenario("flat", 10, 10, args.frames)
+    return [flat] + [Scenario.paced(load, args.seconds) for load in args.loads]
 
 
 # --------------------------------------------------------------------------- sampling
@@ -212,29 +202,9 @@ async def run_loadgen(
         "--quiet",
         f"--timeout={args.timeout:g}",
         f"--join-timeout={args.join_timeout:g}",
-        f"--rooms={scenario.rooms}",
-        f"--per-room={scenario.per_room}",
-        f"--frames={scenario.frames}",
-        f"--rate={scenario.rate:g}",
+        *scenario.loadgen_args(),
     ]
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), args.timeout + 15)
-    except BaseException:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        raise
-    try:
-        report: dict[str, Any] = json.loads(out)
-    except ValueError:
-        return {"status": "loadgen-failed", "detail": err.decode(errors="replace")[-500:]}
-    return report
+    return await loadgen_report(argv, args.timeout)
 
 
 async def one_run(
@@ -317,7 +287,7 @@ def figures(
         "loadgen_cpu_pct": (r.get("loadgen") or {}).get("send_phase_cpu_pct"),
         "rejected": r.get("rejected"),
         **{key: r.get(key) for key in CHECKED},
-        **dict.fromkeys((*FIGURES[3:8], "other_cpu_pct")),
+        **dict.fromkeys((*COST_FIGURES, "other_cpu_pct")),
     }
     if r.get("status") != "ok" or not alive:
         out["detail"] = r.get("detail") or detail
@@ -355,13 +325,7 @@ def figures(
 
 def problems(run: dict[str, Any]) -> list[str]:
     """What went wrong in a run (empty: nothing)."""
-    out = [f"{key}={run[key]}" for key in (*CHECKED, "rejected") if run.get(key)]
-    if run["status"] != "ok":
-        out.append(f"status={run['status']}: {str(run.get('detail'))[-200:]}")
-    if not run["alive"]:
-        out.append("a server died")
-    if not run["delivered"]:
-        out.append("nothing delivered")
+    out = run_problems(run)
     if (
         run["setup"] == "redis-2"
         and run["delivered"]
@@ -372,14 +336,6 @@ def problems(run: dict[str, Any]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- all runs
-
-
-def log(*parts: object) -> None:
-    print(*parts, file=sys.stderr, flush=True)
-
-
-def _f(x: float | None, digits: int = 0) -> str:
-    return "—" if x is None else f"{x:,.{digits}f}"
 
 
 def loadgen_script() -> Path:
@@ -435,18 +391,13 @@ async def _run_all(
                     log(f"  join timeout ({setup}, attempt {attempt + 1}): {run['detail']}")
                 run["round"] = r + 1
                 runs.append(run)
-                flags = problems(run)
-                lg = run["loadgen_cpu_pct"] or 0.0
-                log(
-                    f"round {r + 1}/{rounds} {scenario.name:10} {setup:8} "
-                    f"{run['throughput_fps'] or 0:9,.0f} f/s  p50 {run['p50_ms']} ms  "
-                    f"p99 {run['p99_ms']} ms  serve {_f(run['serve_us_per_frame'], 1)} µs/f  "
-                    f"redis {_f(run['redis_us_per_frame'], 1)} µs/f "
-                    f"{_f(run['redis_cmds_per_frame'], 1)} cmd/f  lg {lg:.0f}%  "
-                    f"other {_f(run['other_cpu_pct'])}%"
-                    + ("  (generator saturated)" if lg >= LG_SATURATED else "")
-                    + (f"  !!! {', '.join(flags)}" if flags else "")
+                cpu = (
+                    f"serve {fmt_num(run['serve_us_per_frame'], 1)} µs/f  "
+                    f"redis {fmt_num(run['redis_us_per_frame'], 1)} µs/f "
+                    f"{fmt_num(run['redis_cmds_per_frame'], 1)} cmd/f"
                 )
+                label = f"{scenario.name:10} {setup:8}"
+                log(run_line(f"{r + 1}/{rounds}", label, run, cpu, problems(run)))
     used = CpuTimes.now() - load0
     memory = await store_memory(2_000 if args.quick else 40_000, 4)
     return {
@@ -555,30 +506,25 @@ def report(results: dict[str, Any]) -> None:
         f"medians of {results['rounds']} round(s); 10 rooms x 10 clients; "
         "µs and commands per delivered frame\n"
     )
-    rows = []
-    for scenario, by_setup in results["medians"].items():
-        for setup in SETUPS:
-            m = by_setup.get(setup)
-            if m is None:
-                continue
-            rows.append(
-                [
-                    scenario,
-                    setup,
-                    _f(m["throughput_fps"]),
-                    _f(m["p50_ms"], 2),
-                    _f(m["p99_ms"], 2),
-                    _f(m["serve_us_per_frame"], 1),
-                    _f(m["redis_us_per_frame"], 1),
-                    _f(m["redis_cmds_per_frame"], 2),
-                    _f(m["evalsha_per_frame"], 2),
-                    _f(m["xread_per_frame"], 3),
-                    _f(m["loadgen_cpu_pct"]),
-                    _f(m["other_cpu_pct"]),
-                    f"{m['lost']}/{m['reordered']}",
-                    m["cross_delivered"],
-                ]
-            )
+    rows = [
+        [
+            scenario,
+            setup,
+            fmt_num(m["throughput_fps"]),
+            fmt_num(m["p50_ms"], 2),
+            fmt_num(m["p99_ms"], 2),
+            fmt_num(m["serve_us_per_frame"], 1),
+            fmt_num(m["redis_us_per_frame"], 1),
+            fmt_num(m["redis_cmds_per_frame"], 2),
+            fmt_num(m["evalsha_per_frame"], 2),
+            fmt_num(m["xread_per_frame"], 3),
+            fmt_num(m["loadgen_cpu_pct"]),
+            fmt_num(m["other_cpu_pct"]),
+            f"{m['lost']}/{m['reordered']}",
+            m["cross_delivered"],
+        ]
+        for scenario, setup, m in median_rows(results["medians"], SETUPS)
+    ]
     print_table(
         [
             "scenario",
@@ -616,7 +562,7 @@ def report(results: dict[str, Any]) -> None:
             f"\nRedis memory of the store: {mem['members']:,} members in rooms of "
             f"{mem['room_size']} over {mem['nodes']} nodes: {mem['bytes_per_member']:,.0f} B "
             f"per member (used_memory); one room hash {mem['room_hash_bytes']} B; a node's "
-            f"index {_f(mem['node_index_bytes_per_member'])} B per member"
+            f"index {fmt_num(mem['node_index_bytes_per_member'])} B per member"
         )
     if results["join_timeouts"]:
         print(f"\njoin phases that never completed (run retried): {len(results['join_timeouts'])}")

@@ -11,11 +11,18 @@
   ``join-room`` frame, back once the server has answered with its own
   ``user-joined-room``; it sends and receives frames. :func:`connect_client` opens a
   connection with the same options without joining.
+* :class:`Scenario` — one load generator scenario (rooms × clients × frames, a rate);
+  :func:`loadgen_report` runs a load generator and parses its JSON report; :data:`CHECKED`
+  — its counters that must stay 0; :func:`run_problems` — what went wrong in a run;
+  :func:`run_figures` — the figures of a run; :func:`run_line` — the progress line of
+  a run; :data:`LG_SATURATED`.
 * :func:`percentile` — nearest-rank percentile of sorted samples.
 * :func:`scrape_metrics` — ``GET /metrics``, the Prometheus text as ``sample → value``;
   :func:`http_get_json` — any other ``GET`` (``/healthz``).
 * :func:`print_table` — the one report-table printer; :func:`print_results` — a report or
-  ``--json``; :func:`profile_table` — the top of a cProfile by own time.
+  ``--json``; :func:`profile_table` — the top of a cProfile by own time;
+  :func:`median_rows` — the medians of a report, scenario by scenario, in a given order;
+  :func:`fmt_num` — a figure or ``—``; :func:`log` — a progress line on stderr.
 * :data:`HOST`, :data:`ICE_CANDIDATE` / :data:`CANDIDATE` (a Chrome srflx candidate, as a
   dict and as the JSON member the load generators splice into their frames).
 
@@ -40,7 +47,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -411,6 +418,133 @@ def scrape_metrics(url: str, timeout: float = 10.0) -> dict[str, float]:
     return out
 
 
+# --------------------------------------------------------------------------- load generators
+
+
+CHECKED = ("lost", "reordered", "duplicates", "wrong_sender", "wrong_room", "misrouted")
+"""The load generators' counters that must stay 0 (``loadgen.mjs``, ``loadgen_multi.mjs``)."""
+LG_SATURATED = 90.0
+"""The generator's send-phase CPU % (100 = one core) from which its figure is a lower bound."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What a load generator run does: ``rooms`` × ``per_room`` clients, each sending
+    ``frames`` frames at ``rate``."""
+
+    name: str
+    rooms: int
+    per_room: int
+    frames: int
+    rate: float = 0.0
+    """Frames/s per client; 0: flat out (16 in flight per client)."""
+
+    @classmethod
+    def paced(cls, load: float, seconds: float, rooms: int = 10, per_room: int = 10) -> Scenario:
+        """``paced-LOAD``: ``load`` frames/s in all, open loop, for about ``seconds``."""
+        rate = load / (rooms * per_room)
+        return cls(f"paced-{load:g}", rooms, per_room, max(1, round(rate * seconds)), rate)
+
+    @property
+    def clients(self) -> int:
+        return self.rooms * self.per_room
+
+    @property
+    def load(self) -> float:
+        """Offered frames/s in total (0: flat out)."""
+        return self.rate * self.clients
+
+    def loadgen_args(self, rooms: int | None = None) -> list[str]:
+        """The generator's options for this scenario (over ``rooms`` rooms if given)."""
+        return [
+            f"--rooms={self.rooms if rooms is None else rooms}",
+            f"--per-room={self.per_room}",
+            f"--frames={self.frames}",
+            f"--rate={self.rate:g}",
+        ]
+
+
+async def loadgen_report(argv: Sequence[str], timeout: float) -> dict[str, Any]:
+    """Run a load generator (``argv``) that prints one JSON report: the report, or
+    ``{"status": "loadgen-failed", "detail": <its stderr's tail>}`` if it printed none.
+    Killed when it has not exited ``timeout`` + 15 s after it started."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout + 15)
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
+    try:
+        report: dict[str, Any] = json.loads(out)
+    except ValueError:
+        return {"status": "loadgen-failed", "detail": err.decode(errors="replace")[-500:]}
+    return report
+
+
+def run_problems(
+    run: Mapping[str, Any],
+    *,
+    alive: str = "alive",
+    died: str = "a server died",
+    detail_apart: bool = False,
+) -> list[str]:
+    """What went wrong in a run's figures (empty: nothing): a counter of :data:`CHECKED`
+    or ``rejected`` not 0, a ``status`` not ``ok`` (with the run's ``detail``; apart,
+    before it, if ``detail_apart``), ``run[alive]`` false (``died``), nothing delivered."""
+    out = [f"{key}={run[key]}" for key in (*CHECKED, "rejected") if run.get(key)]
+    if detail_apart and run.get("detail"):
+        out.append(f"detail: {run['detail'][-200:]!r}")
+    if run["status"] != "ok":
+        why = "" if detail_apart else f": {str(run.get('detail'))[-200:]}"
+        out.append(f"status={run['status']}{why}")
+    if not run[alive]:
+        out.append(died)
+    if not run["delivered"]:
+        out.append("nothing delivered")
+    return out
+
+
+def run_figures(*own: str) -> tuple[str, ...]:
+    """The figures of a run of which a report shows medians: throughput, p50 and p99
+    latency, the benchmark's ``own`` (what the servers' CPU does per frame), the
+    generator's CPU % and everything else's (the figures :func:`run_line` shows too)."""
+    return ("throughput_fps", "p50_ms", "p99_ms", *own, "loadgen_cpu_pct", "other_cpu_pct")
+
+
+def run_line(
+    done: str,
+    label: str,
+    run: Mapping[str, Any],
+    cpu: str,
+    flags: Sequence[str],
+    *,
+    saturated: str = "generator saturated",
+) -> str:
+    """The progress line of a run: ``round {done} {label}``, throughput, p50/p99, ``cpu``
+    (the servers' share), the generator's and everything else's CPU %, ``saturated`` when
+    the generator neared a core (:data:`LG_SATURATED`), and the run's problems (``flags``)."""
+    lg = run["loadgen_cpu_pct"] or 0.0
+    return (
+        f"round {done} {label} "
+        f"{run['throughput_fps'] or 0:9,.0f} f/s  p50 {run['p50_ms']} ms  "
+        f"p99 {run['p99_ms']} ms  {cpu}  lg {lg:.0f}%  other {fmt_num(run['other_cpu_pct'])}%"
+        + (f"  ({saturated})" if lg >= LG_SATURATED else "")
+        + (f"  !!! {', '.join(flags)}" if flags else "")
+    )
+
+
+def log(*parts: object) -> None:
+    """A progress line on stderr (stdout is the report's, or the ``--json``)."""
+    print(*parts, file=sys.stderr, flush=True)
+
+
 # --------------------------------------------------------------------------- statistics
 
 
@@ -452,6 +586,24 @@ def print_table(
             f"{cell:{side}{width}}" for cell, side, width in zip(line, sides, widths, strict=True)
         ]
         print((indent + "  ".join(cells)).rstrip(), file=file or sys.stdout)
+
+
+def fmt_num(x: float | None, digits: int = 0, suffix: str = "") -> str:
+    """``x`` with thousands separators, ``digits`` decimals and ``suffix``; ``—`` for None."""
+    return "—" if x is None else f"{x:,.{digits}f}{suffix}"
+
+
+def median_rows(
+    medians: Mapping[str, Mapping[str, dict[str, Any]]], names: Iterable[str]
+) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(scenario, name, figures) of ``medians`` (scenario → name → figures), scenario by
+    scenario, each in the order of ``names`` (those a scenario has)."""
+    order = list(names)
+    for scenario, by_name in medians.items():
+        for name in order:
+            figures = by_name.get(name)
+            if figures is not None:
+                yield scenario, name, figures
 
 
 def print_results(
