@@ -62,7 +62,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
@@ -81,6 +81,7 @@ from redisfix import RedisServer, redis_server_executable
 from benchmarks.harness import ICE_CANDIDATE, percentile, print_results, print_table
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 FRAME = json.dumps(
     {
@@ -109,6 +110,40 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A worker process's place in a run: its ``role`` and ``index`` (the key of its result
+    in ``results``), the ``ready`` event it sets, and ``go``, which starts every worker."""
+
+    role: str
+    index: int
+    ready: multiprocessing.synchronize.Event
+    go: multiprocessing.synchronize.Event
+    results: multiprocessing.Queue[tuple[str, int, dict[str, Any]]]
+
+    def ready_then_wait(self) -> None:
+        """Signal ready, then wait (at most 60 s) for the go."""
+        self.ready.set()
+        if not self.go.wait(60):
+            raise RuntimeError("no go within 60 s")
+
+
+def worker_main(
+    work: Callable[[str, R, str, Worker], Coroutine[Any, Any, dict[str, Any]]],
+    url: str,
+    run: R,
+    key: str,
+    worker: Worker,
+) -> None:
+    """A worker process's target: ``work(url, run, key, worker)`` on an event loop; its
+    result, or the error it raised, goes to ``worker.results``."""
+    try:
+        out = run_loop(work(url, run, key, worker))
+    except Exception as exc:
+        out = {"error": f"{type(exc).__name__}: {exc}"}
+    worker.results.put((worker.role, worker.index, out))
 
 
 # --------------------------------------------------------------------------- delivery runs
@@ -171,20 +206,12 @@ async def _send(client: redis.asyncio.Redis, run: Delivery, key: str, items: lis
     await pipe.execute()
 
 
-async def _produce(
-    url: str,
-    run: Delivery,
-    key: str,
-    index: int,
-    ready: multiprocessing.synchronize.Event,
-    go: multiprocessing.synchronize.Event,
-) -> dict[str, Any]:
+async def _produce(url: str, run: Delivery, key: str, worker: Worker) -> dict[str, Any]:
+    index = worker.index
     client = redis.asyncio.Redis.from_url(url)
     try:
         await client.ping()
-        ready.set()
-        if not go.wait(60):
-            raise RuntimeError("no go within 60 s")
+        worker.ready_then_wait()
         cpu0 = time.process_time()
         t_first = time.monotonic_ns()
         sent = 0
@@ -215,22 +242,6 @@ async def _produce(
         return {"sent": sent, "cpu_s": cpu, "t_first_ns": t_first, "t_last_ns": t_last}
     finally:
         await client.aclose()
-
-
-def producer_main(
-    url: str,
-    run: Delivery,
-    key: str,
-    index: int,
-    ready: multiprocessing.synchronize.Event,
-    go: multiprocessing.synchronize.Event,
-    results: multiprocessing.Queue[tuple[str, int, dict[str, Any]]],
-) -> None:
-    try:
-        out = run_loop(_produce(url, run, key, index, ready, go))
-    except Exception as exc:
-        out = {"error": f"{type(exc).__name__}: {exc}"}
-    results.put(("producer", index, out))
 
 
 class Tally:
@@ -479,8 +490,8 @@ def run_delivery(url: str, run: Delivery, timeout: float) -> dict[str, Any]:
         processes.append(consumer)
         for i, ready in enumerate(producer_ready):
             producer = ctx.Process(
-                target=producer_main,
-                args=(url, run, key, i, ready, go, results),
+                target=worker_main,
+                args=(_produce, url, run, key, Worker("producer", i, ready, go, results)),
                 name=f"producer-{i}",
                 daemon=True,
             )
@@ -603,14 +614,7 @@ class Cas:
     procs: int = 1
 
 
-async def _cas(
-    url: str,
-    run: Cas,
-    prefix: str,
-    index: int,
-    ready: multiprocessing.synchronize.Event,
-    go: multiprocessing.synchronize.Event,
-) -> dict[str, Any]:
+async def _cas(url: str, run: Cas, prefix: str, worker: Worker) -> dict[str, Any]:
     client = redis.asyncio.Redis.from_url(url)
     vkey, mkey = f"{prefix}:version", f"{prefix}:members"
     inboxes = [f"{prefix}:inbox:{k}" for k in range(run.fanout)]
@@ -621,13 +625,11 @@ async def _cas(
     try:
         await client.ping()
         await script(keys=[vkey], args=[-1, 0, 0, 0, CAP])  # loads it: EVALSHA from here on
-        ready.set()
-        if not go.wait(60):
-            raise RuntimeError("no go within 60 s")
+        worker.ready_then_wait()
         cpu0 = time.process_time()
         t0 = time.monotonic_ns()
         for i in range(run.commits):
-            member = f"u{index}_{i % MEMBERS_PER_ROOM}"
+            member = f"u{worker.index}_{i % MEMBERS_PER_ROOM}"
             start = time.monotonic_ns()
             while True:
                 if run.method == "watch":
@@ -671,22 +673,6 @@ async def _cas(
     }
 
 
-def cas_main(
-    url: str,
-    run: Cas,
-    prefix: str,
-    index: int,
-    ready: multiprocessing.synchronize.Event,
-    go: multiprocessing.synchronize.Event,
-    results: multiprocessing.Queue[tuple[str, int, dict[str, Any]]],
-) -> None:
-    try:
-        out = run_loop(_cas(url, run, prefix, index, ready, go))
-    except Exception as exc:
-        out = {"error": f"{type(exc).__name__}: {exc}"}
-    results.put(("cas", index, out))
-
-
 def run_cas(url: str, run: Cas, timeout: float) -> dict[str, Any]:
     ctx = worker_context()
     prefix = f"bench:{uuid.uuid4().hex}:room"
@@ -698,8 +684,8 @@ def run_cas(url: str, run: Cas, timeout: float) -> dict[str, Any]:
     try:
         for i in range(run.procs):
             proc = ctx.Process(
-                target=cas_main,
-                args=(url, run, prefix, i, ready[i], go, results),
+                target=worker_main,
+                args=(_cas, url, run, prefix, Worker("cas", i, ready[i], go, results)),
                 name=f"cas-{i}",
                 daemon=True,
             )
@@ -879,6 +865,45 @@ def fmt(value: Any, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
+def _rows(
+    medians: dict[str, dict[str, Any]], kind: str, row: Callable[[dict[str, Any]], list[object]]
+) -> list[list[object]]:
+    """The report rows of the runs of one kind: of each median that has the key ``kind``."""
+    return [row(m) for m in medians.values() if kind in m]
+
+
+def _delivery_row(m: dict[str, Any]) -> list[object]:
+    return [
+        m["name"],
+        m["producer"],
+        m["consumer"],
+        fmt(m["rate"] or None, ",.0f"),
+        f"{m['sent']:,.0f}",
+        f"{m['msgs_per_s']:,.0f}",
+        f"{m['lost']:,}",
+        f"{m['out_of_order']}",
+        fmt(m["p50_ms"], ".2f"),
+        fmt(m["p99_ms"], ".2f"),
+        f"{m['redis_us_per_msg']:.1f}",
+        f"{m['producer_us_per_msg']:.1f}",
+        f"{m['consumer_us_per_msg']:.1f}",
+    ]
+
+
+def _cas_row(m: dict[str, Any]) -> list[object]:
+    return [
+        m["name"],
+        m["fanout"],
+        m["procs"],
+        f"{m['commits_per_s']:,.0f}",
+        f"{m['p50_us']:.0f}",
+        f"{m['p99_us']:.0f}",
+        f"{m['conflicts_per_commit']:.2f}",
+        f"{m['redis_us_per_commit']:.1f}",
+        f"{m['client_us_per_commit']:.0f}",
+    ]
+
+
 def report(results: dict[str, Any]) -> None:
     print(
         f"{results['date']}; {results['machine']}; Redis {results['redis_version']}, "
@@ -886,27 +911,6 @@ def report(results: dict[str, Any]) -> None:
         f"medians of {results['repeats']}"
     )
     print()
-    rows = []
-    for m in results["medians"].values():
-        if "transport" not in m:
-            continue
-        rows.append(
-            [
-                m["name"],
-                m["producer"],
-                m["consumer"],
-                fmt(m["rate"] or None, ",.0f"),
-                f"{m['sent']:,.0f}",
-                f"{m['msgs_per_s']:,.0f}",
-                f"{m['lost']:,}",
-                f"{m['out_of_order']}",
-                fmt(m["p50_ms"], ".2f"),
-                fmt(m["p99_ms"], ".2f"),
-                f"{m['redis_us_per_msg']:.1f}",
-                f"{m['producer_us_per_msg']:.1f}",
-                f"{m['consumer_us_per_msg']:.1f}",
-            ]
-        )
     print_table(
         [
             "run",
@@ -923,27 +927,10 @@ def report(results: dict[str, Any]) -> None:
             "prod µs/msg",
             "cons µs/msg",
         ],
-        rows,
+        _rows(results["medians"], "transport", _delivery_row),
         align="<<<",
     )
     print()
-    rows = []
-    for m in results["medians"].values():
-        if "method" not in m:
-            continue
-        rows.append(
-            [
-                m["name"],
-                m["fanout"],
-                m["procs"],
-                f"{m['commits_per_s']:,.0f}",
-                f"{m['p50_us']:.0f}",
-                f"{m['p99_us']:.0f}",
-                f"{m['conflicts_per_commit']:.2f}",
-                f"{m['redis_us_per_commit']:.1f}",
-                f"{m['client_us_per_commit']:.0f}",
-            ]
-        )
     print_table(
         [
             "commit",
@@ -956,7 +943,7 @@ def report(results: dict[str, Any]) -> None:
             "redis µs/commit",
             "client µs/commit",
         ],
-        rows,
+        _rows(results["medians"], "method", _cas_row),
     )
     mem = results["memory"]
     print()

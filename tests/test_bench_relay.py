@@ -7,13 +7,10 @@ process it starts; here it is bounded by the subprocess timeout.
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from benchutil import require_node, run_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "bench_relay.py"
@@ -22,22 +19,11 @@ SHARED_BENCH = ROOT.parent / "shared" / "bench"
 
 @pytest.mark.timeout(90)
 def test_quick_run_relays_every_frame_through_the_three_servers(tmp_path: Path) -> None:
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node/npm not installed: bench_relay's load generator is a Node script")
+    require_node("bench_relay's load generator is a Node script")
     if not (SHARED_BENCH / "loadgen.mjs").is_file():
         pytest.skip(f"no shared bench at {SHARED_BENCH} (loadgen.mjs and the yardstick relays)")
     plot = tmp_path / "relay.png"
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--json", "--plot", str(plot)],
-        capture_output=True,
-        text=True,
-        timeout=75,
-        cwd=ROOT,
-    )
-    if "could not be installed (npm ci)" in done.stderr:
-        pytest.skip("the Node package ws could not be installed (no registry?)")
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(done.stdout)
+    results = run_bench(SCRIPT, "--quick", "--json", "--plot", str(plot), timeout=75)
     assert results["problems"] == []
     for scenario in ("flat-10x10", "flat-100x10", "paced-2000"):
         by_server = results["medians"][scenario]

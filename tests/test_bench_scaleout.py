@@ -8,13 +8,10 @@ it is bounded by the subprocess timeout.
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from benchutil import require_node, run_bench
 from redisfix import require_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,20 +20,9 @@ SCRIPT = ROOT / "benchmarks" / "bench_scaleout.py"
 
 @pytest.mark.timeout(40)
 def test_quick_run_relays_across_processes_with_nothing_lost_or_reordered() -> None:
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node/npm not installed: the load generator is a Node script")
+    require_node("the load generator is a Node script")
     require_redis_server()
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=35,
-        cwd=ROOT,
-    )
-    if "could not be installed (npm ci)" in done.stderr:
-        pytest.skip("the Node package ws could not be installed (no registry?)")
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(done.stdout)
+    results = run_bench(SCRIPT, "--quick", "--json", timeout=35)
     assert results["problems"] == []
     for scenario, by_setup in results["medians"].items():
         assert set(by_setup) == {"single", "redis-1", "redis-2"}, scenario
