@@ -77,6 +77,13 @@ Delivery order: actions come out in the order the machine decided them, and the
 adapter sends each connection's frames in that order, so frames from one sender to one
 target arrive in the order they were sent, and a ``user-joined-room`` reaches every
 member before any later frame of that room.
+
+**A cluster** (``RelayMachine(node=...)``, ``serve --redis``): rooms and the frames for
+their members live in a shared store (:mod:`.store`), asked with ``StoreOp`` actions and
+heard as ``StoreResult`` events. Every change of a room is a transaction — read the
+room, decide with the same rules (:meth:`RelayMachine._admission`), commit at the
+version read, decide again on a conflict — and every frame for a member goes through its
+mailbox. The section "a cluster" below is the whole of it; docs/scaling.md the design.
 """
 
 from __future__ import annotations
