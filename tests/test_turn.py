@@ -1,0 +1,78 @@
+"""Short-lived TURN credentials (issue 15): the scheme, and a real coturn that takes them.
+
+The credentials ``sansio_signal.turn`` makes are checked by coturn itself
+(``--use-auth-secret``): an allocation with fresh ones succeeds; expired ones, another
+secret's, or a tampered username are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import time
+
+import pytest
+from aioice.stun import TransactionFailed
+from aioice.turn import create_turn_endpoint
+from turnfix import TurnServer
+
+from sansio_signal.turn import TurnConfig, load_turn_secret, turn_credentials, with_turn
+
+SECRET = b"north-wind-turn-secret-0123456789"
+
+
+def test_the_credential_is_the_turn_rest_api_scheme() -> None:
+    username, credential = turn_credentials(SECRET, wall_time=1_700_000_000.2, ttl=600)
+    assert username == "1700000601"  # the expiry, rounded up
+    expected = hmac.new(SECRET, b"1700000601", hashlib.sha1).digest()
+    assert base64.b64decode(credential) == expected
+    labelled, _ = turn_credentials(SECRET, wall_time=0, ttl=5, label="alice")
+    assert labelled == "5:alice"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ttl": 0}, "ttl"),
+        ({"ttl": float("inf")}, "ttl"),
+        ({"ttl": 5, "label": "a:b"}, "label"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        turn_credentials(SECRET, wall_time=0, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_turn_configuration_hands_out_fresh_credentials() -> None:
+    config = TurnConfig(urls=("turn:127.0.0.1:3478",), secret=SECRET, ttl=60)
+    servers = with_turn([{"urls": "stun:127.0.0.1:3478"}], config, wall_time=100.0)
+    assert servers[0] == {"urls": "stun:127.0.0.1:3478"}
+    assert servers[1]["urls"] == ["turn:127.0.0.1:3478"] and servers[1]["username"] == "160"
+    assert SECRET.decode() not in repr(config)  # the secret stays out of logs
+    with pytest.raises(ValueError, match="turn:"):
+        TurnConfig(urls=("stun:x",), secret=SECRET)
+    assert load_turn_secret(b"abc \n") == b"abc"
+    with pytest.raises(ValueError, match="empty"):
+        load_turn_secret(b" \n")
+
+
+async def allocate(server: TurnServer, username: str, password: str) -> None:
+    transport, _protocol = await create_turn_endpoint(
+        asyncio.DatagramProtocol, ("127.0.0.1", server.port), username, password, lifetime=60
+    )
+    transport.close()
+
+
+def test_coturn_takes_fresh_credentials_and_refuses_the_others() -> None:
+    with TurnServer(SECRET) as server:
+        now = time.time()
+        fresh = turn_credentials(SECRET, wall_time=now, ttl=60)
+        asyncio.run(asyncio.wait_for(allocate(server, *fresh), 10))
+        expired = turn_credentials(SECRET, wall_time=now - 120, ttl=60)
+        other = turn_credentials(b"another-secret-entirely-000000000", wall_time=now, ttl=60)
+        tampered = (str(int(now) + 100_000), fresh[1])
+        for username, password in (expired, other, tampered):
+            with pytest.raises(TransactionFailed):
+                asyncio.run(asyncio.wait_for(allocate(server, username, password), 10))
