@@ -12,7 +12,7 @@ SOURCES := $(shell find sansio_signal adapters -type f -not -path '*/__pycache__
 DEMO_STAMP := $(VENV)/.installed-demo
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo serve test lint typecheck install install-demo bench
+.PHONY: demo serve test lint typecheck install install-demo bench docs
 
 $(DEMO_STAMP): $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ typecheck: install
 # Every check: lint, types, and the whole test suite.
 test: lint typecheck
 	$(BIN)/pytest -q
+
+# The documentation site (mkdocs.yml) into site/; any warning (a broken link or
+# reference) fails it. tests/test_docs_site.py builds it the same way in `make test`.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: install
 	$(BIN)/python benchmarks/bench_core.py
