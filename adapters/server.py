@@ -64,7 +64,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import resources
 from importlib.resources.abc import Traversable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, Protocol, TextIO, cast
 
 import attrs
 from picows import (
@@ -620,10 +620,23 @@ class _LatencyHistogram:
         )
 
 
+class MetricsSource(Protocol):
+    """What the relay's metrics are read from at scrape time: a running relay adapter
+    (:class:`RelayServer`, or the ASGI app of :mod:`sansio_signal.adapters.asgi`)."""
+
+    @property
+    def machine(self) -> RelayMachine: ...
+    @property
+    def closes(self) -> Counter[int]: ...
+    @property
+    def latency(self) -> _LatencyHistogram: ...
+    def refusal_counts(self) -> dict[str, int]: ...
+
+
 class _StatsCollector(Collector):
     """Exports the machine's own counters at scrape time."""
 
-    def __init__(self, server: RelayServer) -> None:
+    def __init__(self, server: MetricsSource) -> None:
         self._server = server
 
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
@@ -661,6 +674,49 @@ class _StatsCollector(Collector):
             family.add_metric([reason], value)
         yield family
         yield self._server.latency.family()
+
+
+def new_latency_histogram() -> _LatencyHistogram:
+    """An empty ``sansio_signal_relay_latency_seconds`` (observe seconds per frame sent)."""
+    return _LatencyHistogram(LATENCY_BUCKETS)
+
+
+def relay_registry(source: MetricsSource, connections: Callable[[], int]) -> CollectorRegistry:
+    """A Prometheus registry with the relay's metrics read off ``source`` at scrape time
+    (``connections``: how many WebSockets are open now). Shared by every adapter that
+    runs a relay, so that ``/metrics`` is the same wherever the machine runs."""
+    registry = CollectorRegistry()
+    Gauge(
+        "sansio_signal_connections", "Open WebSocket connections.", registry=registry
+    ).set_function(connections)
+    Gauge("sansio_signal_rooms", "Rooms with at least one member.", registry=registry).set_function(
+        lambda: source.machine.room_count
+    )
+    Gauge(
+        "sansio_signal_held_members",
+        "Members whose socket dropped, held for a resume.",
+        registry=registry,
+    ).set_function(lambda: source.machine.held_count)
+    registry.register(_StatsCollector(source))
+    return registry
+
+
+def count_refusals(machine: RelayMachine, own: Mapping[str, int]) -> dict[str, int]:
+    """Every refusal so far by reason (:data:`REFUSAL_REASONS`): the adapter's ``own``
+    and those the machine's counters record."""
+    stats = machine.stats
+    counts = dict.fromkeys(REFUSAL_REASONS, 0)
+    counts.update(own)
+    rooms_limit = stats.rooms_limit_refusals
+    counts["rate-limited"] = stats.errors["rate-limited"]
+    counts["unauthorized"] = stats.errors["unauthorized"]
+    counts["room-full"] = stats.errors["room-full"] - rooms_limit
+    counts["rooms-limit"] = rooms_limit
+    counts["frame-too-large"] += stats.errors["frame-too-large"]  # and the adapter's own
+    counts["abuse-close"] = stats.closes[CloseCode.POLICY]
+    counts["idle-timeout"] = stats.idle_closes
+    counts["per-ip-limit"] = stats.address_refusals
+    return counts
 
 
 class RelayServer:
@@ -781,19 +837,7 @@ class RelayServer:
         self._dirty: list[_Member] = []
         """Connections with frames waiting for the end of this turn (:meth:`_flush`)."""
         self.latency = _LatencyHistogram(LATENCY_BUCKETS)
-        self.registry = CollectorRegistry()
-        Gauge(
-            "sansio_signal_connections", "Open WebSocket connections.", registry=self.registry
-        ).set_function(lambda: len(self._links))
-        Gauge(
-            "sansio_signal_rooms", "Rooms with at least one member.", registry=self.registry
-        ).set_function(lambda: self.machine.room_count)
-        Gauge(
-            "sansio_signal_held_members",
-            "Members whose socket dropped, held for a resume.",
-            registry=self.registry,
-        ).set_function(lambda: self.machine.held_count)
-        self.registry.register(_StatsCollector(self))
+        self.registry = relay_registry(self, lambda: len(self._links))
         if self.machine.node is not None:
             Gauge(
                 "sansio_signal_node",
@@ -994,21 +1038,7 @@ class RelayServer:
     def refusal_counts(self) -> dict[str, int]:
         """Every refusal so far by reason (:data:`REFUSAL_REASONS`): the adapter's own
         and those the machine's counters record."""
-        stats = self.machine.stats
-        counts = dict.fromkeys(REFUSAL_REASONS, 0)
-        counts.update(self.refusals)
-        rooms_limit = stats.rooms_limit_refusals
-        counts["rate-limited"] = stats.errors["rate-limited"]
-        counts["unauthorized"] = stats.errors["unauthorized"]
-        counts["room-full"] = stats.errors["room-full"] - rooms_limit
-        counts["rooms-limit"] = rooms_limit
-        counts["frame-too-large"] = (
-            stats.errors["frame-too-large"] + self.refusals["frame-too-large"]
-        )
-        counts["abuse-close"] = stats.closes[CloseCode.POLICY]
-        counts["idle-timeout"] = stats.idle_closes
-        counts["per-ip-limit"] = stats.address_refusals
-        return counts
+        return count_refusals(self.machine, self.refusals)
 
     def _refuse(self, reason: str, address: object = None) -> None:
         self.refusals[reason] += 1
