@@ -365,7 +365,7 @@ class RelayApp:
                     return
                 link.queued_bytes -= len(item.encode())
                 await send({"type": "websocket.send", "text": item})
-        except (OSError, TimeoutError) as exc:  # the client went away
+        except Exception as exc:  # the client went away (each ASGI server says it its way)
             logger.debug("Connection %s: send failed: %r", link.conn, exc)
 
 

@@ -230,3 +230,98 @@ def test_relay_app_takes_its_hooks_or_a_machine() -> None:
         relay_app(machine=RelayMachine(new_token=lambda: "t"), authorize=lambda s, j: True)
     with pytest.raises(ValueError):
         relay_app(send_buffer=0)
+
+
+# ---------------------------------------------------------------- the app, driven directly
+
+
+class Socket:
+    """One WebSocket scope driven by hand: what the app sent, and its inbox."""
+
+    def __init__(self, app: RelayApp, *, stuck: bool = False) -> None:
+        self.app = app
+        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.sent: list[dict[str, Any]] = []
+        self.changed = asyncio.Event()
+        self.stuck = stuck
+        """Every ``websocket.send`` blocks: a client that does not read."""
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        scope = {"type": "websocket", "path": "/", "client": ("10.0.0.1", 5000), "headers": []}
+        self.inbox.put_nowait({"type": "websocket.connect"})
+        self.task = asyncio.create_task(self.app(scope, self.inbox.get, self._send))
+
+    async def _send(self, message: Any) -> None:
+        if self.stuck and message["type"] == "websocket.send":
+            await asyncio.Event().wait()
+        self.sent.append(dict(message))
+        self.changed.set()
+
+    async def until(self, kind: str) -> dict[str, Any]:
+        """The first message of type ``kind`` the app sent (waiting for it)."""
+        while True:
+            found = [m for m in self.sent if m["type"] == kind]
+            if found:
+                return found[0]
+            self.changed.clear()
+            await asyncio.wait_for(self.changed.wait(), 5)
+
+    def receive(self, frame: Frame) -> None:
+        self.inbox.put_nowait({"type": "websocket.receive", "text": json.dumps(frame)})
+
+
+def test_a_connection_the_machine_refuses_at_once_is_closed_before_the_accept() -> None:
+    from sansio_signal import Limits
+
+    async def scenario() -> None:
+        app = relay_app(limits=Limits(max_per_address=1))
+        first, second = Socket(app), Socket(app)
+        first.start()
+        await first.until("websocket.accept")
+        second.start()
+        close = await second.until("websocket.close")  # before any accept: HTTP 403
+        assert not [m for m in second.sent if m["type"] == "websocket.accept"]
+        assert close["code"] == 1013
+        assert second.task is not None
+        await second.task
+        assert app.health()["connections"] == 1
+        first.inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
+        assert first.task is not None
+        await first.task
+        assert app.health()["connections"] == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_client_that_does_not_read_is_closed_1013_past_the_send_buffer() -> None:
+    async def scenario() -> None:
+        app = relay_app(send_buffer=2000)
+        reader, stuck = Socket(app), Socket(app, stuck=True)
+        reader.start()
+        stuck.start()
+        await reader.until("websocket.accept")
+        await stuck.until("websocket.accept")
+        stuck.receive(join_frame("slow", "zed"))
+        reader.receive(join_frame("slow", "amy"))
+        await reader.until("websocket.send")  # amy's own user-joined-room
+        n = 0
+        while app.refusal_counts()["slow-consumer"] == 0:  # each chat reaches zed too
+            n += 1
+            reader.receive(chat_frame(f"message {n} " + "x" * 100))
+            while not any(f"message {n} " in m.get("text", "") for m in reader.sent):
+                reader.changed.clear()
+                await asyncio.wait_for(reader.changed.wait(), 5)
+        assert 5 < n < 12  # about 2000 bytes of ~230-byte chat frames queued for zed
+        assert app.closes[1013] == 1, (app.closes, app.machine.stats)
+        # the others see it leave, once
+        while not any('"user-left-room"' in m.get("text", "") for m in reader.sent):
+            reader.changed.clear()
+            await asyncio.wait_for(reader.changed.wait(), 5)
+        stuck.inbox.put_nowait({"type": "websocket.disconnect", "code": 1006})
+        reader.inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
+        assert stuck.task is not None and reader.task is not None
+        await asyncio.gather(stuck.task, reader.task)
+        assert app.health() == {"connections": 0, "rooms": 0}
+
+    asyncio.run(scenario())
