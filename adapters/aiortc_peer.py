@@ -63,6 +63,7 @@ from sansio_signal.wire import IceCandidate, SessionDescription
 logger = logging.getLogger("sansio_signal.aiortc")
 
 CHANNEL_LABEL = "chat"
+"""The label of the data channel each pair of peers opens for its messages."""
 
 
 @attrs.frozen(kw_only=True)

@@ -73,6 +73,7 @@ from .aiortc_peer import AiortcPeers, IceServer
 logger = logging.getLogger("sansio_signal.client")
 
 DEFAULT_URL = "ws://127.0.0.1:8765/"
+"""Where :func:`connect` goes without a URL: ``sansio-signal serve``'s default address."""
 
 
 @attrs.frozen

@@ -339,6 +339,7 @@ ClientAction: TypeAlias = (
     | ProtocolViolation
     | Log
 )
+"""Every action the client machine (:class:`ClientMachine`) and its negotiations return."""
 PeerConnectionAction: TypeAlias = (
     CreatePeer
     | CreateOffer
@@ -348,3 +349,4 @@ PeerConnectionAction: TypeAlias = (
     | AddIceCandidate
     | ClosePeer
 )
+"""The actions addressed to one peer connection (an ``RTCPeerConnection``)."""

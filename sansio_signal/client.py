@@ -147,6 +147,7 @@ from .wire import (
 )
 
 TraceSink = Callable[[dict[str, JSONValue]], None]
+"""Where a client machine writes its trace: one JSON object per record."""
 
 _JOIN_REFUSALS = frozenset(
     {ErrorCode.USER_ID_TAKEN, ErrorCode.ROOM_FULL, ErrorCode.INVALID_ID, ErrorCode.UNAUTHORIZED}

@@ -65,6 +65,7 @@ from .wire import (
 )
 
 Record = Mapping[str, Any]
+"""One record of a trace: a JSON line, decoded."""
 
 OFFER, ANSWER, ICE, RENEGOTIATE = Offer.TYPE, Answer.TYPE, Ice.TYPE, Renegotiate.TYPE
 

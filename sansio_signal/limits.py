@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 
 DEFAULT_ID_PATTERN = r"[A-Za-z0-9_.:-]{1,64}"
+"""What a room or user id must match in full, unless :attr:`Limits.id_pattern` says otherwise."""
 
 
 _KNOWN_IDS = 4096

@@ -190,6 +190,7 @@ class Capabilities:
 
 
 NO_CAPABILITIES = Capabilities(rollback=False, ice_restart=False, trickle=False)
+"""What is assumed of a remote peer until it says what it can do."""
 AIORTC = Capabilities(rollback=False, ice_restart=False, trickle=False)
 """aiortc 1.x: no rollback, no ICE restart, no outgoing trickle (see FIELD-NOTES)."""
 BROWSER = Capabilities(rollback=True, ice_restart=True, trickle=True)
@@ -341,6 +342,7 @@ _WHY_REFUSED: dict[tuple[Role, Input], str] = {
 """Why some inputs are missing from the table for a whole role, for the error message."""
 
 Actions = list[ClientAction]
+"""What a :class:`PeerNegotiation` returns from each call: actions, in order."""
 
 
 class PeerNegotiation:

@@ -62,6 +62,7 @@ class MemberRecord:
 
 
 Members: TypeAlias = Mapping[str, MemberRecord]
+"""A room's members: user id → :class:`MemberRecord`."""
 
 
 # --------------------------------------------------------------------------- operations

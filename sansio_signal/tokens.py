@@ -50,6 +50,7 @@ ALGORITHM = "HS256"
 """The one signing algorithm accepted."""
 
 REQUIRED_CLAIMS = ("exp", "sub", "room")
+"""The claims every join token must carry: expiry, user (``sub``) and room."""
 
 MIN_SECRET_BYTES = 32
 """RFC 7518 §3.2: an HS256 key has at least as many bytes as the hash (shorter warns)."""

@@ -70,6 +70,7 @@ class SimStore:
         return {} if found is None else dict(found.members)
 
     def version(self, room: str) -> int:
+        """The version of ``room`` (0: never used)."""
         found = self._rooms.get(room)
         return 0 if found is None else found.version
 
@@ -78,6 +79,7 @@ class SimStore:
         return sorted(r for r, room in self._rooms.items() if room.members)
 
     def mailbox(self, room: str, user: str) -> list[str]:
+        """The frames waiting in the mailbox of ``user`` in ``room``, oldest first."""
         return [f for f in self._mailboxes.get((room, user), ()) if f is not _FULL]
 
     def notices(self, node: str) -> list[MailNotice | NodeMessage]:
@@ -85,6 +87,7 @@ class SimStore:
         return self._notices.pop(node, [])
 
     def heartbeat(self, node: str) -> None:
+        """``node`` beats: it is alive (again)."""
         self.alive.add(node)
 
     def kill(self, node: str) -> None:
@@ -96,6 +99,7 @@ class SimStore:
         self._claimed.clear()
 
     def index(self, node: str) -> set[tuple[str, str]]:
+        """The ``(room, user)`` members held on ``node`` (a copy)."""
         return set(self._index.get(node, ()))
 
     # ------------------------------------------------------------------ operations
