@@ -22,7 +22,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Generic, TextIO, TypeVar
 
@@ -204,8 +204,12 @@ class Client:
         token: str | None = None,
         resume_window: float = 8.0,
         max_peers: int = DEFAULT_MAX_MEMBERS,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.url = url
+        self.headers = dict(headers or {})
+        """Extra HTTP headers of every WebSocket handshake: a session cookie, for a relay
+        mounted in a web app whose own auth decides joins (:mod:`.asgi`)."""
         self.token = token
         self.room_id = room_id
         self.user_id = user_id
@@ -481,7 +485,12 @@ class Client:
         try:
             # No permessage-deflate: signaling frames are small, and compressing them
             # costs both ends CPU for nothing on the latency path.
-            ws = await ws_connect(self.url, open_timeout=10, compression=None)
+            ws = await ws_connect(
+                self.url,
+                open_timeout=10,
+                compression=None,
+                additional_headers=self.headers or None,
+            )
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             self._feed(ServerConnectFailed(reason=f"cannot connect to {self.url}: {exc}"))
             return

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from conftest import chat_frame, join_frame, offer_frame
 from websockets.asyncio.client import ClientConnection, connect
+from wsutil import message_from
 
 from sansio_signal.adapters.asgi import RelayApp, relay_app
 
@@ -323,5 +324,28 @@ def test_a_client_that_does_not_read_is_closed_1013_past_the_send_buffer() -> No
         assert stuck.task is not None and reader.task is not None
         await asyncio.gather(stuck.task, reader.task)
         assert app.health() == {"connections": 0, "rooms": 0}
+
+    asyncio.run(scenario())
+
+
+def test_two_aiortc_peers_connect_through_the_mounted_relay(app: App) -> None:
+    from sansio_signal.adapters.client import connect as client
+
+    async def scenario() -> None:
+        async with (
+            client(
+                app.ws_url,
+                room_id="peers",
+                user_id="alice",
+                headers={"Cookie": app.login("alice")},
+            ) as alice,
+            client(
+                app.ws_url, room_id="peers", user_id="bob", headers={"Cookie": app.login("bob")}
+            ) as bob,
+        ):
+            await alice.wait_connected("bob", timeout=20)
+            await bob.wait_connected("alice", timeout=20)
+            alice.send("bob", "over the data channel")
+            await message_from(bob, "alice", "over the data channel", timeout=10)
 
     asyncio.run(scenario())
