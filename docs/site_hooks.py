@@ -10,8 +10,8 @@ Three jobs, all at build time so that nothing generated lands in docs/:
 * the benchmarks' README (``benchmarks/README.md``, beside the scripts it describes)
   becomes the page ``benchmarks.md``, its links into docs/ (``../docs/x``) rewritten to
   the site's own pages and pictures;
-* the docstrings' Sphinx roles (``:class:`Name```), which mkdocstrings leaves as text,
-  are dropped from the rendered HTML: the name stays, as code.
+* the docstrings' Sphinx roles (``:class:`~.events.Name```), which mkdocstrings leaves
+  as text, are dropped from the rendered HTML: the name stays, as code (``Name``).
 """
 
 from __future__ import annotations
@@ -29,8 +29,16 @@ from mkdocs.structure.files import File, Files
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks" / "README.md"
 
-ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|data|attr|exc|obj|const|type):(?=<code>)")
-"""A Sphinx role left in front of its ``<code>`` span by the Markdown renderer."""
+ROLE = re.compile(
+    r":(?:py:)?(?:class|func|meth|mod|data|attr|exc|obj|const|type):<code>(~?)\.?([\w.]+)</code>"
+)
+"""A Sphinx role left in front of its ``<code>`` span by the Markdown renderer, with its
+target (``~`` first: shown by its last name only; a leading ``.``: relative)."""
+
+
+def _name(role: re.Match[str]) -> str:
+    name = role[2].rsplit(".", 1)[-1] if role[1] else role[2]
+    return f"<code>{name}</code>"
 
 
 _tree: tempfile.TemporaryDirectory[str] | None = None
@@ -78,4 +86,4 @@ def on_files(files: Files, config: MkDocsConfig, **_: Any) -> Files:
 
 def on_page_content(html: str, **_: Any) -> str:
     """Drop the Sphinx roles the docstrings use; the names stay as code."""
-    return ROLE.sub("", html)
+    return ROLE.sub(_name, html)
