@@ -631,7 +631,7 @@ class MetricsSource(Protocol):
     @property
     def latency(self) -> _LatencyHistogram: ...
     def refusal_counts(self) -> dict[str, int]:
-        """Refusals the adapter decided (not the machine), by ``reason`` label."""
+        """Every refusal so far by ``reason`` label: the adapter's own and the machine's."""
         ...
 
 
