@@ -10,14 +10,12 @@ entry on a reference page), and screenshots of the built site in headless Chromi
 from __future__ import annotations
 
 import asyncio
-import functools
 import html
 import importlib.util
 import os
 import re
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -88,16 +86,25 @@ def directives() -> dict[str, list[str] | None]:
     return found
 
 
-@functools.cache
-def package() -> griffe.Module:
-    """The package as the reference sees it: the checkout laid out as installed."""
-    tree = Path(tempfile.mkdtemp(prefix="sansio-signal-griffe-"))
-    hooks().installed_layout(tree)
+_package: list[griffe.Module] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def griffe_tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Load the package once per run, from the checkout laid out as installed."""
+    tree = hooks().installed_layout(tmp_path_factory.mktemp("griffe"))
     loaded = griffe.load(
         "sansio_signal", search_paths=[str(tree)], resolve_aliases=True, try_relative_path=False
     )
     assert isinstance(loaded, griffe.Module)
-    return loaded
+    _package.append(loaded)
+    yield
+    _package.clear()
+
+
+def package() -> griffe.Module:
+    """The package as the reference sees it (see :func:`griffe_tree`)."""
+    return _package[0]
 
 
 def hidden() -> list[re.Pattern[str]]:
