@@ -52,6 +52,14 @@ class App:
         finally:
             conn.close()
 
+    def held_members(self) -> float:
+        """``sansio_signal_held_members`` from ``/signal/metrics``."""
+        _, _, body = self.request("GET", "/signal/metrics")
+        for line in body.decode().splitlines():
+            if line.startswith("sansio_signal_held_members "):
+                return float(line.split()[1])
+        raise AssertionError("no sansio_signal_held_members in /metrics")
+
     def login(self, user: str) -> str:
         """The ``Cookie`` header of a fresh session of ``user``."""
         status, headers, _ = self.request(
@@ -190,6 +198,8 @@ def test_resume_after_a_dropped_socket(app: App) -> None:
         assert (await recv(alice))["userId"] == "bob"
         bob.transport.abort()  # no close frame: held for the resume grace
         await bob.wait_closed()
+        while app.held_members() < 1:  # the server has seen the drop (each a round trip)
+            pass
         await send(alice, chat_frame("while you were away"))
         assert (await recv(alice))["text"] == "while you were away"  # no user-left-room
         async with connect(app.ws_url, additional_headers={"Cookie": cookie}) as again:
