@@ -359,3 +359,61 @@ def test_two_aiortc_peers_connect_through_the_mounted_relay(app: App) -> None:
             await message_from(bob, "alice", "over the data channel", timeout=10)
 
     asyncio.run(scenario())
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+BROWSER_PEER = """
+async ([url, userId, roomId]) => {
+  const m = await import("/static/sansio-signal.js");
+  const c = new m.SignalingClient({ url, userId });
+  window.c = c;
+  window.messages = [];
+  c.addEventListener("message", (e) => window.messages.push([e.detail.from, e.detail.text]));
+  await c.connect();
+  c.join(roomId);
+}
+"""
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
+def test_two_browser_pages_connect_through_the_mounted_relay(app: App) -> None:
+    """Each page logs in through the app's form (its cookie rides on the WebSocket) and
+    runs the bundled browser client from /static against /signal."""
+    from playwright.async_api import async_playwright
+
+    base = f"http://{app.host}:{app.port}/"
+
+    async def scenario() -> None:
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(
+                executable_path=CHROMIUM,
+                headless=True,
+                args=["--disable-gpu", "--allow-loopback-in-peer-connection"],
+            )
+            try:
+                pages = {}
+                for user in ("ann", "ben"):
+                    page = await (await browser.new_context()).new_page()
+                    await page.goto(base)
+                    await page.fill("input[name=user]", user)
+                    await page.click("button")
+                    await page.wait_for_selector("#log")  # the chat page: logged in
+                    await page.evaluate(BROWSER_PEER, [app.ws_url, user, "browsers"])
+                    pages[user] = page
+                for user, other in (("ann", "ben"), ("ben", "ann")):
+                    await pages[user].wait_for_function(
+                        "(p) => window.c.channel(p) !== null", arg=other, timeout=20_000
+                    )
+                await pages["ann"].wait_for_function(
+                    "() => window.c.channel('ben').readyState === 'open'", timeout=20_000
+                )
+                await pages["ann"].evaluate("window.c.send('ben', 'hi from ann')")
+                await pages["ben"].wait_for_function(
+                    "() => window.messages.some(([f, t]) => f === 'ann' && t === 'hi from ann')",
+                    timeout=20_000,
+                )
+            finally:
+                await browser.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 90))

@@ -1,5 +1,6 @@
 """The relay inside a FastAPI app: a login, a page, and the relay at ``/signal``.
 
+``/static/`` serves the browser client (``sansio-signal.js``) for WebRTC pages.
 The app's own session decides who may join: ``POST /login`` (a user name) sets a
 ``session`` cookie; a WebSocket to ``/signal`` carries that cookie, and the relay's
 ``authorize`` hook admits a join only under the user name of its session. The mount is
@@ -24,12 +25,14 @@ import html
 import secrets
 from collections.abc import AsyncIterator
 from http.cookies import SimpleCookie
+from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 
 from sansio_signal import JoinRoom, Limits
 from sansio_signal.adapters.asgi import relay_app
@@ -64,6 +67,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 app = FastAPI(lifespan=lifespan)
 app.mount("/signal", relay)
+# The browser client (``/static/sansio-signal.js``: SignalingClient, WebRTC peers), for
+# pages of your own that want more than the chat below (follow_symlink: an editable
+# install's package files are links into the checkout).
+STATIC = resources.files("sansio_signal.adapters") / "static"
+app.mount("/static", StaticFiles(directory=str(STATIC), follow_symlink=True))
 
 
 @app.post("/login")
