@@ -417,3 +417,34 @@ def test_two_browser_pages_connect_through_the_mounted_relay(app: App) -> None:
                 await browser.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 90))
+
+
+def test_lifespan_shutdown_closes_every_connection_with_1012() -> None:
+    async def scenario() -> None:
+        app = relay_app()
+        member = Socket(app)
+        member.start()
+        await member.until("websocket.accept")
+        member.receive(join_frame("restart", "amy"))
+        await member.until("websocket.send")
+        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        answers: list[dict[str, Any]] = []
+
+        async def answer(message: Any) -> None:
+            answers.append(dict(message))
+
+        events.put_nowait({"type": "lifespan.startup"})
+        events.put_nowait({"type": "lifespan.shutdown"})
+        lifespan = asyncio.create_task(app({"type": "lifespan"}, events.get, answer))
+        close = await member.until("websocket.close")
+        assert close["code"] == 1012
+        assert not lifespan.done()  # waits for the connection to end
+        member.inbox.put_nowait({"type": "websocket.disconnect", "code": 1012})
+        await asyncio.wait_for(lifespan, 5)
+        assert [a["type"] for a in answers] == [
+            "lifespan.startup.complete",
+            "lifespan.shutdown.complete",
+        ]
+        assert app.machine.held_count == 1  # a restart: amy is held for her resume
+
+    asyncio.run(scenario())
