@@ -155,6 +155,8 @@ class RelayApp:
         self._timer: asyncio.TimerHandle | None = None
         self._armed_for: float | None = None
         self._refused: dict[ConnId, tuple[int, str]] = {}
+        self._connecting: ConnId | None = None
+        """The connection whose ``Connected`` the machine is handling."""
         self._gone = asyncio.Event()
 
     # ------------------------------------------------------------------ the machine
@@ -215,7 +217,7 @@ class RelayApp:
                 link = self._links.get(action.conn)
                 if link is not None:
                     self._close(link, action.code, action.reason)
-                else:  # refused at connect, before the accept
+                elif action.conn == self._connecting:  # refused at once: before the accept
                     self._refused[action.conn] = (action.code, action.reason)
             elif isinstance(action, Log):
                 logger.log(action.level, action.message, *action.args)
@@ -312,7 +314,11 @@ class RelayApp:
             return
         conn: ConnId = next(self._ids)
         client = scope.get("client")
-        self._feed(Connected(conn=conn, address=str(client[0]) if client else None))
+        self._connecting = conn
+        try:
+            self._feed(Connected(conn=conn, address=str(client[0]) if client else None))
+        finally:
+            self._connecting = None
         refused = self._refused.pop(conn, None)
         if refused is not None:
             await send({"type": "websocket.close", "code": refused[0], "reason": refused[1]})
