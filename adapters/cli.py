@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from sansio_signal import CloseCode, Limits, MemoryDirectory, RelayMachine, __version__
 from sansio_signal.diagnose import diagnose
 from sansio_signal.tokens import TokenAuthority, issue_token, load_secret, valid_ttl
+from sansio_signal.turn import TurnConfig, load_turn_secret
 
 from .loglines import LogLines
 
@@ -312,6 +313,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="a STUN/TURN server for the browser page (served at /config.json), "
         "repeatable (default: none)",
     )
+    turn = serve.add_argument_group("TURN with short-lived credentials (coturn use-auth-secret)")
+    turn.add_argument(
+        "--turn-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a turn: or turns: URL of a TURN server sharing --turn-secret-file; repeatable",
+    )
+    turn.add_argument(
+        "--turn-secret-file",
+        metavar="PATH",
+        help="the TURN server's static-auth-secret (trailing whitespace removed): each "
+        "client gets credentials made with it, valid for --turn-ttl seconds",
+    )
+    turn.add_argument(
+        "--turn-ttl",
+        type=_positive_float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="how long the credentials handed out stay valid (default %(default)s)",
+    )
     serve.add_argument(
         "--log-level",
         default="INFO",
@@ -515,6 +537,7 @@ async def run_serve(
             log_lines=log_lines,
             store=store,
             node_id=args.node_id if store is not None else None,
+            turn=turn_config(args),
         )
         signals: list[int] = []
         stop = asyncio.Event()
@@ -552,6 +575,16 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 SECRET_ENV = "SANSIO_SIGNAL_SECRET"
+
+
+def turn_config(args: argparse.Namespace) -> TurnConfig | None:
+    """The TURN servers of ``--turn-url`` / ``--turn-secret-file`` (both or neither)."""
+    if not args.turn_url and args.turn_secret_file is None:
+        return None
+    if not args.turn_url or args.turn_secret_file is None:
+        raise ValueError("--turn-url and --turn-secret-file go together")
+    secret = load_turn_secret(Path(args.turn_secret_file).read_bytes())
+    return TurnConfig(urls=tuple(args.turn_url), secret=secret, ttl=args.turn_ttl)
 
 
 def open_store(url: str | None, limits: Limits) -> RedisStore | None:

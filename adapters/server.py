@@ -102,6 +102,7 @@ from sansio_signal import (
 )
 from sansio_signal.store import NodeLapsed, StoreFailed, StoreOp, StoreResult
 from sansio_signal.trace import record_line
+from sansio_signal.turn import TurnConfig, with_turn
 
 from .loglines import LogLines
 
@@ -746,7 +747,9 @@ class RelayServer:
 
     HTTP: ``static_dir`` (default: the package's ``static/``) is served at ``/NAME``
     (``/`` is ``index.html``; ``page`` overrides it); ``ice_servers`` (RTCIceServer
-    dictionaries: ``urls`` and optional ``username``/``credential``) at ``/config.json``.
+    dictionaries: ``urls`` and optional ``username``/``credential``) at ``/config.json``,
+    and ``turn``'s servers with credentials made for each request (TURN REST API:
+    valid for ``turn.ttl`` seconds, checked by a TURN server sharing ``turn.secret``).
     """
 
     def __init__(
@@ -762,6 +765,7 @@ class RelayServer:
         page: bytes | None = None,
         static_dir: Traversable | None = None,
         ice_servers: Sequence[Mapping[str, str]] = (),
+        turn: TurnConfig | None = None,
         max_connections_per_ip: int = 0,
         allowed_origins: Sequence[str] = (),
         open_timeout: float = DEFAULT_OPEN_TIMEOUT,
@@ -778,7 +782,10 @@ class RelayServer:
             limits = attrs.evolve(limits, max_per_address=max_connections_per_ip)
         if not open_timeout > 0:
             raise ValueError(f"open_timeout must be > 0, got {open_timeout}")
-        self.ice_config = _ice_config(ice_servers)
+        self._ice_servers = _ice_servers(ice_servers)
+        self.turn = turn
+        """TURN servers whose credentials are made fresh for each ``/config.json``."""
+        self.ice_config = json.dumps({"iceServers": self._ice_servers}).encode()
         self.allowed_origins = frozenset(normalize_origin(o) for o in allowed_origins)
         self.open_timeout = open_timeout
         self.ping_interval = ping_interval or None
@@ -1129,7 +1136,11 @@ class RelayServer:
                 http.HTTPStatus.OK, generate_latest(self.registry), CONTENT_TYPE_LATEST
             )
         if path == "/config.json":
-            return _response(http.HTTPStatus.OK, self.ice_config, "application/json")
+            body = self.ice_config
+            if self.turn is not None:  # fresh credentials, valid for the TURN ttl
+                servers = with_turn(self._ice_servers, self.turn, time.time())
+                body = json.dumps({"iceServers": servers}).encode()
+            return _response(http.HTTPStatus.OK, body, "application/json")
         name = "index.html" if path == "/" else path[1:]
         found = self._static_files().get(name)
         if found is None:
@@ -1434,8 +1445,9 @@ def normalize_origin(origin: str) -> str:
     return origin.strip().rstrip("/").lower()
 
 
-def _ice_config(ice_servers: Sequence[Mapping[str, str]]) -> bytes:
-    """The ``/config.json`` body: ``{"iceServers": [...]}`` as RTCConfiguration wants it."""
+def _ice_servers(ice_servers: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+    """The static ICE servers of ``/config.json`` (``{"iceServers": [...]}``, as
+    RTCConfiguration wants it), checked."""
     servers: list[dict[str, str]] = []
     for server in ice_servers:
         if not isinstance(server.get("urls"), str) or not set(server) <= _ICE_KEYS:
@@ -1444,7 +1456,7 @@ def _ice_config(ice_servers: Sequence[Mapping[str, str]]) -> bytes:
                 f"got {dict(server)!r}"
             )
         servers.append(dict(server))
-    return json.dumps({"iceServers": servers}).encode()
+    return servers
 
 
 def _address(remote: object) -> str:

@@ -11,12 +11,16 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 from aioice.stun import TransactionFailed
 from aioice.turn import create_turn_endpoint
 from turnfix import TurnServer
+from wsutil import reap, spawn_serve
 
 from sansio_signal.turn import TurnConfig, load_turn_secret, turn_credentials, with_turn
 
@@ -76,3 +80,47 @@ def test_coturn_takes_fresh_credentials_and_refuses_the_others() -> None:
         for username, password in (expired, other, tampered):
             with pytest.raises(TransactionFailed):
                 asyncio.run(asyncio.wait_for(allocate(server, username, password), 10))
+
+
+def test_serve_hands_out_credentials_that_coturn_takes(tmp_path: Path) -> None:
+    """serve --turn-url --turn-secret-file --turn-ttl: each /config.json carries fresh
+    credentials for the TURN server, and the TURN server sharing the secret takes them."""
+    secret_file = tmp_path / "turn-secret"
+    secret_file.write_bytes(SECRET + b"\n")
+
+    async def scenario() -> None:
+        with TurnServer(SECRET) as server:
+            proc, url = await spawn_serve(
+                tmp_path,
+                "--turn-url",
+                server.url,
+                "--turn-secret-file",
+                str(secret_file),
+                "--turn-ttl",
+                "120",
+                "--ice-server",
+                "stun:127.0.0.1:3478",
+            )
+            try:
+                config_url = url.replace("ws://", "http://") + "config.json"
+                before = time.time()
+                with urllib.request.urlopen(config_url, timeout=5) as answer:
+                    servers = json.loads(answer.read())["iceServers"]
+                assert servers[0] == {"urls": "stun:127.0.0.1:3478"}
+                turn = servers[1]
+                assert turn["urls"] == [server.url]
+                assert before + 120 <= int(turn["username"]) <= time.time() + 121
+                await asyncio.wait_for(allocate(server, turn["username"], turn["credential"]), 10)
+            finally:
+                await reap(proc)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "flags", [["--turn-url", "turn:127.0.0.1:3478"], ["--turn-secret-file", "x"]]
+)
+def test_serve_wants_both_turn_flags(flags: list[str]) -> None:
+    from sansio_signal.adapters.cli import main
+
+    assert main(["serve", "--port", "0", *flags]) == 1
