@@ -564,8 +564,8 @@ async def run_serve(
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run ``main`` on uvloop where it is installed (a dependency on Linux and macOS:
-    the relay's event loop costs a third less per frame there), else on asyncio's."""
+    """Run ``main`` on uvloop where it is installed (a dependency everywhere but on
+    Windows: a faster event loop, in C), else on asyncio's."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - Windows
