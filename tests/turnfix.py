@@ -4,8 +4,10 @@ It listens on a free loopback UDP/TCP port with the TURN REST API scheme
 (``--use-auth-secret --static-auth-secret=SECRET``), loopback peers allowed, no TLS, no
 database, logging to a file in a temporary directory; ready once it answers a STUN
 binding request (polled with a timeout); stopped by PID (SIGTERM, then SIGKILL, reaped).
-Without ``turnserver`` on ``PATH`` a test using :func:`require_turnserver` is skipped,
-naming the Debian package — except when ``CI`` is set: then it fails.
+``TurnServer(secret, host=ADDRESS, netns=NS)`` runs it inside a network namespace of
+the lab (tests/netlab.py) instead, on ADDRESS:3478. Without ``turnserver`` on ``PATH`` a
+test using :func:`require_turnserver` is skipped, naming the Debian package — except
+when ``CI`` is set: then it fails.
 """
 
 from __future__ import annotations
@@ -48,12 +50,21 @@ def _free_udp_port() -> int:
     return port
 
 
-def _stun_answers(port: int, timeout: float = 0.2) -> bool:
-    """Whether a STUN binding request to 127.0.0.1:port gets a binding success."""
+def _stun_answers(
+    port: int, timeout: float = 0.2, host: str = "127.0.0.1", netns: str | None = None
+) -> bool:
+    """Whether a STUN binding request to host:port gets a binding success (sent from inside
+    the network namespace ``netns`` when given)."""
     request = struct.pack("!HHI12s", 0x0001, 0, 0x2112A442, secrets.token_bytes(12))
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    if netns is None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    else:
+        from netlab import socket_in  # only the lab needs setns
+
+        sock = socket_in(netns)
+    with sock as s:
         s.settimeout(timeout)
-        s.sendto(request, ("127.0.0.1", port))
+        s.sendto(request, (host, port))
         try:
             data = s.recv(2048)
         except OSError:
@@ -64,16 +75,27 @@ def _stun_answers(port: int, timeout: float = 0.2) -> bool:
 class TurnServer:
     """coturn on loopback with the TURN REST API secret ``secret``."""
 
-    def __init__(self, secret: bytes, realm: str = "sansio-signal.test") -> None:
+    def __init__(
+        self,
+        secret: bytes,
+        realm: str = "sansio-signal.test",
+        *,
+        host: str = "127.0.0.1",
+        netns: str | None = None,
+    ) -> None:
+        """``netns``: run it inside that network namespace (``ip netns exec``), listening and
+        relaying on ``host`` there, on the standard port 3478 (the namespace is fresh)."""
         self.secret = secret
         self.realm = realm
-        self.port = _free_udp_port()
+        self.host = host
+        self.netns = netns
+        self.port = _free_udp_port() if netns is None else 3478
         self._dir = tempfile.TemporaryDirectory(prefix="turn-")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"turn:127.0.0.1:{self.port}"
+        return f"turn:{self.host}:{self.port}"
 
     @property
     def log(self) -> Path:
@@ -81,11 +103,13 @@ class TurnServer:
 
     def start(self, timeout: float = 10.0) -> TurnServer:
         binary = require_turnserver()
+        prefix = [] if self.netns is None else ["ip", "netns", "exec", self.netns]
         self.proc = subprocess.Popen(
             [
+                *prefix,
                 binary,
-                "--listening-ip=127.0.0.1",
-                "--relay-ip=127.0.0.1",
+                f"--listening-ip={self.host}",
+                f"--relay-ip={self.host}",
                 f"--listening-port={self.port}",
                 "--use-auth-secret",
                 f"--static-auth-secret={self.secret.decode()}",
@@ -109,7 +133,7 @@ class TurnServer:
             cwd=self._dir.name,
         )
         deadline = time.monotonic() + timeout
-        while not _stun_answers(self.port):
+        while not _stun_answers(self.port, host=self.host, netns=self.netns):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
                 self.stop()
