@@ -17,7 +17,7 @@ import os
 import signal
 import stat
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TextIO
 
 from sansio_signal.actions import (
@@ -160,21 +160,32 @@ def _is_pipe_like() -> bool:
     return os.isatty(fd) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
+def ice_server(value: str | Mapping[str, str]) -> IceServer:
+    """A ``--ice-server`` value (a URL, or the dictionary ``parse_ice_server`` makes of
+    ``URL,username=...,credential=...``) as an :class:`IceServer`."""
+    if isinstance(value, str):
+        return IceServer(urls=value)
+    return IceServer(
+        urls=value["urls"], username=value.get("username"), credential=value.get("credential")
+    )
+
+
 def main_chat(
     url: str,
     room: str,
     user: str,
-    ice_servers: Sequence[str],
+    ice_servers: Sequence[str | Mapping[str, str]],
     trace: str | None,
     on_loopback: bool,
     *,
     token: str | None = None,
 ) -> int:
-    """Entry point of ``sansio-signal chat``."""
+    """Entry point of ``sansio-signal chat``. ``ice_servers``: URLs, or RTCIceServer
+    dictionaries (``urls`` and, for TURN, ``username`` and ``credential``)."""
     for stream in (sys.stdout, sys.stderr):  # messages are UTF-8, whatever the locale
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(encoding="utf-8")
-    servers = [IceServer(urls=s) for s in ice_servers]
+    servers = [ice_server(s) for s in ice_servers]
     with contextlib.ExitStack() as stack:
         if on_loopback:
             stack.enter_context(loopback_only())

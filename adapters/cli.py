@@ -432,8 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--ice-server",
         action="append",
         default=[],
-        metavar="URL",
-        help="a STUN/TURN server, repeatable (default: none)",
+        type=parse_ice_server,
+        metavar="URL[,username=NAME,credential=SECRET]",
+        help="a STUN/TURN server (TURN with its credentials, e.g. from the relay's "
+        "/config.json), repeatable (default: none)",
     )
     chat.add_argument("--trace", metavar="FILE", help="write the client trace to FILE")
     chat_token = chat.add_mutually_exclusive_group()

@@ -16,7 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from wsutil import reap, spawn_serve
 
-from sansio_signal.adapters.cli import parse_ice_server
+from sansio_signal.adapters.cli import build_parser, parse_ice_server
 
 TIMEOUT = 10.0
 EXE = [sys.executable, "-m", "sansio_signal"]
@@ -200,6 +200,37 @@ def test_ice_server_syntax() -> None:
     for bad in ("", "http://x", "stun:", "turn:t,username=u,username=v,credential=p"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_ice_server(bad)
+
+
+def test_chat_takes_turn_credentials_as_serve_does() -> None:
+    """``chat --ice-server URL,username=...,credential=...``: what a TURN server with
+    short-lived credentials needs (the relay's /config.json hands them out)."""
+    pytest.importorskip("aiortc")
+    from sansio_signal.adapters.chat import ice_server
+
+    args = build_parser().parse_args(
+        [
+            "chat",
+            "ws://127.0.0.1:1/",
+            "--room",
+            "room",
+            "--user",
+            "alice",
+            "--ice-server",
+            "stun:127.0.0.1:3478",
+            "--ice-server",
+            "turn:127.0.0.1:3478,username=1700000000,credential=a+b/c==",
+        ]
+    )
+    servers = [ice_server(s) for s in args.ice_server]
+    assert [(s.urls, s.username, s.credential) for s in servers] == [
+        ("stun:127.0.0.1:3478", None, None),
+        ("turn:127.0.0.1:3478", "1700000000", "a+b/c=="),
+    ]
+    with pytest.raises(SystemExit):  # a TURN URL without its credentials
+        build_parser().parse_args(
+            ["chat", "ws://x/", "--room", "r", "--user", "u", "--ice-server", "turn:t"]
+        )
 
 
 def test_serve_flags_reach_the_server(tmp_path: Path) -> None:
