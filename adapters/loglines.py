@@ -9,10 +9,12 @@ costs. :class:`LogLines` is a :class:`logging.Handler` that writes the same text
 - keeps the lines of one turn of the event loop and writes them with one ``write`` at
   its end (at once when no loop runs, and on :meth:`flush`, which ``logging.shutdown``
   calls at exit);
-- formats the time once per second;
-- takes lines directly (:meth:`line`): the relay server hands it each per-frame line
-  without building a ``LogRecord`` (``RelayServer(log_lines=...)``), when its logger is
-  enabled for the level — the same decision ``logging`` makes.
+- formats the time once per millisecond (the date part once per second);
+- takes lines directly (:meth:`line`, :meth:`action_line`): the relay server hands it
+  each per-frame line without building a ``LogRecord`` (``RelayServer(log_lines=...)``),
+  when its logger is enabled for the level — the same decision ``logging`` makes — and
+  the text of a machine's constant ``Log`` action after the time is made once;
+- names a cluster's node after the logger (``LOGGER [NODE]:``) when given a ``tag``.
 
 Records from everything else (other loggers, warnings, exceptions) come through
 :meth:`emit` as usual, in order with the direct lines.
