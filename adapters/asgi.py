@@ -80,6 +80,7 @@ from sansio_signal import (
 )
 from sansio_signal.tokens import TokenAuthority
 
+from .onetimer import OneTimer
 from .server import (
     DEFAULT_SEND_BUFFER,
     count_refusals,
@@ -152,8 +153,7 @@ class RelayApp:
         self.registry = relay_registry(self, lambda: len(self._links))
         self._links: dict[ConnId, _Link] = {}
         self._ids = itertools.count(1)
-        self._timer: asyncio.TimerHandle | None = None
-        self._armed_for: float | None = None
+        self._timer = OneTimer(self._on_timer)
         self._refused: dict[ConnId, tuple[int, str]] = {}
         self._connecting: ConnId | None = None
         """The connection whose ``Connected`` the machine is handling."""
@@ -181,21 +181,12 @@ class RelayApp:
         self._rearm()
 
     def _on_timer(self) -> None:
-        self._timer = self._armed_for = None
         actions = self.machine.handle_timer(asyncio.get_running_loop().time())
         self._execute(actions, time.perf_counter())
         self._rearm()
 
     def _rearm(self) -> None:
-        deadline = self.machine.next_deadline()
-        if deadline == self._armed_for:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._armed_for = deadline
-        if deadline is not None:  # the machine runs on the loop's clock
-            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+        self._timer.arm(self.machine.next_deadline())
 
     def _execute(self, actions: list[RelayAction], arrived: float) -> None:
         overflowed: list[_Link] = []
@@ -273,9 +264,7 @@ class RelayApp:
                 await asyncio.wait_for(self._gone.wait(), timeout)
             except TimeoutError:
                 logger.warning("%d connections still open at shutdown", len(self._links))
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = self._armed_for = None
+        self._timer.cancel()
 
     def health(self) -> dict[str, int | str]:
         """The ``/healthz`` body."""

@@ -105,6 +105,7 @@ from sansio_signal.trace import record_line
 from sansio_signal.turn import TurnConfig, with_turn
 
 from .loglines import LogLines
+from .onetimer import OneTimer
 
 if TYPE_CHECKING:  # redis-py is the optional 'redis' extra
     from .redis_store import RedisStore
@@ -837,9 +838,8 @@ class RelayServer:
         self._server: asyncio.Server | None = None
         self._opening: dict[ConnId, _Front] = {}
         """Connections accepted that are not WebSockets yet (HTTP request)."""
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = OneTimer(self._on_timer)
         self._pinger: asyncio.TimerHandle | None = None
-        self._armed_for: float | None = None
         self._changed = asyncio.Event()
         self._gone = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -1006,8 +1006,7 @@ class RelayServer:
             with contextlib.suppress(*self.store.errors):  # then they wait for the timeout
                 await self.store.retire(self.machine.node)  # held members: swept at once
             await self.store.redis.aclose()
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         if self.trace is not None:
             self.trace.flush()
 
@@ -1254,7 +1253,6 @@ class RelayServer:
         self._changed.set()
 
     def _on_timer(self) -> None:
-        self._timer = self._armed_for = None
         now = asyncio.get_running_loop().time()
         actions = self.machine.handle_timer(now)
         if self.trace is not None:
@@ -1265,15 +1263,7 @@ class RelayServer:
         self._changed.set()
 
     def _rearm(self) -> None:
-        deadline = self.machine.next_deadline()
-        if deadline == self._armed_for:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._armed_for = deadline
-        if deadline is not None:  # the machine runs on the loop's clock
-            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+        self._timer.arm(self.machine.next_deadline())
 
     def _trace(
         self, now: float, event: RelayEvent | StoreResult | None, actions: list[RelayAction]

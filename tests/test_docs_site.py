@@ -39,6 +39,7 @@ NOT_DOCUMENTED = {
     "sansio_signal.adapters.chat": "the `chat` command's loop: the command is cli.main",
     "sansio_signal.adapters.demo": "the `demo` command's run: the command is cli.main",
     "sansio_signal.adapters.loglines": "the server's log line formatting, internal",
+    "sansio_signal.adapters.onetimer": "the adapters' one-timer helper, internal",
 }
 """Modules with no reference page of their own, each for its reason."""
 
