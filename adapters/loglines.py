@@ -2,8 +2,8 @@
 
 A relay at INFO logs a line per relayed frame (the seed's ``Relaying message type ...``).
 Through :mod:`logging` each costs a ``LogRecord``, a ``Formatter`` pass (``strftime`` per
-record) and a ``write`` + ``flush`` system call: several times what relaying the frame
-costs. :class:`LogLines` is a :class:`logging.Handler` that writes the same text
+record) and a ``write`` + ``flush`` system call: ~11 µs measured here, more than relaying
+the frame costs (7–9 µs of server CPU). :class:`LogLines` is a :class:`logging.Handler` that writes the same text
 (``TIME LEVEL LOGGER: MESSAGE``, the format ``serve`` has always used) but
 
 - keeps the lines of one turn of the event loop and writes them with one ``write`` at
