@@ -112,7 +112,6 @@ class Cluster:
                 node.ops.append(action)
 
     pending_close: list[Client]
-    delivered = 0
 
     def connect(self, name: str) -> Client:
         client = Client(conn=next(self.conns), node=name)
@@ -576,7 +575,6 @@ def check_views(cl: Cluster) -> None:
             kind = frame["type"]
             if kind == "error":
                 continue
-            cl.delivered += kind == "webrtc-ice"
             if kind == "user-joined-room" and "resumeToken" in frame:
                 room = frame["roomId"]
                 view = set(frame["existingParticipants"]) | {frame["userId"]}
