@@ -89,6 +89,8 @@ class Cluster:
         for name in self.nodes:
             self.store.heartbeat(name)
         self.clients: dict[int, Client] = {}
+        self.pending_close: list[Client] = []
+        """Clients the machines closed, whose sockets the harness ends next."""
         self.conns = itertools.count(1)
         self.now = 0.0
 
@@ -110,8 +112,6 @@ class Cluster:
                     self.pending_close.append(client)
             elif not hasattr(action, "level"):  # a store operation
                 node.ops.append(action)
-
-    pending_close: list[Client]
 
     def connect(self, name: str) -> Client:
         client = Client(conn=next(self.conns), node=name)
@@ -235,9 +235,7 @@ def types(client: Client) -> list[str]:
 
 
 def new_cluster(mailbox_cap: int = LIMITS.resume_queue_frames) -> Cluster:
-    cluster = Cluster(mailbox_cap=mailbox_cap)
-    cluster.pending_close = []
-    return cluster
+    return Cluster(mailbox_cap=mailbox_cap)
 
 
 def alice_and_bob(cl: Cluster, bob_node: str = "n1") -> tuple[Client, Client]:
@@ -344,7 +342,6 @@ def test_a_tokens_own_room_cap_holds_across_nodes() -> None:
     join's transaction: three joins racing on three nodes with max 2 — two get in."""
     secret = b"s" * 32
     cl = Cluster(secret=secret)
-    cl.pending_close = []
     clients = [cl.connect(f"n{i}") for i in range(3)]
     for i, client in enumerate(clients):
         token = issue_token(
