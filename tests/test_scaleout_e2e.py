@@ -17,7 +17,7 @@ import os
 import signal
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -75,8 +75,11 @@ async def nodes(
             proc, url = await spawn_serve(tmp_path, *cluster_flags(redis, name), *flags)
             procs.append(proc)
             urls.append(url)
+            _PROCS[url] = proc
         yield urls
     finally:
+        for url in urls:
+            del _PROCS[url]
         await reap(*procs)
 
 
@@ -113,12 +116,20 @@ def metric(url: str, name: str) -> float:
     raise AssertionError(f"no {name} in /metrics")
 
 
-async def until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    """Poll ``condition`` (an HTTP endpoint of another process: nothing to wait on)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition never held"
-        await asyncio.sleep(0.02)
+_PROCS: dict[str, asyncio.subprocess.Process] = {}
+"""The serve process behind each ws:// URL of the running test (for its log)."""
+
+
+async def logged(url: str, wanted: str) -> str:
+    """Until the serve process at ``url`` logs a line containing ``wanted`` (the event
+    the test waits for: a member held, a node swept, Redis lost or back)."""
+    stream = _PROCS[url].stderr
+    assert stream is not None
+    while True:
+        line = (await asyncio.wait_for(stream.readline(), TIMEOUT)).decode()
+        assert line, f"{url} ended before logging {wanted!r}"
+        if wanted in line:
+            return line
 
 
 def run(coro: Any) -> None:
@@ -207,7 +218,7 @@ def test_a_dropped_member_resumes_on_the_other_process(
             token = (await recv(bob))["resumeToken"]
             await recv(alice)
             bob.transport.abort()  # the socket drops: held for a resume
-            await until(lambda: metric(east, "sansio_signal_held_members") == 1)
+            await logged(east, 'User "bob" dropped from room "demo"; held')
             for i in range(5):
                 await ice(alice, "bob", n=i)
             bob2 = await joined(west, "demo", "bob", token=token)
@@ -306,7 +317,7 @@ def test_a_paused_process_sends_its_members_to_resume(
             (east,), (bob, token) = c.procs, c.members["bob"]
             east.send_signal(signal.SIGSTOP)
             try:
-                await until(lambda: metric(c.west, "sansio_signal_held_members") == 1)
+                await logged(c.west, "is gone: holding its 1 members")
                 await ice(c.alice, "bob", n=7)
             finally:
                 east.send_signal(signal.SIGCONT)
@@ -358,8 +369,9 @@ def test_redis_down_is_503_and_unavailable_then_recovers(
             else:
                 os.kill(redis_server.pid, signal.SIGSTOP)
             try:
-                await until(lambda: healthz(east)[0] == 503)
-                assert healthz(east)[1]["redis"] == "down"
+                await logged(east, "Redis cannot be reached")
+                status, body = healthz(east)
+                assert (status, body["redis"]) == (503, "down")
                 ws = await joined(east, "demo", "alice")
                 error = await recv(ws)
                 assert (error["type"], error["code"]) == ("error", "unavailable")
@@ -368,7 +380,8 @@ def test_redis_down_is_503_and_unavailable_then_recovers(
                     redis_server.restart()
                 else:
                     os.kill(redis_server.pid, signal.SIGCONT)
-            await until(lambda: healthz(east)[0] == 200)
+            await logged(east, "Redis answers again")
+            assert healthz(east)[0] == 200
             if how == "killed":  # it came back empty: bob's place is gone with it
                 assert await closed_with(bob) == 1012
                 bob = await joined(east, "demo", "bob", token=token)  # now a fresh join
