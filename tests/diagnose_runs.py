@@ -27,10 +27,10 @@ from typing import Any, TextIO
 
 from conftest import join_frame
 from faultproxy import FaultProxy, Rule, drop, edit_candidates, fault_proxy, to_port
-from test_chat_cli import line_of, spawn_chat
+from test_chat_cli import spawn_chat
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
-from wsutil import free_port, reap, recv, send, spawn_serve
+from wsutil import free_port, line_of, reap, recv, send, spawn_serve
 
 from sansio_signal import RelayMachine
 from sansio_signal.adapters.aiortc_peer import loopback_only

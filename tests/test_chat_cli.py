@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Protocol
 
-from wsutil import reap, spawn_serve
+from wsutil import line_of, reap, spawn_serve
 
 TIMEOUT = 20.0
 EXE = [sys.executable, "-m", "sansio_signal"]
@@ -57,16 +57,6 @@ async def chats_through_serve(cwd: Path, *serve_flags: str) -> AsyncIterator[Cha
         yield chat
     finally:
         await reap(*procs)
-
-
-async def line_of(stream: asyncio.StreamReader | None, wanted: str) -> str:
-    """Read lines until one contains ``wanted``."""
-    assert stream is not None
-    while True:
-        line = (await asyncio.wait_for(stream.readline(), TIMEOUT)).decode()
-        assert line, f"stream ended before {wanted!r}"
-        if wanted in line:
-            return line.rstrip("\n")
 
 
 def test_two_chat_processes_through_serve(tmp_path: Path) -> None:

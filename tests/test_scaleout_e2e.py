@@ -27,7 +27,7 @@ import pytest
 from redisfix import RedisServer, redis_server  # noqa: F401 (a fixture)
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
-from wsutil import reap, recv, send, spawn_serve
+from wsutil import line_of, reap, recv, send, spawn_serve
 
 ROOMS, SIGNALING, CHAT = "webrtc-dashboard-rooms", "webrtc-signaling", "webrtc-dashboard-chat"
 TIMEOUT = 10.0
@@ -123,13 +123,7 @@ _PROCS: dict[str, asyncio.subprocess.Process] = {}
 async def logged(url: str, wanted: str) -> str:
     """Until the serve process at ``url`` logs a line containing ``wanted`` (the event
     the test waits for: a member held, a node swept, Redis lost or back)."""
-    stream = _PROCS[url].stderr
-    assert stream is not None
-    while True:
-        line = (await asyncio.wait_for(stream.readline(), TIMEOUT)).decode()
-        assert line, f"{url} ended before logging {wanted!r}"
-        if wanted in line:
-            return line
+    return await line_of(_PROCS[url].stderr, wanted, TIMEOUT)
 
 
 def run(coro: Any) -> None:

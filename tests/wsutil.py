@@ -101,6 +101,17 @@ async def spawn_serve(cwd: Path, *flags: str) -> tuple[asyncio.subprocess.Proces
     return proc, line.removeprefix("listening on ").strip()
 
 
+async def line_of(stream: asyncio.StreamReader | None, wanted: str, timeout: float = 20.0) -> str:
+    """Read lines of a process's output until one contains ``wanted`` (waiting at most
+    ``timeout`` for each line); that line, without its newline."""
+    assert stream is not None
+    while True:
+        line = (await asyncio.wait_for(stream.readline(), timeout)).decode()
+        assert line, f"stream ended before {wanted!r}"
+        if wanted in line:
+            return line.rstrip("\n")
+
+
 async def reap(*procs: asyncio.subprocess.Process) -> None:
     """Kill each of ``procs`` that is still running and wait for every one (a test's
     cleanup, whatever state the test left them in)."""
