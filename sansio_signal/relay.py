@@ -1030,13 +1030,12 @@ class RelayMachine:
     # filled: one order per member, whichever nodes sent its frames.
 
     def _transact(self, txn: _Txn) -> list[RelayAction]:
-        op = next(self._op_ids)
-        self._awaits[op] = txn
-        return [ReadRoom(op=op, room=txn.room)]
+        return [ReadRoom(op=self._ask(txn), room=txn.room)]
 
-    def _ask(self, callback: _Callback) -> int:
+    def _ask(self, waiter: _Txn | _Callback) -> int:
+        """A new store operation's id; ``waiter`` hears its answer."""
         op = next(self._op_ids)
-        self._awaits[op] = callback
+        self._awaits[op] = waiter
         return op
 
     def _on_store(self, event: StoreResult, now: float) -> list[RelayAction]:
@@ -1075,11 +1074,9 @@ class RelayMachine:
         change = waiter.decide(event.members)
         if change is None:
             return waiter.done(None)
-        op = next(self._op_ids)
-        self._awaits[op] = waiter
         return [
             CommitRoom(
-                op=op,
+                op=self._ask(waiter),
                 room=waiter.room,
                 expected=event.version,
                 put=change.put,

@@ -247,14 +247,15 @@ class RedisServer:
             f"log: {self.log_tail()!r}; stderr: {stderr.decode(errors='replace')[-1000:]!r}"
         )
 
-    def _terminate(self, timeout: float = 5.0) -> None:
-        """SIGTERM, wait up to ``timeout``, SIGKILL; the child is reaped either way."""
+    def _terminate(self, timeout: float = 5.0, first: int = signal.SIGTERM) -> None:
+        """``first`` (SIGTERM), wait up to ``timeout``, SIGKILL; the child is reaped
+        either way."""
         proc = self.proc
         if proc is None:
             return
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
+                os.kill(proc.pid, first)
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -267,16 +268,9 @@ class RedisServer:
 
     def kill(self) -> None:
         """SIGKILL the server (as if it crashed) and reap it; the port stops answering."""
-        proc = self.proc
-        if proc is None:
+        if self.proc is None:
             raise RuntimeError("RedisServer not started")
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
-        _running.discard(self)
+        self._terminate(first=signal.SIGKILL)
 
     def restart(self) -> RedisServer:
         """Start the server again on the same port (stopping it first if it runs); its
