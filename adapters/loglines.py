@@ -3,8 +3,9 @@
 A relay at INFO logs a line per relayed frame (the seed's ``Relaying message type ...``).
 Through :mod:`logging` each costs a ``LogRecord``, a ``Formatter`` pass (``strftime`` per
 record) and a ``write`` + ``flush`` system call: ~11 µs measured here, more than relaying
-the frame costs (7–9 µs of server CPU). :class:`LogLines` is a :class:`logging.Handler` that writes the same text
-(``TIME LEVEL LOGGER: MESSAGE``, the format ``serve`` has always used) but
+the frame costs (7–9 µs of server CPU). :class:`LogLines` is a
+:class:`logging.Handler` that writes the same text (``TIME LEVEL LOGGER: MESSAGE``, the
+format ``serve`` has always used) but
 
 - keeps the lines of one turn of the event loop and writes them with one ``write`` at
   its end (at once when no loop runs, and on :meth:`flush`, which ``logging.shutdown``
