@@ -7,18 +7,15 @@ Every wait is on an answer, bounded by a timeout (no sleeps).
 
 from __future__ import annotations
 
-import queue
 import secrets
 import socket
 import struct
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
-from typing import IO
 
 import pytest
+from labpeers import ChatPeer, serve_in, turn_server_arg
 from netlab import ADDRESSES, LINKS, SERVICE, NetLab, require_netns
 from turnfix import TurnServer, _stun_answers
 
@@ -137,97 +134,29 @@ def test_socket_in_a_namespace_is_not_on_the_host() -> None:
         host.bind((ADDRESSES["A"], 0))
 
 
-CHAT_DRIVER = """
-import asyncio, sys
-from sansio_signal.adapters.aiortc_peer import IceServer
-from sansio_signal.adapters.chat import run_chat
-url, room, user, turn, username, credential = sys.argv[1:7]
-server = IceServer(urls=turn, username=username, credential=credential)
-sys.exit(asyncio.run(run_chat(url, room, user, [server], None)))
-"""
-"""``sansio-signal chat``'s own peer loop (``run_chat``) with a TURN server that has
-credentials: the CLI's ``chat --ice-server`` takes a bare URL only."""
-
-
-def lines_of(stream: IO[str]) -> queue.Queue[str]:
-    """The lines of ``stream`` as they come, read by a daemon thread."""
-    lines: queue.Queue[str] = queue.Queue()
-
-    def pump() -> None:
-        for line in stream:
-            lines.put(line.rstrip("\n"))
-
-    threading.Thread(target=pump, daemon=True).start()
-    return lines
-
-
-def wait_for_line(lines: queue.Queue[str], wanted: str, timeout: float) -> list[str]:
-    """Lines read until one containing ``wanted``; fails after ``timeout`` seconds."""
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            pytest.fail(f"no line with {wanted!r} within {timeout} s; saw {seen}")
-        seen.append(line)
-        if wanted in line:
-            return seen
-
-
 def test_chat_peers_in_a_and_b_meet_only_through_turn_in_t(lab: NetLab) -> None:
-    """Issue 15, scenario 1: two chat peers in namespaces that cannot reach each other,
-    TURN credentials from ``turn_credentials`` for the coturn in T, ``serve`` in T: they
-    connect and a message goes through; packets reached coturn's relay ports."""
-    python = sys.executable
+    """Issue 15, scenario 1: two ``sansio-signal chat`` peers in namespaces that cannot
+    reach each other, TURN credentials from ``turn_credentials`` for the coturn in T,
+    ``serve`` in T: they connect and a message goes through; packets reached coturn's
+    relay ports."""
     lab.sh("T", "nft", "add", "table", "inet", "count")
     lab.sh("T", "nft", "add chain inet count input { type filter hook input priority 0; }")
     # packets arriving at a relay port: peer data an allocation relays (coturn's ports)
     lab.sh("T", "nft", "add rule inet count input udp dport 49152-65000 counter")
     with TurnServer(SECRET, host=SERVICE, netns=lab.ns["T"]) as turn:
-        serve = lab.run_in(
-            "T",
-            [python, "-m", "sansio_signal", "serve", "--host", SERVICE, "--port", "8765"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert serve.stdout is not None
+        serve_in(lab)
         started = time.monotonic()
-        assert wait_for_line(lines_of(serve.stdout), "listening on", 15)[-1] == (
-            f"listening on ws://{SERVICE}:8765/"
-        )
         username, credential = turn_credentials(SECRET, wall_time=time.time(), ttl=600)
-        peers: dict[str, subprocess.Popen[str]] = {}
-        outs: dict[str, queue.Queue[str]] = {}
-        errs: dict[str, queue.Queue[str]] = {}
-        for role, user in (("A", "alice"), ("B", "bob")):
-            argv = [python, "-c", CHAT_DRIVER, f"ws://{SERVICE}:8765/", "room", user]
-            proc = lab.run_in(
-                role,
-                [*argv, turn.url, username, credential],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            assert proc.stdout is not None and proc.stderr is not None
-            peers[user] = proc
-            outs[user] = lines_of(proc.stdout)
-            errs[user] = lines_of(proc.stderr)
-        wait_for_line(errs["alice"], "connected to bob", 30)
-        wait_for_line(errs["bob"], "connected to alice", 30)
+        server = turn_server_arg(turn.url, username, credential)
+        alice = ChatPeer(lab, "A", "alice", ice_servers=[server])
+        bob = ChatPeer(lab, "B", "bob", ice_servers=[server])
+        alice.wait_err("connected to bob", 30)
+        bob.wait_err("connected to alice", 30)
         connected = time.monotonic() - started
-        stdin = peers["alice"].stdin
-        assert stdin is not None
-        stdin.write("hello through the relay\n")
-        stdin.flush()
-        assert wait_for_line(outs["bob"], "alice:", 15)[-1] == "alice: hello through the relay"
-        for proc in peers.values():
-            assert proc.stdin is not None
-            proc.stdin.close()
-        for proc in peers.values():
-            assert proc.wait(timeout=15) == 0
+        alice.say("hello through the relay")
+        assert bob.wait_out("alice:", 15)[-1] == "alice: hello through the relay"
+        assert alice.finish() == 0
+        assert bob.finish() == 0
     counted = lab.sh("T", "nft", "list", "table", "inet", "count").stdout.split()
     relayed = int(counted[counted.index("packets") + 1])
     assert relayed > 0, "no packet reached a TURN allocation's relay port"

@@ -1,0 +1,125 @@
+"""Real processes inside the network lab (tests/netlab.py): ``serve`` and ``sansio-signal
+chat`` peers, run by their command lines inside a namespace, read line by line.
+
+Every wait is on a line the process prints, bounded by a timeout (no sleeps).
+"""
+
+from __future__ import annotations
+
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import IO
+
+import pytest
+from netlab import SERVICE, NetLab
+
+SERVE_PORT = 8765
+RELAY_URL = f"ws://{SERVICE}:{SERVE_PORT}/"
+"""Where :func:`serve_in` listens: T's service address."""
+
+
+def lines_of(stream: IO[str]) -> queue.Queue[str]:
+    """The lines of ``stream`` as they come, read by a daemon thread."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in stream:
+            lines.put(line.rstrip("\n"))
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def wait_for_line(lines: queue.Queue[str], wanted: str, timeout: float) -> list[str]:
+    """Lines read until one containing ``wanted``; fails after ``timeout`` seconds."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            pytest.fail(f"no line with {wanted!r} within {timeout} s; saw {seen}")
+        seen.append(line)
+        if wanted in line:
+            return seen
+
+
+def serve_in(lab: NetLab, ns: str = "T", *args: str) -> subprocess.Popen[str]:
+    """``sansio-signal serve`` on T's service address inside ``ns``, listening when this
+    returns (its stdout is read until the ``listening on`` line; stderr is dropped)."""
+    proc = lab.run_in(
+        ns,
+        [sys.executable, "-m", "sansio_signal", "serve", "--host", SERVICE,
+         "--port", str(SERVE_PORT), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert wait_for_line(lines_of(proc.stdout), "listening on", 15)[-1] == (
+        f"listening on {RELAY_URL}"
+    )
+    return proc
+
+
+def turn_server_arg(url: str, username: str, credential: str) -> str:
+    """A ``--ice-server`` value for a TURN server with credentials."""
+    return f"{url},username={username},credential={credential}"
+
+
+class ChatPeer:
+    """``sansio-signal chat`` run inside a namespace: ``say`` writes a line to its
+    stdin, ``out`` and ``err`` are the lines of its stdout (messages) and stderr (events,
+    and log lines at ``--log-level``)."""
+
+    def __init__(
+        self,
+        lab: NetLab,
+        ns: str,
+        user: str,
+        *,
+        room: str = "room",
+        url: str = RELAY_URL,
+        ice_servers: Sequence[str] = (),
+        extra: Sequence[str] = (),
+    ) -> None:
+        self.user = user
+        argv = [sys.executable, "-m", "sansio_signal", "chat", url, "--room", room,
+                "--user", user]  # fmt: skip
+        for server in ice_servers:
+            argv += ["--ice-server", server]
+        self.proc: subprocess.Popen[str] = lab.run_in(
+            ns,
+            [*argv, *extra],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self.out = lines_of(self.proc.stdout)
+        self.err = lines_of(self.proc.stderr)
+
+    def say(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+
+    def wait_err(self, wanted: str, timeout: float) -> list[str]:
+        """stderr lines until one containing ``wanted``."""
+        return wait_for_line(self.err, wanted, timeout)
+
+    def wait_out(self, wanted: str, timeout: float) -> list[str]:
+        """stdout lines until one containing ``wanted``."""
+        return wait_for_line(self.out, wanted, timeout)
+
+    def finish(self, timeout: float = 15) -> int:
+        """End its input (it delivers what it read, leaves and exits); its exit code."""
+        assert self.proc.stdin is not None
+        if not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        return self.proc.wait(timeout=timeout)
