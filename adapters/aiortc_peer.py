@@ -15,7 +15,15 @@ itself (``../shared/FIELD-NOTES.md``):
   candidate can block for a second while aioice fails to resolve it, so it is added on
   a task of its own instead of holding up the connection's queue;
 - ICE servers are always passed explicitly (``iceServers=None`` would add a public STUN
-  server that makes every gathering wait 5 s here).
+  server that makes every gathering wait 5 s here);
+- aioice swallows why a STUN or TURN server gave no candidate: when one did not, the
+  adapter asks that server once more itself (a TURN allocation, as aioice would) to
+  learn the error — ``401`` is a refused credential — and reports it in
+  :class:`~sansio_signal.events.IceGatheringDone`; aiortc uses only the first STUN and
+  the first TURN server of its configuration, and the others are reported as unused;
+- aiortc has no candidate-pair stats: the pair a connection uses is read from aioice's
+  nominated pair when ``connectionState`` becomes ``connected``
+  (:class:`~sansio_signal.events.CandidatePairSelected`).
 
 The data channel labelled ``chat`` is made by the initiator before its first offer
 (PROTOCOL.md's peer convention) and arrives at the other side through ``datachannel``.
@@ -29,6 +37,8 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 
 import aioice.ice
+import aioice.stun
+import aioice.turn
 import attrs
 from aiortc import (
     RTCConfiguration,
@@ -38,6 +48,7 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
+from aiortc.rtcicetransport import connection_kwargs
 from aiortc.sdp import candidate_from_sdp
 
 from sansio_signal.actions import (
@@ -51,8 +62,11 @@ from sansio_signal.actions import (
     SetRemoteDescription,
 )
 from sansio_signal.events import (
+    CandidatePairSelected,
     ClientEvent,
     ConnectionStateChanged,
+    IceGatheringDone,
+    IceServerFailure,
     LocalDescriptionCreated,
     OperationFailed,
     RemoteDescriptionApplied,
@@ -64,6 +78,10 @@ logger = logging.getLogger("sansio_signal.aiortc")
 
 CHANNEL_LABEL = "chat"
 """The label of the data channel each pair of peers opens for its messages."""
+
+PROBE_TIMEOUT = 5.0
+"""How long the adapter waits for a STUN/TURN server it asks again (aioice's own
+gathering waits as long)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -101,6 +119,8 @@ class _Connection:
     pc: RTCPeerConnection
     queue: asyncio.Queue[PeerConnectionAction]
     worker: asyncio.Task[None] | None = None
+    report: asyncio.Task[None] | None = None
+    """Reporting what gathering found (aiortc gathers once per connection)."""
 
 
 def to_aiortc_candidate(candidate: IceCandidate) -> RTCIceCandidate:
@@ -169,6 +189,18 @@ class AiortcPeers:
         def on_state() -> None:
             if self._connections.get(handle) is conn:
                 self._on_event(ConnectionStateChanged(pc=handle, state=pc.connectionState))
+                if pc.connectionState == "connected":
+                    pair = selected_pair(pc)
+                    if pair is not None:
+                        self._on_event(
+                            CandidatePairSelected(
+                                pc=handle,
+                                local_type=pair[0].type,
+                                remote_type=pair[1].type,
+                                local_address=f"{pair[0].host}:{pair[0].port}",
+                                remote_address=f"{pair[1].host}:{pair[1].port}",
+                            )
+                        )
 
         @pc.on("datachannel")
         def on_datachannel(channel: RTCDataChannel) -> None:
@@ -198,6 +230,10 @@ class AiortcPeers:
                 )
             if event is not None and self._connections.get(handle) is conn:
                 self._on_event(event)
+                if isinstance(event, LocalDescriptionCreated) and conn.report is None:
+                    conn.report = asyncio.get_running_loop().create_task(
+                        self._report_gathering(handle, conn, event)
+                    )
 
     async def _run(
         self, handle: int, conn: _Connection, action: PeerConnectionAction
@@ -244,9 +280,115 @@ class AiortcPeers:
                     OperationFailed(pc=handle, operation=AddIceCandidate.__name__, error=f"{exc!r}")
                 )
 
+    async def _report_gathering(
+        self, handle: int, conn: _Connection, event: LocalDescriptionCreated
+    ) -> None:
+        """What gathering found (the candidates are all in the local description), and
+        why each server that gave no candidate gave none."""
+        types = candidate_types(event.description.sdp)
+        failures: list[IceServerFailure] = []
+        used = connection_kwargs([s.to_aiortc() for s in self.ice_servers])
+        stun_used = turn_used = False
+        for server in self.ice_servers:
+            scheme = server.urls.partition(":")[0]
+            if scheme in ("stun", "stuns"):
+                if stun_used or "stun_server" not in used:
+                    failures.append(_unused(server, "STUN"))
+                elif "srflx" not in types:
+                    failures.append(
+                        IceServerFailure(url=server.urls, error="gave no reflexive address")
+                    )
+                stun_used = True
+            elif scheme in ("turn", "turns"):
+                if turn_used or "turn_server" not in used:
+                    failures.append(_unused(server, "TURN"))
+                elif "relay" not in types:
+                    failures.append(await probe_turn(server, used))
+                turn_used = True
+        if self._connections.get(handle) is conn:
+            self._on_event(
+                IceGatheringDone(
+                    pc=handle,
+                    servers=tuple(s.urls for s in self.ice_servers),
+                    candidate_types=types,
+                    failures=tuple(failures),
+                )
+            )
+
     async def _close(self, conn: _Connection) -> None:
-        if conn.worker is not None:
-            conn.worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await conn.worker
+        for task in (conn.worker, conn.report):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await conn.pc.close()
+
+
+_TYPE_ORDER = ("host", "srflx", "prflx", "relay")
+
+
+def candidate_types(sdp: str) -> tuple[str, ...]:
+    """The types of the candidates in ``sdp``, each once (host, srflx, prflx, relay)."""
+    found = set()
+    for line in sdp.splitlines():
+        if line.startswith("a=candidate:"):
+            words = line.split()
+            if "typ" in words[:-1]:
+                found.add(words[words.index("typ") + 1])
+    return tuple(sorted(found, key=lambda t: (*_TYPE_ORDER, t).index(t)))
+
+
+def selected_pair(pc: RTCPeerConnection) -> tuple[aioice.Candidate, aioice.Candidate] | None:
+    """The (local, remote) candidates of the pair aioice nominated on ``pc``'s transport
+    (one transport: everything is bundled), or ``None`` before there is one."""
+    transports = [t.receiver.transport for t in pc.getTransceivers()]
+    if pc.sctp is not None:
+        transports.append(pc.sctp.transport)
+    for dtls in transports:
+        ice_connection = getattr(dtls.transport, "_connection", None)
+        nominated = getattr(ice_connection, "_nominated", None) or {}
+        for pair in nominated.values():
+            return pair.local_candidate, pair.remote_candidate
+    return None
+
+
+def _unused(server: IceServer, kind: str) -> IceServerFailure:
+    return IceServerFailure(
+        url=server.urls,
+        error=f"not used: aiortc uses only the first {kind} server it is given",
+        username=server.username,
+    )
+
+
+async def probe_turn(server: IceServer, used: dict[str, object]) -> IceServerFailure:
+    """Ask ``server`` (the TURN server aiortc used) for an allocation once more, to learn
+    why gathering got no relay candidate from it: the failure to report."""
+    try:
+        transport, _ = await asyncio.wait_for(
+            aioice.turn.create_turn_endpoint(
+                asyncio.DatagramProtocol,
+                server_addr=used["turn_server"],  # type: ignore[arg-type]
+                username=server.username,
+                password=server.credential,
+                lifetime=60,
+                ssl=bool(used.get("turn_ssl")),
+                transport=str(used.get("turn_transport", "udp")),
+            ),
+            PROBE_TIMEOUT,
+        )
+    except aioice.stun.TransactionFailed as exc:
+        code, reason = exc.response.attributes.get("ERROR-CODE", (None, "failed"))
+        return IceServerFailure(
+            url=server.urls, error=f"{code} {reason}", code=code, username=server.username
+        )
+    except (TimeoutError, aioice.stun.TransactionTimeout):
+        error = f"no answer within {PROBE_TIMEOUT:g} s"
+        return IceServerFailure(url=server.urls, error=error, username=server.username)
+    except (OSError, ConnectionError, ValueError) as exc:
+        return IceServerFailure(url=server.urls, error=f"{exc!r}", username=server.username)
+    transport.close()
+    return IceServerFailure(
+        url=server.urls,
+        error="gave no relay candidate while gathering (it allocates when asked again)",
+        username=server.username,
+    )

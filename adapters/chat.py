@@ -25,13 +25,14 @@ from sansio_signal.actions import (
     PeerFailed,
     PeerJoined,
     PeerLeft,
+    PeerRoute,
     RoomJoined,
     RoomResumed,
     ServerErrorReceived,
 )
 
 from .aiortc_peer import IceServer, loopback_only
-from .client import Client, ClientError, ClientNotice, DataChannelOpened
+from .client import FROM_RELAY, Client, ClientError, ClientNotice, DataChannelOpened
 
 DELIVERY_WAIT = 10.0
 """At the end of input, how long to wait for the members' data channels to open."""
@@ -56,6 +57,12 @@ def describe(action: ClientNotice) -> str | None:
         return f"{action.peer_id} is here"
     if isinstance(action, PeerConnected):
         return f"ICE connected with {action.peer_id}"
+    if isinstance(action, PeerRoute):
+        return (
+            f"connection with {action.peer_id} uses a {action.pair_type} pair (local "
+            f"{action.local_type} {action.local_address}, remote {action.remote_type} "
+            f"{action.remote_address})"
+        )
     if isinstance(action, DataChannelOpened):
         return f"connected to {action.peer_id}"
     if isinstance(action, PeerLeft):
@@ -71,17 +78,23 @@ async def run_chat(
     url: str,
     room: str,
     user: str,
-    ice_servers: Sequence[IceServer],
+    ice_servers: Sequence[IceServer] | None,
     trace: TextIO | None,
     token: str | None = None,
 ) -> int:
-    """Run one chat peer until end of input or a signal."""
+    """Run one chat peer until end of input or a signal. ``ice_servers``: ``None`` for
+    the relay's (its ``/config.json``)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     client = Client(
-        url, room_id=room, user_id=user, ice_servers=ice_servers, trace=trace, token=token
+        url,
+        room_id=room,
+        user_id=user,
+        ice_servers=FROM_RELAY if ice_servers is None else ice_servers,
+        trace=trace,
+        token=token,
     )
     starting = loop.create_task(client.start())
     interrupted = loop.create_task(stop.wait())
@@ -181,11 +194,12 @@ def main_chat(
     token: str | None = None,
 ) -> int:
     """Entry point of ``sansio-signal chat``. ``ice_servers``: URLs, or RTCIceServer
-    dictionaries (``urls`` and, for TURN, ``username`` and ``credential``)."""
+    dictionaries (``urls`` and, for TURN, ``username`` and ``credential``); none: the
+    relay's own, from its ``/config.json``."""
     for stream in (sys.stdout, sys.stderr):  # messages are UTF-8, whatever the locale
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(encoding="utf-8")
-    servers = [ice_server(s) for s in ice_servers]
+    servers = [ice_server(s) for s in ice_servers] or None
     with contextlib.ExitStack() as stack:
         if on_loopback:
             stack.enter_context(loopback_only())

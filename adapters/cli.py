@@ -434,8 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         type=parse_ice_server,
         metavar="URL[,username=NAME,credential=SECRET]",
-        help="a STUN/TURN server (TURN with its credentials, e.g. from the relay's "
-        "/config.json), repeatable (default: none)",
+        help="a STUN/TURN server (TURN with its credentials), repeatable (default: the "
+        "ones the relay hands out at its /config.json, fetched before each connection: "
+        "serve's --ice-server, and fresh TURN credentials with serve --turn-url)",
     )
     chat.add_argument("--trace", metavar="FILE", help="write the client trace to FILE")
     chat_token = chat.add_mutually_exclusive_group()

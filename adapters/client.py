@@ -19,12 +19,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import random
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Generic, TextIO, TypeVar
+from typing import Any, Final, Generic, Literal, TextIO, TypeVar
 
 import attrs
 from aiortc import RTCDataChannel, RTCPeerConnection
@@ -44,6 +48,7 @@ from sansio_signal.actions import (
     PeerFailed,
     PeerJoined,
     PeerLeft,
+    PeerRoute,
     RoomJoined,
     RoomLeft,
     SendToServer,
@@ -74,6 +79,11 @@ logger = logging.getLogger("sansio_signal.client")
 
 DEFAULT_URL = "ws://127.0.0.1:8765/"
 """Where :func:`connect` goes without a URL: ``sansio-signal serve``'s default address."""
+
+FROM_RELAY: Final = "from-relay"
+"""``Client(ice_servers=FROM_RELAY)``: use the ICE servers the relay hands out at its
+``/config.json`` (``serve --ice-server``, and TURN credentials made fresh for each
+request with ``serve --turn-url``), fetched again before each connection to the relay."""
 
 
 @attrs.frozen
@@ -116,6 +126,9 @@ class PeerInfo:
     """``loop.time()`` when the data channel was first open."""
     frames_sent: int = 0
     """Signaling frames we sent to this peer."""
+    route: PeerRoute | None = None
+    """The candidate pair the connection travels on (``route.pair_type``: ``host``, ``srflx``
+    or ``relay``), once it is connected."""
 
 
 class ClientError(Exception):
@@ -197,7 +210,7 @@ class Client:
         *,
         room_id: str,
         user_id: str,
-        ice_servers: Sequence[IceServer | str] = (),
+        ice_servers: Sequence[IceServer | str] | Literal["from-relay"] = (),
         config: NegotiationConfig | None = None,
         trace: TextIO | None = None,
         reconnect: bool = True,
@@ -213,7 +226,12 @@ class Client:
         self.token = token
         self.room_id = room_id
         self.user_id = user_id
-        servers = [s if isinstance(s, IceServer) else IceServer(urls=s) for s in ice_servers]
+        self._from_relay = ice_servers == FROM_RELAY
+        servers = (
+            []
+            if isinstance(ice_servers, str)
+            else [s if isinstance(s, IceServer) else IceServer(urls=s) for s in ice_servers]
+        )
         self._trace_file = trace
         self.peers: dict[str, PeerInfo] = {}
         """Every other member of the room, by user id."""
@@ -433,6 +451,9 @@ class Client:
         elif isinstance(action, PeerConnected):
             if action.peer_id in self.peers:
                 self.peers[action.peer_id].connected_at = loop.time()
+        elif isinstance(action, PeerRoute):
+            if action.peer_id in self.peers:
+                self.peers[action.peer_id].route = action
         elif isinstance(action, PeerFailed):
             logger.warning("gave up on %s: %s", action.peer_id, action.reason)
         elif isinstance(action, PeerLeft):
@@ -482,6 +503,11 @@ class Client:
         """One WebSocket, opened because the machine asked (``ConnectToServer``); when
         and how often to try again is the machine's call."""
         loop = asyncio.get_running_loop()
+        if self._from_relay:
+            try:
+                self._rtc.ice_servers = await fetch_ice_servers(self.url, headers=self.headers)
+            except OSError as exc:  # the connection below fails too, or works without
+                logger.warning("no ICE servers from %s: %s", self.url, exc)
         try:
             # No permessage-deflate: signaling frames are small, and compressing them
             # costs both ends CPU for nothing on the latency path.
@@ -540,6 +566,55 @@ class Client:
         record[WALL_TIME] = time.time()
         self._trace_file.write(dumps(record) + "\n")
         self._trace_file.flush()
+
+
+def config_url(url: str) -> str:
+    """The relay's ``/config.json`` for the WebSocket URL ``url`` (beside it: ``ws://h/``
+    → ``http://h/config.json``)."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    http_url = urllib.parse.urlunsplit((scheme, parts.netloc, parts.path or "/", "", ""))
+    return urllib.parse.urljoin(http_url, "config.json")
+
+
+async def fetch_ice_servers(
+    url: str, *, headers: Mapping[str, str] | None = None, timeout: float = 5.0
+) -> list[IceServer]:
+    """The ICE servers the relay at ``url`` (its WebSocket URL) hands out at
+    ``/config.json``: none when it has no such page (a relay mounted in an app). Raises
+    ``OSError`` when the relay cannot be asked, or answers something else."""
+    target = config_url(url)
+
+    def get() -> bytes | None:
+        request = urllib.request.Request(target, headers=dict(headers or {}))
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                body: bytes = response.read(1 << 20)
+                return body
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    body = await asyncio.get_running_loop().run_in_executor(None, get)
+    if body is None:
+        return []
+    try:
+        entries = json.loads(body)["iceServers"]
+        servers = []
+        for entry in entries:
+            urls = entry["urls"]
+            for one in [urls] if isinstance(urls, str) else urls:
+                servers.append(
+                    IceServer(
+                        urls=str(one),
+                        username=entry.get("username"),
+                        credential=entry.get("credential"),
+                    )
+                )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise OSError(f"{target}: not an ICE server list ({exc!r})") from exc
+    return servers
 
 
 connect = Client

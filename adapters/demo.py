@@ -371,9 +371,12 @@ def _summary(
         pa, pb = by_user[a].peers.get(b), by_user[b].peers.get(a)
         opened = [p.channel_at for p in (pa, pb) if p is not None and p.channel_at is not None]
         worked = len(opened) == 2 and (a, b) in delivered and (b, a) in delivered
+        routes = {p.route.pair_type for p in (pa, pb) if p is not None and p.route is not None}
         pairs.append(
             {
                 "pair": [a, b],
+                # host, srflx or relay (both ends see one pair; "/" if they disagree)
+                "candidate_pair": "/".join(sorted(routes)) or None,
                 "open_seconds": round(max(opened) - started, 4) if len(opened) == 2 else None,
                 "signaling_frames": (pa.frames_sent if pa else 0) + (pb.frames_sent if pb else 0),
                 "messages_exchanged": worked,
@@ -424,14 +427,18 @@ def print_summary(result: dict[str, Any], out: TextIO = sys.stdout) -> None:
     )
     out.write(f"time to full mesh: {'-' if mesh is None else f'{mesh * 1000:.0f} ms'}\n")
     nodes = f" {'via relays':>15}" if placement else ""
-    out.write(f"{'pair':24} {'channel open':>13} {'signaling frames':>17}{nodes}  message\n")
+    out.write(
+        f"{'pair':24} {'channel open':>13} {'signaling frames':>17} {'ICE pair':>8}{nodes}"
+        "  message\n"
+    )
     for p in result["pair_details"]:
         opened = "-" if p["open_seconds"] is None else f"{p['open_seconds'] * 1000:.0f} ms"
         via = ""
         if placement:
             via = f" {' ↔ '.join(placement[user] for user in p['pair']):>15}"
         out.write(
-            f"{' ↔ '.join(p['pair']):24} {opened:>13} {p['signaling_frames']:>17}{via}  "
+            f"{' ↔ '.join(p['pair']):24} {opened:>13} {p['signaling_frames']:>17} "
+            f"{p['candidate_pair'] or '-':>8}{via}  "
             f"{'ok' if p['messages_exchanged'] else 'FAILED'}\n"
         )
     out.write("OK: every pair worked\n" if result["ok"] else "FAILED: not every pair worked\n")

@@ -35,6 +35,7 @@ from .actions import (
     PeerFailed,
     PeerJoined,
     PeerLeft,
+    PeerRoute,
     ProtocolViolation,
     RelayAction,
     RollbackLocalDescription,
@@ -52,6 +53,7 @@ from .codes import Channel, CloseCode, ErrorCode
 from .directory import Directory, MemoryDirectory
 from .errors import LocalProtocolError, RemoteProtocolError, SignalError, WireError
 from .events import (
+    CandidatePairSelected,
     ChatRequested,
     ClientEvent,
     CloseRequested,
@@ -62,6 +64,8 @@ from .events import (
     Disconnected,
     FrameReceived,
     IceCandidateGathered,
+    IceGatheringDone,
+    IceServerFailure,
     JoinRequested,
     LeaveRequested,
     LocalDescriptionCreated,
@@ -88,6 +92,7 @@ from .negotiation import (
     PeerNegotiation,
     Role,
     initiator_of,
+    pair_kind,
 )
 from .relay import Authorize, Phase, RelayMachine, RelayStats, is_clean_close
 from .room import RoomView
@@ -167,6 +172,7 @@ __all__ = [
     "AddIceCandidate",
     "Answer",
     "Authorize",
+    "CandidatePairSelected",
     "Capabilities",
     "Channel",
     "ChatMessage",
@@ -199,6 +205,8 @@ __all__ = [
     "Ice",
     "IceCandidate",
     "IceCandidateGathered",
+    "IceGatheringDone",
+    "IceServerFailure",
     "JSONValue",
     "JoinRefused",
     "JoinRequested",
@@ -227,6 +235,7 @@ __all__ = [
     "PeerJoined",
     "PeerLeft",
     "PeerNegotiation",
+    "PeerRoute",
     "Phase",
     "ProtocolViolation",
     "ReconnectPolicy",
@@ -265,6 +274,7 @@ __all__ = [
     "encode",
     "initiator_of",
     "is_clean_close",
+    "pair_kind",
     "parse_client_frame",
     "parse_server_frame",
     "read_pair_fields",

@@ -260,6 +260,20 @@ class PeerConnected:
 
 
 @attrs.frozen(kw_only=True)
+class PeerRoute:
+    """The candidate pair the connection with ``peer_id`` travels on. ``pair_type`` is the
+    pair's kind (:func:`~sansio_signal.negotiation.pair_kind`): ``relay`` when either end
+    is a TURN relay, else ``srflx`` when either is reflexive, else ``host``."""
+
+    peer_id: str
+    pair_type: str
+    local_type: str
+    remote_type: str
+    local_address: str
+    remote_address: str
+
+
+@attrs.frozen(kw_only=True)
 class PeerFailed:
     """The machine gave up on ``peer_id`` after its retries; ``reason`` says why. A
     later offer or renegotiation request from the peer starts over."""
@@ -331,6 +345,7 @@ ClientAction: TypeAlias = (
     | PeerJoined
     | PeerConnecting
     | PeerConnected
+    | PeerRoute
     | PeerFailed
     | PeerLeft
     | ChatReceived

@@ -96,6 +96,7 @@ from .actions import (
     LogLevel,
     PeerJoined,
     PeerLeft,
+    PeerRoute,
     ProtocolViolation,
     RoomJoined,
     RoomLeft,
@@ -106,12 +107,14 @@ from .actions import (
 )
 from .errors import LocalProtocolError, RemoteProtocolError, WireError
 from .events import (
+    CandidatePairSelected,
     ChatRequested,
     ClientEvent,
     CloseRequested,
     ConnectionStateChanged,
     ConnectRequested,
     IceCandidateGathered,
+    IceGatheringDone,
     JoinRequested,
     LeaveRequested,
     LocalDescriptionCreated,
@@ -125,7 +128,7 @@ from .events import (
     ServerDisconnected,
     ServerFrameReceived,
 )
-from .negotiation import Capabilities, NegotiationConfig, PeerNegotiation
+from .negotiation import Capabilities, NegotiationConfig, PeerNegotiation, pair_kind
 from .room import DEFAULT_MAX_MEMBERS, RoomView
 from .timers import Timers
 from .trace import fields_of
@@ -676,6 +679,10 @@ class ClientMachine:
                     args=(type(event).__name__, event.pc),
                 )
             ]
+        if isinstance(event, IceGatheringDone):
+            return self._on_gathered(peer.peer_id, event)
+        if isinstance(event, CandidatePairSelected):
+            return self._on_pair_selected(peer.peer_id, event)
         if isinstance(event, LocalDescriptionCreated):
             out = peer.on_local_description(event.description, now)
         elif isinstance(event, RemoteDescriptionApplied):
@@ -689,6 +696,57 @@ class ClientMachine:
         else:
             out = peer.on_operation_failed(event.operation, event.error, now)
         return self._run(peer, out)
+
+    @staticmethod
+    def _on_gathered(peer_id: str, event: IceGatheringDone) -> list[ClientAction]:
+        """What gathering found, for the log and the trace (diagnose reads it): nothing
+        here changes what the negotiation does."""
+        actions: list[ClientAction] = [
+            Log(
+                level=LogLevel.INFO,
+                message="[%s] gathered %s candidates (ICE servers: %s)",
+                args=(
+                    peer_id,
+                    ", ".join(event.candidate_types) or "no",
+                    ", ".join(event.servers) or "none",
+                ),
+            )
+        ]
+        for failure in event.failures:
+            actions.append(
+                Log(
+                    level=LogLevel.WARNING,
+                    message="[%s] ICE server %s gave no candidate: %s",
+                    args=(peer_id, failure.url, failure.error),
+                )
+            )
+        return actions
+
+    @staticmethod
+    def _on_pair_selected(peer_id: str, event: CandidatePairSelected) -> list[ClientAction]:
+        kind = pair_kind(event.local_type, event.remote_type)
+        return [
+            Log(
+                level=LogLevel.INFO,
+                message="[%s] connected over a %s pair (local %s %s, remote %s %s)",
+                args=(
+                    peer_id,
+                    kind,
+                    event.local_type,
+                    event.local_address,
+                    event.remote_type,
+                    event.remote_address,
+                ),
+            ),
+            PeerRoute(
+                peer_id=peer_id,
+                pair_type=kind,
+                local_type=event.local_type,
+                remote_type=event.remote_type,
+                local_address=event.local_address,
+                remote_address=event.remote_address,
+            ),
+        ]
 
     # ------------------------------------------------------------------ server frames
 
@@ -920,6 +978,8 @@ _EVENT_INPUTS: dict[type, ClientInput] = {
     ConnectionStateChanged: ClientInput.PEER_CONNECTION,
     NegotiationNeeded: ClientInput.PEER_CONNECTION,
     OperationFailed: ClientInput.PEER_CONNECTION,
+    IceGatheringDone: ClientInput.PEER_CONNECTION,
+    CandidatePairSelected: ClientInput.PEER_CONNECTION,
 }
 
 _S = ClientState

@@ -192,6 +192,47 @@ class OperationFailed:
     error: str
 
 
+@attrs.frozen(kw_only=True)
+class IceServerFailure:
+    """A STUN or TURN server that gave a peer connection no candidate when it gathered."""
+
+    url: str
+    error: str
+    """What went wrong, as the adapter learnt it (``401 Unauthorized``, no answer, ...)."""
+    code: int | None = None
+    """The STUN error code the server answered with (401: the credentials were refused),
+    or ``None`` when it did not answer."""
+    username: str | None = None
+    """The username the TURN server was asked with (never the credential): with
+    short-lived credentials it carries their expiry (:mod:`sansio_signal.turn`)."""
+
+
+@attrs.frozen(kw_only=True)
+class IceGatheringDone:
+    """``pc`` finished gathering its local candidates: the ICE servers it was configured
+    with (their URLs), the types of the candidates it gathered (``host``, ``srflx``,
+    ``relay``; each once) and every server that gave none. The machine logs it, and
+    :func:`~sansio_signal.diagnose` reads it from the trace: it tells a missing TURN
+    server from a refused credential."""
+
+    pc: int
+    servers: tuple[str, ...] = ()
+    candidate_types: tuple[str, ...] = ()
+    failures: tuple[IceServerFailure, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class CandidatePairSelected:
+    """``pc`` is connected over this candidate pair: each end's type (``host``,
+    ``srflx``, ``prflx``, ``relay``) and ``ip:port``."""
+
+    pc: int
+    local_type: str
+    remote_type: str
+    local_address: str = ""
+    remote_address: str = ""
+
+
 ClientEvent: TypeAlias = (
     ConnectRequested
     | ServerConnectFailed
@@ -209,6 +250,8 @@ ClientEvent: TypeAlias = (
     | ConnectionStateChanged
     | NegotiationNeeded
     | OperationFailed
+    | IceGatheringDone
+    | CandidatePairSelected
 )
 """Every event :meth:`~sansio_signal.ClientMachine.handle` takes."""
 PeerConnectionEvent: TypeAlias = (
@@ -218,5 +261,7 @@ PeerConnectionEvent: TypeAlias = (
     | ConnectionStateChanged
     | NegotiationNeeded
     | OperationFailed
+    | IceGatheringDone
+    | CandidatePairSelected
 )
 """The results of peer-connection operations, reported by the adapter that ran them."""

@@ -197,6 +197,18 @@ BROWSER = Capabilities(rollback=True, ice_restart=True, trickle=True)
 """A current browser's RTCPeerConnection."""
 
 
+def pair_kind(local_type: str, remote_type: str) -> str:
+    """The kind of a candidate pair, by the farthest way round its two ends take:
+    ``relay`` when either end is a TURN relay, else ``srflx`` when either is reflexive
+    (``srflx``, or ``prflx``: learnt from a check), else ``host``."""
+    types = {local_type, remote_type}
+    if "relay" in types:
+        return "relay"
+    if types & {"srflx", "prflx"}:
+        return "srflx"
+    return "host"
+
+
 @attrs.frozen(kw_only=True)
 class NegotiationConfig:
     """Deadlines (seconds) and the retry policy."""

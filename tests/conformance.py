@@ -54,6 +54,8 @@ def plain(value: Any) -> Json:
         return [plain(v) for v in value]
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
+    if attrs.has(type(value)):  # a nested record (IceServerFailure): camelCase fields
+        return _fields(value)
     return value
 
 

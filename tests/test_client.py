@@ -27,10 +27,12 @@ from sansio_signal.actions import (
     DisconnectFromServer,
     JoinRefused,
     Log,
+    LogLevel,
     PeerConnected,
     PeerConnecting,
     PeerJoined,
     PeerLeft,
+    PeerRoute,
     ProtocolViolation,
     RoomJoined,
     RoomLeft,
@@ -43,12 +45,15 @@ from sansio_signal.client import ClientMachine, ClientState
 from sansio_signal.codes import ErrorCode
 from sansio_signal.errors import LocalProtocolError
 from sansio_signal.events import (
+    CandidatePairSelected,
     ChatRequested,
     ClientEvent,
     CloseRequested,
     ConnectionStateChanged,
     ConnectRequested,
     IceCandidateGathered,
+    IceGatheringDone,
+    IceServerFailure,
     JoinRequested,
     LeaveRequested,
     LocalDescriptionCreated,
@@ -644,6 +649,71 @@ def test_results_for_a_replaced_connection_are_dropped() -> None:
             f"dropped {type(event).__name__} for closed connection {event.pc}"
         ]
     assert (m.peers["bob"].pc, m.peers["bob"].epoch, m.peers["bob"].attempts) == (2, 1, 1)
+
+
+def test_what_ice_found_is_logged_and_the_pair_reported() -> None:
+    """Gathering's findings change nothing but the log (and the trace, for diagnose);
+    the selected pair becomes a PeerRoute whose kind is the farther end's; both are
+    dropped for a replaced connection."""
+    m = in_room("alice", "bob")
+    failure = IceServerFailure(
+        url="turn:10.0.0.1:3478", error="401 Unauthorized", code=401, username="17:alice"
+    )
+    gathered = m.handle(
+        IceGatheringDone(
+            pc=1,
+            servers=("turn:10.0.0.1:3478",),
+            candidate_types=("host",),
+            failures=(failure,),
+        ),
+        1.0,
+    )
+    assert ops(gathered) == []
+    assert [(a.level, a.text()) for a in gathered if isinstance(a, Log)] == [
+        (LogLevel.INFO, "[bob] gathered host candidates (ICE servers: turn:10.0.0.1:3478)"),
+        (
+            LogLevel.WARNING,
+            "[bob] ICE server turn:10.0.0.1:3478 gave no candidate: 401 Unauthorized",
+        ),
+    ]
+    bare = m.handle(IceGatheringDone(pc=1), 1.0)
+    assert [a.text() for a in bare if isinstance(a, Log)] == [
+        "[bob] gathered no candidates (ICE servers: none)"
+    ]
+    for local, remote, kind in (
+        ("host", "host", "host"),
+        ("host", "prflx", "srflx"),
+        ("srflx", "host", "srflx"),
+        ("relay", "srflx", "relay"),
+        ("host", "relay", "relay"),
+    ):
+        out = m.handle(
+            CandidatePairSelected(
+                pc=1,
+                local_type=local,
+                remote_type=remote,
+                local_address="10.0.0.2:5000",
+                remote_address="10.0.0.3:6000",
+            ),
+            2.0,
+        )
+        assert ops(out) == [
+            PeerRoute(
+                peer_id="bob",
+                pair_type=kind,
+                local_type=local,
+                remote_type=remote,
+                local_address="10.0.0.2:5000",
+                remote_address="10.0.0.3:6000",
+            )
+        ]
+        assert [a.text() for a in out if isinstance(a, Log)] == [
+            f"[bob] connected over a {kind} pair (local {local} 10.0.0.2:5000, remote "
+            f"{remote} 10.0.0.3:6000)"
+        ]
+    assert m.peers["bob"].state is NegState.MAKING_OFFER  # nothing else moved
+    late = m.handle(CandidatePairSelected(pc=99, local_type="host", remote_type="host"), 3.0)
+    assert ops(late) == []
 
 
 def test_timers_drive_the_negotiations() -> None:

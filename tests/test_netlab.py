@@ -137,8 +137,8 @@ def test_socket_in_a_namespace_is_not_on_the_host() -> None:
 def test_chat_peers_in_a_and_b_meet_only_through_turn_in_t(lab: NetLab) -> None:
     """Issue 15, scenario 1: two ``sansio-signal chat`` peers in namespaces that cannot
     reach each other, TURN credentials from ``turn_credentials`` for the coturn in T,
-    ``serve`` in T: they connect and a message goes through; packets reached coturn's
-    relay ports."""
+    ``serve`` in T: they connect over a relay pair (as each peer connection reports it),
+    a message goes through, and packets reached coturn's relay ports."""
     lab.sh("T", "nft", "add", "table", "inet", "count")
     lab.sh("T", "nft", "add chain inet count input { type filter hook input priority 0; }")
     # packets arriving at a relay port: peer data an allocation relays (coturn's ports)
@@ -150,8 +150,11 @@ def test_chat_peers_in_a_and_b_meet_only_through_turn_in_t(lab: NetLab) -> None:
         server = turn_server_arg(turn.url, username, credential)
         alice = ChatPeer(lab, "A", "alice", ice_servers=[server])
         bob = ChatPeer(lab, "B", "bob", ice_servers=[server])
-        alice.wait_err("connected to bob", 30)
-        bob.wait_err("connected to alice", 30)
+        for peer, other in ((alice, "bob"), (bob, "alice")):
+            seen = peer.wait_err(f"connected to {other}", 30)
+            routes = [line for line in seen if f"connection with {other} uses" in line]
+            assert routes, f"no candidate pair reported: {seen}"
+            assert f"connection with {other} uses a relay pair (" in routes[-1]
         connected = time.monotonic() - started
         alice.say("hello through the relay")
         assert bob.wait_out("alice:", 15)[-1] == "alice: hello through the relay"

@@ -2,7 +2,7 @@
 // and `sansio_signal.timers` (the Python module docstring is the theory of operation).
 // Pure; see machine.js.
 
-import { BROWSER, DEFAULT_CONFIG, PeerNegotiation } from "./negotiation.js";
+import { BROWSER, DEFAULT_CONFIG, PeerNegotiation, pairKind } from "./negotiation.js";
 import {
   Channel,
   CloseCode,
@@ -559,6 +559,8 @@ export class ClientMachine {
     const owner = this._pcs.get(event.pc);
     const peer = owner === undefined ? undefined : this.peers.get(owner);
     if (peer === undefined || peer.pc !== event.pc) return [log("debug", `dropped ${event.type} for closed connection ${event.pc}`)];
+    if (event.type === "IceGatheringDone") return this._onGathered(peer.peerId, event);
+    if (event.type === "CandidatePairSelected") return this._onPairSelected(peer.peerId, event);
     let out;
     switch (event.type) {
       case "LocalDescriptionCreated": out = peer.onLocalDescription(event.description, now); break;
@@ -569,6 +571,29 @@ export class ClientMachine {
       default: out = peer.onOperationFailed(event.operation, event.error, now);
     }
     return this._run(peer, out);
+  }
+
+  /** What gathering found: the log only (mirrors `_on_gathered`). `event`: `{pc,
+   * servers, candidateTypes, failures: [{url, error, code, username}]}`. */
+  _onGathered(peerId, event) {
+    const types = (event.candidateTypes ?? []).join(", ") || "no";
+    const servers = (event.servers ?? []).join(", ") || "none";
+    const out = [log("info", `[${peerId}] gathered ${types} candidates (ICE servers: ${servers})`)];
+    for (const failure of event.failures ?? []) {
+      out.push(log("warning", `[${peerId}] ICE server ${failure.url} gave no candidate: ${failure.error}`));
+    }
+    return out;
+  }
+
+  /** The selected candidate pair as a `PeerRoute` (mirrors `_on_pair_selected`). */
+  _onPairSelected(peerId, event) {
+    const kind = pairKind(event.localType, event.remoteType);
+    const localAddress = event.localAddress ?? "";
+    const remoteAddress = event.remoteAddress ?? "";
+    return [
+      log("info", `[${peerId}] connected over a ${kind} pair (local ${event.localType} ${localAddress}, remote ${event.remoteType} ${remoteAddress})`),
+      { kind: "PeerRoute", peerId, pairType: kind, localType: event.localType, remoteType: event.remoteType, localAddress, remoteAddress },
+    ];
   }
 
   // ---------------------------------------------------------------- server frames
@@ -708,6 +733,8 @@ const EVENT_INPUTS = {
   ConnectionStateChanged: ClientInput.PEER_CONNECTION,
   NegotiationNeeded: ClientInput.PEER_CONNECTION,
   OperationFailed: ClientInput.PEER_CONNECTION,
+  IceGatheringDone: ClientInput.PEER_CONNECTION,
+  CandidatePairSelected: ClientInput.PEER_CONNECTION,
 };
 
 const C = ClientState;

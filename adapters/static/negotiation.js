@@ -32,6 +32,16 @@ export function initiatorOf(a, b) {
   return a < b ? a : b;
 }
 
+/** The kind of a candidate pair: `relay` when either end is a TURN relay, else `srflx`
+ * when either is reflexive (`srflx` or `prflx`), else `host` (mirrors
+ * `negotiation.pair_kind`). */
+export function pairKind(localType, remoteType) {
+  const types = [localType, remoteType];
+  if (types.includes("relay")) return "relay";
+  if (types.includes("srflx") || types.includes("prflx")) return "srflx";
+  return "host";
+}
+
 /** What a current browser's RTCPeerConnection can do (mirrors `negotiation.BROWSER`). */
 export const BROWSER = Object.freeze({ rollback: true, iceRestart: true, trickle: true });
 /** aiortc 1.x (mirrors `negotiation.AIORTC`). */
