@@ -8,6 +8,7 @@ import { SignalingClient } from "/sansio-signal.js";
 const $ = (id) => document.getElementById(id);
 let client = null;
 let traced = null; // the last client made (kept after a refused join: its trace says why)
+const routes = new Map(); // peerId → the pair type ("host", "srflx", "relay") its connection uses
 
 function time() {
   return new Date().toLocaleTimeString();
@@ -54,7 +55,9 @@ function render() {
     const label = open ? "connected" : peer.link === "failed" || peer.state === "failed" ? "failed" : "connecting";
     state.className = `state ${label}`;
     state.dataset.state = label;
-    state.textContent = `${label} · ${peer.state} · epoch ${peer.epoch}`;
+    const route = routes.get(peerId);
+    state.textContent = `${label} · ${peer.state} · epoch ${peer.epoch}${route === undefined ? "" : ` · ${route}`}`;
+    if (route !== undefined) state.dataset.route = route;
     item.append(name, state);
     list.append(item);
   }
@@ -84,6 +87,7 @@ async function join(event) {
   if (client !== null) client.close();
   $("join-error").textContent = "";
   client = new SignalingClient({ url, userId: name, iceServers: await iceServers(), trace: true });
+  routes.clear();
   traced = client;
   $("download-trace").disabled = false;
   window.sansioClient = client; // for the browser tests and the curious
@@ -102,8 +106,15 @@ async function join(event) {
     $("leave").disabled = true;
   });
   // The participant list is drawn from the client itself after each of these.
-  for (const type of ["peer-joined", "peer-state", "channel-open", "peer-left", "room-left"]) on(type, () => {});
+  for (const type of ["peer-joined", "peer-state", "channel-open", "room-left"]) on(type, () => {});
   on("peer-failed", ({ peerId, reason }) => log("error", `Giving up on ${peerId}: ${reason}`));
+  on("peer-route", ({ peerId, pairType, localType, localAddress, remoteType, remoteAddress }) => {
+    routes.set(peerId, pairType);
+    log("info", `connection with ${peerId} uses a ${pairType} pair (local ${localType} ${localAddress}, remote ${remoteType} ${remoteAddress})`);
+  });
+  // A new attempt or a peer gone: no pair until the next "peer-route". (What ICE
+  // gathering found, servers that failed included, is in the client's own log lines.)
+  for (const type of ["peer-connecting", "peer-left"]) on(type, ({ peerId }) => routes.delete(peerId));
   on("message", ({ from, text }) => addMessage("p2p-messages", from, text));
   on("chat", ({ from, text }) => addMessage("server-messages", from, text));
   on("server-error", () => {});

@@ -42,6 +42,12 @@ export * from "./machine.js";
  *   "peer-connecting"        {peerId, epoch}
  *   "peer-connected"         {peerId, epoch}
  *   "peer-failed"            {peerId, reason}
+ *   "peer-route"             {peerId, pairType, localType, remoteType, localAddress,
+ *                            remoteAddress}: the candidate pair a connection uses, from
+ *                            the browser's getStats when it connects (pairType: "host",
+ *                            "srflx" or "relay"; the machine's PeerRoute)
+ *   "ice-gathered"           {peerId, servers, candidateTypes, failures}: what one ICE
+ *                            gathering found, as fed to the machine (IceGatheringDone)
  *   "peer-left"              {peerId}
  *   "channel-open"           {peerId}: the `chat` data channel with this peer is open
  *   "message"                {from, text}: a message on a `chat` data channel
@@ -255,6 +261,10 @@ export class SignalingClient extends EventTarget {
       case "PeerConnecting": return this._emit("peer-connecting", { peerId: action.peerId, epoch: action.epoch });
       case "PeerConnected": return this._emit("peer-connected", { peerId: action.peerId, epoch: action.epoch });
       case "PeerFailed": return this._emit("peer-failed", { peerId: action.peerId, reason: action.reason });
+      case "PeerRoute": {
+        const { peerId, pairType, localType, remoteType, localAddress, remoteAddress } = action;
+        return this._emit("peer-route", { peerId, pairType, localType, remoteType, localAddress, remoteAddress });
+      }
       case "ChatReceived": return this._emit("chat", { from: action.fromUserId, text: action.text, ts: action.ts });
       case "ServerErrorReceived":
         this._log("warning", `server error ${action.code}: ${action.message}`);
@@ -309,18 +319,90 @@ export class SignalingClient extends EventTarget {
     const pc = new RTCPeerConnection({ iceServers: this.iceServers });
     const handle = action.pc;
     const { peerId } = action;
-    const conn = { peerId, pc, chain: Promise.resolve(), channel: null };
+    // types/failures: what the current ICE gathering found (see _gathered)
+    const conn = { peerId, pc, chain: Promise.resolve(), channel: null, types: new Set(), failures: [] };
     this._conns.set(handle, conn);
     pc.onicecandidate = (event) => {
       // Browsers end with a null candidate; some also send an empty one: one end only.
       const c = event.candidate;
       if (c !== null && c.candidate === "") return;
+      if (c !== null) conn.types.add(c.type ?? candidateType(c.candidate));
       this._result(handle, { type: "IceCandidateGathered", candidate: c === null ? null : c.toJSON() });
     };
-    pc.onconnectionstatechange = () => this._result(handle, { type: "ConnectionStateChanged", state: pc.connectionState });
+    pc.onicecandidateerror = (event) => this._candidateError(conn, event);
+    pc.onicegatheringstatechange = () => this._gathered(handle, conn);
+    pc.onconnectionstatechange = () => {
+      this._result(handle, { type: "ConnectionStateChanged", state: pc.connectionState });
+      if (pc.connectionState === "connected") this._reportPair(handle, conn);
+    };
     pc.onnegotiationneeded = () => this._result(handle, { type: "NegotiationNeeded" });
     pc.ondatachannel = (event) => { if (event.channel.label === CHANNEL_LABEL) this._adoptChannel(peerId, handle, event.channel); };
     if (action.initiator) this._adoptChannel(peerId, handle, pc.createDataChannel(CHANNEL_LABEL));
+  }
+
+  /** `icecandidateerror`: a STUN or TURN server gave no candidate (or an address could
+   * not reach it: Chromium reports 701 for those too). Kept as reported, once each, for
+   * the gathering's IceGatheringDone; the username of the configured server it names
+   * goes with it (its expiry, for short-lived credentials), never the credential. */
+  _candidateError(conn, event) {
+    const code = typeof event.errorCode === "number" ? event.errorCode : null;
+    const text = String(event.errorText ?? "").trim();
+    const error = code === null || text.startsWith(String(code)) ? text || "failed" : `${code} ${text}`.trim();
+    const url = String(event.url ?? "");
+    const username = serverFor(this.iceServers, url)?.username ?? null;
+    const failure = { url, error, code, username };
+    const same = (f) => f.url === url && f.error === error && f.code === code;
+    if (!conn.failures.some(same)) conn.failures.push(failure); // one per local address otherwise
+  }
+
+  /** `icegatheringstatechange`: a gathering starts (the first, or an ICE restart's) or
+   * completes. Reported once per gathering, not once per connection: an ICE restart
+   * gathers again, perhaps with credentials that have expired meanwhile, and what it
+   * finds is news. */
+  _gathered(handle, conn) {
+    const state = conn.pc.iceGatheringState;
+    if (state === "gathering") {
+      conn.types = new Set();
+      conn.failures = [];
+    } else if (state === "complete") {
+      const event = {
+        type: "IceGatheringDone",
+        servers: serverUrls(this.iceServers),
+        candidateTypes: TYPE_ORDER.filter((t) => conn.types.has(t)).concat([...conn.types].filter((t) => !TYPE_ORDER.includes(t))),
+        failures: conn.failures,
+      };
+      conn.failures = [];
+      if (this._conns.get(handle) !== conn) return;
+      this._emit("ice-gathered", { peerId: conn.peerId, servers: event.servers, candidateTypes: event.candidateTypes, failures: event.failures });
+      this._result(handle, event);
+    }
+  }
+
+  /** The connection is `connected`: the candidate pair it uses, from its stats, goes to
+   * the machine as CandidatePairSelected (it answers with PeerRoute). */
+  async _reportPair(handle, conn) {
+    let stats;
+    try {
+      stats = await conn.pc.getStats();
+    } catch (error) {
+      this._log("warning", `[${conn.peerId}] no stats for the candidate pair: ${error?.message ?? error}`);
+      return;
+    }
+    const pair = selectedPair(stats);
+    if (pair === null) {
+      this._log("warning", `[${conn.peerId}] connected, but getStats names no selected candidate pair`);
+      return;
+    }
+    const local = stats.get(pair.localCandidateId);
+    const remote = stats.get(pair.remoteCandidateId);
+    if (local === undefined || remote === undefined) return;
+    this._result(handle, {
+      type: "CandidatePairSelected",
+      localType: local.candidateType,
+      remoteType: remote.candidateType,
+      localAddress: addressOf(local),
+      remoteAddress: addressOf(remote),
+    });
   }
 
   _adoptChannel(peerId, handle, channel) {
@@ -387,6 +469,57 @@ export const TRACE_LIMIT = 20000;
 /** What a UI shows of one pair: its negotiation's state, link and epoch. */
 function peerState(peer) {
   return { state: peer.state, link: peer.link, epoch: peer.epoch };
+}
+
+/** Candidate types in the order IceGatheringDone lists them. */
+const TYPE_ORDER = ["host", "srflx", "prflx", "relay"];
+
+/** The `typ` of an SDP candidate line (for browsers without RTCIceCandidate.type). */
+function candidateType(line) {
+  const words = String(line).split(" ");
+  const at = words.indexOf("typ");
+  return at >= 0 && at + 1 < words.length ? words[at + 1] : "unknown";
+}
+
+/** Every URL of an RTCIceServer list (`urls` is a string or an array). */
+function serverUrls(iceServers) {
+  return (iceServers ?? []).flatMap((s) => (Array.isArray(s.urls) ? s.urls : [s.urls])).map(String);
+}
+
+/** The configured server that `url` (as icecandidateerror reports it, e.g.
+ * "turn:10.0.0.1:3478?transport=udp") names, or undefined. */
+function serverFor(iceServers, url) {
+  const key = serverKey(url);
+  return (iceServers ?? []).find((s) => (Array.isArray(s.urls) ? s.urls : [s.urls]).some((u) => u === url || serverKey(u) === key));
+}
+
+/** scheme:host:port of an ICE server URL, the default port filled in, no query. */
+function serverKey(url) {
+  const [scheme, rest = ""] = String(url).toLowerCase().split("?")[0].split(/:(.*)/s);
+  const secure = scheme === "stuns" || scheme === "turns";
+  const hasPort = rest.startsWith("[") ? /\]:\d+$/.test(rest) : /:\d+$/.test(rest);
+  return `${scheme}:${hasPort ? rest : `${rest}:${secure ? 5349 : 3478}`}`;
+}
+
+/** The candidate-pair report a connection uses: its transport's selected pair, or (no
+ * transport report says) the nominated pair that succeeded; null if neither. */
+function selectedPair(stats) {
+  for (const report of stats.values()) {
+    if (report.type === "transport" && report.selectedCandidatePairId) {
+      const pair = stats.get(report.selectedCandidatePairId);
+      if (pair !== undefined) return pair;
+    }
+  }
+  for (const report of stats.values()) {
+    if (report.type === "candidate-pair" && report.nominated && report.state === "succeeded") return report;
+  }
+  return null;
+}
+
+/** "address:port" of a candidate report ("[v6]:port" for IPv6). */
+function addressOf(candidate) {
+  const address = candidate.address ?? candidate.ip ?? "";
+  return `${address.includes(":") ? `[${address}]` : address}:${candidate.port}`;
 }
 
 function now() {
