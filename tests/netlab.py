@@ -21,7 +21,11 @@ their namespace goes.
 
 :meth:`NetLab.drop` adds an nftables rule on a namespace's input hook dropping a random
 share of packets (``numgen random mod 100 < N``); :meth:`NetLab.cut` drops all of them;
-:meth:`NetLab.restore` removes the rule. :func:`socket_in` opens a socket inside a
+:meth:`NetLab.restore` removes the rule. With ``both_ways=True`` (A or B only) the same
+share of the packets that *leave* over the namespace's link is dropped too, where they
+arrive in T (input hook, ``iifname "toA"``): a lossy or cut link in both directions, and
+the sender's ``sendto`` still succeeds, as on a real link (an output-hook drop would fail
+it with EPERM). :func:`socket_in` opens a socket inside a
 namespace (``setns(2)`` in a short-lived thread: a socket keeps its namespace), so a test
 probes the lab without a subprocess.
 
@@ -213,37 +217,53 @@ class NetLab:
 
     # ------------------------------------------------------------------ faults
 
-    def drop(self, ns: str, fraction: float) -> None:
+    def drop(self, ns: str, fraction: float, *, both_ways: bool = False) -> None:
         """Drop a random ``fraction`` (0..1) of the packets arriving in ``ns``; replaces an
-        earlier :meth:`drop` or :meth:`cut` there."""
+        earlier :meth:`drop` or :meth:`cut` there. ``both_ways`` (``ns`` ``"A"`` or
+        ``"B"``): also of the packets ``ns`` sends over its link (dropped on arrival in T)."""
         percent = round(fraction * 100)
         if not 0 <= percent <= 100:
             raise ValueError(f"fraction must be within 0..1, not {fraction}")
+        if both_ways and ns not in LINKS:
+            raise ValueError(f"both_ways needs a peer namespace with a link ({list(LINKS)})")
         self.restore(ns)
-        rules = (
-            "add table inet lab\n"
-            "add chain inet lab input { type filter hook input priority 0; policy accept; }\n"
-        )
-        if percent >= 100:
-            rules += "add rule inet lab input counter drop\n"
-        elif percent > 0:
-            rules += f"add rule inet lab input numgen random mod 100 < {percent} counter drop\n"
-        self._nft(ns, rules)
+        self._nft(ns, _drop_rules("lab", percent, ""))
+        if both_ways:
+            self._nft("T", _drop_rules(f"lab_{ns}", percent, f'iifname "to{ns}" '))
 
-    def cut(self, ns: str) -> None:
-        """Drop every packet arriving in ``ns`` (a link cut, seen from there)."""
-        self.drop(ns, 1.0)
+    def cut(self, ns: str, *, both_ways: bool = False) -> None:
+        """Drop every packet arriving in ``ns`` (a link cut, seen from there); with
+        ``both_ways``, every packet it sends over its link too."""
+        self.drop(ns, 1.0, both_ways=both_ways)
 
     def restore(self, ns: str) -> None:
-        """Remove the lab's rules in ``ns``: packets pass again."""
-        if "table inet lab" in self.sh(ns, "nft", "list", "tables").stdout:
-            self.sh(ns, "nft", "delete", "table", "inet", "lab")
+        """Remove the lab's rules in ``ns`` (and in T for ``ns``'s link): packets pass
+        again."""
+        for where, table in self._tables(ns):
+            if self._has_table(where, table):
+                self.sh(where, "nft", "delete", "table", "inet", table)
 
     def dropped(self, ns: str) -> int:
-        """Packets the drop rule in ``ns`` has dropped so far (its counter)."""
-        listing = self.sh(ns, "nft", "list", "chain", "inet", "lab", "input").stdout
-        words = listing.split()
-        return sum(int(words[i + 1]) for i, w in enumerate(words) if w == "packets")
+        """Packets the drop rules for ``ns`` have dropped so far (their counters)."""
+        total = 0
+        for where, table in self._tables(ns):
+            if not self._has_table(where, table):
+                continue
+            listing = self.sh(where, "nft", "list", "chain", "inet", table, "input").stdout
+            words = listing.split()
+            total += sum(int(words[i + 1]) for i, w in enumerate(words) if w == "packets")
+        return total
+
+    def _has_table(self, ns: str, table: str) -> bool:
+        listing = self.sh(ns, "nft", "list", "tables").stdout
+        return f"table inet {table}" in listing.splitlines()
+
+    def _tables(self, ns: str) -> list[tuple[str, str]]:
+        """``(namespace, table)`` of every drop rule :meth:`drop` may have made for ``ns``."""
+        tables = [(ns, "lab")]
+        if ns in LINKS:
+            tables.append(("T", f"lab_{ns}"))
+        return tables
 
     def _nft(self, ns: str, rules: str) -> None:
         done = subprocess.run(
@@ -256,6 +276,22 @@ class NetLab:
         )
         if done.returncode != 0:
             raise RuntimeError(f"nft in {ns}: {done.stderr.strip()}")
+
+
+def _drop_rules(table: str, percent: int, match: str) -> str:
+    """nft commands: a table with an input chain dropping ``percent`` % of the packets
+    that ``match`` (an nft expression, or ``""`` for all)."""
+    rules = (
+        f"add table inet {table}\n"
+        f"add chain inet {table} input {{ type filter hook input priority 0; policy accept; }}\n"
+    )
+    if percent >= 100:
+        rules += f"add rule inet {table} input {match}counter drop\n"
+    elif percent > 0:
+        rules += (
+            f"add rule inet {table} input {match}numgen random mod 100 < {percent} counter drop\n"
+        )
+    return rules
 
 
 def _terminate(proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
