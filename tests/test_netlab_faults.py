@@ -141,8 +141,9 @@ def test_mesh_forms_over_a_lossy_link(lab: NetLab, turn: str, loss: float) -> No
 
 RECOVERY_BOUND = 30.0
 """Seconds from restoring the link to messages both ways. Measured 1.3-1.4 s (pc
-recreated over a surviving WebSocket) and 0.8 s (rejoin; up to ~6 s expected: the client's reconnect
-back-off is at most 5 s, its SYNs sent during the cut are retransmitted at 1, 3, 7 s)."""
+recreated over a surviving WebSocket) and 0.8 s (rejoin; up to ~6 s expected: the
+client's reconnect back-off is at most 5 s, and its SYNs sent during the cut are
+retransmitted at 1, 3, 7 s)."""
 
 
 @pytest.mark.parametrize("signaling_lost", [False, True], ids=["pair-failed", "ws-lost-too"])
