@@ -40,7 +40,9 @@ signaling goes it worked (ICE is not in the relay's trace).
 
 from __future__ import annotations
 
+import datetime
 import difflib
+import ipaddress
 import itertools
 import json
 import statistics
@@ -52,6 +54,7 @@ import attrs
 from .actions import LogLevel
 from .codes import Channel, CloseCode, ErrorCode
 from .trace import WALL_TIME
+from .turn import credential_expiry
 from .wire import (
     Answer,
     Error,
@@ -289,6 +292,17 @@ def _matching(frames: Iterable[_Frame], types: tuple[str, ...], epoch: int | Non
     ]
 
 
+@attrs.frozen
+class _Gathering:
+    """What one gathering of a client's connection to a peer found (IceGatheringDone)."""
+
+    at: float
+    wall: float | None
+    servers: tuple[str, ...]
+    types: tuple[str, ...]
+    failures: tuple[Mapping[str, Any], ...]
+
+
 @attrs.define
 class _Client:
     """What one client trace says, on the common clock."""
@@ -314,6 +328,9 @@ class _Client:
     attempts_failed: dict[str, list[tuple[float, str]]] = attrs.field(factory=dict)
     answers_applied: dict[str, float] = attrs.field(factory=dict)
     ops_failed: dict[str, list[tuple[float, str]]] = attrs.field(factory=dict)
+    gathered: dict[str, list[_Gathering]] = attrs.field(factory=dict)
+    routes: dict[str, list[tuple[float, str]]] = attrs.field(factory=dict)
+    """The pair type (host, srflx, relay) of each connection to a peer that connected."""
     lost: list[tuple[float, Any]] = attrs.field(factory=list)
     connect_failed: list[tuple[float, str]] = attrs.field(factory=list)
     server_up: list[float] = attrs.field(factory=list)
@@ -390,6 +407,21 @@ def _read_client(name: str, user: str, records: list[tuple[float, Record]]) -> _
                 text = f"{r.get('operation')}: {r.get('error')}"
                 c.ops_failed.setdefault(pc_peer, []).append((at, text))
                 c.timeline.append((at, pc_peer, f"operation failed: {text}"))
+        elif kind == "IceGatheringDone":
+            pc_peer = c.pcs.get(r.get("pc"), peer)
+            if isinstance(pc_peer, str):
+                wall = r.get(WALL_TIME)
+                c.gathered.setdefault(pc_peer, []).append(
+                    _Gathering(
+                        at,
+                        float(wall) if isinstance(wall, int | float) else None,
+                        tuple(str(x) for x in r.get("servers") or ()),
+                        tuple(str(x) for x in r.get("candidate_types") or ()),
+                        tuple(f for f in r.get("failures") or () if isinstance(f, dict)),
+                    )
+                )
+        elif kind == "PeerRoute" and isinstance(peer, str):
+            c.routes.setdefault(peer, []).append((at, str(r.get("pair_type"))))
         elif kind == "ConnectionStateChanged":
             pc_peer = c.pcs.get(r.get("pc"), peer)
             if isinstance(pc_peer, str):
@@ -894,6 +926,9 @@ def _pair(world: _World, i: str, p: str) -> tuple[str, str, str]:
             ]
             if not broke:
                 note = "" if len(views) == 2 else f"from {views[0][0].user}'s side"
+                routes = {r for c, other in views for _, r in c.routes.get(other, [])[-1:]}
+                if routes:
+                    note = (note + "; " if note else "") + f"over a {'/'.join(sorted(routes))} pair"
                 return "connected", "connected", note
     try:
         return "stopped", *_walk(world, i, p)
@@ -1133,11 +1168,124 @@ def _ice(world: _World, i: str, p: str, since: float) -> tuple[str, str]:
                 f"connection failed after ICE had connected ({who} at {world.rel(at)}: {why})",
             )
         raise _Stop(
-            "ice", f"no usable candidate pair: ICE failed ({who} at {world.rel(at)}: {why})"
+            "ice",
+            f"no usable candidate pair: ICE failed ({who} at {world.rel(at)}: {why})"
+            + _why_no_pair(world, i, p, at),
         )
     return "ice", "ICE never finished (no failure recorded before the trace ends)" + _unconfirmed(
         world, i, p
     )
+
+
+def _last_gathering(world: _World, user: str, other: str, before: float) -> _Gathering | None:
+    """The gathering of ``user``'s connection to ``other`` that was current at ``before``
+    (else its first: a report may come after the failure it explains)."""
+    c = world.client(user)
+    reports = c.gathered.get(other, []) if c is not None else []
+    found = [g for g in reports if g.at <= before]
+    return found[-1] if found else (reports[0] if reports else None)
+
+
+def _server_failure(failure: Mapping[str, Any], wall: float | None) -> tuple[str, str]:
+    """One ICE server's failure as ``(what, why)``, with ``{who}`` for whose it was: a
+    refused TURN credential is told wrong from expired by the expiry its username
+    carries."""
+    url, error = failure.get("url"), failure.get("error")
+    code, username = failure.get("code"), failure.get("username")
+    if code != 401:
+        return f"{{who}} ICE server {url} gave no candidate ({error})", ""
+    what = f"the TURN server {url} refused {{who}} credential ({error})"
+    expiry = credential_expiry(username) if isinstance(username, str) else None
+    if expiry is None or wall is None:
+        return what, "the username or credential is wrong, or expired"
+    when = _utc(expiry)
+    if expiry <= wall:
+        return what, f"it had expired at {when}, {wall - expiry:.0f} s before it was used"
+    return what, (
+        f"not expired (valid until {when}), so not made with the TURN server's secret "
+        "(a wrong --turn-secret-file, or a changed credential)"
+    )
+
+
+def _utc(unix: float) -> str:
+    return datetime.datetime.fromtimestamp(unix, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _why_no_pair(world: _World, i: str, p: str, failed_at: float) -> str:
+    """What the gathering reports say of why no candidate pair worked: a TURN server that
+    refused a credential or did not answer, or no TURN server at all."""
+    reports = {u: _last_gathering(world, u, o, failed_at) for u, o in ((i, p), (p, i))}
+    known = {u: g for u, g in reports.items() if g is not None}
+    if not known:
+        return ""
+    told: dict[tuple[str, str], list[str]] = {}
+    for user, gathering in known.items():
+        for failure in gathering.failures:
+            if "not used" not in str(failure.get("error")):
+                told.setdefault(_server_failure(failure, gathering.wall), []).append(user)
+    if told:
+        return "".join(
+            "; "
+            + what.format(who=" and ".join(f"{u}'s" for u in users))
+            + (f": {why}" if why else "")
+            for (what, why), users in told.items()
+        )
+    if any("relay" in g.types for g in known.values()):
+        return ""
+    shared = _shared_network(world, i, p)
+    if shared is not None:
+        return (
+            f"; their candidates share a network ({shared}), so no relay was needed: the "
+            "connectivity checks were lost between them (a firewall, or a candidate that "
+            "does not lead to its peer)"
+        )
+    types = "; ".join(f"{u}: {', '.join(g.types) or 'none'}" for u, g in known.items())
+    turn = [s for g in known.values() for s in g.servers if s.startswith(("turn:", "turns:"))]
+    if turn:
+        return f"; no relay candidate on either side ({types})"
+    unknown = [u for u in (i, p) if u not in known]
+    configured = "; ".join(
+        f"{u}: {', '.join(g.servers) or 'none'}" for u, g in known.items()
+    ) + "".join(f"; {u}: no trace" for u in unknown)
+    return (
+        f"; none of the candidate pairs ({types}) worked, and no TURN server was configured "
+        f"to relay (ICE servers {configured}): peers whose networks cannot reach each other "
+        "meet only through a TURN server (docs/networks.md)"
+    )
+
+
+def _sent_addresses(world: _World, sender: str, receiver: str) -> set[str]:
+    """The IP addresses of the candidates ``sender`` sent ``receiver``, as any trace saw
+    them."""
+    frames: list[_Frame] = []
+    s, r = world.client(sender), world.client(receiver)
+    if s is not None:
+        frames += s.sent_to(receiver, OFFER, ANSWER, ICE)
+    if r is not None:
+        frames += r.received_from(sender, OFFER, ANSWER, ICE)
+    if world.relay:
+        frames += world.relay.got_from(sender, receiver, OFFER, ANSWER, ICE)
+    return {a.rpartition(":")[0] for x in frames for a in _candidates(x.frame)}
+
+
+def _shared_network(world: _World, i: str, p: str) -> str | None:
+    """A network both sides had a candidate on (the same IPv4 /24, or both on loopback):
+    then ICE needed no relay."""
+    sides = []
+    for sender, receiver in ((i, p), (p, i)):
+        nets = set()
+        for text in _sent_addresses(world, sender, receiver):
+            try:
+                address = ipaddress.ip_address(text)
+            except ValueError:
+                continue  # an mDNS name
+            if address.is_loopback:
+                nets.add("loopback")
+            elif address.version == 4:
+                nets.add(str(ipaddress.ip_network(f"{address}/24", strict=False)))
+        sides.append(nets)
+    common = sorted(sides[0] & sides[1])
+    return common[0] if common else None
 
 
 def _unconfirmed(world: _World, i: str, p: str) -> str:

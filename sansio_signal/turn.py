@@ -38,6 +38,13 @@ def turn_credentials(
     return username, base64.b64encode(digest).decode("ascii")
 
 
+def credential_expiry(username: str) -> int | None:
+    """The expiry (Unix seconds) a short-lived credential's ``username`` carries, or
+    ``None`` when the username is not of this scheme (a static TURN user)."""
+    head = username.partition(":")[0]
+    return int(head) if head.isascii() and head.isdigit() and len(head) <= 12 else None
+
+
 @attrs.frozen
 class TurnConfig:
     """TURN servers that take credentials made with ``secret`` for ``ttl`` seconds."""

@@ -113,6 +113,20 @@ class ChatPeer:
         """stderr lines until one containing ``wanted``."""
         return wait_for_line(self.err, wanted, timeout)
 
+    def wait_err_all(self, wanted: Sequence[str], timeout: float) -> list[str]:
+        """stderr lines until each of ``wanted`` has been in one, in any order."""
+        seen: list[str] = []
+        deadline = time.monotonic() + timeout
+        missing = list(wanted)
+        while missing:
+            try:
+                line = self.err.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"{self.user}: no line with {missing} within {timeout} s; saw {seen}")
+            seen.append(line)
+            missing = [w for w in missing if w not in line]
+        return seen
+
     def wait_out(self, wanted: str, timeout: float) -> list[str]:
         """stdout lines until one containing ``wanted``."""
         return wait_for_line(self.out, wanted, timeout)

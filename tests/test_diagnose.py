@@ -75,14 +75,16 @@ def test_a_healthy_mesh_exits_0(traces: Callable[[str], Diagnose]) -> None:
     diagnose = traces("healthy")
     assert diagnose() == (
         0,
-        "alice ↔ bob: connected\nalice ↔ carol: connected\nbob ↔ carol: connected\n",
+        "alice ↔ bob: connected (over a host pair)\n"
+        "alice ↔ carol: connected (over a host pair)\n"
+        "bob ↔ carol: connected (over a host pair)\n",
     )
     status, text = diagnose("relay")
     assert status == 0
     assert text.count(": signaled (offer and answer relayed by +") == 3, text
     status, text = diagnose("alice")
     assert status == 0
-    assert "alice ↔ bob: connected (from alice's side)" in text
+    assert "alice ↔ bob: connected (from alice's side; over a host pair)" in text
 
 
 def test_the_target_never_joined_a_room_typo(traces: Callable[[str], Diagnose]) -> None:
@@ -124,7 +126,7 @@ def test_a_full_room_refuses_the_third(traces: Callable[[str], Diagnose]) -> Non
     status, text = diagnose()
     assert status == 1
     lines = text.splitlines()
-    assert lines[0] == "alice ↔ bob: connected"
+    assert lines[0] == "alice ↔ bob: connected (over a host pair)"
     for line, other in zip(lines[1:], ("alice", "bob"), strict=True):
         assert line.startswith(f"{other} ↔ carol: stopped at join: carol's join was refused")
         assert ": room-full (room 'demo' is full (2 members))" in line
@@ -174,7 +176,7 @@ def test_a_silent_peer_without_a_trace(traces: Callable[[str], Diagnose]) -> Non
         "alice ↔ bob: stopped at answer: no answer from bob: alice's offer was delivered at +"
     )
     assert lines[0].endswith("and nothing came back (no trace from bob)")
-    assert lines[1] == "alice ↔ carol: connected"
+    assert lines[1] == "alice ↔ carol: connected (over a host pair)"
     assert lines[2].startswith(
         "bob ↔ carol: stopped at offer: no offer from bob: carol waited from +"
     )

@@ -22,7 +22,13 @@ from aioice.turn import create_turn_endpoint
 from turnfix import TurnServer
 from wsutil import reap, spawn_serve
 
-from sansio_signal.turn import TurnConfig, load_turn_secret, turn_credentials, with_turn
+from sansio_signal.turn import (
+    TurnConfig,
+    credential_expiry,
+    load_turn_secret,
+    turn_credentials,
+    with_turn,
+)
 
 SECRET = b"north-wind-turn-secret-0123456789"
 
@@ -124,3 +130,13 @@ def test_serve_wants_both_turn_flags(flags: list[str]) -> None:
     from sansio_signal.adapters.cli import main
 
     assert main(["serve", "--port", "0", *flags]) == 1
+
+
+def test_the_expiry_is_read_back_from_a_username() -> None:
+    """diagnose tells an expired credential from a wrong one by the expiry its username
+    carries (sansio_signal.turn.credential_expiry)."""
+    username, _ = turn_credentials(SECRET, wall_time=1_700_000_000, ttl=60, label="alice")
+    assert credential_expiry(username) == 1_700_000_060
+    assert credential_expiry("1700000060") == 1_700_000_060
+    for static in ("alice", "", ":alice", "12ab:x", "١٢٣", "9" * 13):
+        assert credential_expiry(static) is None, static
