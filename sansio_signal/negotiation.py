@@ -213,10 +213,15 @@ def pair_kind(local_type: str, remote_type: str) -> str:
 class NegotiationConfig:
     """Deadlines (seconds) and the retry policy."""
 
-    negotiation_timeout: float = 10.0
-    """From starting an offer (or applying a remote one) to a stable state."""
-    connect_timeout: float = 15.0
-    """From a stable state to ``connected``."""
+    negotiation_timeout: float = 20.0
+    """From starting an offer (or applying a remote one) to a stable state. It covers
+    both sides' gathering (aiortc waits up to 5 s for STUN/TURN) and the signaling round
+    trip, which TCP retransmissions stretch on a lossy link (docs/networks.md: 10 s cut
+    off exchanges that were still on their way at 30 % loss)."""
+    connect_timeout: float = 30.0
+    """From a stable state to ``connected``: the ICE checks and the DTLS handshake, both
+    retransmitted on loss (15 s cut off DTLS handshakes still on their way at 30 % loss;
+    browsers give up on ICE checks after about as long)."""
     offer_wait: float = 5.0
     """Polite side: how long to wait for an offer before asking for one."""
     disconnected_grace: float = 5.0
@@ -877,9 +882,10 @@ class PeerNegotiation:
         return []
 
     def _put_off_unless_failed(self, now: float, reason: str | None) -> Actions:
-        """The peer's request during an exchange: a failure report is answered by the
-        exchange itself; other requests run once it is done."""
-        if reason != "failed":
+        """The peer's request during an exchange: a failure report, or a missing offer
+        (ours crossed it on a slow link), is answered by the exchange itself; other
+        requests run once it is done."""
+        if reason not in ("failed", "no-offer"):
             self.pending_renegotiation = True
         return []
 

@@ -830,6 +830,24 @@ def test_a_failure_report_during_a_negotiation_is_answered_by_it() -> None:
     assert neg.attempts == 0
 
 
+def test_a_no_offer_request_crossing_our_offer_is_answered_by_it() -> None:
+    """On a slow link the polite side's request for an offer (after its offer wait) can
+    cross the offer on its way: that offer answers it, with no second exchange after
+    (which on aiortc would renegotiate a connection still being set up). Any other
+    request waits for the exchange to end."""
+    for state in (S.MAKING_OFFER, S.HAVE_LOCAL_OFFER):
+        neg = initiator()
+        neg.start(0.0)
+        if state is S.HAVE_LOCAL_OFFER:
+            neg.on_local_description(LOCAL_OFFER, 0.2)
+        assert neg.state is state
+        assert neg.on_signal(renegotiate(neg, "no-offer"), 5.5) == []
+        assert not neg.pending_renegotiation, state
+        assert neg.attempts == 0
+        assert neg.on_signal(renegotiate(neg, "renegotiate"), 5.6) == []
+        assert neg.pending_renegotiation, state
+
+
 def test_no_offer_request_crossing_our_offer_while_connected_is_ignored() -> None:
     neg = stable_initiator()
     neg.on_connection_state("connected", 3.0)
@@ -1479,7 +1497,8 @@ def test_the_initiator_starts_over_when_the_peer_does() -> None:
     assert kinds == ["ClosePeer", "CreatePeer", "PeerConnecting", "CreateOffer"]
     assert neg.epoch == 0 and neg.attempts == 0 and neg.remote_session == "bob.s2"
     assert "started our pair over" in logs(out)
-    assert neg.pending_renegotiation  # its request is served once the offer is answered
+    # it asked for an offer: the one we are making answers it (no second exchange after)
+    assert not neg.pending_renegotiation
 
 
 def test_the_polite_side_starts_over_on_an_offer_from_a_new_session() -> None:

@@ -69,8 +69,8 @@ export function capsFromWire(names) {
 
 /** Deadlines (seconds) and retry policy (mirrors `negotiation.NegotiationConfig`). */
 export const DEFAULT_CONFIG = Object.freeze({
-  negotiationTimeout: 10.0,
-  connectTimeout: 15.0,
+  negotiationTimeout: 20.0,
+  connectTimeout: 30.0,
   offerWait: 5.0,
   disconnectedGrace: 5.0,
   backoffBase: 0.25,
@@ -643,10 +643,11 @@ export class PeerNegotiation {
     return [];
   }
 
-  /** The peer's request during an exchange: a failure report is answered by the exchange
-   * itself; other requests run once it is done. */
+  /** The peer's request during an exchange: a failure report, or a missing offer (ours
+   * crossed it on a slow link), is answered by the exchange itself; other requests run
+   * once it is done (mirrors `_put_off_unless_failed`). */
   _putOffUnlessFailed(now, reason) {
-    if (reason !== "failed") this.pendingRenegotiation = true;
+    if (reason !== "failed" && reason !== "no-offer") this.pendingRenegotiation = true;
     return [];
   }
 
