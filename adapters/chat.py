@@ -34,6 +34,9 @@ from sansio_signal.actions import (
 from .aiortc_peer import IceServer, loopback_only
 from .client import FROM_RELAY, Client, ClientError, ClientNotice, DataChannelOpened
 
+START_TIMEOUT = 30.0
+"""How long to wait for the first join to be answered (connection attempts included)."""
+
 DELIVERY_WAIT = 10.0
 """At the end of input, how long to wait for the members' data channels to open."""
 
@@ -96,7 +99,7 @@ async def run_chat(
         trace=trace,
         token=token,
     )
-    starting = loop.create_task(client.start())
+    starting = loop.create_task(client.start(START_TIMEOUT))
     interrupted = loop.create_task(stop.wait())
     await asyncio.wait({starting, interrupted}, return_when=asyncio.FIRST_COMPLETED)
     if not starting.done():  # Ctrl-C while connecting or joining
@@ -109,7 +112,8 @@ async def run_chat(
     try:
         starting.result()
     except (ClientError, TimeoutError) as exc:
-        print(f"sansio-signal chat: {exc or 'no answer from the server'}", file=sys.stderr)
+        said = str(exc) or f"no answer from the server within {START_TIMEOUT:g} s"
+        print(f"sansio-signal chat: {said}", file=sys.stderr)
         return 1
 
     async def show_events() -> None:

@@ -22,10 +22,9 @@ import contextlib
 import json
 import logging
 import random
+import ssl
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Generic, Literal, TextIO, TypeVar
@@ -281,12 +280,14 @@ class Client:
     ) -> None:
         await self.close()
 
-    async def start(self, timeout: float = 10.0) -> None:
+    async def start(self, timeout: float = 30.0) -> None:
         """Connect, join the room, and return once the server confirmed the join.
 
-        Raises :class:`ServerUnreachableError` at once when the first connection fails,
+        Raises :class:`ServerUnreachableError` at once when the first connection fails
+        (refused, an HTTP error; one that only timed out is tried again),
         :class:`JoinRefusedError` when the server refuses the join, ``TimeoutError`` when
-        the server does not answer within ``timeout``; the client is closed then."""
+        the server does not answer within ``timeout`` (30 s: a lossy link's TCP
+        retransmissions need seconds); the client is closed then."""
         self._feed(JoinRequested(room_id=self.room_id, token=self.token))
         self._feed(ConnectRequested())
         try:
@@ -322,6 +323,12 @@ class Client:
             self._trace_file.flush()
 
     # ------------------------------------------------------------------ the API
+
+    @property
+    def ice_servers(self) -> list[IceServer]:
+        """The STUN/TURN servers new peer connections use (with ``FROM_RELAY``: the ones
+        fetched from the relay before the latest connection to it)."""
+        return list(self._rtc.ice_servers)
 
     def connected_peers(self) -> list[str]:
         """Peers whose data channel is open."""
@@ -518,7 +525,13 @@ class Client:
                 additional_headers=self.headers or None,
             )
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-            self._feed(ServerConnectFailed(reason=f"cannot connect to {self.url}: {exc}"))
+            # a timeout (no answer: a slow or lossy link) is worth another attempt
+            self._feed(
+                ServerConnectFailed(
+                    reason=f"cannot connect to {self.url}: {exc}",
+                    timed_out=isinstance(exc, TimeoutError),
+                )
+            )
             return
         self._ws = ws
         self.server_connected_at = loop.time()
@@ -582,23 +595,17 @@ async def fetch_ice_servers(
 ) -> list[IceServer]:
     """The ICE servers the relay at ``url`` (its WebSocket URL) hands out at
     ``/config.json``: none when it has no such page (a relay mounted in an app). Raises
-    ``OSError`` when the relay cannot be asked, or answers something else."""
+    ``OSError`` when the relay cannot be asked, or answers something else. A plain
+    asyncio request: cancelling it (Ctrl-C while connecting) stops it at once."""
     target = config_url(url)
-
-    def get() -> bytes | None:
-        request = urllib.request.Request(target, headers=dict(headers or {}))
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                body: bytes = response.read(1 << 20)
-                return body
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return None
-            raise
-
-    body = await asyncio.get_running_loop().run_in_executor(None, get)
-    if body is None:
+    try:
+        status, body = await asyncio.wait_for(_get(target, headers or {}), timeout)
+    except TimeoutError as exc:
+        raise OSError(f"{target}: no answer within {timeout:g} s") from exc
+    if status == 404:
         return []
+    if status != 200:
+        raise OSError(f"{target}: HTTP {status}")
     try:
         entries = json.loads(body)["iceServers"]
         servers = []
@@ -615,6 +622,49 @@ async def fetch_ice_servers(
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise OSError(f"{target}: not an ICE server list ({exc!r})") from exc
     return servers
+
+
+async def _get(target: str, headers: Mapping[str, str]) -> tuple[int, bytes]:
+    """``GET target`` over HTTP/1.1 (``Connection: close``): its status and body."""
+    parts = urllib.parse.urlsplit(target)
+    secure = parts.scheme == "https"
+    host = parts.hostname or ""
+    port = parts.port or (443 if secure else 80)
+    reader, writer = await asyncio.open_connection(
+        host, port, ssl=ssl.create_default_context() if secure else None
+    )
+    try:
+        lines = [f"GET {parts.path or '/'} HTTP/1.1", f"Host: {parts.netloc}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        lines += ["Accept: application/json", "Connection: close", "", ""]
+        writer.write("\r\n".join(lines).encode("latin-1"))
+        response = await reader.read(1 << 20)
+        while chunk := await reader.read(1 << 16):
+            response += chunk
+            if len(response) > 1 << 20:
+                raise OSError(f"{target}: answer larger than 1 MiB")
+    finally:
+        writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    try:
+        status = int(status_line.split()[1])
+    except (IndexError, ValueError) as exc:
+        raise OSError(f"{target}: not an HTTP answer ({status_line[:80]!r})") from exc
+    if any(h.lower().replace(" ", "") == "transfer-encoding:chunked" for h in header_lines):
+        body = _unchunked(body)
+    return status, body
+
+
+def _unchunked(body: bytes) -> bytes:
+    out = b""
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if size == 0:
+            break
+        out, body = out + rest[:size], rest[size + 2 :]
+    return out
 
 
 connect = Client

@@ -413,11 +413,18 @@ class ClientMachine:
         return self._attempt()
 
     def _on_connect_failed(self, now: float, event: ServerConnectFailed) -> list[ClientAction]:
-        never = [] if self._reached else [ServerUnreachable(reason=event.reason)]
+        """A server never reached is unreachable at its first failure (a refused
+        connection, an HTTP error), unless the attempt only timed out and another is due."""
+        retry = self._retry_later(now)
+        never = (
+            []
+            if self._reached or (event.timed_out and retry)
+            else [ServerUnreachable(reason=event.reason)]
+        )
         return [
             Log(level=LogLevel.INFO, message="cannot reach the server: %s", args=(event.reason,)),
             *never,
-            *self._retry_later(now),
+            *retry,
         ]
 
     def _retry_later(self, now: float) -> list[ClientAction]:

@@ -79,9 +79,12 @@ class ConnectRequested:
 @attrs.frozen(kw_only=True)
 class ServerConnectFailed:
     """A connection attempt the machine asked for failed before it opened (refused,
-    timed out, an HTTP error); ``reason`` says how, for logs."""
+    timed out, an HTTP error); ``reason`` says how, for logs. ``timed_out``: it got no
+    answer in time — on a slow or lossy link the next attempt may well succeed, so it
+    does not make the server unreachable while another attempt is due."""
 
     reason: str = ""
+    timed_out: bool = False
 
 
 @attrs.frozen(kw_only=True)

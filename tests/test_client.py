@@ -964,6 +964,28 @@ def test_the_application_hears_a_server_never_reached_and_not_a_lost_one() -> No
     assert m.next_deadline() is not None  # still trying
 
 
+def test_an_attempt_that_only_timed_out_is_tried_again_before_giving_up() -> None:
+    """On a lossy link the first TCP or WebSocket handshake can time out: with another
+    attempt due the server is not yet unreachable (the application's own deadline
+    decides); a refusal still is, and so is a timeout with no attempt to follow."""
+    m = machine("alice")
+    m.handle(ConnectRequested(), 0.0)
+    out = m.handle(ServerConnectFailed(reason="timed out", timed_out=True), 10.0)
+    assert not [a for a in out if isinstance(a, ServerUnreachable)]
+    assert m.next_deadline() is not None
+    assert m.handle_timer(m.next_deadline() or 10.0) == [ConnectToServer()]
+    out = m.handle(ServerConnectFailed(reason="refused"), 10.6)
+    assert [a for a in out if isinstance(a, ServerUnreachable)] == [
+        ServerUnreachable(reason="refused")
+    ]
+    once = ClientMachine("alice", capabilities=AIORTC, jitter=lambda: 0.0, reconnect=None)
+    once.handle(ConnectRequested(), 0.0)
+    out = once.handle(ServerConnectFailed(reason="timed out", timed_out=True), 10.0)
+    assert [a for a in out if isinstance(a, ServerUnreachable)] == [
+        ServerUnreachable(reason="timed out")
+    ]
+
+
 def test_a_lost_server_is_tried_again_soon_and_the_room_resumed() -> None:
     m = machine("alice")
     m.handle(ServerConnected(), 0.0)

@@ -13,13 +13,18 @@ from wsutil import connected_pair, free_port, run
 
 from sansio_signal import ProtocolViolation
 from sansio_signal.adapters import client as client_module
+from sansio_signal.adapters.aiortc_peer import IceServer
 from sansio_signal.adapters.client import (
+    FROM_RELAY,
     Client,
     JoinRefusedError,
     ServerUnreachableError,
+    config_url,
     connect,
+    fetch_ice_servers,
 )
 from sansio_signal.adapters.server import RelayServer
+from sansio_signal.turn import TurnConfig, turn_credentials
 
 TIMEOUT = 20.0
 
@@ -136,3 +141,85 @@ def test_violations_reach_the_application_as_events() -> None:
             assert seen.peer_id == "alice" and "caps" in seen.detail
 
     run(scenario)
+
+
+def test_the_client_takes_its_ice_servers_from_the_relay() -> None:
+    """``Client(ice_servers=FROM_RELAY)`` reads the relay's /config.json before each
+    connection: its static servers, and TURN credentials made for this request."""
+    turn = TurnConfig(urls=("turn:127.0.0.1:3478",), secret=b"s3cret-for-this-test", ttl=600)
+
+    async def scenario(server: RelayServer) -> None:
+        assert config_url(server.url) == server.url.replace("ws://", "http://") + "config.json"
+        before = time.time()
+        fetched = await fetch_ice_servers(server.url)
+        assert fetched[0] == IceServer(urls="stun:127.0.0.1:3478")
+        (relay,) = fetched[1:]
+        assert relay.urls == "turn:127.0.0.1:3478" and relay.username is not None
+        expiry = int(relay.username)
+        assert before + 600 <= expiry <= time.time() + 601
+        assert (relay.username, relay.credential) == turn_credentials(
+            turn.secret, wall_time=expiry - 600, ttl=600
+        )
+        client = Client(server.url, room_id="demo", user_id="alice", ice_servers=FROM_RELAY)
+        assert client.ice_servers == []
+        await client.start(timeout=TIMEOUT)
+        try:
+            assert [s.urls for s in client.ice_servers] == [
+                "stun:127.0.0.1:3478",
+                "turn:127.0.0.1:3478",
+            ]
+        finally:
+            await client.close()
+
+    run(scenario, ice_servers=[{"urls": "stun:127.0.0.1:3478"}], turn=turn)
+
+
+def chunked(*chunks: bytes) -> bytes:
+    """A chunked HTTP/1.1 body of ``chunks``."""
+    return b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", []),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + chunked(b'{"iceServers": [{"ur', b'ls": ["stun:a", "stun:b"]}]}'),
+            [IceServer(urls="stun:a"), IceServer(urls="stun:b")],
+        ),
+        (b"HTTP/1.1 500 Oops\r\n\r\n", "HTTP 500"),
+        (b'HTTP/1.1 200 OK\r\n\r\n{"iceServers": 3}', "not an ICE server list"),
+        (b"SSH-2.0-OpenSSH\r\n", "not an HTTP answer"),
+        (b"", "not an HTTP answer"),
+        (None, "no answer within 0.5 s"),
+    ],
+    ids=["404-none", "chunked", "500", "not-a-list", "not-http", "closed", "silent"],
+)
+def test_fetching_ice_servers_from_what_answers_there(
+    answer: bytes | None, expected: list[IceServer] | str
+) -> None:
+    """A relay without /config.json (mounted in an app) has none to give; anything
+    else that is not a list of ICE servers is an OSError saying what came back."""
+
+    async def scenario() -> None:
+        async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            if answer is None:
+                await reader.read()  # never answers
+            else:
+                writer.write(answer)
+            writer.close()
+
+        server = await asyncio.start_server(reply, "127.0.0.1", 0)
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        try:
+            if isinstance(expected, list):
+                assert await fetch_ice_servers(url, timeout=0.5) == expected
+            else:
+                with pytest.raises(OSError, match=expected):
+                    await fetch_ice_servers(url, timeout=0.5)
+        finally:
+            server.close()
+
+    asyncio.run(scenario())

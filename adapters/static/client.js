@@ -330,8 +330,9 @@ export class ClientMachine {
   _onReconnectDue() { return this._attempt(); }
 
   _onConnectFailed(now, event) {
-    const never = this._reached ? [] : [{ kind: "ServerUnreachable", reason: event.reason ?? "" }];
-    return [log("info", `cannot reach the server: ${event.reason ?? ""}`), ...never, ...this._retryLater(now)];
+    const retry = this._retryLater(now);
+    const never = this._reached || (event.timedOut && retry.length > 0) ? [] : [{ kind: "ServerUnreachable", reason: event.reason ?? "" }];
+    return [log("info", `cannot reach the server: ${event.reason ?? ""}`), ...never, ...retry];
   }
 
   /** Schedule the next attempt, the policy permitting (mirrors `_retry_later`). */
