@@ -3,7 +3,7 @@
 // download the client's trace (JSON lines: `sansio-signal diagnose` reads it with the
 // relay's and other peers' traces). Everything WebRTC- and protocol-related is in
 // sansio-signal.js.
-import { SignalingClient } from "/sansio-signal.js";
+import { SignalingClient, relayIceServers } from "/sansio-signal.js";
 
 const $ = (id) => document.getElementById(id);
 let client = null;
@@ -69,15 +69,6 @@ function render() {
   $("status").className = `status ${client !== null ? client.state : ""}`;
 }
 
-async function iceServers() {
-  try {
-    const response = await fetch("/config.json", { cache: "no-store" });
-    if (response.ok) return (await response.json()).iceServers ?? [];
-  } catch (error) {
-    log("warning", `no ICE server configuration: ${error.message}`);
-  }
-  return [];
-}
 
 async function join(event) {
   event.preventDefault();
@@ -86,7 +77,8 @@ async function join(event) {
   const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`;
   if (client !== null) client.close();
   $("join-error").textContent = "";
-  client = new SignalingClient({ url, userId: name, iceServers: await iceServers(), trace: true });
+  // the relay's ICE servers, fetched again before each connection (fresh TURN credentials)
+  client = new SignalingClient({ url, userId: name, iceServers: () => relayIceServers(), trace: true });
   routes.clear();
   traced = client;
   $("download-trace").disabled = false;

@@ -56,20 +56,34 @@ export * from "./machine.js";
  *   "violation"              {peerId, detail}: a frame that made no sense, dropped
  *   "log"                    {level, text}: the seed-style log lines and more
  *
- * Options: `url` (ws://... of the relay), `iceServers` (RTCIceServer list; default none
- * — pass the server's `/config.json`), `config` (deadlines), `reconnect` (default true),
+ * Options: `url` (ws://... of the relay), `iceServers` (RTCIceServer list; default none;
+ * or a function returning one, or a promise of one, called before each connection to the
+ * relay — `relayIceServers` fetches the relay's `/config.json`, whose TURN credentials
+ * expire), `config` (deadlines), `reconnect` (default true),
  * `resumeWindow` (seconds the room and peers are kept after losing the server, default
  * 8; 0 when `reconnect` is false), `trace` (default false: true records every event in
  * and action out, read with `trace()`; a number is about how many of the latest records
  * to keep — `true` keeps about TRACE_LIMIT). Resume, reconciliation and every other
  * decision are the machine's (`ClientMachine` in machine.js).
  */
+/** The ICE servers the relay hands out at `/config.json` (beside the page, or at `base`):
+ * `serve --ice-server`, and TURN credentials made fresh for each request with
+ * `serve --turn-url`. None when the relay has no such page. Pass the function itself as
+ * `iceServers` to fetch them again before each connection. */
+export async function relayIceServers(base = "") {
+  const response = await fetch(`${base}/config.json`, { cache: "no-store" });
+  if (response.status === 404) return [];
+  if (!response.ok) throw new Error(`/config.json: HTTP ${response.status}`);
+  return (await response.json()).iceServers ?? [];
+}
+
 export class SignalingClient extends EventTarget {
   constructor({ url, userId, iceServers = [], config = DEFAULT_CONFIG, reconnect = true, resumeWindow = 8, jitter = Math.random, trace = false } = {}) {
     super();
     this.url = url;
     this.userId = userId;
-    this.iceServers = iceServers;
+    this._iceSource = typeof iceServers === "function" ? iceServers : null;
+    this.iceServers = this._iceSource === null ? iceServers : [];
     this._records = trace ? [] : null; // trace lines (JSON), when tracing
     this._traceLimit = typeof trace === "number" ? trace : TRACE_LIMIT;
     this.machine = new ClientMachine(userId, {
@@ -186,8 +200,20 @@ export class SignalingClient extends EventTarget {
   _emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
   _log(level, text) { this._emit("log", { level, text }); }
 
-  /** One WebSocket, opened because the machine asked (`ConnectToServer`). */
+  /** One WebSocket, opened because the machine asked (`ConnectToServer`); first the ICE
+   * servers, when they come from a function (fresh TURN credentials for each connection). */
   _open() {
+    if (this._iceSource === null) return this._openSocket();
+    Promise.resolve()
+      .then(() => this._iceSource())
+      .then(
+        (servers) => { this.iceServers = servers ?? []; },
+        (error) => this._log("warning", `no ICE servers: ${error?.message ?? error}`),
+      )
+      .then(() => this._openSocket());
+  }
+
+  _openSocket() {
     const ws = new WebSocket(this.url);
     this._ws = ws;
     let opened = false;
