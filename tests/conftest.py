@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import settings
 
 from sansio_signal.testing.relay import RelayHarness
+
+if TYPE_CHECKING:
+    from netlab import NetLab
 
 # Every run of the suite tries the same examples (CI must be deterministic); set
 # HYPOTHESIS_PROFILE=explore to hunt for new ones with fresh randomness and more examples.
@@ -27,6 +30,19 @@ SIGNALING = "webrtc-signaling"
 CHAT = "webrtc-dashboard-chat"
 
 Frame = dict[str, Any]
+
+
+@pytest.fixture
+def lab() -> Iterator[NetLab]:
+    """A fresh network lab (tests/netlab.py): skipped where namespaces cannot be made,
+    failing instead when ``CI`` is set; no namespace of it outlives the test."""
+    from netlab import NetLab, namespaces, require_netns
+
+    require_netns()
+    with NetLab() as made:
+        assert set(made.ns.values()) <= namespaces()
+        yield made
+    assert not {n for n in namespaces() if n.startswith(made.prefix)}, "a namespace outlived"
 
 
 @pytest.fixture

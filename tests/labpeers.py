@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import IO
 
 import pytest
@@ -48,22 +48,38 @@ def wait_for_line(lines: queue.Queue[str], wanted: str, timeout: float) -> list[
             return seen
 
 
-def serve_in(lab: NetLab, ns: str = "T", *args: str) -> subprocess.Popen[str]:
+def wait_all(lines: queue.Queue[str], wanted: Iterable[str], timeout: float) -> list[str]:
+    """Read ``lines`` until each of ``wanted`` was part of one (in any order); fail after
+    ``timeout`` seconds. Returns the lines read."""
+    left = set(wanted)
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while left:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            pytest.fail(f"no line with {sorted(left)} within {timeout} s; last lines {seen[-30:]}")
+        seen.append(line)
+        left = {w for w in left if w not in line}
+    return seen
+
+
+def serve_in(lab: NetLab, ns: str = "T", *args: str) -> queue.Queue[str]:
     """``sansio-signal serve`` on T's service address inside ``ns``, listening when this
-    returns (its stdout is read until the ``listening on`` line; stderr is dropped)."""
+    returns; its output lines (the relay logs joins, resumes and drops at INFO) from
+    there on."""
     proc = lab.run_in(
         ns,
         [sys.executable, "-m", "sansio_signal", "serve", "--host", SERVICE,
          "--port", str(SERVE_PORT), *args],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
         text=True,
     )  # fmt: skip
     assert proc.stdout is not None
-    assert wait_for_line(lines_of(proc.stdout), "listening on", 15)[-1] == (
-        f"listening on {RELAY_URL}"
-    )
-    return proc
+    lines = lines_of(proc.stdout)
+    wait_all(lines, [f"listening on {RELAY_URL}"], 15)
+    return lines
 
 
 def turn_server_arg(url: str, username: str, credential: str) -> str:
@@ -112,20 +128,6 @@ class ChatPeer:
     def wait_err(self, wanted: str, timeout: float) -> list[str]:
         """stderr lines until one containing ``wanted``."""
         return wait_for_line(self.err, wanted, timeout)
-
-    def wait_err_all(self, wanted: Sequence[str], timeout: float) -> list[str]:
-        """stderr lines until each of ``wanted`` has been in one, in any order."""
-        seen: list[str] = []
-        deadline = time.monotonic() + timeout
-        missing = list(wanted)
-        while missing:
-            try:
-                line = self.err.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                pytest.fail(f"{self.user}: no line with {missing} within {timeout} s; saw {seen}")
-            seen.append(line)
-            missing = [w for w in missing if w not in line]
-        return seen
 
     def wait_out(self, wanted: str, timeout: float) -> list[str]:
         """stdout lines until one containing ``wanted``."""

@@ -67,6 +67,12 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=10)
 
 
+def namespaces() -> set[str]:
+    """The names of the network namespaces that exist now (``ip netns list``)."""
+    listing = _ip("netns", "list").stdout
+    return {line.split()[0] for line in listing.splitlines() if line.strip()}
+
+
 def netns_unavailable() -> str | None:
     """Why namespaces cannot be made here, or None when they can."""
     if os.geteuid() != 0:

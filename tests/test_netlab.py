@@ -10,34 +10,16 @@ from __future__ import annotations
 import secrets
 import socket
 import struct
-import subprocess
 import time
-from collections.abc import Iterator
 
 import pytest
 from labpeers import ChatPeer, serve_in, turn_server_arg
-from netlab import ADDRESSES, LINKS, SERVICE, NetLab, require_netns
+from netlab import ADDRESSES, LINKS, SERVICE, NetLab, namespaces, require_netns
 from turnfix import TurnServer, _stun_answers
 
 from sansio_signal.turn import turn_credentials
 
 SECRET = b"lab-turn-secret-0123456789abcdef"
-
-
-def namespaces() -> set[str]:
-    listing = subprocess.run(
-        ["ip", "netns", "list"], capture_output=True, text=True, check=True
-    ).stdout
-    return {line.split()[0] for line in listing.splitlines() if line.strip()}
-
-
-@pytest.fixture
-def lab() -> Iterator[NetLab]:
-    require_netns()
-    with NetLab() as made:
-        assert set(made.ns.values()) <= namespaces()
-        yield made
-    assert not {n for n in namespaces() if n.startswith(made.prefix)}, "a namespace outlived"
 
 
 def reaches(lab: NetLab, src: str, dst: str, address: str, timeout: float = 1.0) -> bool:

@@ -37,13 +37,12 @@ import os
 import queue
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from labpeers import SERVE_PORT, ChatPeer, lines_of, serve_in
-from netlab import ADDRESSES, SERVICE, NetLab, require_netns
+from netlab import ADDRESSES, SERVICE, NetLab
 from turnfix import TurnServer
 
 CHROMIUM = "/usr/bin/chromium"
@@ -132,16 +131,14 @@ def drive(url: str, room: str, user: str, peer: str) -> int:
 # ---------------------------------------------------------------- the test side
 
 
-@pytest.fixture
-def lab() -> Iterator[NetLab]:
-    require_netns()
-    if not Path(CHROMIUM).exists():  # like require_turnserver: CI must run this
+@pytest.fixture(autouse=True)
+def chromium() -> None:
+    """Chromium is installed (like require_turnserver: CI must run these tests)."""
+    if not Path(CHROMIUM).exists():
         missing = f"{CHROMIUM} not found: install the Debian package 'chromium'"
         if os.environ.get("CI"):
             pytest.fail(missing)
         pytest.skip(missing)
-    with NetLab() as made:
-        yield made
 
 
 class BrowserInA:

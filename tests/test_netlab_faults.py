@@ -18,15 +18,12 @@ bounded by a timeout (no sleeps). The bounds were measured in the lab (docs/netw
 
 from __future__ import annotations
 
-import queue
-import subprocess
-import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import pytest
-from labpeers import RELAY_URL, SERVE_PORT, ChatPeer, lines_of, turn_server_arg
-from netlab import SERVICE, NetLab, require_netns
+from labpeers import SERVE_PORT, ChatPeer, serve_in, turn_server_arg, wait_all
+from netlab import SERVICE, NetLab
 from turnfix import TurnServer
 
 from sansio_signal.turn import turn_credentials
@@ -35,62 +32,12 @@ SECRET = b"lab-turn-secret-0123456789abcdef"
 LOG = ("--log-level", "INFO")
 
 
-def namespaces() -> set[str]:
-    listing = subprocess.run(
-        ["ip", "netns", "list"], capture_output=True, text=True, check=True
-    ).stdout
-    return {line.split()[0] for line in listing.splitlines() if line.strip()}
-
-
-@pytest.fixture
-def lab() -> Iterator[NetLab]:
-    require_netns()
-    with NetLab() as made:
-        assert set(made.ns.values()) <= namespaces()
-        yield made
-    assert not {n for n in namespaces() if n.startswith(made.prefix)}, "a namespace outlived"
-
-
 @pytest.fixture
 def turn(lab: NetLab) -> Iterator[str]:
     """coturn in T; the ``--ice-server`` value with fresh credentials for it."""
     with TurnServer(SECRET, host=SERVICE, netns=lab.ns["T"]) as server:
         username, credential = turn_credentials(SECRET, wall_time=time.time(), ttl=600)
         yield turn_server_arg(server.url, username, credential)
-
-
-def wait_all(lines: queue.Queue[str], wanted: Iterable[str], timeout: float) -> float:
-    """Read ``lines`` until each of ``wanted`` was part of one (in any order); fail after
-    ``timeout`` seconds. Returns the seconds it took."""
-    left = set(wanted)
-    seen: list[str] = []
-    started = time.monotonic()
-    deadline = started + timeout
-    while left:
-        try:
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            pytest.fail(f"no line with {sorted(left)} within {timeout} s; last lines {seen[-30:]}")
-        seen.append(line)
-        left = {w for w in left if w not in line}
-    return time.monotonic() - started
-
-
-def serve_logged(lab: NetLab) -> queue.Queue[str]:
-    """``serve`` in T as :func:`labpeers.serve_in` starts it, its log lines kept (the
-    relay logs joins, resumes and drops at INFO); listening when this returns."""
-    proc = lab.run_in(
-        "T",
-        [sys.executable, "-m", "sansio_signal", "serve", "--host", SERVICE,
-         "--port", str(SERVE_PORT)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    lines = lines_of(proc.stdout)
-    wait_all(lines, [f"listening on {RELAY_URL}"], 15)
-    return lines
 
 
 def chat(lab: NetLab, ns: str, user: str, server: str) -> ChatPeer:
@@ -114,7 +61,7 @@ def test_mesh_forms_over_a_lossy_link(lab: NetLab, turn: str, loss: float) -> No
     carol (T) all print ``connected to`` each other and a message goes over every pair's
     data channel, within :data:`MESH_BOUND`. Its time is aiortc's DTLS/SCTP
     retransmissions of lost handshake packets (seconds each)."""
-    serve_logged(lab)
+    serve_in(lab)
     lab.drop("A", loss, both_ways=True)
     started = time.monotonic()
     peers = {user: chat(lab, ns, user, turn) for user, ns in (("alice", "A"), ("bob", "B"),
@@ -159,7 +106,7 @@ def test_a_cut_link_fails_the_pair_and_it_recovers_when_restored(
     cannot restart ICE), or alice reconnects and joins again — and the data channel
     carries a message each way, within :data:`RECOVERY_BOUND`. The cut dominates
     the time: aiortc's consent expiry (~30 s) and the WebSocket keepalive (20 + 20 s)."""
-    serve_logged(lab)
+    serve_in(lab)
     alice = chat(lab, "A", "alice", turn)
     bob = chat(lab, "B", "bob", turn)
     wait_all(alice.err, ["connected to bob"], 30)
@@ -168,7 +115,9 @@ def test_a_cut_link_fails_the_pair_and_it_recovers_when_restored(
     wait_all(bob.out, ["alice: before the cut"], 10)
 
     lab.cut("A", both_ways=True)
-    failed_after = wait_all(bob.err, ["[alice] attempt 1 failed: connection closed"], 60)
+    cut = time.monotonic()
+    wait_all(bob.err, ["[alice] attempt 1 failed: connection closed"], 60)
+    failed_after = time.monotonic() - cut
     assert failed_after > 20, f"the pair failed {failed_after:.1f} s after the cut: not the cut"
     if signaling_lost:
         wait_all(alice.err, ["server connection lost"], 60)
@@ -207,7 +156,7 @@ def test_join_resume_and_negotiation_complete_over_a_lossy_signaling_link(
     the data channel carries a message each way); then carol joins and negotiates with
     her. Each step within :data:`SIGNALING_BOUND`. TCP retransmission (200 ms doubling;
     SYNs at 1, 3, 7 s) and DTLS/SCTP retransmission dominate the time."""
-    relay = serve_logged(lab)
+    relay = serve_in(lab)
     lab.drop("A", SIGNALING_LOSS, both_ways=True)
     bob = chat(lab, "B", "bob", turn)
     wait_all(bob.err, ["joined room"], 15)

@@ -18,24 +18,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from labpeers import ChatPeer, serve_in, turn_server_arg
-from netlab import SERVICE, NetLab, require_netns
+from labpeers import ChatPeer, serve_in, turn_server_arg, wait_all
+from netlab import SERVICE, NetLab
 from turnfix import TurnServer
 
 from sansio_signal.turn import turn_credentials
 
 SECRET = b"lab-turn-secret-0123456789abcdef"
-
-
-@pytest.fixture
-def lab() -> Iterator[NetLab]:
-    require_netns()
-    with NetLab() as made:
-        yield made
 
 
 def diagnose(*traces: Path) -> str:
@@ -122,7 +113,7 @@ def test_a_mesh_with_one_peer_reachable_only_through_turn(lab: NetLab, tmp_path:
         for user, peer in peers.items():
             others = [u for u in users if u != user]
             routes: dict[str, str] = {}
-            lines = peer.wait_err_all([f"connected to {other}" for other in others], 30)
+            lines = wait_all(peer.err, [f"connected to {other}" for other in others], 30)
             for line in lines:
                 for other in others:
                     if line.startswith(f"connection with {other} uses a "):
