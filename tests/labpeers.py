@@ -64,6 +64,22 @@ def wait_all(lines: queue.Queue[str], wanted: Iterable[str], timeout: float) -> 
     return seen
 
 
+def wait_any(lines: queue.Queue[str], wanted: Sequence[str], timeout: float) -> str:
+    """Read ``lines`` until one contains any of ``wanted``; which one (the first listed
+    of those it contains). Fails after ``timeout`` seconds."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            pytest.fail(f"no line with any of {list(wanted)} within {timeout} s; saw {seen[-30:]}")
+        seen.append(line)
+        for one in wanted:
+            if one in line:
+                return one
+
+
 def serve_in(lab: NetLab, ns: str = "T", *args: str) -> queue.Queue[str]:
     """``sansio-signal serve`` on T's service address inside ``ns``, listening when this
     returns; its output lines (the relay logs joins, resumes and drops at INFO) from

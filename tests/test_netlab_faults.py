@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from labpeers import SERVE_PORT, ChatPeer, serve_in, turn_server_arg, wait_all
+from labpeers import SERVE_PORT, ChatPeer, serve_in, turn_server_arg, wait_all, wait_any
 from netlab import SERVICE, NetLab
 from turnfix import TurnServer
 
@@ -99,7 +99,8 @@ def test_a_cut_link_fails_the_pair_and_it_recovers_when_restored(
 ) -> None:
     """Issue 15, scenario 6: alice (A) and bob (B) connected through TURN; A's link cut
     both ways (signaling included) until bob's side says the pair failed (aiortc's consent
-    checks give up: ``attempt 1 failed: connection closed`` ~31-33 s after the cut) —
+    checks give up: ``attempt 1 failed: connection closed`` ~31-33 s after the cut) or
+    ended (the relay's keepalive let alice go first: ``alice left``) —
     and, with ``signaling_lost``, until alice's client also says its WebSocket to the
     relay is gone (keepalive ping timeout, at most ~40 s after the cut); then restored.
     The pair recovers by itself — the initiator recreates the peer connection (aiortc
@@ -116,9 +117,12 @@ def test_a_cut_link_fails_the_pair_and_it_recovers_when_restored(
 
     lab.cut("A", both_ways=True)
     cut = time.monotonic()
-    wait_all(bob.err, ["[alice] attempt 1 failed: connection closed"], 60)
+    # Whichever gives up first: aiortc's consent checks (the pair fails) or a keepalive
+    # (the relay's pings time out and it lets alice go: bob closes the pair). Both race
+    # at 20-40 s after the cut, by where the ping cycles stood.
+    wait_any(bob.err, ["[alice] attempt 1 failed: connection closed", "alice left"], 60)
     failed_after = time.monotonic() - cut
-    assert failed_after > 20, f"the pair failed {failed_after:.1f} s after the cut: not the cut"
+    assert failed_after > 15, f"the pair ended {failed_after:.1f} s after the cut: not the cut"
     if signaling_lost:
         wait_all(alice.err, ["server connection lost"], 60)
     lab.restore("A")
