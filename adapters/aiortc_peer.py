@@ -16,13 +16,13 @@ itself (``../shared/FIELD-NOTES.md``):
   a task of its own instead of holding up the connection's queue;
 - ICE servers are always passed explicitly (``iceServers=None`` would add a public STUN
   server that makes every gathering wait 5 s here);
-- aioice swallows why a STUN or TURN server gave no candidate: when one did not, the
-  adapter asks that server once more itself (a TURN allocation, as aioice would) to
+- aioice swallows why a STUN or TURN server gave no candidate: when the TURN server
+  did not, the adapter asks it once more itself (a TURN allocation, as aioice would) to
   learn the error — ``401`` is a refused credential — and reports it in
   :class:`~sansio_signal.events.IceGatheringDone`; aiortc uses only the first STUN and
-  the first TURN server of its configuration, and the others are reported as unused;
-- aiortc has no candidate-pair stats: the pair a connection uses is read from aioice's
-  nominated pair when ``connectionState`` becomes ``connected``
+  the first TURN server of its configuration: the others are logged as unused;
+- aiortc has no candidate-pair stats: ``ReadSelectedPair`` (the machine asks when a
+  connection becomes connected) reads aioice's nominated pair
   (:class:`~sansio_signal.events.CandidatePairSelected`).
 
 The data channel labelled ``chat`` is made by the initiator before its first offer
@@ -58,6 +58,7 @@ from sansio_signal.actions import (
     CreateOffer,
     CreatePeer,
     PeerConnectionAction,
+    ReadSelectedPair,
     RollbackLocalDescription,
     SetRemoteDescription,
 )
@@ -148,10 +149,28 @@ class AiortcPeers:
         on_event: Callable[[ClientEvent], None],
         on_channel: Callable[[str, int, RTCDataChannel], None],
     ) -> None:
+        self._ice_servers: list[IceServer] = []
         self.ice_servers = list(ice_servers)
         self._on_event = on_event
         self._on_channel = on_channel
         self._connections: dict[int, _Connection] = {}
+
+    @property
+    def ice_servers(self) -> list[IceServer]:
+        """The STUN/TURN servers new connections use (aiortc: the first of each kind)."""
+        return self._ice_servers
+
+    @ice_servers.setter
+    def ice_servers(self, servers: list[IceServer]) -> None:
+        used = _used(servers)
+        for server in servers:
+            if server not in used:
+                logger.warning(
+                    "ICE server %s is not used: aiortc uses only the first STUN and the "
+                    "first TURN server it is given",
+                    server.urls,
+                )
+        self._ice_servers = servers
 
     def connection(self, handle: int) -> RTCPeerConnection | None:
         """The RTCPeerConnection behind ``handle`` (for adding media, say)."""
@@ -189,18 +208,6 @@ class AiortcPeers:
         def on_state() -> None:
             if self._connections.get(handle) is conn:
                 self._on_event(ConnectionStateChanged(pc=handle, state=pc.connectionState))
-                if pc.connectionState == "connected":
-                    pair = selected_pair(pc)
-                    if pair is not None:
-                        self._on_event(
-                            CandidatePairSelected(
-                                pc=handle,
-                                local_type=pair[0].type,
-                                remote_type=pair[1].type,
-                                local_address=f"{pair[0].host}:{pair[0].port}",
-                                remote_address=f"{pair[1].host}:{pair[1].port}",
-                            )
-                        )
 
         @pc.on("datachannel")
         def on_datachannel(channel: RTCDataChannel) -> None:
@@ -266,6 +273,19 @@ class AiortcPeers:
             else:
                 await pc.addIceCandidate(to_aiortc_candidate(candidate))
             return None
+        if isinstance(action, ReadSelectedPair):
+            pair = selected_pair(pc)
+            if pair is None:
+                logger.info("connection %d: aioice has no nominated pair to report", handle)
+                return None
+            near, far = pair
+            return CandidatePairSelected(
+                pc=handle,
+                local_type=near.type,
+                remote_type=far.type,
+                local_address=f"{near.host}:{near.port}",
+                remote_address=f"{far.host}:{far.port}",
+            )
         if isinstance(action, RollbackLocalDescription):
             raise NotImplementedError("aiortc cannot roll back (its capabilities say so)")
         raise AssertionError(f"unexpected action {action!r}")
@@ -287,24 +307,13 @@ class AiortcPeers:
         why each server that gave no candidate gave none."""
         types = candidate_types(event.description.sdp)
         failures: list[IceServerFailure] = []
-        used = connection_kwargs([s.to_aiortc() for s in self.ice_servers])
-        stun_used = turn_used = False
-        for server in self.ice_servers:
-            scheme = server.urls.partition(":")[0]
-            if scheme in ("stun", "stuns"):
-                if stun_used or "stun_server" not in used:
-                    failures.append(_unused(server, "STUN"))
-                elif "srflx" not in types:
-                    failures.append(
-                        IceServerFailure(url=server.urls, error="gave no reflexive address")
-                    )
-                stun_used = True
-            elif scheme in ("turn", "turns"):
-                if turn_used or "turn_server" not in used:
-                    failures.append(_unused(server, "TURN"))
-                elif "relay" not in types:
-                    failures.append(await probe_turn(server, used))
-                turn_used = True
+        for server in _used(self.ice_servers):
+            if server.urls.startswith(("turn:", "turns:")):
+                if "relay" not in types:
+                    failures.append(await probe_turn(server))
+            elif "srflx" not in types:
+                failure = IceServerFailure(url=server.urls, error="gave no reflexive address")
+                failures.append(failure)
         if self._connections.get(handle) is conn:
             self._on_event(
                 IceGatheringDone(
@@ -352,22 +361,27 @@ def selected_pair(pc: RTCPeerConnection) -> tuple[aioice.Candidate, aioice.Candi
     return None
 
 
-def _unused(server: IceServer, kind: str) -> IceServerFailure:
-    return IceServerFailure(
-        url=server.urls,
-        error=f"not used: aiortc uses only the first {kind} server it is given",
-        username=server.username,
-    )
+def _used(servers: Sequence[IceServer]) -> list[IceServer]:
+    """The servers aiortc uses of ``servers``: the first STUN and the first TURN server
+    its own parser takes."""
+    used = []
+    for kind in ("stun_server", "turn_server"):
+        for server in servers:
+            if kind in connection_kwargs([server.to_aiortc()]):
+                used.append(server)
+                break
+    return used
 
 
-async def probe_turn(server: IceServer, used: dict[str, object]) -> IceServerFailure:
+async def probe_turn(server: IceServer) -> IceServerFailure:
     """Ask ``server`` (the TURN server aiortc used) for an allocation once more, to learn
     why gathering got no relay candidate from it: the failure to report."""
+    used = connection_kwargs([server.to_aiortc()])
     try:
         transport, _ = await asyncio.wait_for(
             aioice.turn.create_turn_endpoint(
                 asyncio.DatagramProtocol,
-                server_addr=used["turn_server"],  # type: ignore[arg-type]
+                server_addr=used["turn_server"],
                 username=server.username,
                 password=server.credential,
                 lifetime=60,

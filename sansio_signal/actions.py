@@ -199,6 +199,16 @@ class AddIceCandidate:
 
 
 @attrs.frozen(kw_only=True)
+class ReadSelectedPair:
+    """Read the candidate pair ``pc`` now uses (its stats; aiortc: the nominated pair)
+    and report it as :class:`~sansio_signal.events.CandidatePairSelected`. Asked each time
+    the connection becomes connected."""
+
+    peer_id: str
+    pc: int
+
+
+@attrs.frozen(kw_only=True)
 class ClosePeer:
     """Close peer connection ``pc`` and forget it; no more results are expected."""
 
@@ -338,6 +348,7 @@ ClientAction: TypeAlias = (
     | SetRemoteDescription
     | RollbackLocalDescription
     | AddIceCandidate
+    | ReadSelectedPair
     | ClosePeer
     | RoomJoined
     | RoomResumed
@@ -362,6 +373,7 @@ PeerConnectionAction: TypeAlias = (
     | SetRemoteDescription
     | RollbackLocalDescription
     | AddIceCandidate
+    | ReadSelectedPair
     | ClosePeer
 )
 """The actions addressed to one peer connection (an ``RTCPeerConnection``)."""

@@ -1221,7 +1221,10 @@ def _why_no_pair(world: _World, i: str, p: str, failed_at: float) -> str:
     told: dict[tuple[str, str], list[str]] = {}
     for user, gathering in known.items():
         for failure in gathering.failures:
-            if "not used" not in str(failure.get("error")):
+            # a server whose kind of candidate came anyway failed only for some local
+            # address (Chromium's 701s): not why the pair failed
+            gives = "relay" if str(failure.get("url")).startswith(("turn:", "turns:")) else "srflx"
+            if gives not in gathering.types:
                 told.setdefault(_server_failure(failure, gathering.wall), []).append(user)
     if told:
         return "".join(

@@ -117,6 +117,7 @@ from .actions import (
     PeerConnected,
     PeerConnecting,
     PeerFailed,
+    ReadSelectedPair,
     RollbackLocalDescription,
     SendToServer,
     SetRemoteDescription,
@@ -925,9 +926,12 @@ class PeerNegotiation:
 
     def _track_link(self, now: float, state: str, *, grace: bool) -> Actions:
         if state in ("connected", "completed"):
+            # newly connected (first, or after an ICE restart): which pair does it use?
+            actions: Actions = []
+            if self.link is not Link.CONNECTED and self.pc is not None:
+                actions.append(ReadSelectedPair(peer_id=self.peer_id, pc=self.pc))
             self.link = Link.CONNECTED
             self.attempts = 0
-            actions: Actions = []
             if self.deadline_kind in _ENDED_BY_CONNECTING:
                 self._disarm()
             if not self.notified_connected:

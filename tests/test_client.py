@@ -34,6 +34,7 @@ from sansio_signal.actions import (
     PeerLeft,
     PeerRoute,
     ProtocolViolation,
+    ReadSelectedPair,
     RoomJoined,
     RoomLeft,
     SendToServer,
@@ -333,8 +334,14 @@ def test_the_full_exchange_through_the_relay() -> None:
     net.run("alice", RemoteDescriptionApplied(pc=a_pc))
     a_up = net.run("alice", ConnectionStateChanged(pc=a_pc, state="connected"))
     b_up = net.run("bob", ConnectionStateChanged(pc=b_pc, state="connected"))
-    assert ops(a_up) == [PeerConnected(peer_id="bob", epoch=0)]
-    assert ops(b_up) == [PeerConnected(peer_id="alice", epoch=0)]
+    assert ops(a_up) == [
+        ReadSelectedPair(peer_id="bob", pc=a_pc),
+        PeerConnected(peer_id="bob", epoch=0),
+    ]
+    assert ops(b_up) == [
+        ReadSelectedPair(peer_id="alice", pc=b_pc),
+        PeerConnected(peer_id="alice", epoch=0),
+    ]
     assert net.machines["alice"].peers["bob"].state is NegState.STABLE
     assert net.machines["alice"].next_deadline() is None
     assert net.machines["bob"].next_deadline() is None

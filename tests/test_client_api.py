@@ -223,3 +223,21 @@ def test_fetching_ice_servers_from_what_answers_there(
             server.close()
 
     asyncio.run(scenario())
+
+
+def test_ice_servers_aiortc_would_not_use_are_said_to_be_unused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiortc takes the first STUN and the first TURN server only: the others are named
+    in a warning instead of being silently left out."""
+    servers = [
+        IceServer(urls="stun:127.0.0.1:3478"),
+        IceServer(urls="stun:127.0.0.1:3479"),
+        IceServer(urls="turn:127.0.0.1:3478", username="u", credential="c"),
+        IceServer(urls="turn:127.0.0.1:3479", username="u", credential="c"),
+    ]
+    with caplog.at_level("WARNING", logger="sansio_signal.aiortc"):
+        client = Client("ws://127.0.0.1:1/", room_id="r", user_id="alice", ice_servers=servers)
+    assert client.ice_servers == servers
+    unused = [r.getMessage().split()[2] for r in caplog.records]
+    assert unused == ["stun:127.0.0.1:3479", "turn:127.0.0.1:3479"]

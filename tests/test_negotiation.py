@@ -31,6 +31,7 @@ from sansio_signal.actions import (
     PeerConnected,
     PeerConnecting,
     PeerFailed,
+    ReadSelectedPair,
     RollbackLocalDescription,
     SendToServer,
     SetRemoteDescription,
@@ -957,7 +958,11 @@ def test_connected_notifies_once_and_clears_the_connect_deadline() -> None:
     neg = stable_initiator()
     assert neg.on_connection_state("connecting", 2.5) == []
     assert (neg.link, deadline(neg)) == (Link.CONNECTING, (17.0, "connect"))
-    assert ops(neg.on_connection_state("connected", 3.0)) == [PeerConnected(peer_id=BOB, epoch=0)]
+    # the adapter is asked which candidate pair it uses (PeerRoute follows its answer)
+    assert ops(neg.on_connection_state("connected", 3.0)) == [
+        ReadSelectedPair(peer_id=BOB, pc=1),
+        PeerConnected(peer_id=BOB, epoch=0),
+    ]
     assert (neg.link, deadline(neg), neg.attempts) == (Link.CONNECTED, (None, None), 0)
     assert ops(neg.on_connection_state("completed", 3.1)) == []  # aiortc's ICE state name
 
@@ -1004,7 +1009,10 @@ def test_aiortc_initiator_recovers_by_close_and_recreate() -> None:
     # once connected again, PeerConnected names the new epoch
     neg.on_signal(answer(neg), 3.7)
     neg.on_remote_applied(3.8)
-    assert ops(neg.on_connection_state("connected", 3.9)) == [PeerConnected(peer_id=BOB, epoch=1)]
+    assert ops(neg.on_connection_state("connected", 3.9)) == [
+        ReadSelectedPair(peer_id=BOB, pc=2),
+        PeerConnected(peer_id=BOB, epoch=1),
+    ]
 
 
 def test_remote_closing_counts_as_a_failure() -> None:
@@ -1152,8 +1160,9 @@ def test_disconnected_grace() -> None:
     neg.on_connection_state("connected", 3.0)
     assert neg.on_connection_state("disconnected", 30.0) == []
     assert (neg.link, deadline(neg)) == (Link.DISCONNECTED, (33.0, "disconnected"))
-    # back within the grace: no failure, no second PeerConnected
-    assert ops(neg.on_connection_state("connected", 31.0)) == []
+    # back within the grace: no failure, no second PeerConnected; the pair is read again
+    # (it may have changed)
+    assert ops(neg.on_connection_state("connected", 31.0)) == [ReadSelectedPair(peer_id=BOB, pc=1)]
     assert deadline(neg) == (None, None)
     neg.on_connection_state("disconnected", 40.0)
     assert neg.on_timer(42.9) == []

@@ -685,9 +685,11 @@ export class PeerNegotiation {
   /** Mirrors `_track_link`. */
   _trackLink(now, state, grace) {
     if (state === "connected" || state === "completed") {
+      // newly connected (first, or after an ICE restart): which pair does it use?
+      const actions = [];
+      if (this.link !== Link.CONNECTED && this.pc !== null) actions.push({ kind: "ReadSelectedPair", peerId: this.peerId, pc: this.pc });
       this.link = Link.CONNECTED;
       this.attempts = 0;
-      const actions = [];
       if (ENDED_BY_CONNECTING.has(this.deadlineKind)) this._disarm();
       if (!this.notifiedConnected) {
         this.notifiedConnected = true;

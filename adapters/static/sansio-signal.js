@@ -357,10 +357,7 @@ export class SignalingClient extends EventTarget {
     };
     pc.onicecandidateerror = (event) => this._candidateError(conn, event);
     pc.onicegatheringstatechange = () => this._gathered(handle, conn);
-    pc.onconnectionstatechange = () => {
-      this._result(handle, { type: "ConnectionStateChanged", state: pc.connectionState });
-      if (pc.connectionState === "connected") this._reportPair(handle, conn);
-    };
+    pc.onconnectionstatechange = () => this._result(handle, { type: "ConnectionStateChanged", state: pc.connectionState });
     pc.onnegotiationneeded = () => this._result(handle, { type: "NegotiationNeeded" });
     pc.ondatachannel = (event) => { if (event.channel.label === CHANNEL_LABEL) this._adoptChannel(peerId, handle, event.channel); };
     if (action.initiator) this._adoptChannel(peerId, handle, pc.createDataChannel(CHANNEL_LABEL));
@@ -404,8 +401,9 @@ export class SignalingClient extends EventTarget {
     }
   }
 
-  /** The connection is `connected`: the candidate pair it uses, from its stats, goes to
-   * the machine as CandidatePairSelected (it answers with PeerRoute). */
+  /** `ReadSelectedPair` (the machine asks when the connection becomes connected): the
+   * candidate pair it uses, from its stats, goes to the machine as CandidatePairSelected
+   * (it answers with PeerRoute). */
   async _reportPair(handle, conn) {
     let stats;
     try {
@@ -482,6 +480,8 @@ export class SignalingClient extends EventTarget {
         await pc.addIceCandidate(c === null || c.candidate === "" ? null : c);
         return;
       }
+      case "ReadSelectedPair":
+        return this._reportPair(handle, conn);
       default:
         throw new Error(`unexpected action ${action.kind}`);
     }
