@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import IO
 
 import pytest
@@ -34,50 +34,64 @@ def lines_of(stream: IO[str]) -> queue.Queue[str]:
     return lines
 
 
-def wait_for_line(lines: queue.Queue[str], wanted: str, timeout: float) -> list[str]:
-    """Lines read until one containing ``wanted``; fails after ``timeout`` seconds."""
+def read_until(
+    lines: queue.Queue[str], done: Callable[[str], bool], timeout: float, what: Callable[[], str]
+) -> list[str]:
+    """Read ``lines`` until ``done(line)``; the lines read. Fails after ``timeout``
+    seconds, saying it saw no line with ``what()``."""
     seen: list[str] = []
     deadline = time.monotonic() + timeout
     while True:
         try:
             line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
-            pytest.fail(f"no line with {wanted!r} within {timeout} s; saw {seen}")
+            pytest.fail(f"no line with {what()} within {timeout} s; last lines {seen[-30:]}")
         seen.append(line)
-        if wanted in line:
+        if done(line):
             return seen
+
+
+def wait_for_line(lines: queue.Queue[str], wanted: str, timeout: float) -> list[str]:
+    """Lines read until one containing ``wanted``; fails after ``timeout`` seconds."""
+    return read_until(lines, lambda line: wanted in line, timeout, lambda: repr(wanted))
 
 
 def wait_all(lines: queue.Queue[str], wanted: Iterable[str], timeout: float) -> list[str]:
     """Read ``lines`` until each of ``wanted`` was part of one (in any order); fail after
     ``timeout`` seconds. Returns the lines read."""
     left = set(wanted)
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while left:
-        try:
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            pytest.fail(f"no line with {sorted(left)} within {timeout} s; last lines {seen[-30:]}")
-        seen.append(line)
-        left = {w for w in left if w not in line}
-    return seen
+
+    def done(line: str) -> bool:
+        left.difference_update({w for w in left if w in line})
+        return not left
+
+    return read_until(lines, done, timeout, lambda: str(sorted(left)))
 
 
 def wait_any(lines: queue.Queue[str], wanted: Sequence[str], timeout: float) -> str:
     """Read ``lines`` until one contains any of ``wanted``; which one (the first listed
     of those it contains). Fails after ``timeout`` seconds."""
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            pytest.fail(f"no line with any of {list(wanted)} within {timeout} s; saw {seen[-30:]}")
-        seen.append(line)
-        for one in wanted:
-            if one in line:
-                return one
+    last = read_until(
+        lines, lambda line: any(w in line for w in wanted), timeout, lambda: f"any of {wanted}"
+    )[-1]
+    return next(w for w in wanted if w in last)
+
+
+def spawn_piped(
+    lab: NetLab, ns: str, argv: Sequence[str]
+) -> tuple[subprocess.Popen[str], queue.Queue[str], queue.Queue[str]]:
+    """``argv`` run inside ``ns`` with its stdin a pipe, and its stdout and stderr lines
+    as they come."""
+    proc: subprocess.Popen[str] = lab.run_in(
+        ns,
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    return proc, lines_of(proc.stdout), lines_of(proc.stderr)
 
 
 def serve_in(lab: NetLab, ns: str = "T", *args: str) -> queue.Queue[str]:
@@ -124,17 +138,7 @@ class ChatPeer:
                 "--user", user]  # fmt: skip
         for server in ice_servers:
             argv += ["--ice-server", server]
-        self.proc: subprocess.Popen[str] = lab.run_in(
-            ns,
-            [*argv, *extra],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self.out = lines_of(self.proc.stdout)
-        self.err = lines_of(self.proc.stderr)
+        self.proc, self.out, self.err = spawn_piped(lab, ns, [*argv, *extra])
 
     def say(self, text: str) -> None:
         assert self.proc.stdin is not None

@@ -35,13 +35,12 @@ from __future__ import annotations
 import json
 import os
 import queue
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from labpeers import SERVE_PORT, ChatPeer, lines_of, serve_in
+from labpeers import SERVE_PORT, ChatPeer, serve_in, spawn_piped
 from netlab import ADDRESSES, SERVICE, NetLab
 from turnfix import TurnServer
 
@@ -146,17 +145,7 @@ class BrowserInA:
 
     def __init__(self, lab: NetLab, room: str, user: str, peer: str, *extra: str) -> None:
         argv = [sys.executable, __file__, PAGE_URL, room, user, peer, *extra]
-        self.proc: subprocess.Popen[str] = lab.run_in(
-            "A",
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self.lines = lines_of(self.proc.stdout)
-        self.err = lines_of(self.proc.stderr)
+        self.proc, self.lines, self.err = spawn_piped(lab, "A", argv)
 
     def expect(self, key: str, timeout: float = TIMEOUT + 5) -> Any:
         """The value of the next report, which must be ``key``."""
