@@ -152,6 +152,12 @@ from .wire import (
 TraceSink = Callable[[dict[str, JSONValue]], None]
 """Where a client machine writes its trace: one JSON object per record."""
 
+OWN_HOLD_HORIZON = 60.0
+"""For how long after losing the server while in a room a refusal of our id
+(``user-id-taken``) may be the relay still holding our own place (its resume grace,
+10 s by default, can outlast our ``resume_window`` on a slow link): then we reconnect and
+join again rather than give up."""
+
 _JOIN_REFUSALS = frozenset(
     {ErrorCode.USER_ID_TAKEN, ErrorCode.ROOM_FULL, ErrorCode.INVALID_ID, ErrorCode.UNAUTHORIZED}
 )
@@ -290,6 +296,9 @@ class ClientMachine:
         self._trace = trace
         self.resume_window = resume_window
         self._resume_token: str | None = None
+        self._lost_place: tuple[str, float] | None = None
+        """(room, when) we lost the server while in that room, not leaving it: the relay
+        may hold our place there for its resume grace."""
         """The token of our last ``user-joined-room`` (for the room in ``self.room``)."""
         self.max_peers = max_peers
         """The most other members we take in a room: a server that lists more is refused
@@ -477,6 +486,8 @@ class ClientMachine:
             and self.resume_window > 0
         )
         if resumable:
+            assert self.room is not None
+            self._lost_place = (self.room.room_id, now)
             self.state = ClientState.RESUMING
             self._timers.schedule(ClientTimer.RESUME, now + self.resume_window)
             return [
@@ -813,6 +824,27 @@ class ClientMachine:
             )
             actions.append(DisconnectFromServer())
             return actions
+        lost = self._lost_place
+        if (
+            error.channel == Channel.ROOMS
+            and error.code == ErrorCode.USER_ID_TAKEN
+            and self.state is ClientState.JOINING
+            and self._joins_in_flight <= 1
+            and lost is not None
+            and lost[0] == self.room_id
+            and now - lost[1] < OWN_HOLD_HORIZON
+        ):
+            # Our own place, still held: our resume window ended before the relay's
+            # grace did. Reconnect (with back-off) and join again until it lets go.
+            actions.append(
+                Log(
+                    level=LogLevel.INFO,
+                    message="our place in room %s is still held (lost %.1fs ago): reconnecting",
+                    args=(lost[0], now - lost[1]),
+                )
+            )
+            actions.append(DisconnectFromServer())
+            return actions
         if refused:
             self._joins_in_flight = max(0, self._joins_in_flight - 1)
         if refused and self.resuming and self._joins_in_flight == 0:
@@ -849,6 +881,7 @@ class ClientMachine:
         except RemoteProtocolError as exc:
             return [ProtocolViolation(peer_id=None, detail=str(exc))]
         self._resume_token = joined.resume_token
+        self._lost_place = None
         if self.resuming and self.room is not None and self.room.room_id == joined.room_id:
             return self._on_resumed(room, now)
         actions = self._give_up_resume(now)

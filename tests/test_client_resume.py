@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from sansio_signal.actions import PeerLeft, RoomJoined, RoomResumed
+from sansio_signal.actions import (
+    DisconnectFromServer,
+    JoinRefused,
+    PeerLeft,
+    RoomJoined,
+    RoomResumed,
+)
 from sansio_signal.client import ClientState
 from sansio_signal.limits import Limits
 from sansio_signal.negotiation import AIORTC, BROWSER, Capabilities
@@ -109,6 +115,31 @@ def test_a_resume_the_relay_no_longer_expected_still_converges() -> None:
     sim.run()
     assert sim.settled_problems() == []
     assert sim.relay.stats.holds_expired == 1
+
+
+def test_a_place_the_relay_still_holds_after_the_window_is_taken_in_the_end() -> None:
+    # On a slow link the client may come back after its 8 s window but within the
+    # relay's grace (here 20 s): its fresh join meets its own held place (user-id-taken).
+    # It reconnects and joins again until the relay lets the place go, instead of
+    # settling in the lobby.
+    sim = mesh(["a", "b"], relay_limits=Limits(rate_limit=0, resume_grace=20.0))
+    sim.disconnect("b", clean=False)
+    sim.run(until=sim.now + 9.0)
+    machine = sim.clients["b"].machine
+    assert not machine.resuming and machine.room is None
+    sim.connect("b")
+    sim.run()  # refused: b hangs up to try again (SimNetwork leaves reconnects to us)
+    assert notes_of(sim, "b", JoinRefused) == []
+    assert len(notes_of(sim, "b", DisconnectFromServer)) == 1
+    assert machine.room is None
+    sim.disconnect("b", clean=True)  # the adapter closes the socket, as it was asked
+    sim.run(until=sim.now + 1.0)  # the reconnect back-off; the hold has ended by now
+    sim.connect("b")
+    sim.run()
+    assert sim.settled_problems() == []
+    assert machine.room is not None and machine.room.room_id == ROOM
+    assert notes_of(sim, "b", JoinRefused) == []
+    assert sim.members(ROOM) == ["a", "b"]
 
 
 def test_the_window_passes_without_a_server_and_the_room_is_given_up() -> None:

@@ -93,6 +93,10 @@ export function reconnectDelay(policy, attempt, jitter) {
 }
 
 const JOIN_REFUSALS = new Set(["user-id-taken", "room-full", "invalid-id", "unauthorized"]);
+
+/** For how long after losing the server in a room a `user-id-taken` may be the relay
+ * still holding our own place (mirrors `OWN_HOLD_HORIZON`). */
+export const OWN_HOLD_HORIZON = 60.0;
 /** Ends of the server connection after which our place may still be ours (mirrors
  * `client._RESUMABLE_CLOSES`; null: the socket dropped without a close frame). */
 const RESUMABLE_CLOSES = new Set([null, CloseCode.GOING_AWAY, CloseCode.ABNORMAL, CloseCode.SERVICE_RESTART]);
@@ -190,6 +194,7 @@ export class ClientMachine {
     this._touched = null; // the peer the current event was dispatched to (for the trace)
     this.resumeWindow = resumeWindow;
     this._resumeToken = null;
+    this._lostPlace = null; // [room, when] we lost the server in it without leaving
     this.maxPeers = maxPeers; // the most other members we take in a room
     this.reconnect = reconnect; // the reconnect policy (null: connect only when asked, once)
     this._wantsServer = false;
@@ -423,6 +428,7 @@ export class ClientMachine {
       && this.room !== null && this.room.roomId === this.roomId
       && this._resumeToken !== null && this.resumeWindow > 0;
     if (resumable) {
+      this._lostPlace = [this.room.roomId, now];
       this.state = ClientState.RESUMING;
       this._timers.schedule(RESUME_KEY, now + this.resumeWindow);
       return [log("info", `server connection lost; keeping room ${this.roomId} for ${this.resumeWindow}s to resume`)];
@@ -627,6 +633,14 @@ export class ClientMachine {
       actions.push({ kind: "DisconnectFromServer" });
       return actions;
     }
+    const lost = this._lostPlace;
+    if (error.channel === Channel.ROOMS && error.code === "user-id-taken" && this.state === ClientState.JOINING
+        && this._joinsInFlight <= 1 && lost !== null && lost[0] === this.roomId && now - lost[1] < OWN_HOLD_HORIZON) {
+      // our own place, still held: reconnect (back-off) and join again until it lets go
+      actions.push(log("info", `our place in room ${lost[0]} is still held (lost ${(now - lost[1]).toFixed(1)}s ago): reconnecting`));
+      actions.push({ kind: "DisconnectFromServer" });
+      return actions;
+    }
     if (refused) this._joinsInFlight = Math.max(0, this._joinsInFlight - 1);
     if (refused && this.resuming && this._joinsInFlight === 0) actions.push(...this._giveUpResume(now));
     if (refused && this.state === ClientState.JOINING && this._joinsInFlight === 0) {
@@ -658,6 +672,7 @@ export class ClientMachine {
       return [{ kind: "ProtocolViolation", peerId: null, detail: error.message }];
     }
     this._resumeToken = joined.resumeToken;
+    this._lostPlace = null;
     if (this.resuming && this.room !== null && this.room.roomId === joined.roomId) return this._onResumed(room, now);
     const actions = this._giveUpResume(now);
     actions.push(...this._leaveRoom(now)); // the server has moved us out of the old room
