@@ -548,7 +548,12 @@ class ClientMachine:
         return self._run(peer, peer.request_renegotiation(now))
 
     def _on_resume_ended(self, now: float, _: None) -> list[ClientAction]:
-        return self._give_up_resume(now)
+        note = Log(
+            level=LogLevel.INFO,
+            message="no server within %gs: room %s given up (the next join is fresh)",
+            args=(self.resume_window, self.room_id),
+        )
+        return [note, *self._give_up_resume(now)]
 
     def _on_absent_ended(self, now: float, _: None) -> list[ClientAction]:
         actions: list[ClientAction] = []

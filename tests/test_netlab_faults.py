@@ -157,8 +157,10 @@ def test_join_resume_and_negotiation_complete_over_a_lossy_signaling_link(
     with 30 % loss both ways. alice joins and negotiates with bob; her WebSocket is then
     killed (``ss -K`` in A: the kernel aborts the TCP connection, sending a RST, while
     chat lives) and she resumes (the relay says ``resumed``, chat says ``back in room``,
-    the data channel carries a message each way); then carol joins and negotiates with
-    her. Each step within :data:`SIGNALING_BOUND`. TCP retransmission (200 ms doubling;
+    the data channel carries a message each way) — or, when her reconnect took longer than
+    the client's 8 s resume window, gives the room up, joins afresh and the pair starts
+    over; then carol joins and negotiates with her. Each step
+    within :data:`SIGNALING_BOUND`. TCP retransmission (200 ms doubling;
     SYNs at 1, 3, 7 s) and DTLS/SCTP retransmission dominate the time."""
     relay = serve_in(lab)
     lab.drop("A", SIGNALING_LOSS, both_ways=True)
@@ -173,8 +175,16 @@ def test_join_resume_and_negotiation_complete_over_a_lossy_signaling_link(
     killed = lab.sh("A", "ss", "-K", "-t", "dst", SERVICE, "dport", "=", f":{SERVE_PORT}")
     assert f"{SERVICE}:{SERVE_PORT}" in killed.stdout, f"ss -K killed nothing: {killed.stdout}"
     wait_all(alice.err, ["server connection lost; keeping room room"], 10)
-    wait_all(alice.err, ["back in room room"], SIGNALING_BOUND)
-    wait_all(relay, ['User "alice" resumed in room "room"'], 10)
+    # Back within the client's 8 s resume window: a resume (the relay says so). Later
+    # (TCP's SYNs at 1, 3, 7 s can each be lost at 30 %): the window is given up and the
+    # next join is fresh — then the relay says she joined, and the pair starts over.
+    back = wait_any(alice.err, ["back in room room", "room room given up"], SIGNALING_BOUND)
+    if back == "back in room room":
+        wait_all(relay, ['User "alice" resumed in room "room"'], 10)
+    else:
+        wait_all(alice.err, ["joined room room with ['bob']"], SIGNALING_BOUND)
+        wait_all(relay, ['User "alice" joined room "room"'], 10)
+        wait_all(alice.err, ["connected to bob"], SIGNALING_BOUND)
     bob.say("after the resume, from bob")
     wait_all(alice.out, ["bob: after the resume, from bob"], SIGNALING_BOUND)
     alice.say("after the resume, from alice")

@@ -395,7 +395,10 @@ export class ClientMachine {
     return this._run(peer, peer.requestRenegotiation(now));
   }
 
-  _onResumeEnded(now) { return this._giveUpResume(now); }
+  _onResumeEnded(now) {
+    const note = log("info", `no server within ${this.resumeWindow}s: room ${this.roomId} given up (the next join is fresh)`);
+    return [note, ...this._giveUpResume(now)];
+  }
 
   _onAbsentEnded(now) {
     const actions = [];
