@@ -366,3 +366,39 @@ def test_the_debugging_guide_shows_every_run_as_it_is(ran: Callable[[str], Path]
         assert actual == expected, command
         checked += 1
     assert checked >= len(RUNS) + 10
+
+
+LAB = Path(__file__).resolve().parent / "traces" / "lab"
+NETWORKS = Path(__file__).resolve().parent.parent / "docs" / "networks.md"
+
+
+def test_network_failures_recorded_in_the_lab_are_named() -> None:
+    """Traces recorded in the network lab (tests/record_lab_traces.py: peers in two
+    namespaces that reach each other only through TURN), read without root: no TURN
+    server, a credential not made with the TURN server's secret, an expired one."""
+    said = {}
+    for room in ("no-turn", "turn-wrong-secret", "turn-expired"):
+        out = io.StringIO()
+        assert run_diagnose([str(LAB / room)], out) == 1
+        said[room] = only_line(out.getvalue())
+    assert (
+        "no TURN server was configured to relay (ICE servers alice: none; bob: none)"
+        in (said["no-turn"])
+    )
+    assert "candidate pairs (alice: host; bob: host) worked" in said["no-turn"]
+    for room in ("turn-wrong-secret", "turn-expired"):
+        assert "refused alice's and bob's credential (401 Unauthorized)" in said[room]
+    assert "not expired (valid until" in said["turn-wrong-secret"]
+    assert re.search(r"it had expired at .* UTC, \d+ s before it was used$", said["turn-expired"])
+
+
+def test_the_networks_guide_shows_the_lab_traces_as_they_are() -> None:
+    """docs/networks.md quotes diagnose on each recorded lab run: what it says now, but
+    for the numbers."""
+    guide = NETWORKS.read_text(encoding="utf-8")
+    blocks = re.findall(r"^\$ sansio-signal diagnose (\S+)/\n(.*)\n", guide, re.M)
+    assert sorted(name for name, _ in blocks) == ["no-turn", "turn-expired", "turn-wrong-secret"]
+    for name, shown in blocks:
+        out = io.StringIO()
+        run_diagnose([str(LAB / name)], out)
+        assert shape(out.getvalue()) == shape(shown), name

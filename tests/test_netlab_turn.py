@@ -17,20 +17,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from labpeers import ChatPeer, serve_in, turn_server_arg, wait_all
+from labpeers import ChatPeer, serve_in, wait_all
 from netlab import SERVICE, NetLab
+from record_lab_traces import ROOMS, SECRET, run_failing_rooms
 from turnfix import TurnServer
-
-from sansio_signal.turn import turn_credentials
-
-SECRET = b"lab-turn-secret-0123456789abcdef"
 
 
 def diagnose(*traces: Path) -> str:
-    """What ``sansio-signal diagnose`` prints of ``traces`` (it exits 1: a pair failed)."""
+    """What ``sansio-signal diagnose`` prints of ``traces`` (files or directories; it
+    exits 1: a pair failed)."""
     done = subprocess.run(
         [sys.executable, "-m", "sansio_signal", "diagnose", *map(str, traces)],
         capture_output=True,
@@ -43,55 +40,30 @@ def diagnose(*traces: Path) -> str:
 
 
 def test_failing_pairs_are_explained_by_diagnose(lab: NetLab, tmp_path: Path) -> None:
-    """Scenarios 2 and 3, three rooms at once: no ICE server at all, a TURN credential
-    made with another secret, and one that expired ten minutes ago. Each pair fails (the
+    """Scenarios 2 and 3, three rooms at once (tests/record_lab_traces.py, which also
+    records tests/traces/lab/ this way): no ICE server at all, a TURN credential made with
+    another secret, and one that expired ten minutes ago. Each pair fails (the
     initiator's first attempt runs out of its 30 s connect deadline: that dominates the
     test's time), and diagnose names the cause from the two client traces."""
-    now = time.time()
-    wrong = turn_credentials(b"not-the-lab-secret-0000000000000", wall_time=now, ttl=600)
-    expired = turn_credentials(SECRET, wall_time=now - 1200, ttl=600)
     with TurnServer(SECRET, host=SERVICE, netns=lab.ns["T"]) as turn:
         serve_in(lab)  # no --turn-url: its /config.json hands out no ICE server
-        rooms = {
-            "none": [],
-            "wrong": [turn_server_arg(turn.url, *wrong)],
-            "expired": [turn_server_arg(turn.url, *expired)],
-        }
-        peers: dict[str, tuple[ChatPeer, ChatPeer]] = {}
-
-        def peer(ns: str, user: str, room: str) -> ChatPeer:
-            extra = ["--trace", str(tmp_path / f"{user}.jsonl"), "--log-level", "INFO"]
-            return ChatPeer(lab, ns, user, room=room, ice_servers=rooms[room], extra=extra)
-
-        for room in rooms:
-            peers[room] = (peer("A", f"a-{room}", room), peer("B", f"b-{room}", room))
-        for room, (initiator, _) in peers.items():
-            seen = initiator.wait_err(f"[b-{room}] attempt 1 failed", 50)
-            if room != "none":
-                assert any("gave no candidate: 401 Unauthorized" in line for line in seen), seen
-        for pair in peers.values():
-            for one in pair:
-                assert one.finish() == 0
-    said = {room: diagnose(*(tmp_path / f"{u}-{room}.jsonl" for u in "ab")) for room in rooms}
-    assert said["none"].startswith("a-none ↔ b-none: stopped at ice: no usable candidate pair")
+        seen = run_failing_rooms(lab, turn, tmp_path)
+    for room in ("turn-wrong-secret", "turn-expired"):
+        assert any("gave no candidate: 401 Unauthorized" in line for line in seen[room])
+    said = {room: diagnose(tmp_path / room) for room in ROOMS}
+    for room in ROOMS:
+        assert said[room].startswith("alice ↔ bob: stopped at ice: no usable candidate pair")
     assert (
-        "none of the candidate pairs (a-none: host; b-none: host) worked, and no TURN server "
-        "was configured to relay (ICE servers a-none: none; b-none: none)"
-    ) in said["none"], said["none"]
-    for room in ("wrong", "expired"):
-        assert said[room].startswith(
-            f"a-{room} ↔ b-{room}: stopped at ice: no usable candidate pair"
-        ), said[room]
-        assert (
-            f"the TURN server {turn.url} refused a-{room}'s and b-{room}'s credential "
-            "(401 Unauthorized)"
-        ) in said[room] or f"the TURN server {turn.url} refused a-{room}'s credential (401" in (
-            said[room]
-        ), said[room]
-    assert "not expired (valid until" in said["wrong"], said["wrong"]
-    assert "not made with the TURN server's secret" in said["wrong"]
-    assert "it had expired at" in said["expired"], said["expired"]
-    assert "s before it was used" in said["expired"]
+        "none of the candidate pairs (alice: host; bob: host) worked, and no TURN server "
+        "was configured to relay (ICE servers alice: none; bob: none)"
+    ) in said["no-turn"], said["no-turn"]
+    refused = f"the TURN server {turn.url} refused alice's and bob's credential (401"
+    for room in ("turn-wrong-secret", "turn-expired"):
+        assert refused in said[room], said[room]
+    assert "not expired (valid until" in said["turn-wrong-secret"]
+    assert "not made with the TURN server's secret" in said["turn-wrong-secret"]
+    assert "it had expired at" in said["turn-expired"]
+    assert "s before it was used" in said["turn-expired"]
 
 
 def test_a_mesh_with_one_peer_reachable_only_through_turn(lab: NetLab, tmp_path: Path) -> None:
