@@ -241,6 +241,17 @@ _LEVELS = {level.name.lower(): int(level) for level in LogLevel}
 """The browser's level names (``LogLevel``'s, lower case)."""
 
 
+def _handle(value: Any) -> int | str | None:
+    """A record's ``pc`` or ``conn`` handle, or ``None`` when it is not one (a damaged
+    trace)."""
+    return value if isinstance(value, int | str) else None
+
+
+def _listed(value: Any) -> list[Any]:
+    """A record's list field, or nothing when it is not a list (a damaged trace)."""
+    return value if isinstance(value, list) else []
+
+
 def _level(r: Record) -> int:
     level = r.get("level")
     if isinstance(level, int):
@@ -358,6 +369,7 @@ def _read_client(name: str, user: str, records: list[tuple[float, Record]]) -> _
     pending_remote: dict[Any, str] = {}
     for at, r in records:
         kind = r.get("kind")
+        pc = _handle(r.get("pc"))
         peer = r.get("peer_id", r.get("peer"))
         if kind == "JoinRequested":
             c.wanted_rooms.append(str(r.get("room_id")))
@@ -392,38 +404,38 @@ def _read_client(name: str, user: str, records: list[tuple[float, Record]]) -> _
             c.gave_up.setdefault(peer, []).append((at, reason))
             c.timeline.append((at, peer, f"gave up on {peer}: {reason}"))
         elif kind == "CreatePeer" and isinstance(peer, str):
-            c.pcs[r.get("pc")] = peer
+            c.pcs[pc] = peer
         elif kind == "SetRemoteDescription":
             description = r.get("description")
             if isinstance(description, dict):
-                pending_remote[r.get("pc")] = str(description.get("type"))
+                pending_remote[pc] = str(description.get("type"))
         elif kind == "RemoteDescriptionApplied":
-            pc_peer = c.pcs.get(r.get("pc"), peer)
-            if pending_remote.pop(r.get("pc"), None) == "answer" and isinstance(pc_peer, str):
+            pc_peer = c.pcs.get(pc, peer)
+            if pending_remote.pop(pc, None) == "answer" and isinstance(pc_peer, str):
                 c.answers_applied.setdefault(pc_peer, at)
         elif kind == "OperationFailed":
-            pc_peer = c.pcs.get(r.get("pc"), peer)
+            pc_peer = c.pcs.get(pc, peer)
             if isinstance(pc_peer, str):
                 text = f"{r.get('operation')}: {r.get('error')}"
                 c.ops_failed.setdefault(pc_peer, []).append((at, text))
                 c.timeline.append((at, pc_peer, f"operation failed: {text}"))
         elif kind == "IceGatheringDone":
-            pc_peer = c.pcs.get(r.get("pc"), peer)
+            pc_peer = c.pcs.get(pc, peer)
             if isinstance(pc_peer, str):
                 wall = r.get(WALL_TIME)
                 c.gathered.setdefault(pc_peer, []).append(
                     _Gathering(
                         at,
                         float(wall) if isinstance(wall, int | float) else None,
-                        tuple(str(x) for x in r.get("servers") or ()),
-                        tuple(str(x) for x in r.get("candidate_types") or ()),
-                        tuple(f for f in r.get("failures") or () if isinstance(f, dict)),
+                        tuple(str(x) for x in _listed(r.get("servers"))),
+                        tuple(str(x) for x in _listed(r.get("candidate_types"))),
+                        tuple(f for f in _listed(r.get("failures")) if isinstance(f, dict)),
                     )
                 )
         elif kind == "PeerRoute" and isinstance(peer, str):
             c.routes.setdefault(peer, []).append((at, str(r.get("pair_type"))))
         elif kind == "ConnectionStateChanged":
-            pc_peer = c.pcs.get(r.get("pc"), peer)
+            pc_peer = c.pcs.get(pc, peer)
             if isinstance(pc_peer, str):
                 state = str(r.get("state"))
                 c.states.setdefault(pc_peer, []).append((at, state))
@@ -537,9 +549,10 @@ def _read_relay(relay: _Relay, name: str, records: list[tuple[float, Record]]) -
     last_in: tuple[float, _Conn, dict[str, Any], int] | None = None
     for at, r in records:
         kind = r.get("kind")
-        if "conn" not in r:
+        conn = _handle(r.get("conn"))
+        if conn is None:
             continue
-        key = (name, r["conn"])
+        key = (name, conn)
         if kind == "Connected" or key not in relay.conns:  # (a trace may begin mid-way)
             relay.conns[key] = _Conn()
         c = relay.conns[key]

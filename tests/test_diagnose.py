@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 from diagnose_runs import RUNS, run
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sansio_signal.adapters.cli import main, run_diagnose
 from sansio_signal.diagnose import diagnose as diagnose_traces
@@ -402,3 +404,40 @@ def test_the_networks_guide_shows_the_lab_traces_as_they_are() -> None:
         out = io.StringIO()
         run_diagnose([str(LAB / name)], out)
         assert shape(out.getvalue()) == shape(shown), name
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+def test_damaged_traces_never_crash_diagnose(ran: Callable[[str], Path]) -> None:
+    """Traces are files people hand over: any field of any record of real traces —
+    the lab's (gatherings, refused credentials), and a run's relay and client traces
+    (routes, a killed peer) — replaced by any JSON value still gives a report, never an
+    exception."""
+    dirs = [LAB / room for room in ("no-turn", "turn-wrong-secret", "turn-expired")]
+    dirs += [ran(name) for name in ("healthy", "peer-killed")]
+    files = {d: sorted(d.glob("*.jsonl")) for d in dirs}
+    _damaged(files)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def _damaged(files: dict[Path, list[Path]], data: st.DataObject) -> None:
+    where = data.draw(st.sampled_from(sorted(files)))
+    traces = {}
+    for path in files[where]:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        records = [json.loads(line) for line in lines if line.strip()]
+        for _ in range(data.draw(st.integers(0, 6))):
+            record = records[data.draw(st.integers(0, len(records) - 1))]
+            key = data.draw(st.sampled_from(sorted(record)))
+            record[key] = data.draw(_JSON)
+        traces[path.name] = records
+    report = diagnose_traces(traces)
+    assert report.to_json()["findings"] is not None
