@@ -223,19 +223,25 @@ class NetLab:
 
     # ------------------------------------------------------------------ faults
 
-    def drop(self, ns: str, fraction: float, *, both_ways: bool = False) -> None:
+    def drop(
+        self, ns: str, fraction: float, *, both_ways: bool = False, tcp_port: int | None = None
+    ) -> None:
         """Drop a random ``fraction`` (0..1) of the packets arriving in ``ns``; replaces an
         earlier :meth:`drop` or :meth:`cut` there. ``both_ways`` (``ns`` ``"A"`` or
-        ``"B"``): also of the packets ``ns`` sends over its link (dropped on arrival in T)."""
+        ``"B"``): also of the packets ``ns`` sends over its link (dropped on arrival in T).
+        ``tcp_port``: only the packets of TCP connections to that port (a lossy path to
+        one server, the rest of the traffic untouched)."""
         percent = round(fraction * 100)
         if not 0 <= percent <= 100:
             raise ValueError(f"fraction must be within 0..1, not {fraction}")
         if both_ways and ns not in LINKS:
             raise ValueError(f"both_ways needs a peer namespace with a link ({list(LINKS)})")
         self.restore(ns)
-        self._nft(ns, _drop_rules("lab", percent, ""))
+        incoming = "" if tcp_port is None else f"tcp sport {tcp_port} "
+        outgoing = "" if tcp_port is None else f"tcp dport {tcp_port} "
+        self._nft(ns, _drop_rules("lab", percent, incoming))
         if both_ways:
-            self._nft("T", _drop_rules(f"lab_{ns}", percent, f'iifname "to{ns}" '))
+            self._nft("T", _drop_rules(f"lab_{ns}", percent, f'iifname "to{ns}" {outgoing}'))
 
     def cut(self, ns: str, *, both_ways: bool = False) -> None:
         """Drop every packet arriving in ``ns`` (a link cut, seen from there); with

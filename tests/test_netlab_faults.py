@@ -46,12 +46,14 @@ def chat(lab: NetLab, ns: str, user: str, server: str) -> ChatPeer:
 
 # --------------------------------------------------------------------------- scenario 5
 
-MESH_BOUND = {0.10: 45.0, 0.30: 90.0}
+MESH_BOUND = {0.10: 45.0, 0.30: 150.0}
 """Seconds from starting the three chats to every pair's message delivered. Measured
-(docs/networks.md): 10 %: median 6.5 s, max 20.7 s (N=19); 30 %: median 16.5 s, max
-55.8 s (N=12, one of which did not form within 90 s at all). aiortc's DTLS and SCTP
-retransmission timers and, at 30 %, negotiation attempts timed out (10 s each) while the
-signaling TCP stream stalls in retransmission back-off dominate."""
+(benchmarks/bench_networks.py, docs/networks.md, to the mesh formed): 10 %: median 4.5 s,
+max 12.3 s (N=10); 30 %: median 21.6 s, max 50.3 s (N=10). aiortc's DTLS and SCTP
+retransmission timers dominate: SCTP's starts at 3 s and doubles, and at 30 % both ways
+its four-packet association setup fails three times in four, so a rare run takes
+minutes (one run of scenario 7 with all of A's traffic lossy did not open its data
+channel within 120 s): the bound at 30 % has that headroom."""
 
 
 @pytest.mark.parametrize("loss", [0.10, 0.30], ids=["10pct", "30pct"])
@@ -145,25 +147,29 @@ def test_a_cut_link_fails_the_pair_and_it_recovers_when_restored(
 SIGNALING_LOSS = 0.30
 SIGNALING_BOUND = 90.0
 """Seconds for each step (join, negotiation, resume, a later negotiation) over the lossy
-link. Measured at 30 % (N=7): join median 1.8 s, max 7.0 s; negotiation median 11.6 s,
-max 15.4 s; resume median 2.6 s, max 5.3 s; a later negotiation median 14.1 s, max 47.9 s
-(one attempt lost to the 15 s connect deadline; docs/networks.md)."""
+signaling path. Measured at 30 % on all of A's traffic (N=7, with the earlier 10/15 s
+deadlines): join median 1.8 s, max 7.0 s; negotiation median 11.6 s, max 15.4 s; resume
+median 2.6 s, max 5.3 s; a later negotiation median 14.1 s, max 47.9 s (docs/networks.md).
+The test drops only the signaling path's packets: TCP's retransmissions are what it is
+about."""
 
 
 def test_join_resume_and_negotiation_complete_over_a_lossy_signaling_link(
     lab: NetLab, turn: str
 ) -> None:
-    """Issue 15, scenario 7: the relay (and TURN) reachable by alice only over A's link
-    with 30 % loss both ways. alice joins and negotiates with bob; her WebSocket is then
-    killed (``ss -K`` in A: the kernel aborts the TCP connection, sending a RST, while
-    chat lives) and she resumes (the relay says ``resumed``, chat says ``back in room``,
-    the data channel carries a message each way) — or, when her reconnect took longer than
-    the client's 8 s resume window, gives the room up, joins afresh and the pair starts
-    over; then carol joins and negotiates with her. Each step
-    within :data:`SIGNALING_BOUND`. TCP retransmission (200 ms doubling;
-    SYNs at 1, 3, 7 s) and DTLS/SCTP retransmission dominate the time."""
+    """Issue 15, scenario 7: the relay reachable by alice only over a path with 30 % loss
+    both ways (her TCP to the relay's port; TURN and media are scenario 5's). alice joins
+    and negotiates with bob; her WebSocket is then killed (``ss -K`` in A: the kernel
+    aborts the TCP connection, sending a RST, while chat lives) and she resumes (the
+    relay says ``resumed``, chat says ``back in room``, the data channel carries a
+    message each way) — or, when her reconnect took longer than the client's 8 s resume
+    window, gives the room up, joins afresh and the pair starts over; then carol joins
+    and negotiates with her. Each step within :data:`SIGNALING_BOUND`. TCP
+    retransmission (200 ms doubling; SYNs at 1, 3, 7 s) dominates the time."""
     relay = serve_in(lab)
-    lab.drop("A", SIGNALING_LOSS, both_ways=True)
+    # the signaling path only (TCP to the relay's port): the media's own retransmission
+    # timers under loss are scenario 5's
+    lab.drop("A", SIGNALING_LOSS, both_ways=True, tcp_port=SERVE_PORT)
     bob = chat(lab, "B", "bob", turn)
     wait_all(bob.err, ["joined room"], 15)
     alice = chat(lab, "A", "alice", turn)
