@@ -36,12 +36,10 @@ or ``nft``), saying why, except when ``CI`` is set: then it fails.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import ctypes
 import itertools
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -50,6 +48,7 @@ from types import TracebackType
 from typing import Any
 
 import pytest
+from wsutil import terminate
 
 SERVICE = "10.77.0.1"
 """T's service address (on its ``lo``): where coturn and ``serve`` listen."""
@@ -176,7 +175,7 @@ class NetLab:
         """Kill the lab's processes, then delete every namespace it made. Idempotent."""
         procs, self._procs = self._procs, []
         for proc in procs:
-            _terminate(proc)
+            terminate(proc)
         made, self._made = self._made, []
         for name in reversed(made):
             _ip("netns", "del", name, check=False)
@@ -304,17 +303,6 @@ def _drop_rules(table: str, percent: int, match: str) -> str:
             f"add rule inet {table} input {match}numgen random mod 100 < {percent} counter drop\n"
         )
     return rules
-
-
-def _terminate(proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout)
 
 
 @atexit.register

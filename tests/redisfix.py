@@ -17,7 +17,6 @@ variable ``CI`` is set (non-empty): then it fails, because CI must run these tes
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 import shutil
 import signal
@@ -30,6 +29,7 @@ from pathlib import Path
 from types import TracebackType
 
 import pytest
+from wsutil import terminate
 
 HOST = "127.0.0.1"
 DEBIAN_PACKAGE = "redis-server"
@@ -253,15 +253,7 @@ class RedisServer:
         proc = self.proc
         if proc is None:
             return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, first)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+        terminate(proc, timeout, first)
         if proc.stderr is not None:
             proc.stderr.close()
         _running.discard(self)

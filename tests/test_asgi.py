@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from conftest import chat_frame, join_frame, offer_frame
 from websockets.asyncio.client import ClientConnection, connect
-from wsutil import message_from
+from wsutil import message_from, start_listening
 
 from sansio_signal.adapters.asgi import RelayApp, relay_app
 
@@ -73,17 +73,9 @@ class App:
 
 
 def _start(tmp: Path) -> App:
-    proc = subprocess.Popen(
-        [sys.executable, str(EXAMPLE), "--port", "0"],
-        cwd=tmp,  # not the checkout: sansio_signal/ there would shadow the installed package
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.startswith("listening on http://"), line
-    return App(proc, line.removeprefix("listening on ").strip())
+    # not the checkout: sansio_signal/ there would shadow the installed package
+    proc, url = start_listening([sys.executable, str(EXAMPLE), "--port", "0"], tmp, "http")
+    return App(proc, url)
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:

@@ -51,9 +51,9 @@ MESH_BOUND = {0.10: 45.0, 0.30: 150.0}
 (benchmarks/bench_networks.py, docs/networks.md, to the mesh formed): 10 %: median 4.5 s,
 max 12.3 s (N=10); 30 %: median 21.6 s, max 50.3 s (N=10). aiortc's DTLS and SCTP
 retransmission timers dominate: SCTP's starts at 3 s and doubles, and at 30 % both ways
-its four-packet association setup fails three times in four, so a rare run takes
-minutes (one run of scenario 7 with all of A's traffic lossy did not open its data
-channel within 120 s): the bound at 30 % has that headroom."""
+its four-packet association setup succeeds one time in four by the odds (0.7**4), so a
+rare run may take minutes (one run of scenario 7 with all of A's traffic lossy did not
+open its data channel within 90 s): the bound at 30 % has that headroom."""
 
 
 @pytest.mark.parametrize("loss", [0.10, 0.30], ids=["10pct", "30pct"])

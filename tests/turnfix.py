@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -25,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 import pytest
+from wsutil import terminate
 
 MISSING = "turnserver not found on PATH: install the Debian package 'coturn'"
 
@@ -142,13 +142,8 @@ class TurnServer:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        if proc is not None:
+            terminate(proc)
         self._dir.cleanup()
 
     def __enter__(self) -> TurnServer:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,22 +64,28 @@ def free_port() -> int:
         return port
 
 
+def start_listening(
+    argv: Sequence[str], cwd: Path, scheme: str = "ws"
+) -> tuple[subprocess.Popen[str], str]:
+    """``argv`` started in ``cwd``, and the URL it prints first (``listening on
+    SCHEME://...``), once it prints it."""
+    proc = subprocess.Popen(
+        list(argv), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith(f"listening on {scheme}://"), line
+    return proc, line.removeprefix("listening on ").strip()
+
+
 def start_serve(cwd: Path, *flags: str, port: int = 0) -> tuple[subprocess.Popen[str], str]:
     """A real ``sansio-signal serve`` process and its ws:// URL, once it listens.
 
     ``cwd`` must not be the checkout: there ``sansio_signal/`` would shadow the installed
     package (whose ``adapters`` live elsewhere)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sansio_signal", "serve", "--port", str(port), *flags],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
+    return start_listening(
+        [sys.executable, "-m", "sansio_signal", "serve", "--port", str(port), *flags], cwd
     )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.startswith("listening on ws://"), line
-    return proc, line.removeprefix("listening on ").strip()
 
 
 async def spawn_serve(cwd: Path, *flags: str) -> tuple[asyncio.subprocess.Process, str]:
@@ -119,6 +127,22 @@ async def reap(*procs: asyncio.subprocess.Process) -> None:
         if proc.returncode is None:
             proc.kill()
         await proc.wait()
+
+
+def terminate(
+    proc: subprocess.Popen[Any], timeout: float = 5.0, first: int = signal.SIGTERM
+) -> None:
+    """``first`` (SIGTERM) to ``proc`` if it still runs, up to ``timeout`` to exit, then
+    SIGKILL; reaped either way."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(first)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(timeout=timeout)
 
 
 def reap_blocking(*procs: subprocess.Popen[Any]) -> None:
