@@ -50,8 +50,11 @@ machine reconciles the room with that answer: newcomers are added; members the a
 lacks are kept *absent* for the window (after a server restart the others come back
 one by one, and their peer connections still work) and let go if they do not return;
 replayed membership frames that repeat a change already made are skipped. Then it
-sends what it held back and reports :class:`~.actions.RoomResumed`. Past the window,
-the room is given up and the next connection joins afresh. After a close that removed
+sends what it held back and reports :class:`~.actions.RoomResumed`. The window bounds
+the wait for a connection: with none by its end, the room is given up and the next
+connection joins afresh; a resuming join already sent by then is answered (the relay
+answers every join), and that answer decides — unless the connection is lost again
+first, which gives the room up. After a close that removed
 us (``ServerDisconnected.close_code`` 1007, 1008, ...) it joins afresh at once.
 
 A resume the server no longer expected (its grace passed, or it restarted) is
@@ -180,7 +183,7 @@ class ClientState(Enum):
     for ``resume_window``, waiting for a connection."""
     REJOINING = "rejoining"
     """Connected again while resuming: the ``join-room`` with our ``resumeToken`` is on
-    its way."""
+    its way, and its answer decides even after the resume window."""
     CLOSED = "closed"
     """The application closed the client: no room, no connection, no reconnect."""
 
@@ -476,6 +479,8 @@ class ClientMachine:
         self._joins_in_flight = 0  # their answers went with the connection
         if self.state is ClientState.REJOINING:  # lost again before the resume went through
             self.state = ClientState.RESUMING
+            if self._timers.deadline_of(ClientTimer.RESUME) is None:  # and the window is over
+                return self._on_resume_ended(now, None)
             return []
         resumable = (
             event.close_code in _RESUMABLE_CLOSES
@@ -554,6 +559,20 @@ class ClientMachine:
             args=(self.resume_window, self.room_id),
         )
         return [note, *self._give_up_resume(now)]
+
+    def _on_resume_ended_rejoining(self, now: float, _: None) -> list[ClientAction]:
+        # The window bounds the wait for a connection; we have one, and the relay answers
+        # every join: the answer to our resuming join decides (a resume, or a fresh join
+        # when its grace has passed). Giving up now would leave the relay resuming a
+        # place whose peers we had dropped.
+        return [
+            Log(
+                level=LogLevel.INFO,
+                message="resume window of %gs passed with our resuming join on its way: "
+                "its answer decides",
+                args=(self.resume_window,),
+            )
+        ]
 
     def _on_absent_ended(self, now: float, _: None) -> list[ClientAction]:
         actions: list[ClientAction] = []
@@ -1070,9 +1089,9 @@ TRANSITIONS: dict[tuple[ClientState, ClientInput], Transition] = {
     (_S.LOBBY, _I.DISCONNECTED): Transition(_M._on_disconnected, _to(_S.OFFLINE)),
     (_S.JOINING, _I.DISCONNECTED): Transition(_M._on_disconnected, _to(_S.OFFLINE)),
     (_S.JOINED, _I.DISCONNECTED): Transition(_M._on_disconnected, _to(_S.OFFLINE, _S.RESUMING)),
-    (_S.REJOINING, _I.DISCONNECTED): Transition(_M._on_disconnected, _to(_S.RESUMING)),
+    (_S.REJOINING, _I.DISCONNECTED): Transition(_M._on_disconnected, _to(_S.RESUMING, _S.OFFLINE)),
     (_S.RESUMING, _I.RESUME_ENDED): Transition(_M._on_resume_ended, _to(_S.OFFLINE)),
-    (_S.REJOINING, _I.RESUME_ENDED): Transition(_M._on_resume_ended, _to(_S.JOINING)),
+    (_S.REJOINING, _I.RESUME_ENDED): Transition(_M._on_resume_ended_rejoining, _to(_S.REJOINING)),
     # what the application asks for
     (_S.OFFLINE, _I.JOIN): Transition(_M._on_join, _to(_S.OFFLINE)),
     (_S.RESUMING, _I.JOIN): Transition(_M._on_join, _to(_S.RESUMING)),

@@ -37,6 +37,10 @@ def handles(sim: SimNetwork) -> dict[tuple[str, str], int | None]:
     return {(u, p): n.pc for u, c in sim.clients.items() for p, n in c.machine.peers.items()}
 
 
+def state_of(sim: SimNetwork, user: str) -> ClientState:
+    return sim.clients[user].machine.state
+
+
 def notes_of(sim: SimNetwork, user: str, kind: type) -> list[object]:
     return [n for n in sim.clients[user].notes if isinstance(n, kind)]
 
@@ -182,3 +186,50 @@ def test_leaving_while_the_resuming_join_is_on_its_way_leaves_the_room() -> None
     assert sim.settled_problems() == []
     assert sim.members(ROOM) == ["b"]
     assert sim.clients["a"].machine.state is ClientState.LOBBY
+
+
+def test_a_resuming_join_on_its_way_when_the_window_ends_is_answered_and_resumes() -> None:
+    # Found in the lab (scenario 7, 30 % loss on the signaling path): the connection came
+    # back within the window but the relay's answer to the resuming join came after it.
+    # Giving up then dropped every peer while the relay resumed the place (the others saw
+    # nothing); the answer now decides, and the peer connections survive.
+    sim = mesh(["a", "b"])
+    before = handles(sim)
+    lost = sim.now
+    sim.disconnect("b", clean=False)
+    sim.run(until=lost + 7.9)
+    machine = sim.clients["b"].machine
+    assert state_of(sim, "b") is ClientState.RESUMING
+    sim.latency = (0.5, 0.5)  # the join reaches the relay 0.4 s after the window ends
+    sim.connect("b")
+    sim.run(until=lost + 8.1)
+    assert state_of(sim, "b") is ClientState.REJOINING and machine.resuming
+    assert machine.peers.keys() == {"a"}
+    sim.latency = (0.001, 0.02)
+    sim.run()
+    assert sim.settled_problems() == []
+    assert handles(sim) == before
+    assert len(notes_of(sim, "b", RoomResumed)) == 1
+    assert len(notes_of(sim, "b", RoomJoined)) == 1  # the first join only
+    assert sim.relay.stats.holds_expired == 0
+
+
+def test_lost_again_after_the_window_while_rejoining_gives_the_room_up() -> None:
+    sim = mesh(["a", "b"])
+    lost = sim.now
+    sim.disconnect("b", clean=False)
+    sim.run(until=lost + 7.9)
+    sim.latency = (0.5, 0.5)
+    sim.connect("b")
+    sim.run(until=lost + 8.1)
+    machine = sim.clients["b"].machine
+    assert state_of(sim, "b") is ClientState.REJOINING
+    sim.disconnect("b", clean=False)  # the resuming join is lost with the connection
+    assert state_of(sim, "b") is ClientState.OFFLINE
+    assert not machine.resuming and machine.peers == {} and machine.room is None
+    sim.latency = (0.001, 0.02)
+    sim.run(until=sim.now + 3.0)  # the relay's grace ends: the place is let go
+    sim.connect("b")
+    sim.run()
+    assert sim.settled_problems() == []
+    assert sim.members(ROOM) == ["a", "b"]

@@ -400,6 +400,11 @@ export class ClientMachine {
     return [note, ...this._giveUpResume(now)];
   }
 
+  /** Mirrors `_on_resume_ended_rejoining`: the answer to our resuming join decides. */
+  _onResumeEndedRejoining() {
+    return [log("info", `resume window of ${this.resumeWindow}s passed with our resuming join on its way: its answer decides`)];
+  }
+
   _onAbsentEnded(now) {
     const actions = [];
     for (const peerId of [...this.absent].sort()) actions.push(...this._removePeer(this.peers.get(peerId), now));
@@ -425,6 +430,7 @@ export class ClientMachine {
     this._joinsInFlight = 0; // their answers went with the connection
     if (this.state === ClientState.REJOINING) { // lost again before the resume went through
       this.state = ClientState.RESUMING;
+      if (this._timers.deadlineOf(RESUME_KEY) === null) return this._onResumeEnded(now); // and the window is over
       return [];
     }
     const resumable = RESUMABLE_CLOSES.has(closeCode) && this.state === ClientState.JOINED
@@ -785,9 +791,9 @@ const TRANSITIONS = new Map([
   entry(C.LOBBY, I.DISCONNECTED, M._onDisconnected, [C.OFFLINE]),
   entry(C.JOINING, I.DISCONNECTED, M._onDisconnected, [C.OFFLINE]),
   entry(C.JOINED, I.DISCONNECTED, M._onDisconnected, [C.OFFLINE, C.RESUMING]),
-  entry(C.REJOINING, I.DISCONNECTED, M._onDisconnected, [C.RESUMING]),
+  entry(C.REJOINING, I.DISCONNECTED, M._onDisconnected, [C.RESUMING, C.OFFLINE]),
   entry(C.RESUMING, I.RESUME_ENDED, M._onResumeEnded, [C.OFFLINE]),
-  entry(C.REJOINING, I.RESUME_ENDED, M._onResumeEnded, [C.JOINING]),
+  entry(C.REJOINING, I.RESUME_ENDED, M._onResumeEndedRejoining, [C.REJOINING]),
   // what the application asks for
   entry(C.OFFLINE, I.JOIN, M._onJoin, [C.OFFLINE]),
   entry(C.RESUMING, I.JOIN, M._onJoin, [C.RESUMING]),
