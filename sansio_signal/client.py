@@ -299,10 +299,10 @@ class ClientMachine:
         self._trace = trace
         self.resume_window = resume_window
         self._resume_token: str | None = None
+        """The token of our last ``user-joined-room`` (for the room in ``self.room``)."""
         self._lost_place: tuple[str, float] | None = None
         """(room, when) we lost the server while in that room, not leaving it: the relay
         may hold our place there for its resume grace."""
-        """The token of our last ``user-joined-room`` (for the room in ``self.room``)."""
         self.max_peers = max_peers
         """The most other members we take in a room: a server that lists more is refused
         (a ``ProtocolViolation``), since each costs a peer connection."""
