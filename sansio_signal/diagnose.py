@@ -375,7 +375,7 @@ def _read_client(name: str, user: str, records: list[tuple[float, Record]]) -> _
             c.wanted_rooms.append(str(r.get("room_id")))
         elif kind in ("RoomJoined", "RoomResumed"):
             c.admitted.append((at, str(r.get("room_id"))))
-            for other in r.get("participants") or []:
+            for other in _listed(r.get("participants")):
                 c.seen.setdefault(str(other), at)
             c.timeline.append((at, None, f"joined room {r.get('room_id')}"))
         elif kind == "JoinRefused":
