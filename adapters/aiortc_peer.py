@@ -73,6 +73,7 @@ from sansio_signal.events import (
     RemoteDescriptionApplied,
 )
 from sansio_signal.negotiation import AIORTC, Capabilities
+from sansio_signal.turn import candidate_type_from, is_turn_url
 from sansio_signal.wire import IceCandidate, SessionDescription
 
 logger = logging.getLogger("sansio_signal.aiortc")
@@ -308,10 +309,11 @@ class AiortcPeers:
         types = candidate_types(event.description.sdp)
         failures: list[IceServerFailure] = []
         for server in _used(self.ice_servers):
-            if server.urls.startswith(("turn:", "turns:")):
-                if "relay" not in types:
-                    failures.append(await probe_turn(server))
-            elif "srflx" not in types:
+            if candidate_type_from(server.urls) in types:
+                continue
+            if is_turn_url(server.urls):
+                failures.append(await probe_turn(server))
+            else:
                 failure = IceServerFailure(url=server.urls, error="gave no reflexive address")
                 failures.append(failure)
         if self._connections.get(handle) is conn:

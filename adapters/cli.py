@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from sansio_signal import CloseCode, Limits, MemoryDirectory, RelayMachine, __version__
 from sansio_signal.diagnose import diagnose
 from sansio_signal.tokens import TokenAuthority, issue_token, load_secret, valid_ttl
-from sansio_signal.turn import TurnConfig, load_turn_secret
+from sansio_signal.turn import TurnConfig, is_turn_url, load_turn_secret
 
 from .loglines import LogLines
 
@@ -103,7 +103,7 @@ def parse_ice_server(text: str) -> dict[str, str]:
         if key in server:
             raise argparse.ArgumentTypeError(f"{key} given twice in {text!r}")
         server[key] = value
-    if url.startswith(("turn:", "turns:")) and len(server) != 3:
+    if is_turn_url(url) and len(server) != 3:
         raise argparse.ArgumentTypeError(
             f"a TURN server needs username= and credential=: {url},username=NAME,credential=SECRET"
         )

@@ -54,7 +54,7 @@ import attrs
 from .actions import LogLevel
 from .codes import Channel, CloseCode, ErrorCode
 from .trace import WALL_TIME
-from .turn import credential_expiry
+from .turn import candidate_type_from, credential_expiry, is_turn_url
 from .wire import (
     Answer,
     Error,
@@ -1236,8 +1236,7 @@ def _why_no_pair(world: _World, i: str, p: str, failed_at: float) -> str:
         for failure in gathering.failures:
             # a server whose kind of candidate came anyway failed only for some local
             # address (Chromium's 701s): not why the pair failed
-            gives = "relay" if str(failure.get("url")).startswith(("turn:", "turns:")) else "srflx"
-            if gives not in gathering.types:
+            if candidate_type_from(str(failure.get("url"))) not in gathering.types:
                 told.setdefault(_server_failure(failure, gathering.wall), []).append(user)
     if told:
         return "".join(
@@ -1256,7 +1255,7 @@ def _why_no_pair(world: _World, i: str, p: str, failed_at: float) -> str:
             "does not lead to its peer)"
         )
     types = "; ".join(f"{u}: {', '.join(g.types) or 'none'}" for u, g in known.items())
-    turn = [s for g in known.values() for s in g.servers if s.startswith(("turn:", "turns:"))]
+    turn = [s for g in known.values() for s in g.servers if is_turn_url(s)]
     if turn:
         return f"; no relay candidate on either side ({types})"
     unknown = [u for u in (i, p) if u not in known]

@@ -23,6 +23,17 @@ from collections.abc import Sequence
 import attrs
 
 
+def is_turn_url(url: str) -> bool:
+    """Whether ``url`` names a TURN server (``turn:`` or ``turns:``), not a STUN one."""
+    return url.startswith(("turn:", "turns:"))
+
+
+def candidate_type_from(url: str) -> str:
+    """The type of candidate the ICE server at ``url`` gives when it works: ``relay``
+    (a TURN server's allocation), else ``srflx`` (a STUN server's reflexive address)."""
+    return "relay" if is_turn_url(url) else "srflx"
+
+
 def turn_credentials(
     secret: bytes, *, wall_time: float, ttl: float, label: str | None = None
 ) -> tuple[str, str]:
@@ -57,7 +68,7 @@ class TurnConfig:
         if not self.urls:
             raise ValueError("a TURN configuration needs at least one turn: or turns: URL")
         for url in self.urls:
-            if not url.startswith(("turn:", "turns:")):
+            if not is_turn_url(url):
                 raise ValueError(f"a TURN URL starts with turn: or turns:, got {url!r}")
         if not self.secret:
             raise ValueError("the TURN secret is empty")

@@ -24,7 +24,9 @@ from wsutil import reap, spawn_serve
 
 from sansio_signal.turn import (
     TurnConfig,
+    candidate_type_from,
     credential_expiry,
+    is_turn_url,
     load_turn_secret,
     turn_credentials,
     with_turn,
@@ -140,3 +142,16 @@ def test_the_expiry_is_read_back_from_a_username() -> None:
     assert credential_expiry("1700000060") == 1_700_000_060
     for static in ("alice", "", ":alice", "12ab:x", "١٢٣", "9" * 13):
         assert credential_expiry(static) is None, static
+
+
+def test_the_candidate_an_ice_server_gives_is_told_by_its_scheme() -> None:
+    """One rule for aiortc's adapter (which servers gave nothing) and diagnose (which
+    reported failures explain a failed pair): a TURN server gives relay candidates, a
+    STUN server reflexive ones."""
+    for url, turn, kind in (
+        ("turn:10.0.0.1:3478", True, "relay"),
+        ("turns:turn.example.com:5349?transport=tcp", True, "relay"),
+        ("stun:10.0.0.1:3478", False, "srflx"),
+        ("stuns:stun.example.com", False, "srflx"),
+    ):
+        assert (is_turn_url(url), candidate_type_from(url)) == (turn, kind), url
