@@ -34,7 +34,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import aioice.ice
 import aioice.stun
@@ -97,6 +98,23 @@ class IceServer:
     def to_aiortc(self) -> RTCIceServer:
         """The aiortc form."""
         return RTCIceServer(urls=self.urls, username=self.username, credential=self.credential)
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any]) -> list[IceServer]:
+        """An RTCIceServer dictionary (``urls``: one URL or a list of them; a TURN
+        server's ``username`` and ``credential``), one :class:`IceServer` per URL.
+        Raises ``ValueError`` when it is not one."""
+        urls, username, credential = (entry.get(k) for k in ("urls", "username", "credential"))
+        listed = [urls] if isinstance(urls, str) else urls
+        if (
+            not isinstance(listed, list)
+            or not listed
+            or not all(isinstance(u, str) for u in listed)
+        ):
+            raise ValueError(f"urls is not a URL or a list of URLs: {urls!r}")
+        if not all(v is None or isinstance(v, str) for v in (username, credential)):
+            raise ValueError("username and credential are strings")
+        return [cls(urls=url, username=username, credential=credential) for url in listed]
 
 
 @contextlib.contextmanager

@@ -177,14 +177,10 @@ def _is_pipe_like() -> bool:
     return os.isatty(fd) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
-def ice_server(value: str | Mapping[str, str]) -> IceServer:
+def ice_servers_of(value: str | Mapping[str, str]) -> list[IceServer]:
     """A ``--ice-server`` value (a URL, or the dictionary ``parse_ice_server`` makes of
-    ``URL,username=...,credential=...``) as an :class:`IceServer`."""
-    if isinstance(value, str):
-        return IceServer(urls=value)
-    return IceServer(
-        urls=value["urls"], username=value.get("username"), credential=value.get("credential")
-    )
+    ``URL,username=...,credential=...``) as :class:`IceServer`\\ s."""
+    return IceServer.from_json({"urls": value} if isinstance(value, str) else value)
 
 
 def main_chat(
@@ -203,7 +199,7 @@ def main_chat(
     for stream in (sys.stdout, sys.stderr):  # messages are UTF-8, whatever the locale
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(encoding="utf-8")
-    servers = [ice_server(s) for s in ice_servers] or None
+    servers = [server for s in ice_servers for server in ice_servers_of(s)] or None
     with contextlib.ExitStack() as stack:
         if on_loopback:
             stack.enter_context(loopback_only())

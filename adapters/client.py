@@ -607,21 +607,9 @@ async def fetch_ice_servers(
     if status != 200:
         raise OSError(f"{target}: HTTP {status}")
     try:
-        entries = json.loads(body)["iceServers"]
-        servers = []
-        for entry in entries:
-            urls = entry["urls"]
-            for one in [urls] if isinstance(urls, str) else urls:
-                servers.append(
-                    IceServer(
-                        urls=str(one),
-                        username=entry.get("username"),
-                        credential=entry.get("credential"),
-                    )
-                )
+        return [s for entry in json.loads(body)["iceServers"] for s in IceServer.from_json(entry)]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise OSError(f"{target}: not an ICE server list ({exc!r})") from exc
-    return servers
 
 
 async def _get(target: str, headers: Mapping[str, str]) -> tuple[int, bytes]:
@@ -652,11 +640,15 @@ async def _get(target: str, headers: Mapping[str, str]) -> tuple[int, bytes]:
     except (IndexError, ValueError) as exc:
         raise OSError(f"{target}: not an HTTP answer ({status_line[:80]!r})") from exc
     if any(h.lower().replace(" ", "") == "transfer-encoding:chunked" for h in header_lines):
-        body = _unchunked(body)
+        try:
+            body = _unchunked(body)
+        except ValueError as exc:
+            raise OSError(f"{target}: a broken chunked body ({exc})") from exc
     return status, body
 
 
 def _unchunked(body: bytes) -> bytes:
+    """The body of a chunked answer; ``ValueError`` when a chunk size is not hex."""
     out = b""
     while body:
         size_line, _, rest = body.partition(b"\r\n")

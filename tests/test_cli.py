@@ -206,7 +206,7 @@ def test_chat_takes_turn_credentials_as_serve_does() -> None:
     """``chat --ice-server URL,username=...,credential=...``: what a TURN server with
     short-lived credentials needs (the relay's /config.json hands them out)."""
     pytest.importorskip("aiortc")
-    from sansio_signal.adapters.chat import ice_server
+    from sansio_signal.adapters.chat import ice_servers_of
 
     args = build_parser().parse_args(
         [
@@ -222,7 +222,7 @@ def test_chat_takes_turn_credentials_as_serve_does() -> None:
             "turn:127.0.0.1:3478,username=1700000000,credential=a+b/c==",
         ]
     )
-    servers = [ice_server(s) for s in args.ice_server]
+    servers = [server for s in args.ice_server for server in ice_servers_of(s)]
     assert [(s.urls, s.username, s.credential) for s in servers] == [
         ("stun:127.0.0.1:3478", None, None),
         ("turn:127.0.0.1:3478", "1700000000", "a+b/c=="),

@@ -190,11 +190,28 @@ def chunked(*chunks: bytes) -> bytes:
         ),
         (b"HTTP/1.1 500 Oops\r\n\r\n", "HTTP 500"),
         (b'HTTP/1.1 200 OK\r\n\r\n{"iceServers": 3}', "not an ICE server list"),
+        (b'HTTP/1.1 200 OK\r\n\r\n{"iceServers": [{"urls": 3}]}', "not an ICE server list"),
+        (
+            b'HTTP/1.1 200 OK\r\n\r\n{"iceServers": [{"urls": "turn:t", "username": 1}]}',
+            "not an ICE server list",
+        ),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}", "broken chunked"),
         (b"SSH-2.0-OpenSSH\r\n", "not an HTTP answer"),
         (b"", "not an HTTP answer"),
         (None, "no answer within 0.5 s"),
     ],
-    ids=["404-none", "chunked", "500", "not-a-list", "not-http", "closed", "silent"],
+    ids=[
+        "404-none",
+        "chunked",
+        "500",
+        "not-a-list",
+        "urls-not-urls",
+        "username-not-text",
+        "broken-chunks",
+        "not-http",
+        "closed",
+        "silent",
+    ],
 )
 def test_fetching_ice_servers_from_what_answers_there(
     answer: bytes | None, expected: list[IceServer] | str
