@@ -51,11 +51,6 @@ def read_until(
             return seen
 
 
-def wait_for_line(lines: queue.Queue[str], wanted: str, timeout: float) -> list[str]:
-    """Lines read until one containing ``wanted``; fails after ``timeout`` seconds."""
-    return read_until(lines, lambda line: wanted in line, timeout, lambda: repr(wanted))
-
-
 def wait_all(lines: queue.Queue[str], wanted: Iterable[str], timeout: float) -> list[str]:
     """Read ``lines`` until each of ``wanted`` was part of one (in any order); fail after
     ``timeout`` seconds. Returns the lines read."""
@@ -147,11 +142,11 @@ class ChatPeer:
 
     def wait_err(self, wanted: str, timeout: float) -> list[str]:
         """stderr lines until one containing ``wanted``."""
-        return wait_for_line(self.err, wanted, timeout)
+        return wait_all(self.err, [wanted], timeout)
 
     def wait_out(self, wanted: str, timeout: float) -> list[str]:
         """stdout lines until one containing ``wanted``."""
-        return wait_for_line(self.out, wanted, timeout)
+        return wait_all(self.out, [wanted], timeout)
 
     def finish(self, timeout: float = 15) -> int:
         """End its input (it delivers what it read, leaves and exits); its exit code."""
